@@ -1,0 +1,19 @@
+# sharpgen: SHARP Br magnetograms -> GAN -> latent directions / SimSiam retrieval -> report.
+# Run:  snakemake --cores 8 --resources gpu=1 --workflow-profile profiles/default
+# Stages, one .smk each under rules/: data, patches, gan, sampling, directions, ssl, retrieval, report.
+from snakemake.utils import min_version
+
+min_version("8.20")
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/patches.smk"
+
+
+rule all:
+    input:
+        ALL_TARGETS,
+    default_target: True

@@ -1,0 +1,25 @@
+# Stage "patches": every record in the manifest -> one training patch (crop or resize mode),
+# written to a Zarr store, with one Parquet row per patch (metadata, split, physical parameters).
+#   rules/patches.smk -> workflow_scripts/make_patches.py -> sharpgen.patches
+
+
+rule make_patches:
+    output:
+        zarr=directory(R("data/patches.zarr")),
+        table=R("data/patches.parquet"),
+        summary=R("data/patches_summary.json"),
+    input:
+        manifest=R("data/records.tsv"),
+        code=CODE("patches", "physics", "sharp_io"),
+    params:
+        cfg=config["patches"],
+    log:
+        LOG("make_patches"),
+    benchmark:
+        BENCH("make_patches")
+    threads: 2
+    script:
+        "../workflow_scripts/make_patches.py"
+
+
+ALL_TARGETS.extend(rules.make_patches.output)

@@ -1,0 +1,29 @@
+"""Logging set-up shared by the workflow scripts and the CLI."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def setup_logging(log_file: str | Path | None = None, level: int = logging.INFO) -> logging.Logger:
+    """Log to stderr and, if given, to ``log_file`` (the rule's ``log:``), replacing handlers.
+
+    Also routes Python warnings into the log, and returns the root logger.
+    """
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, mode="w"))
+    for h in handlers:
+        h.setFormatter(logging.Formatter(FORMAT))
+        root.addHandler(h)
+    root.setLevel(level)
+    logging.captureWarnings(True)
+    return root
