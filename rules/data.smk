@@ -1,9 +1,11 @@
 # Stage "data": SHARP Br records from one of three sources, listed in one manifest.
 #   synthetic -> workflow_scripts/synthesize.py   -> sharpgen.synthetic
-#   local     -> workflow_scripts/ingest_local.py -> sharpgen.sharp_io
+#   local     -> workflow_scripts/ingest_local.py -> sharpgen.patches.local_manifest
 #   jsoc      -> workflow_scripts/download_jsoc.py -> sharpgen.jsoc
 # Every source writes results/data/records.tsv (one row per Br FITS file); the patch stage
 # reads only that manifest, so the three paths share one ingest.
+
+import glob
 
 SOURCE = config["data"]["source"]
 
@@ -14,16 +16,49 @@ if SOURCE == "synthetic":
             manifest=R("data/records.tsv"),
             records=directory(R("data/synthetic")),
         input:
-            code=CODE("synthetic", "sharp_io"),
+            code=CODE("synthetic"),
         params:
             cfg=config["data"]["synthetic"],
         log:
             LOG("synthesize"),
         benchmark:
             BENCH("synthesize")
+        conda:
+            "../envs/data.yaml"
         threads: 1
         script:
             "../workflow_scripts/synthesize.py"
+
+    # Realism check of the embedded data: synthetic vs the real records of data.local.glob
+    # (skipped, with a note, when no real record is available, e.g. a clone without ../shared).
+    REAL_BR = sorted(glob.glob(config["data"].get("local", {}).get("glob", "")))
+
+    rule synthetic_realism:
+        output:
+            png=R("figures/synthetic_realism.png"),
+            pdf=R("figures/synthetic_realism.pdf"),
+            numbers=R("data/synthetic_realism.json"),
+        input:
+            manifest=R("data/records.tsv"),
+            real=REAL_BR,
+            code=CODE("realism", "patches", "sharp_io", "physics"),
+        params:
+            cfg=config["data"]["synthetic"],
+        log:
+            LOG("synthetic_realism"),
+        benchmark:
+            BENCH("synthetic_realism")
+        conda:
+            "../envs/data.yaml"
+        threads: 1
+        script:
+            "../workflow_scripts/synthetic_realism.py"
+
+    if REAL_BR:
+        ALL_TARGETS.extend([rules.synthetic_realism.output.png, rules.synthetic_realism.output.pdf])
+    else:
+        print(f"note: no real SHARP Br file matches data.local.glob; synthetic_realism is not "
+              f"part of `all`", file=sys.stderr)
 
 elif SOURCE == "local":
 
@@ -31,13 +66,15 @@ elif SOURCE == "local":
         output:
             manifest=R("data/records.tsv"),
         input:
-            code=CODE("sharp_io"),
+            code=CODE("patches", "physics", "sharp_io"),
         params:
             cfg=config["data"]["local"],
         log:
             LOG("ingest_local"),
         benchmark:
             BENCH("ingest_local")
+        conda:
+            "../envs/data.yaml"
         threads: 1
         script:
             "../workflow_scripts/ingest_local.py"
@@ -50,13 +87,17 @@ else:
         input:
             code=CODE("jsoc", "sharp_io"),
         params:
-            cfg=config["data"]["jsoc"],
+            # the e-mail stays out of params (Snakemake stores params in .snakemake/metadata);
+            # the script reads it from config or JSOC_EMAIL
+            cfg={k: v for k, v in config["data"]["jsoc"].items() if k != "email"},
             # downloads land here, outside Snakemake's outputs, so a rerun resumes them
             cache_dir=R("data/jsoc_cache"),
         log:
             LOG("download_jsoc"),
         benchmark:
             BENCH("download_jsoc")
+        conda:
+            "../envs/data.yaml"
         threads: 1
         resources:
             jsoc_connections=1,

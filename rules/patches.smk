@@ -17,6 +17,8 @@ rule make_patches:
         LOG("make_patches"),
     benchmark:
         BENCH("make_patches")
+    conda:
+        "../envs/data.yaml"
     threads: 2
     script:
         "../workflow_scripts/make_patches.py"

@@ -1,0 +1,85 @@
+# Stage "directions": latent directions of the physical parameters (InterFaceGAN-style boundaries),
+# traversals along them (monotonicity, entanglement), calibration eps -> physical units.
+#   rules/directions.smk -> workflow_scripts/{fit_boundaries,traverse,calibrate}.py
+#   -> sharpgen.directions   (docs/directions.md)
+
+
+rule fit_boundaries:
+    input:
+        latents=R("samples/latents.parquet"),
+        code=CODE("directions"),
+    output:
+        npz=R("directions/boundaries.npz"),
+        json=R("directions/boundaries.json"),
+    params:
+        directions=config["directions"],
+    log:
+        LOG("fit_boundaries"),
+    benchmark:
+        BENCH("fit_boundaries")
+    conda:
+        "../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    script:
+        "../workflow_scripts/fit_boundaries.py"
+
+
+rule traverse:
+    input:
+        generator=R("gan/generator.pt"),
+        boundaries=R("directions/boundaries.npz"),
+        latents=R("samples/latents.parquet"),
+        zarr=R("data/patches.zarr"),
+        code=CODE("directions", "gan", "physics", "sampling"),
+    output:
+        table=R("directions/traversals.parquet"),
+        metrics=R("directions/traversal_metrics.json"),
+    params:
+        directions=config["directions"],
+    log:
+        LOG("traverse"),
+    benchmark:
+        BENCH("traverse")
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=60,
+    script:
+        "../workflow_scripts/traverse.py"
+
+
+rule calibrate:
+    input:
+        table=R("directions/traversals.parquet"),
+        metrics=R("directions/traversal_metrics.json"),
+        generator=R("gan/generator.pt"),
+        boundaries=R("directions/boundaries.npz"),
+        code=CODE("directions", "gan", "physics"),
+    output:
+        calibration=R("directions/calibration.json"),
+    params:
+        directions=config["directions"],
+    log:
+        LOG("calibrate"),
+    benchmark:
+        BENCH("calibrate")
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=60,
+    script:
+        "../workflow_scripts/calibrate.py"
+
+
+ALL_TARGETS.extend(rules.fit_boundaries.output)
+ALL_TARGETS.extend(rules.traverse.output)
+ALL_TARGETS.extend(rules.calibrate.output)

@@ -1,0 +1,34 @@
+# Stage "gan": train the generator on the patch store.
+#   rules/gan.smk -> workflow_scripts/train_gan.py -> sharpgen.gan   (docs/gan.md)
+# Checkpoints go to CHECKPOINTS/gan/<hash>/ (not a Snakemake output), so a killed or crashed
+# job resumes from the last checkpoint when rerun.
+
+
+rule train_gan:
+    input:
+        zarr=R("data/patches.zarr"),
+        table=R("data/patches.parquet"),
+        code=CODE("gan"),
+    output:
+        generator=R("gan/generator.pt"),
+        log_csv=R("gan/train_log.csv"),
+        grids=directory(R("gan/samples")),
+    params:
+        gan=config["gan"],
+        checkpoint_root=f"{CHECKPOINTS}/gan",
+    log:
+        LOG("train_gan"),
+    benchmark:
+        BENCH("train_gan")
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=60,
+    script:
+        "../workflow_scripts/train_gan.py"
+
+
+ALL_TARGETS.extend(rules.train_gan.output)

@@ -1,0 +1,57 @@
+# Stage "ssl": SimSiam encoder trained on the train split of the real patches, then every real
+# patch embedded once.
+#   rules/ssl.smk -> workflow_scripts/train_ssl.py, embed.py -> sharpgen.ssl   (docs/retrieval.md)
+# Checkpoints go to CHECKPOINTS/ssl/<hash>/ (not a Snakemake output): a killed run resumes.
+
+
+rule train_ssl:
+    input:
+        zarr=R("data/patches.zarr"),
+        table=R("data/patches.parquet"),
+        code=CODE("ssl", "retrieval"),
+    output:
+        encoder=R("ssl/encoder.pt"),
+        log_csv=R("ssl/train_log.csv"),
+    params:
+        cfg=config["ssl"],
+        checkpoint_root=f"{CHECKPOINTS}/ssl",
+    log:
+        LOG("train_ssl"),
+    benchmark:
+        BENCH("train_ssl")
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=4000,
+        runtime=60,
+    script:
+        "../workflow_scripts/train_ssl.py"
+
+
+rule embed:
+    input:
+        encoder=R("ssl/encoder.pt"),
+        zarr=R("data/patches.zarr"),
+        table=R("data/patches.parquet"),
+        code=CODE("ssl", "retrieval"),
+    output:
+        embeddings=R("ssl/embeddings.npz"),
+    params:
+        cfg=config["ssl"],
+    log:
+        LOG("embed"),
+    benchmark:
+        BENCH("embed")
+    conda:
+        "../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../workflow_scripts/embed.py"
+
+
+ALL_TARGETS.extend([rules.train_ssl.output.encoder, rules.train_ssl.output.log_csv, rules.embed.output.embeddings])

@@ -1,0 +1,307 @@
+"""Headline numbers: image realism statistics and the single ``results/metrics.json``.
+
+Image statistics (used by the realism figure) take Br maps in Gauss, shape (N, S, S) or (S, S):
+
+* :func:`noise_sigma` -- robust pixel-noise estimate per image [G];
+* :func:`radial_power_spectrum` -- azimuthally averaged power spectrum per image [G^2];
+* :func:`mean_gradient` -- mean gradient magnitude per image [G / pixel].
+
+:func:`build_metrics` gathers every stage's summary (patch table, GAN quality, SVM boundaries,
+traversals, calibration, retrieval evaluation, benchmark timings) into one nested dict that is
+validated against ``rules/schemas/metrics.schema.yaml`` by :func:`validate_metrics`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+METRICS_SCHEMA = REPO_ROOT / "rules" / "schemas" / "metrics.schema.yaml"
+# Parameters every per-parameter metric reports (Parquet column names).
+HEADLINE_PARAMS = ("tuf", "tpf", "tnf", "psep", "psep_robust", "r_paper", "r_value")
+RETRIEVAL_METHODS = ("simsiam", "physical_euclidean", "physical_mahalanobis", "random")
+
+_MAD_TO_SIGMA = 1.482602218505602  # sigma of a Gaussian = 1.4826 * MAD
+
+
+def _stack(images: np.ndarray) -> np.ndarray:
+    a = np.asarray(images, dtype=np.float64)
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3:
+        raise ValueError(f"expected images of shape (N, S, S) or (S, S), got {a.shape}")
+    return np.nan_to_num(a, nan=0.0)
+
+
+def noise_sigma(images: np.ndarray) -> np.ndarray:
+    """Pixel-noise sigma [G] per image, shape (N,).
+
+    Robust estimator: 1.4826 * median absolute deviation of the horizontal first differences,
+    divided by sqrt(2) (the difference of two independent noisy pixels has variance 2 sigma^2).
+    Structured field (active-region gradients) occupies few pixels and barely moves the median.
+    """
+    a = _stack(images)
+    d = np.diff(a, axis=2).reshape(len(a), -1)
+    med = np.median(d, axis=1, keepdims=True)
+    mad = np.median(np.abs(d - med), axis=1)
+    return _MAD_TO_SIGMA * mad / np.sqrt(2.0)
+
+
+def radial_power_spectrum(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Azimuthally averaged power spectrum of each image.
+
+    Returns ``k`` (S//2 + 1,) wavenumbers [cycles / pixel] and ``power`` (N, S//2 + 1) [G^2]:
+    mean of |FFT(image - mean)|^2 / (H W) over annuli of integer radius in frequency-index units.
+    """
+    a = _stack(images)
+    n, h, w = a.shape
+    a = a - a.mean(axis=(1, 2), keepdims=True)
+    p2 = np.abs(np.fft.fft2(a)) ** 2 / (h * w)
+    fy = np.fft.fftfreq(h) * h
+    fx = np.fft.fftfreq(w) * w
+    r = np.rint(np.hypot(fy[:, None], fx[None, :])).astype(int)
+    nk = min(h, w) // 2 + 1
+    sel = r < nk
+    counts = np.bincount(r[sel], minlength=nk)
+    power = np.stack([np.bincount(r[sel], weights=p[sel], minlength=nk) for p in p2]) / counts
+    k = np.arange(nk) / min(h, w)
+    return k, power
+
+
+def mean_gradient(images: np.ndarray) -> np.ndarray:
+    """Mean gradient magnitude |grad B_r| [G / pixel] per image, shape (N,) (central differences)."""
+    a = _stack(images)
+    gy, gx = np.gradient(a, axis=(1, 2))
+    return np.hypot(gx, gy).mean(axis=(1, 2))
+
+
+# --------------------------------------------------------------------------------------------
+# results/metrics.json
+# --------------------------------------------------------------------------------------------
+
+#: evaluation.json / matches.parquet method names -> metrics.json names
+METHOD_ALIASES = {"params_euclidean": "physical_euclidean",
+                  "params_mahalanobis": "physical_mahalanobis"}
+
+
+def _num(v) -> float | None:
+    """JSON number or None (NaN / missing -> None)."""
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if np.isfinite(f) else None
+
+
+def data_metrics(table: pd.DataFrame) -> dict:
+    """``data``: number of patches per split (+ total) and distinct HARPs."""
+    counts = table["split"].value_counts() if "split" in table.columns else pd.Series(dtype=int)
+    n = {str(k): int(v) for k, v in counts.items()}
+    n["total"] = int(len(table))
+    out = {"n_patches": n}
+    if "harpnum" in table.columns:
+        out["n_harps"] = int(table["harpnum"].nunique())
+    return out
+
+
+def gan_metrics(quality: Mapping) -> dict:
+    """``gan``: normalised Wasserstein and KS per parameter, pixel and spectrum summaries."""
+    params = quality.get("parameters", {})
+    out: dict[str, Any] = {
+        "wasserstein_norm": {p: _num(v.get("wasserstein_norm")) for p, v in params.items()},
+        "ks": {p: _num(v.get("ks")) for p, v in params.items()},
+    }
+    px = quality.get("pixels", {})
+    if px:
+        out["pixels"] = {k: _num(px.get(k)) for k in ("wasserstein_norm", "ks", "js_divergence_bits",
+                                                       "hist_intersection") if k in px}
+    ps = quality.get("power_spectrum", {})
+    if ps:
+        out["power_spectrum_log10_ratio"] = {k.replace("log10_ratio_", ""): _num(v) for k, v in ps.items()
+                                             if k.startswith("log10_ratio_")}
+    if "real" in quality:
+        out["real_split"] = quality["real"].get("split")
+    return out
+
+
+def svm_metrics(boundaries: Mapping) -> dict:
+    """``svm``: validation accuracy (and regression cosine) per parameter."""
+    params = {p: v for p, v in boundaries.get("parameters", {}).items() if not p.startswith("_")}
+    return {"accuracy": {p: _num(v.get("val_accuracy")) for p, v in params.items()},
+            "train_accuracy": {p: _num(v.get("train_accuracy")) for p, v in params.items()},
+            "regression_cosine": {p: _num(v.get("regression_cosine")) for p, v in params.items()}}
+
+
+def traversal_metrics(tm: Mapping) -> dict:
+    """``traversal``: median Spearman per direction (conditional keys like ``r_value|tuf``) and,
+    for conditional directions, the entanglement of each held parameter (cond. vs uncond.)."""
+    dirs = tm.get("directions", {})
+    out: dict[str, Any] = {"spearman": {k: _num(v.get("spearman_median")) for k, v in dirs.items()}}
+    held = {}
+    for k, v in dirs.items():
+        for h, d in (v.get("held") or {}).items():
+            held[f"{k}:{h}"] = {kk: _num(d.get(kk)) for kk in ("conditional", "unconditional", "reduction")}
+    if held:
+        out["held_entanglement"] = held
+    return out
+
+
+def calibration_metrics(cal: Mapping) -> dict:
+    """``calibration``: median (and 90th percentile) relative error of requests per direction."""
+    ev = cal.get("evaluation", {})
+    return {"median_rel_error": {k: _num(v.get("median_rel_error")) for k, v in ev.items()},
+            "p90_rel_error": {k: _num(v.get("p90_rel_error")) for k, v in ev.items()},
+            "slope_r2": {k: _num(v.get("r2")) for k, v in cal.get("directions", {}).items()}}
+
+
+def _corr_block(corr: Mapping) -> dict:
+    out = {}
+    for method, per_param in corr.items():
+        m = METHOD_ALIASES.get(method, method)
+        out[m] = {"pearson": {p: _num(v.get("pearson")) for p, v in per_param.items()},
+                  "spearman": {p: _num(v.get("spearman")) for p, v in per_param.items()}}
+    return out
+
+
+def retrieval_metrics(ev: Mapping) -> dict:
+    """``retrieval``: Pearson / Spearman of generated query vs top-1 match per method and
+    parameter; ``retrieval_real`` the same for augmented real queries, and self-retrieval rates."""
+    out: dict[str, Any] = {"retrieval": _corr_block(ev.get("generated", {}).get("correlations", {}))}
+    if "real" in ev:
+        out["retrieval_real"] = _corr_block(ev["real"].get("correlations", {}))
+    sr = ev.get("self_retrieval")
+    if sr:
+        out["self_retrieval"] = {METHOD_ALIASES.get(m, m): {k: _num(x) for k, x in v.items()}
+                                 for m, v in sr.items() if isinstance(v, Mapping)}
+    return out
+
+
+def ssl_metrics(log: pd.DataFrame) -> dict:
+    """``ssl``: last-epoch loss and collapse monitors of the SimSiam training log."""
+    last = log.iloc[-1]
+    return {k: _num(last[k]) for k in ("epoch", "loss", "monitor_std", "monitor_effective_rank")
+            if k in log.columns}
+
+
+def read_benchmarks(patterns: Mapping[str, str]) -> dict[str, float]:
+    """{rule: benchmark path (may hold ``{wildcard}`` fields)} -> {job name: seconds}.
+
+    Paths with wildcards are globbed (``{x}`` -> ``*``) and keyed by the file stem; rules whose
+    benchmark file does not exist are skipped with a warning.
+    """
+    import glob
+    import re
+
+    out: dict[str, float] = {}
+    for rule, pattern in sorted(patterns.items()):
+        if "{" in pattern:
+            paths = sorted(glob.glob(re.sub(r"\{[^}]+\}", "*", pattern)))
+        else:
+            paths = [pattern] if Path(pattern).exists() else []
+        if not paths:
+            logger.warning("no benchmark file for rule %s (%s)", rule, pattern)
+        for p in paths:
+            df = pd.read_csv(p, sep="\t")
+            if "s" in df.columns and len(df):
+                out[rule if "{" not in pattern else Path(p).stem] = float(df["s"].iloc[-1])
+    return out
+
+
+def build_metrics(*, table: pd.DataFrame | None = None, quality: Mapping | None = None,
+                  boundaries: Mapping | None = None, traversal: Mapping | None = None,
+                  calibration: Mapping | None = None, retrieval: Mapping | None = None,
+                  ssl_log: pd.DataFrame | None = None, timings: Mapping[str, float] | None = None
+                  ) -> dict:
+    """Assemble metrics.json from the stage summaries that exist (None = stage absent).
+
+    table: patches.parquet; quality: samples/quality.json; boundaries: directions/boundaries.json;
+    traversal: directions/traversal_metrics.json; calibration: directions/calibration.json;
+    retrieval: retrieval/evaluation.json; ssl_log: ssl/train_log.csv; timings: {rule: seconds}.
+    """
+    m: dict[str, Any] = {}
+    if table is not None:
+        m["data"] = data_metrics(table)
+    if quality is not None:
+        m["gan"] = gan_metrics(quality)
+    if boundaries is not None:
+        m["svm"] = svm_metrics(boundaries)
+    if traversal is not None:
+        m["traversal"] = traversal_metrics(traversal)
+    if calibration is not None:
+        m["calibration"] = calibration_metrics(calibration)
+    if retrieval is not None:
+        m.update(retrieval_metrics(retrieval))
+    if ssl_log is not None and len(ssl_log):
+        m["ssl"] = ssl_metrics(ssl_log)
+    m["timing"] = {k: float(v) for k, v in (timings or {}).items()}
+    if timings:
+        m["timing_total_s"] = float(sum(timings.values()))
+    return m
+
+
+def load_schema(path: str | Path = METRICS_SCHEMA) -> dict:
+    import yaml
+
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def validate_metrics(metrics: Mapping, schema: str | Path | Mapping = METRICS_SCHEMA,
+                     stages: Sequence[str] | None = None,
+                     direction_params: Sequence[str] | None = None) -> None:
+    """Raise ``ValueError`` listing every missing/invalid key (dotted path).
+
+    ``stages``: the top-level sections that must be present (default: every section the schema
+    lists in ``required``). Passing fewer validates a partial pipeline (a stage not in the DAG).
+    ``direction_params``: the parameters that have a latent direction (config
+    ``directions.parameters``); svm / traversal sections must hold exactly these (default: the
+    schema's headline list).
+    """
+    import copy
+
+    import jsonschema
+
+    schema = copy.deepcopy(dict(schema) if isinstance(schema, Mapping) else load_schema(schema))
+    if direction_params is not None:
+        schema["$defs"]["per_direction_param"]["required"] = list(direction_params)
+    if stages is not None:
+        schema["required"] = [s for s in schema.get("required", []) if s in stages]
+    v = jsonschema.Draft202012Validator(schema)
+    errs = sorted(v.iter_errors(dict(metrics)), key=lambda e: list(e.absolute_path))
+    if errs:
+        lines = [f"{'.'.join(str(p) for p in e.absolute_path) or '<top>'}: {e.message}" for e in errs]
+        raise ValueError("metrics.json is incomplete or invalid:\n  " + "\n  ".join(lines))
+
+
+def missing_keys(metrics: Mapping, expected: Mapping[str, Sequence[str]]) -> list[str]:
+    """Dotted keys of ``expected`` ({"gan.ks": [params], ...}) absent or null in ``metrics``."""
+    out = []
+    for dotted, leaves in expected.items():
+        node: Any = metrics
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        for leaf in leaves:
+            if not isinstance(node, Mapping) or node.get(leaf) is None:
+                out.append(f"{dotted}.{leaf}")
+    return out
+
+
+def null_keys(metrics: Mapping, prefix: str = "") -> list[str]:
+    """Dotted paths of every null leaf of a nested metrics dict."""
+    out = []
+    for k, v in metrics.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out += null_keys(v, path + ".")
+        elif v is None or (isinstance(v, float) and not np.isfinite(v)):
+            out.append(path)
+    return out

@@ -1,0 +1,310 @@
+"""Latent sampling: draw z ~ N(0, I), generate Br maps, measure them, compare with real patches.
+
+* :func:`draw_latents` — (N, nz) float32 latents from a seeded numpy generator.
+* :func:`sample` — images (N, S, S) float32 in [-1, 1] and their physical parameters
+  (``sharpgen.physics.compute_parameters`` on ``clip_gauss * image`` at the patch store's pixel
+  scale, exactly how the real patches in patches.parquet were measured).
+* :func:`write_latents` / :func:`write_images` — ``latents.parquet`` (``sample``, ``z`` as a
+  fixed-size list<float32>[nz], one column per parameter) and ``generated.zarr`` (array
+  ``images``).
+* :func:`quality_report` — generated vs real distributions: per parameter the Wasserstein
+  distance divided by the real standard deviation and the two-sample KS statistic; pixel-value
+  histograms; azimuthally averaged power spectra.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from sharpgen.atomic import atomic_path
+from sharpgen.physics import PARAMETER_NAMES, PixelScale, compute_parameters
+
+logger = logging.getLogger(__name__)
+
+#: parameters whose normalised Wasserstein distance the default config must keep below this
+TARGET_PARAMETERS = ("tuf", "r_value", "r_paper")
+TARGET_WASSERSTEIN = 0.25
+
+
+def draw_latents(n: int, nz: int = 100, seed: int = 0) -> np.ndarray:
+    """``(n, nz)`` float32 standard-normal latents from ``numpy.random.default_rng(seed)``."""
+    if n < 1:
+        raise ValueError(f"number of latents must be >= 1, got {n}")
+    return np.random.default_rng(seed).standard_normal((n, nz), dtype=np.float32)
+
+
+def generated_scale(zarr_path: str | os.PathLike) -> PixelScale:
+    """Pixel scale assigned to generated maps: the median per-patch scale of the patch store.
+
+    In crop mode every patch has (up to the Sun-Earth distance) the same scale; in resize mode
+    the median is the typical real scale. Raises ValueError naming the store if it lacks the
+    ``pixel_size_mm`` / ``pixel_area_cm2`` / ``pixel_size_arcsec`` arrays.
+    """
+    import zarr
+
+    try:
+        g = zarr.open_group(str(zarr_path), mode="r")
+        vals = [float(np.nanmedian(np.asarray(g[k][...], dtype=np.float64)))
+                for k in ("pixel_size_mm", "pixel_area_cm2", "pixel_size_arcsec")]
+    except Exception as err:
+        raise ValueError(f"patch store {zarr_path}: cannot read its pixel-scale arrays "
+                         f"({type(err).__name__}: {err})") from err
+    if not all(np.isfinite(v) and v > 0 for v in vals):
+        raise ValueError(f"patch store {zarr_path}: pixel scale {vals} is not positive/finite")
+    return PixelScale(size_mm=vals[0], area_cm2=vals[1], size_arcsec=vals[2])
+
+
+def sample(G, z: np.ndarray, scale: PixelScale, clip_gauss: float, batch_size: int = 256,
+           progress: bool = False) -> tuple[np.ndarray, pd.DataFrame]:
+    """Generate and measure: ``z`` (N, nz) -> (images (N, S, S) float32 in [-1, 1], params).
+
+    ``params`` has N rows and one column per ``PARAMETER_NAMES`` entry (physical units),
+    computed on ``clip_gauss * image`` at ``scale`` batch by batch.
+    """
+    from tqdm.auto import tqdm
+
+    from sharpgen.gan import generate
+
+    n = z.shape[0]
+    images = np.empty((n, G.size, G.size), dtype=np.float32)
+    parts = []
+    for i in tqdm(range(0, n, batch_size), disable=not progress, desc="sample", unit="batch"):
+        imgs = generate(G, z[i: i + batch_size], batch_size=batch_size)
+        images[i: i + len(imgs)] = imgs
+        parts.append(compute_parameters(imgs.astype(np.float64) * clip_gauss, scale))
+    params = pd.concat(parts, ignore_index=True)
+    return images, params
+
+
+def latents_table(z: np.ndarray, params: pd.DataFrame):
+    """pyarrow Table: ``sample`` int64, ``z`` fixed-size list<float32>[nz], parameter columns."""
+    import pyarrow as pa
+
+    z = np.ascontiguousarray(z, dtype=np.float32)
+    n, nz = z.shape
+    if len(params) != n:
+        raise ValueError(f"{len(params)} parameter rows for {n} latents")
+    cols = {"sample": pa.array(np.arange(n, dtype=np.int64)),
+            "z": pa.FixedSizeListArray.from_arrays(pa.array(z.ravel(), type=pa.float32()), nz)}
+    for name in PARAMETER_NAMES:
+        cols[name] = pa.array(params[name].to_numpy(dtype=np.float64))
+    return pa.table(cols)
+
+
+def write_latents(path: str | os.PathLike, z: np.ndarray, params: pd.DataFrame) -> None:
+    """Write ``latents.parquet`` atomically."""
+    import pyarrow.parquet as pq
+
+    table = latents_table(z, params)
+    with atomic_path(path, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp)
+
+
+def read_latents(path: str | os.PathLike) -> tuple[np.ndarray, pd.DataFrame]:
+    """(z (N, nz) float32, DataFrame with ``sample`` and the parameter columns)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    zcol = table.column("z").combine_chunks()
+    nz = zcol.type.list_size
+    z = zcol.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, nz)
+    return z, table.drop(["z"]).to_pandas()
+
+
+def write_images(path: str | os.PathLike, images: np.ndarray, attrs: dict | None = None) -> None:
+    """``generated.zarr``: array ``images`` (N, S, S) float32 in [-1, 1], chunks (64, S, S)."""
+    import zarr
+
+    images = np.asarray(images, dtype=np.float32)
+    n, s, _ = images.shape
+    with atomic_path(path) as tmp:
+        g = zarr.open_group(str(tmp), mode="w")
+        arr = g.create_array("images", shape=images.shape, dtype="float32",
+                             chunks=(min(64, n), s, s))
+        arr[...] = images
+        g.attrs.update({"n": int(n), "size": int(s), **(attrs or {})})
+
+
+# --------------------------------------------------------------------------------------------
+# quality
+# --------------------------------------------------------------------------------------------
+
+
+def radial_power_spectrum(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean azimuthally averaged power spectrum of (N, S, S) maps.
+
+    Returns (k (S/2,) in cycles per pixel, power (S/2,) in (input unit)^2, mean over maps),
+    for integer radii 1..S/2 of the 2-D FFT.
+    """
+    images = np.asarray(images, dtype=np.float64)
+    s = images.shape[-1]
+    p2 = np.zeros((s, s))
+    for i in range(0, images.shape[0], 256):
+        f = np.fft.fft2(images[i: i + 256])
+        p2 += (np.abs(f) ** 2).sum(axis=0)
+    p2 /= images.shape[0] * s * s
+    fy = np.fft.fftfreq(s) * s
+    r = np.rint(np.hypot(fy[:, None], fy[None, :])).astype(int)
+    radii = np.arange(1, s // 2 + 1)
+    power = np.array([p2[r == k].mean() for k in radii])
+    return radii / s, power
+
+
+def _dist_stats(real: np.ndarray, gen: np.ndarray) -> dict:
+    real = real[np.isfinite(real)]
+    gen = gen[np.isfinite(gen)]
+    out = {"n_real": int(real.size), "n_gen": int(gen.size)}
+    if real.size < 2 or gen.size < 2:
+        return {**out, "wasserstein_norm": None, "ks": None, "ks_pvalue": None}
+    std = float(np.std(real))
+    w = float(stats.wasserstein_distance(real, gen))
+    ks = stats.ks_2samp(real, gen)
+    return {**out, "wasserstein": w, "wasserstein_norm": w / std if std > 0 else None,
+            "ks": float(ks.statistic), "ks_pvalue": float(ks.pvalue),
+            "real_mean": float(real.mean()), "gen_mean": float(gen.mean()),
+            "real_std": std, "gen_std": float(gen.std()),
+            "real_median": float(np.median(real)), "gen_median": float(np.median(gen))}
+
+
+def quality_report(real_params: pd.DataFrame, gen_params: pd.DataFrame, real_images: np.ndarray,
+                   gen_images: np.ndarray, clip_gauss: float, real_label: str = "train",
+                   max_images: int = 1000, seed: int = 0) -> dict:
+    """Generated vs real: per-parameter normalised Wasserstein + KS, pixels, power spectra.
+
+    ``real_params`` / ``gen_params``: tables with the ``PARAMETER_NAMES`` columns.
+    ``real_images`` / ``gen_images``: (N, S, S) in [-1, 1]; at most ``max_images`` of each
+    (seeded random subset) enter the pixel and spectrum comparisons. Values in Gauss.
+    """
+    rng = np.random.default_rng(seed)
+
+    def subset(x):
+        if x.shape[0] <= max_images:
+            return x
+        return x[np.sort(rng.choice(x.shape[0], max_images, replace=False))]
+
+    report: dict = {
+        "real": {"split": real_label, "n": int(len(real_params))},
+        "generated": {"n": int(len(gen_params))},
+        "parameters": {},
+    }
+    for name in PARAMETER_NAMES:
+        if name not in real_params or name not in gen_params:
+            continue
+        r = real_params[name].to_numpy(dtype=np.float64)
+        g = gen_params[name].to_numpy(dtype=np.float64)
+        d = _dist_stats(r, g)
+        d["nan_frac_real"] = float(np.mean(~np.isfinite(r))) if r.size else None
+        d["nan_frac_gen"] = float(np.mean(~np.isfinite(g))) if g.size else None
+        report["parameters"][name] = d
+
+    # pixel values [G]
+    ri = subset(np.asarray(real_images, dtype=np.float32)) * clip_gauss
+    gi = subset(np.asarray(gen_images, dtype=np.float32)) * clip_gauss
+    rp, gp = ri.ravel(), gi.ravel()
+    nsub = min(rp.size, gp.size, 400_000)
+    rs = rng.choice(rp, nsub, replace=False)
+    gs = rng.choice(gp, nsub, replace=False)
+    edges = np.linspace(-clip_gauss, clip_gauss, 101)
+    hr = np.histogram(rp, edges)[0] / rp.size
+    hg = np.histogram(gp, edges)[0] / gp.size
+    m = 0.5 * (hr + hg)
+
+    def kl(a: np.ndarray) -> float:  # KL(a || m) in bits, over the bins where a > 0
+        nz = a > 0
+        return float(np.sum(a[nz] * np.log2(a[nz] / m[nz])))
+
+    px = {
+        "wasserstein_norm": float(stats.wasserstein_distance(rs, gs) / np.std(rs)),
+        "ks": float(stats.ks_2samp(rs, gs).statistic),
+        "js_divergence_bits": 0.5 * kl(hr) + 0.5 * kl(hg),
+        "hist_intersection": float(np.minimum(hr, hg).sum()),
+        "real_std_gauss": float(rp.std()), "gen_std_gauss": float(gp.std()),
+        "real_median_abs_gauss": float(np.median(np.abs(rp))),
+        "gen_median_abs_gauss": float(np.median(np.abs(gp))),
+        "bin_edges_gauss": edges.tolist(), "hist_real": hr.tolist(), "hist_gen": hg.tolist(),
+    }
+    for thr in (50, 150, 500):
+        px[f"frac_abs_gt_{thr}G"] = {"real": float(np.mean(np.abs(rp) > thr)),
+                                     "gen": float(np.mean(np.abs(gp) > thr))}
+    report["pixels"] = px
+
+    k, pr = radial_power_spectrum(ri)
+    _, pg = radial_power_spectrum(gi)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lr = np.log10(pg / pr)
+    thirds = np.array_split(np.arange(k.size), 3)
+    report["power_spectrum"] = {
+        "k_cycles_per_pixel": k.tolist(), "real_gauss2": pr.tolist(), "gen_gauss2": pg.tolist(),
+        "log10_ratio_rms": float(np.sqrt(np.nanmean(lr ** 2))),
+        "log10_ratio_low_k": float(np.nanmean(lr[thirds[0]])),
+        "log10_ratio_mid_k": float(np.nanmean(lr[thirds[1]])),
+        "log10_ratio_high_k": float(np.nanmean(lr[thirds[2]])),
+    }
+    targets = {name: report["parameters"].get(name, {}).get("wasserstein_norm")
+               for name in TARGET_PARAMETERS}
+    report["targets"] = {
+        "parameters": list(TARGET_PARAMETERS), "wasserstein_norm_max": TARGET_WASSERSTEIN,
+        "wasserstein_norm": targets,
+        "pass": all(v is not None and v < TARGET_WASSERSTEIN for v in targets.values()),
+    }
+    return report
+
+
+def run_sampling(generator_path: str | os.PathLike, patches_zarr: str | os.PathLike,
+                 patches_table: str | os.PathLike, cfg: dict, *, latents_path, images_path,
+                 quality_path, device: str = "cpu", progress: bool = True) -> dict:
+    """The ``sample_latents`` stage: latents -> images + parameters -> the three outputs.
+
+    ``cfg`` is the ``sampling`` config section (``n``, ``seed``, ``batch_size``,
+    ``real_split``, ``quality_images``). Returns the quality report.
+    """
+    import torch
+
+    from sharpgen.atomic import write_json
+    from sharpgen.gan import load_generator, read_patch_store
+
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    G = load_generator(generator_path, device=device)
+    real_images, attrs = read_patch_store(patches_zarr)
+    clip = float(attrs.get("clip_gauss", G.meta.get("clip_gauss", 1000.0)))
+    if real_images.shape[1] != G.size:
+        raise ValueError(f"generator {generator_path} makes {G.size}x{G.size} maps but patch "
+                         f"store {patches_zarr} holds {real_images.shape[1]}x{real_images.shape[1]}")
+    scale = generated_scale(patches_zarr)
+    z = draw_latents(int(cfg["n"]), G.nz, int(cfg["seed"]))
+    images, params = sample(G, z, scale, clip, batch_size=int(cfg.get("batch_size", 256)),
+                            progress=progress)
+    write_latents(latents_path, z, params)
+    write_images(images_path, images, {"clip_gauss": clip, "seed": int(cfg["seed"]),
+                                       "generator": str(generator_path)})
+
+    table = pd.read_parquet(patches_table)
+    split = cfg.get("real_split", "train")
+    if split != "all":
+        keep = (table["split"] == split).to_numpy()
+        if not keep.any():
+            raise ValueError(f"{patches_table} has no rows with split == {split!r}")
+        real_table = table.loc[keep]
+        real_images = real_images[real_table["row"].to_numpy()]
+    else:
+        real_table = table
+    report = quality_report(real_table, params, real_images, images, clip, real_label=split,
+                            max_images=int(cfg.get("quality_images", 1000)),
+                            seed=int(cfg["seed"]))
+    report["generator"] = {k: v for k, v in G.meta.items() if k in ("arch", "steps", "size",
+                                                                   "weights", "config")}
+    report["pixel_scale"] = {"size_mm": scale.size_mm, "area_cm2": scale.area_cm2,
+                             "size_arcsec": scale.size_arcsec}
+    write_json(quality_path, report)
+    t = report["targets"]["wasserstein_norm"]
+    logger.info("quality vs real (%s): normalised W tuf=%s r_value=%s r_paper=%s (pass=%s)",
+                split, *(None if t[k] is None else round(t[k], 3) for k in TARGET_PARAMETERS),
+                report["targets"]["pass"])
+    return report

@@ -1,0 +1,546 @@
+"""Synthetic SHARP-like Br records: the embedded default data set.
+
+The generator writes FITS files in the same form as JSOC ``protocol=fits`` exports of the series
+``hmi.sharp_cea_720s`` (an empty primary HDU plus a RICE_1 tile-compressed image HDU holding int32
+with ``BSCALE = 0.01``; JSOC keywords in the image header), named
+``hmi.sharp_cea_720s.<HARPNUM>.<YYYYMMDD_HHMMSS>_TAI.Br.fits``, so the synthetic, local and JSOC
+sources all go through the same ingest (:func:`sharpgen.sharp_io.read_sharp`).
+
+The images are built from solar physics, not from noise:
+
+* one catalogue row per HARP (:func:`region_catalogue`): time in cycle 24 (2010.5-2018), a
+  butterfly-diagram latitude, a log-normal total unsigned flux in 1e20-1e23 Mx, a bipole
+  separation that grows with flux (``d ~ 35 Mm (flux/1e22 Mx)^0.35``), Joy's-law tilt
+  (``0.5 |lat|`` with 10-25 deg scatter), Hale's law for cycle 24 (leading polarity negative in
+  the north, positive in the south; 6 % anti-Hale), a flux imbalance of a few per cent, and a
+  delta/complex flag for about 17 % of the regions (opposite polarities in contact);
+* rendering (:func:`render_region`): sunspots with an umbra (peak 1.8-2.9 kG) and a penumbral
+  plateau, fragmented plage drawn as clustered small flux elements (trailing polarity more
+  dispersed), mixed-polarity network over the whole field of view, and HMI-like noise whose
+  level grows toward the limb (white plus a spatially correlated part, as left by the CEA
+  remapping);
+* several frames per HARP at a fixed cadence: the flux grows or decays slowly, elements random
+  walk, the noise is new each frame, and the observer geometry (``DSUN_OBS``, ``RSUN_OBS``, B0,
+  Carrington longitude of disk centre) follows the date.
+
+Everything is vectorised numpy (flux elements are binned with ``np.bincount`` and blurred once),
+and the output is fully determined by the seed.
+
+Units: Br in Gauss (= Mx/cm^2), lengths in Mm unless the name says otherwise, fluxes in Mx.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+logger = logging.getLogger(__name__)
+
+SERIES = "hmi.sharp_cea_720s"
+CDELT_DEG = 0.03                   # CEA pixel, degrees of heliographic arc
+RSUN_REF_M = 696_000_000.0         # JSOC RSUN_REF [m]
+AU_M = 149_597_870_691.0           # JSOC DSUN_REF [m]
+PIX_MM = RSUN_REF_M * math.radians(CDELT_DEG) / 1e6      # 0.3644 Mm per CEA pixel
+PIX_AREA_CM2 = (PIX_MM * 1e8) ** 2                        # 1.33e15 cm^2
+CARRINGTON_DAY_DEG = 360.0 / 27.2753                      # synodic Carrington rate [deg/day]
+TAI_EPOCH = datetime(2010, 1, 1)
+BLANK = -2147483648
+
+# Regional-scale constants (Mm, G, Mx) used by the renderer.
+SEP_MM_AT_1E22 = 35.0
+SEP_EXPONENT = 0.35
+ELEMENT_FLUX_MX = 1.5e18       # median plage element flux
+NETWORK_FLUX_MX = 6e17       # median network element flux
+NETWORK_DENSITY_PER_MM2 = 0.08
+CYCLE24_NORTH_LEADING_SIGN = -1
+B_SATURATION_G = 2900.0
+NARROW_BLUR_PX = 1.3         # Gaussian sigma of a small flux element (network, plage)
+WIDE_BLUR_PX = 3.0           # Gaussian sigma of pores / diffuse plage elements
+
+
+B_PLAGE_G = 250.0            # mean flux density of plage (sets its area)
+
+
+def plage_spread_mm(flux_mx):
+    """Gaussian spread [Mm] of a polarity's plage about its centre for a region of total
+    unsigned flux ``flux_mx``: about 30 % of the flux per polarity spread at a mean density of
+    :data:`B_PLAGE_G` over an elliptical Gaussian of axes 0.9 x 0.6 times the spread."""
+    a_cm2 = 0.3 * np.asarray(flux_mx, dtype=np.float64) / (2.0 * np.pi * 0.54 * B_PLAGE_G)
+    return np.maximum(np.sqrt(a_cm2) / 1e8, 2.0)
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """Size of the synthetic data set (config ``data.synthetic``)."""
+
+    n_regions: int = 240
+    frames_per_region: int = 4
+    seed: int = 0
+    cadence_h: float = 6.0
+
+
+# --------------------------------------------------------------------------------------------
+# Catalogue
+# --------------------------------------------------------------------------------------------
+def _decimal_year(t: datetime) -> float:
+    start = datetime(t.year, 1, 1)
+    return t.year + (t - start).total_seconds() / (365.25 * 86400.0)
+
+
+def region_catalogue(n_regions: int, seed: int = 0) -> pd.DataFrame:
+    """Draw the per-HARP properties of ``n_regions`` synthetic active regions.
+
+    Returns one row per region, ordered by time, with columns: ``harpnum`` (unique, increasing
+    with time like the real HARP numbering), ``noaa`` (0 for regions without a NOAA number),
+    ``t0`` (datetime of the first frame, on the 720 s grid), ``lat_deg`` (flux-centre latitude),
+    ``lon0_deg`` (Stonyhurst longitude at ``t0``), ``flux_mx`` (total unsigned flux),
+    ``sep_mm`` (bipole separation), ``tilt_deg`` (Joy's-law tilt, positive = leading polarity
+    nearer the equator), ``lead_sign`` (+1/-1), ``imbalance`` (fractional excess of the leading
+    polarity), ``delta`` (0 = simple, 1 = intruding opposite spot, 2 = colliding second bipole),
+    ``growth_per_day`` (flux e-folding rate) and ``ny``/``nx`` (record shape, pixels).
+    """
+    if n_regions < 1:
+        raise ValueError(f"n_regions must be >= 1, got {n_regions}")
+    rng = np.random.default_rng([seed, 0x5A4B])
+    n = n_regions
+    # time: uniform over cycle 24, rounded to the 12-minute T_REC grid
+    t_days = np.sort(rng.uniform(0.5 * 365.25, 8.0 * 365.25, n))
+    t_days = np.round(t_days * 120.0) / 120.0
+    years = 2010.0 + t_days / 365.25
+    # butterfly diagram: |lat| drifts from ~22 deg (2010.5) to ~9 deg (2018)
+    abs_lat = np.clip(23.0 - 1.8 * (years - 2010.5) + rng.normal(0.0, 5.0, n), 3.0, 40.0)
+    north = rng.random(n) < 0.5
+    lat = np.where(north, abs_lat, -abs_lat)
+    lon0 = rng.uniform(-60.0, 45.0, n)  # drifts west by ~13 deg/day over the frames
+    # flux: log-normal, median ~4e21 Mx, within [1e20, 1e23]
+    log_flux = np.clip(rng.normal(21.55, 0.6, n), 20.0, 23.0)
+    flux = 10.0**log_flux
+    sep = SEP_MM_AT_1E22 * (flux / 1e22) ** SEP_EXPONENT * 10.0 ** rng.normal(0.0, 0.12, n)
+    # Joy's law, scatter larger for small regions
+    tilt_sigma = np.clip(25.0 - 7.0 * (log_flux - 20.5), 10.0, 25.0)
+    tilt = 0.5 * abs_lat + rng.normal(0.0, 1.0, n) * tilt_sigma
+    # Hale's law for cycle 24, a few per cent anti-Hale
+    hale_sign = np.where(north, CYCLE24_NORTH_LEADING_SIGN, -CYCLE24_NORTH_LEADING_SIGN)
+    anti_hale = rng.random(n) < 0.06
+    lead_sign = np.where(anti_hale, -hale_sign, hale_sign)
+    imbalance = np.clip(rng.normal(0.0, 0.08, n), -0.3, 0.3)
+    # delta / complex regions, more frequent among large ones (about 17 % overall)
+    p_delta = np.clip(0.05 + 0.25 * (log_flux - 20.8), 0.03, 0.45)
+    is_delta = rng.random(n) < p_delta
+    delta = np.where(is_delta, 1 + (rng.random(n) < 0.5), 0)
+    growth = rng.normal(0.0, 0.15, n)
+    # record (HARP box) size: bipole extent plus plage spread plus margin
+    spread = plage_spread_mm(flux)
+    half_x = 0.5 * sep * np.abs(np.cos(np.radians(tilt))) + 2.6 * spread + 10.0
+    half_y = 0.5 * sep * np.abs(np.sin(np.radians(tilt))) + 2.2 * spread + 8.0
+    nx = np.clip(np.round(2 * half_x / PIX_MM * rng.uniform(0.9, 1.15, n)), 160, 760).astype(int)
+    ny = np.clip(np.round(2 * half_y / PIX_MM * rng.uniform(0.9, 1.15, n)), 120, 420).astype(int)
+    # HARP numbers grow with time: ~1 in 2010.4 to ~7300 in 2018
+    harp = np.maximum.accumulate(np.round(1.0 + 930.0 * (years - 2010.4)).astype(int))
+    harp = harp + np.arange(n)  # strictly increasing, unique
+    has_noaa = (flux > 4e20) | (rng.random(n) < 0.3)
+    noaa = np.where(has_noaa, 11067 + np.round(210.0 * (years - 2010.4)).astype(int) + np.arange(n) % 7, 0)
+    t0 = [TAI_EPOCH + timedelta(days=float(d)) for d in t_days]
+    t0 = [t.replace(second=0, microsecond=0) for t in t0]
+    return pd.DataFrame(
+        {
+            "harpnum": harp,
+            "noaa": noaa,
+            "t0": t0,
+            "lat_deg": lat,
+            "lon0_deg": lon0,
+            "flux_mx": flux,
+            "sep_mm": sep,
+            "tilt_deg": tilt,
+            "lead_sign": lead_sign.astype(int),
+            "imbalance": imbalance,
+            "delta": delta.astype(int),
+            "growth_per_day": growth,
+            "ny": ny,
+            "nx": nx,
+        }
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Observer geometry
+# --------------------------------------------------------------------------------------------
+def observer_geometry(t: datetime) -> dict:
+    """Approximate SDO geometry at time ``t``: ``dsun_m``, ``rsun_arcsec``, ``b0_deg``,
+    ``crln_obs_deg`` (Carrington longitude of disk centre) and ``car_rot``."""
+    doy = (t - datetime(t.year, 1, 1)).total_seconds() / 86400.0
+    dsun = AU_M * (1.0 - 0.01671 * math.cos(2.0 * math.pi * (doy - 3.0) / 365.25))
+    rsun_arcsec = math.degrees(math.asin(RSUN_REF_M / dsun)) * 3600.0
+    b0 = 7.25 * math.sin(2.0 * math.pi * (doy - 159.0) / 365.25)
+    # Carrington rotation 2097 began 2010-05-13 ~ 05:00 UT
+    days = (t - datetime(2010, 5, 13, 5, 0)).total_seconds() / 86400.0
+    rot = days / 27.2753
+    car_rot = 2097 + math.floor(rot)
+    crln = (360.0 * (1.0 - (rot - math.floor(rot)))) % 360.0
+    return {"dsun_m": dsun, "rsun_arcsec": rsun_arcsec, "b0_deg": b0, "crln_obs_deg": crln,
+            "car_rot": car_rot}
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------
+def _spot_profile_flux_factor(ratio: float = 2.2, pen_frac: float = 0.4) -> float:
+    """Flux of a unit-peak spot / (pi r_u^2): Gaussian umbra + super-Gaussian penumbra."""
+    return (1.0 - pen_frac) + pen_frac * math.gamma(1.5) * ratio**2
+
+
+_SPOT_K = _spot_profile_flux_factor()
+
+
+def _add_spot(img: np.ndarray, x_px: float, y_px: float, flux_mx: float, sign: float,
+              b_umbra: float, elong: float = 1.0, angle: float = 0.0) -> None:
+    """Add a sunspot (Gaussian umbra of peak ``b_umbra`` G plus a penumbral plateau of 0.4 of
+    it out to 2.2 umbral radii) carrying ``flux_mx``, in place, on a local window."""
+    ru_cm = math.sqrt(flux_mx / (math.pi * b_umbra * _SPOT_K))
+    ru = ru_cm / 1e8 / PIX_MM
+    rp = 2.2 * ru
+    half = int(math.ceil(3.2 * rp * max(elong, 1.0))) + 2
+    ny, nx = img.shape
+    x0, x1 = max(int(x_px) - half, 0), min(int(x_px) + half + 1, nx)
+    y0, y1 = max(int(y_px) - half, 0), min(int(y_px) + half + 1, ny)
+    if x0 >= x1 or y0 >= y1:
+        return
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+    dx, dy = xx - x_px, yy - y_px
+    c, s = math.cos(angle), math.sin(angle)
+    u = (dx * c + dy * s) / math.sqrt(elong)
+    v = (-dx * s + dy * c) * math.sqrt(elong)
+    r2 = u * u + v * v
+    prof = 0.6 * np.exp(-r2 / (ru * ru)) + 0.4 * np.exp(-(r2 / (rp * rp)) ** 2)
+    img[y0:y1, x0:x1] += sign * b_umbra * prof
+
+
+def _deposit(shape: tuple[int, int], x: np.ndarray, y: np.ndarray, flux: np.ndarray) -> np.ndarray:
+    """Bin point fluxes [Mx] at pixel positions into an image of flux density [G]."""
+    ny, nx = shape
+    ix = np.rint(x).astype(np.int64)
+    iy = np.rint(y).astype(np.int64)
+    ok = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny)
+    out = np.bincount(iy[ok] * nx + ix[ok], weights=flux[ok], minlength=ny * nx)
+    return out.reshape(ny, nx) / PIX_AREA_CM2
+
+
+def _clustered(rng: np.random.Generator, n: int, cx: float, cy: float, sx: float, sy: float,
+               n_clusters: int, cluster_sd: float) -> tuple[np.ndarray, np.ndarray]:
+    """Neyman-Scott clustered positions: ``n`` points around ``n_clusters`` centres drawn from
+    a Gaussian of widths (sx, sy) about (cx, cy); points scatter by ``cluster_sd`` (pixels)."""
+    n_clusters = max(int(n_clusters), 1)
+    ccx = cx + sx * rng.standard_normal(n_clusters)
+    ccy = cy + sy * rng.standard_normal(n_clusters)
+    k = rng.integers(0, n_clusters, n)
+    return (ccx[k] + cluster_sd * rng.standard_normal(n),
+            ccy[k] + cluster_sd * rng.standard_normal(n))
+
+
+@dataclass
+class _Elements:
+    x: np.ndarray        # pixels
+    y: np.ndarray
+    flux: np.ndarray     # signed Mx
+    wide: np.ndarray     # bool: larger blur (pores, decaying plage)
+
+
+def _region_layout(reg: pd.Series, rng: np.random.Generator):
+    """Spots and flux elements of one region at its first frame, in pixel coordinates."""
+    ny, nx = int(reg.ny), int(reg.nx)
+    cx, cy = (nx - 1) / 2.0, (ny - 1) / 2.0
+    flux = float(reg.flux_mx)
+    sep_px = float(reg.sep_mm) / PIX_MM
+    north = reg.lat_deg > 0
+    g = math.radians(reg.tilt_deg)
+    # leading polarity west (+x) and, for positive tilt, nearer the equator
+    ey = -1.0 if north else 1.0
+    ux, uy = math.cos(g), ey * math.sin(g)
+    s_lead = float(reg.lead_sign)
+    flux_lead = 0.5 * flux * (1.0 + reg.imbalance)
+    flux_trail = 0.5 * flux * (1.0 - reg.imbalance)
+    lead = (cx + 0.5 * sep_px * ux, cy + 0.5 * sep_px * uy)
+    trail = (cx - 0.5 * sep_px * ux, cy - 0.5 * sep_px * uy)
+    logf = math.log10(flux)
+    spot_frac = 0.12 + 0.45 / (1.0 + math.exp(-(logf - 21.4) / 0.35))
+    spot_frac *= rng.uniform(0.75, 1.2)
+    b_umbra = float(np.clip(1700.0 + 450.0 * (logf - 21.0) + rng.normal(0, 120), 1400.0, 2700.0))
+    spots = []  # (x, y, flux, sign, b_umbra, elong, angle)
+    for (px, py), pflux, sign, frac in ((lead, flux_lead, s_lead, spot_frac),
+                                        (trail, flux_trail, -s_lead, 0.55 * spot_frac)):
+        f_spot = pflux * frac
+        if f_spot < 1.5e20:
+            continue
+        n_sp = 1 + int(rng.random() < 0.5) + int(rng.random() < 0.25 and f_spot > 2e21)
+        parts = rng.dirichlet(np.full(n_sp, 2.0)) if n_sp > 1 else np.ones(1)
+        parts = np.sort(parts)[::-1]
+        for j, part in enumerate(parts):
+            rp_main = 2.2 * math.sqrt(f_spot * parts[0] / (math.pi * b_umbra * _SPOT_K)) / 1e8 / PIX_MM
+            off = 0.0 if j == 0 else rp_main * rng.uniform(1.3, 2.0) + rng.uniform(0.0, 0.1) * sep_px
+            ang = rng.uniform(0, 2 * math.pi)
+            bu = b_umbra * (1.0 if j == 0 else rng.uniform(0.75, 0.95))
+            spots.append((px + off * math.cos(ang), py + off * math.sin(ang), f_spot * part,
+                          sign, bu, rng.uniform(1.0, 1.5), rng.uniform(0, math.pi)))
+    # plage: remaining flux in clustered elements; trailing polarity more dispersed
+    spread = float(plage_spread_mm(flux)) / PIX_MM
+    xs, ys, fs, ws = [], [], [], []
+    for (px, py), pflux, sign, disp, frac in ((lead, flux_lead, s_lead, 0.8, spot_frac),
+                                              (trail, flux_trail, -s_lead, 1.25, 0.55 * spot_frac)):
+        f_plage = pflux * (1.0 - frac) if pflux * frac >= 1.5e20 else pflux
+        fel = ELEMENT_FLUX_MX * np.exp(0.8 * rng.standard_normal(4096))
+        n_el = int(np.clip(f_plage / fel.mean(), 5, 40000))
+        fel = ELEMENT_FLUX_MX * np.exp(0.8 * rng.standard_normal(n_el))
+        fel *= f_plage / fel.sum()
+        # elongated along the bipole axis
+        x, y = _clustered(rng, n_el, px, py, disp * spread * 0.9, disp * spread * 0.6,
+                          n_clusters=max(n_el // 25, 3), cluster_sd=2.0 / PIX_MM)
+        xs.append(x); ys.append(y); fs.append(sign * fel); ws.append(rng.random(n_el) < 0.4)
+    # delta / complex configurations: opposite polarities in contact
+    if reg.delta == 1 and spots:
+        lx, ly, lf, lsgn, lbu = spots[0][:5]
+        f_in = lf * rng.uniform(0.3, 0.7)
+        ru_l = math.sqrt(lf / (math.pi * lbu * _SPOT_K)) / 1e8 / PIX_MM
+        ru_i = math.sqrt(f_in / (math.pi * lbu * _SPOT_K)) / 1e8 / PIX_MM
+        d = 1.25 * (ru_l + ru_i) * 1.6
+        ang = rng.uniform(0, 2 * math.pi)
+        spots.append((lx + d * math.cos(ang), ly + d * math.sin(ang), f_in, -lsgn,
+                      lbu * 0.9, rng.uniform(1.2, 2.0), ang + math.pi / 2))
+        # the intruding spot's partner keeps the region roughly balanced
+        spots.append((lx + 2.6 * d * math.cos(ang), ly + 2.6 * d * math.sin(ang), 0.8 * f_in, lsgn,
+                      lbu * 0.8, 1.2, 0.0))
+    elif reg.delta == 2:
+        # a second, smaller bipole emerging against the main one, axis anti-aligned
+        f2 = flux * rng.uniform(0.2, 0.45)
+        s2 = SEP_MM_AT_1E22 * (f2 / 1e22) ** SEP_EXPONENT / PIX_MM * 0.8
+        ang = math.atan2(uy, ux) + math.pi + rng.normal(0, 0.5)
+        mx, my = lead[0] + rng.normal(0, 0.1) * sep_px, lead[1] + rng.normal(0, 0.1) * sep_px
+        bu = b_umbra * 0.9
+        for sgn, k in ((-s_lead, 0.5), (s_lead, -0.5)):
+            spots.append((mx + k * s2 * math.cos(ang), my + k * s2 * math.sin(ang), 0.6 * f2 / 2,
+                          sgn, bu, rng.uniform(1.3, 2.2), ang))
+        n2 = int(np.clip(0.4 * f2 / ELEMENT_FLUX_MX, 5, 8000))
+        x, y = _clustered(rng, n2, mx, my, 0.5 * s2, 0.5 * s2, max(n2 // 25, 2), 1.5 / PIX_MM)
+        side = np.sign((x - mx) * math.cos(ang) + (y - my) * math.sin(ang))
+        fel = 0.4 * f2 / n2 * np.exp(0.6 * rng.standard_normal(n2))
+        xs.append(x); ys.append(y); fs.append(np.where(side > 0, -s_lead, s_lead) * fel)
+        ws.append(np.zeros(n2, bool))
+    # network: mixed polarity everywhere, clustered on supergranular scale
+    area_mm2 = nx * ny * PIX_MM**2
+    n_net = int(NETWORK_DENSITY_PER_MM2 * area_mm2)
+    x, y = _clustered(rng, n_net, cx, cy, nx * 0.6, ny * 0.6, max(int(area_mm2 / 600.0), 4),
+                      4.0 / PIX_MM)
+    x = np.mod(x, nx); y = np.mod(y, ny)
+    fnet = NETWORK_FLUX_MX * np.exp(0.9 * rng.standard_normal(n_net))
+    fnet *= np.where(rng.random(n_net) < 0.5 + 0.05 * s_lead, 1.0, -1.0)
+    xs.append(x); ys.append(y); fs.append(fnet); ws.append(np.zeros(n_net, bool))
+    el = _Elements(np.concatenate(xs), np.concatenate(ys), np.concatenate(fs), np.concatenate(ws))
+    return spots, el
+
+
+NOISE_WHITE_G = 7.5
+NOISE_CORRELATED = ((1.2, 10.0), (4.0, 12.0))  # (Gaussian sigma [px], rms [G]) at disk centre
+
+
+def _saturate(img: np.ndarray, b_max: float = B_SATURATION_G, p: float = 6.0) -> np.ndarray:
+    """Soft ceiling on |B| where flux concentrations overlap: ``B / (1 + (|B|/b_max)^p)^(1/p)``
+    (fields below ~0.7 b_max are almost unchanged; nothing exceeds b_max). Flux tubes cannot be
+    compressed beyond roughly equipartition with the photospheric gas pressure (~3-4 kG)."""
+    return img / (1.0 + (np.abs(img) / b_max) ** p) ** (1.0 / p)
+
+
+def _noise(rng: np.random.Generator, shape: tuple[int, int], mu: float) -> np.ndarray:
+    """HMI-like Br noise [G]: white plus a correlated part, larger toward the limb
+    (Br mixes in the noisier transverse field as mu = cos(heliocentric angle) drops)."""
+    level = 1.0 + 1.2 * (1.0 - mu)
+    white = NOISE_WHITE_G * level * rng.standard_normal(shape)
+    out = white
+    for sigma_px, amp in NOISE_CORRELATED:
+        corr = ndimage.gaussian_filter(rng.standard_normal(shape), sigma_px, mode="wrap")
+        out += amp * level / max(corr.std(), 1e-12) * corr
+    return out
+
+
+def render_region(reg: pd.Series, n_frames: int, seed: int, cadence_h: float = 6.0):
+    """Render ``n_frames`` Br images of one region.
+
+    Returns a list of ``(data, t_rec, meta)``: ``data`` (ny, nx) float64 Gauss rounded to the
+    0.01 G quantum of the FITS files, ``t_rec`` a datetime, ``meta`` a dict with the frame's
+    Stonyhurst longitude ``lon_deg`` and observer geometry.
+    """
+    rng = np.random.default_rng([seed, int(reg.harpnum)])
+    spots, el = _region_layout(reg, rng)
+    shape = (int(reg.ny), int(reg.nx))
+    n_el = el.x.size
+    # per-element random walk (pixels) and flux jitter across frames
+    step = 0.25 / PIX_MM * math.sqrt(cadence_h)
+    walk_x = np.cumsum(step * rng.standard_normal((n_frames, n_el)), axis=0)
+    walk_y = np.cumsum(step * rng.standard_normal((n_frames, n_el)), axis=0)
+    walk_x[0] = 0.0
+    walk_y[0] = 0.0
+    jitter = np.exp(np.cumsum(0.05 * rng.standard_normal((n_frames, n_el)), axis=0))
+    jitter[0] = 1.0
+    out = []
+    for k in range(n_frames):
+        t = reg.t0 + timedelta(hours=cadence_h * k)
+        t_days = cadence_h * k / 24.0
+        g = math.exp(float(reg.growth_per_day) * t_days)
+        img = np.zeros(shape)
+        for (sx, sy, sf, sgn, bu, elong, ang) in spots:
+            _add_spot(img, sx, sy, sf * g, sgn, bu, elong, ang)
+        x = el.x + walk_x[k]
+        y = el.y + walk_y[k]
+        f = el.flux * jitter[k] * np.where(np.abs(el.flux) > 2e18, g, 1.0)
+        narrow = _deposit(shape, x[~el.wide], y[~el.wide], f[~el.wide])
+        wide = _deposit(shape, x[el.wide], y[el.wide], f[el.wide])
+        img += ndimage.gaussian_filter(narrow, NARROW_BLUR_PX, mode="constant")
+        img += ndimage.gaussian_filter(wide, WIDE_BLUR_PX, mode="constant")
+        img = _saturate(img)
+        lon = float(reg.lon0_deg) + (CARRINGTON_DAY_DEG - 0.0) * t_days * 0.97
+        geo = observer_geometry(t)
+        lat = float(reg.lat_deg)
+        mu = (math.cos(math.radians(lat)) * math.cos(math.radians(geo["b0_deg"]))
+              * math.cos(math.radians(lon)) + math.sin(math.radians(lat)) * math.sin(math.radians(geo["b0_deg"])))
+        img += _noise(rng, shape, max(mu, 0.2))
+        data = np.round(img, 2)
+        out.append((data, t, {"lon_deg": lon, "mu": mu, **geo}))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# FITS
+# --------------------------------------------------------------------------------------------
+def t_rec_string(t: datetime) -> str:
+    """JSOC T_REC form, e.g. ``2011.02.15_02:00:00_TAI``."""
+    return t.strftime("%Y.%m.%d_%H:%M:%S_TAI")
+
+
+def sharp_filename(harpnum: int, t: datetime, segment: str = "Br") -> str:
+    """``hmi.sharp_cea_720s.<HARPNUM>.<YYYYMMDD_HHMMSS>_TAI.<segment>.fits``."""
+    return f"{SERIES}.{int(harpnum)}.{t.strftime('%Y%m%d_%H%M%S')}_TAI.{segment}.fits"
+
+
+def unsigned_flux(data: np.ndarray, threshold_g: float = 100.0) -> float:
+    """USFLUX-like total unsigned flux [Mx]: |Br| summed over pixels whose 1-pixel-smoothed
+    |Br| exceeds ``threshold_g`` (a stand-in for JSOC's bitmap/conf_disambig mask), times the
+    nominal CEA pixel area."""
+    a = np.abs(np.nan_to_num(data))
+    m = ndimage.gaussian_filter(a, 1.0) > threshold_g
+    return float(a[m].sum() * PIX_AREA_CM2)
+
+
+def sharp_header(reg: pd.Series, data: np.ndarray, t: datetime, meta: dict):
+    """JSOC-like header for one synthetic Br record."""
+    from astropy.io import fits
+
+    ny, nx = data.shape
+    crln_obs = meta["crln_obs_deg"]
+    crpix1, crpix2 = (nx + 1) / 2.0, (ny + 1) / 2.0
+    crval1 = (crln_obs + meta["lon_deg"]) % 360.0
+    crval2 = float(reg.lat_deg)
+    a = np.abs(np.nan_to_num(data))
+    yy, xx = np.indices(data.shape)
+    w = np.where(a > 100.0, a, 0.0)
+    tot = w.sum() or 1.0
+    x_fwt = (w * xx).sum() / tot + 1.0
+    y_fwt = (w * yy).sum() / tot + 1.0
+    pos = np.nan_to_num(data) > 100.0
+    neg = np.nan_to_num(data) < -100.0
+    h = fits.Header()
+    h["DATE"] = (t + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%S")
+    h["DATE-OBS"] = (t - timedelta(seconds=108)).strftime("%Y-%m-%dT%H:%M:%S.00")
+    h["T_OBS"] = t_rec_string(t - timedelta(seconds=6))
+    h["T_REC"] = t_rec_string(t)
+    h["TRECEPOC"] = "1993.01.01_00:00:00_TAI"
+    h["TRECSTEP"] = 720.0
+    h["TRECUNIT"] = "secs"
+    h["CADENCE"] = 720.0
+    h["USFLUX"] = unsigned_flux(data)
+    h["CTYPE1"] = "CRLN-CEA"
+    h["CTYPE2"] = "CRLT-CEA"
+    h["CRPIX1"] = crpix1
+    h["CRPIX2"] = crpix2
+    h["CRVAL1"] = round(crval1, 6)
+    h["CRVAL2"] = round(crval2, 6)
+    h["CDELT1"] = CDELT_DEG
+    h["CDELT2"] = CDELT_DEG
+    h["CUNIT1"] = "degree"
+    h["CUNIT2"] = "degree"
+    h["CROTA2"] = 0.0
+    h["WCSNAME"] = "Carrington Heliographic"
+    h["DSUN_OBS"] = round(meta["dsun_m"], 2)
+    h["DSUN_REF"] = AU_M
+    h["RSUN_REF"] = RSUN_REF_M
+    h["CRLN_OBS"] = round(crln_obs, 6)
+    h["CRLT_OBS"] = round(meta["b0_deg"], 6)
+    h["CAR_ROT"] = meta["car_rot"]
+    h["RSUN_OBS"] = round(meta["rsun_arcsec"], 6)
+    h["TELESCOP"] = "SDO/HMI"
+    h["INSTRUME"] = "HMI_SIDE1"
+    h["WAVELNTH"] = 6173.0
+    h["QUALITY"] = 0
+    h["BUNIT"] = "Mx/cm^2"
+    h["ORIGIN"] = "sharpgen.synthetic"
+    h["CONTENT"] = "synthetic SHARP-like Br (not an observation)"
+    h["HARPNUM"] = int(reg.harpnum)
+    h["LAT_FWT"] = round(crval2 + (y_fwt - crpix2) * CDELT_DEG, 6)
+    h["LON_FWT"] = round(meta["lon_deg"] + (x_fwt - crpix1) * CDELT_DEG, 6)
+    for key, m in (("POS", pos), ("NE", neg)):
+        wk = a * m
+        tk = wk.sum() or 1.0
+        h[f"LATFWT{key[:2]}"] = round(crval2 + ((wk * yy).sum() / tk + 1 - crpix2) * CDELT_DEG, 6)
+        h[f"LONFWT{key[:2]}"] = round(meta["lon_deg"] + ((wk * xx).sum() / tk + 1 - crpix1) * CDELT_DEG, 6)
+    h["NOAA_AR"] = int(reg.noaa)
+    h["NOAA_NUM"] = int(reg.noaa > 0)
+    h["NOAA_ARS"] = str(int(reg.noaa)) if reg.noaa > 0 else ""
+    h["SYN_FLUX"] = (float(reg.flux_mx), "synthetic: catalogue total unsigned flux [Mx]")
+    h["SYN_TILT"] = (float(reg.tilt_deg), "synthetic: Joy tilt [deg], + = lead equatorward")
+    h["SYN_SEP"] = (float(reg.sep_mm), "synthetic: bipole separation [Mm]")
+    h["SYN_LEAD"] = (int(reg.lead_sign), "synthetic: leading polarity sign")
+    h["SYN_DLTA"] = (int(reg.delta), "synthetic: 0 simple, 1 delta spot, 2 colliding")
+    return h
+
+
+def write_sharp_fits(path: str | Path, data: np.ndarray, header) -> None:
+    """Write ``data`` [G] like a JSOC export: empty primary HDU + RICE_1 CompImageHDU of int32
+    with BSCALE 0.01 (NaN stored as BLANK), one tile per row. Written atomically."""
+    from astropy.io import fits
+
+    from .atomic import atomic_path
+
+    data = np.asarray(data, dtype=np.float64)
+    hdu = fits.CompImageHDU(data=data.copy(), header=header, compression_type="RICE_1",
+                            tile_shape=(1, data.shape[1]))
+    hdu.scale("int32", bscale=0.01, bzero=0.0)
+    hdu.header["BLANK"] = BLANK
+    with atomic_path(path, suffix=".fits") as tmp:
+        fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp)
+
+
+def synthesize(out_dir: str | Path, n_regions: int = 240, frames_per_region: int = 4,
+               seed: int = 0, cadence_h: float = 6.0, progress: bool = True) -> pd.DataFrame:
+    """Write the synthetic data set to ``out_dir`` and return its manifest.
+
+    Returns a DataFrame with the manifest columns ``path`` (absolute), ``source``
+    (``synthetic``), ``harpnum``, ``t_rec``; one row per Br file, sorted by HARPNUM then time.
+    """
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cat = region_catalogue(n_regions, seed)
+    rows = []
+    for _, reg in tqdm(cat.iterrows(), total=len(cat), desc="synthesize", disable=not progress):
+        for data, t, meta in render_region(reg, frames_per_region, seed, cadence_h):
+            path = out_dir / sharp_filename(reg.harpnum, t)
+            write_sharp_fits(path, data, sharp_header(reg, data, t, meta))
+            rows.append({"path": str(path.resolve()), "source": "synthetic",
+                         "harpnum": int(reg.harpnum), "t_rec": t_rec_string(t)})
+    logger.info("wrote %d synthetic records of %d regions to %s", len(rows), len(cat), out_dir)
+    return pd.DataFrame(rows, columns=["path", "source", "harpnum", "t_rec"])

@@ -1,0 +1,395 @@
+"""Tests of sharpgen.directions: projection math, boundary recovery, traversals, calibration, CLI.
+
+No trained GAN is needed: a tiny stand-in generator (fixed random linear map + planted bipole,
+tanh) has a known monotone dependence of its flux on a planted latent direction ``w`` and of a
+separate image region on a second direction ``v``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sharpgen import directions as dr
+
+D = 100
+S = 32
+
+
+def unit(v):
+    v = np.asarray(v, dtype=np.float64)
+    return v / np.linalg.norm(v)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    rng = np.random.default_rng(7)
+    w = unit(rng.standard_normal(D))
+    v = rng.standard_normal(D)
+    v = unit(v - (v @ w) * w)  # orthogonal to w
+    return w, v
+
+
+class StandIn(torch.nn.Module):
+    """z (B, D) -> (B, 1, S, S) in [-1, 1]: bipole of amplitude 0.6 exp(0.5 z.w) on the left
+    half, a uniform block of value 0.5 tanh(0.5 z.v) on the right, plus a fixed random linear
+    map of z (amplitude 0.01) everywhere."""
+
+    def __init__(self, w, v, size=S, nz=D):
+        super().__init__()
+        self.size, self.nz = size, nz
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("w", torch.tensor(w, dtype=torch.float32))
+        self.register_buffer("v", torch.tensor(v, dtype=torch.float32))
+        self.lin = torch.nn.Parameter(torch.randn(nz, size * size, generator=g) * 0.001, requires_grad=False)
+        yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij")
+        c = size / 2
+        s2 = 2 * (size / 10) ** 2
+        pos = torch.exp(-((xx - size * 0.18) ** 2 + (yy - c) ** 2) / s2)
+        neg = torch.exp(-((xx - size * 0.36) ** 2 + (yy - c) ** 2) / s2)
+        block = ((xx >= size * 0.7) & (xx < size * 0.9) & (yy >= size * 0.3) & (yy < size * 0.7)).float()
+        self.register_buffer("bipole", pos - neg)
+        self.register_buffer("block", block)
+
+    def forward(self, z):
+        a = z @ self.w
+        b = z @ self.v
+        amp = 0.6 * torch.exp(0.5 * a)
+        img = amp[:, None, None] * self.bipole + 0.5 * torch.tanh(0.5 * b)[:, None, None] * self.block
+        img = img + (z @ self.lin).reshape(-1, self.size, self.size)
+        return torch.tanh(img)[:, None]
+
+
+@pytest.fixture(scope="module")
+def standin(planted):
+    return StandIn(*planted).eval()
+
+
+def toy_measure(images: np.ndarray) -> pd.DataFrame:
+    """Test 'parameters': tuf = sum |img| over the left half (depends on z.w only),
+    block = mean of the right block (depends on z.v only)."""
+    half = images.shape[-1] // 2
+    tuf = np.abs(images[:, :, :half]).sum(axis=(1, 2)) * 1e20
+    n = images.shape[-1]
+    block = images[:, int(n * 0.3) : int(n * 0.7), int(n * 0.7) : int(n * 0.9)].mean(axis=(1, 2))
+    return pd.DataFrame({"tuf": tuf, "block": block})
+
+
+def toy_renderer(G):
+    def render(z):
+        with torch.no_grad():
+            imgs = G(torch.as_tensor(np.asarray(z, dtype=np.float32)))[:, 0].numpy()
+        return toy_measure(imgs)
+
+    return render
+
+
+# ------------------------------------------------------------------------------- projection
+
+
+def test_project_single_condition_formula_and_orthogonality(rng):
+    n, c = rng.standard_normal(D), unit(rng.standard_normal(D))
+    out = dr.project_boundary(n, c)
+    expected = unit(n - (n @ c) * c)
+    np.testing.assert_allclose(out, expected, atol=1e-12)
+    assert abs(out @ c) < 1e-12
+    assert np.isclose(np.linalg.norm(out), 1.0)
+
+
+def test_project_several_conditions(rng):
+    n = rng.standard_normal(D)
+    C = rng.standard_normal((3, D))
+    out = dr.project_boundary(n, C[0], C[1], C[2])
+    np.testing.assert_allclose(C @ out, 0.0, atol=1e-10)
+    assert np.isclose(np.linalg.norm(out), 1.0)
+    # same result when the conditions come as one (K, D) array, and it is the least-squares residual
+    np.testing.assert_allclose(dr.project_boundary(n, C), out, atol=1e-12)
+    coef, *_ = np.linalg.lstsq(C.T, n, rcond=None)
+    np.testing.assert_allclose(out, unit(n - C.T @ coef), atol=1e-10)
+    # a direction already orthogonal to the conditions is unchanged
+    np.testing.assert_allclose(dr.project_boundary(out, C), out, atol=1e-10)
+
+
+def test_project_dependent_conditions_error(rng):
+    n = rng.standard_normal(D)
+    a, b = rng.standard_normal(D), rng.standard_normal(D)
+    with pytest.raises(dr.DirectionError, match="linearly dependent"):
+        dr.project_boundary(n, a, b, 2 * a - 0.5 * b)
+    with pytest.raises(dr.DirectionError, match="zero"):
+        dr.project_boundary(n, np.zeros(D))
+    with pytest.raises(dr.DirectionError, match="span"):
+        dr.project_boundary(a + b, a, b)
+
+
+def test_direction_spec_key_roundtrip(planted):
+    w, v = planted
+    spec = dr.DirectionSpec("tuf", ("r_value", "psep"))
+    assert spec.key == "tuf|psep,r_value"
+    assert dr.DirectionSpec.parse(spec.key) == spec
+    with pytest.raises(dr.DirectionError, match="no boundary for"):
+        spec.vector({"tuf": w, "r_value": v})
+    with pytest.raises(dr.DirectionError, match="own target"):
+        dr.DirectionSpec("tuf", ("tuf",))
+
+
+# ------------------------------------------------------------------------------- labels, boundaries
+
+
+def test_labels_median_and_fraction():
+    v = np.arange(100.0)
+    v[3] = np.nan
+    keep, lab = dr.make_labels(v, "tuf")
+    assert keep.sum() == 99 and not keep[3]
+    assert lab[keep].sum() in (49, 50)
+    keep, lab = dr.make_labels(v, "tuf", mode="fraction", fraction=0.2)
+    assert 38 <= keep.sum() <= 42
+    assert np.all(v[keep & (lab == 1)] > np.nanmedian(v)) and np.all(v[keep & (lab == 0)] < np.nanmedian(v))
+
+
+@pytest.mark.parametrize(
+    "values, match",
+    [(np.full(50, np.nan), "'psep'.*NaN"), (np.full(50, 3.0), "'psep' is constant"),
+     (np.r_[np.zeros(49), 1.0], "'psep'.*degenerate")],
+)
+def test_labels_degenerate(values, match):
+    with pytest.raises(dr.DirectionError, match=match):
+        dr.make_labels(values, "psep")
+
+
+def test_recover_planted_direction(planted):
+    w, _ = planted
+    rng = np.random.default_rng(3)
+    Z = rng.standard_normal((3000, D))
+    score = Z @ w + 0.3 * rng.standard_normal(len(Z))
+    b = dr.train_boundary(Z, (score > 0).astype(int), seed=0)
+    assert b["normal"] @ w > 0.95
+    assert b["val_accuracy"] > 0.85
+    assert b["n_val"] == 600
+
+
+def test_fit_boundaries_table_and_storage(planted, tmp_path):
+    w, v = planted
+    rng = np.random.default_rng(4)
+    Z = rng.standard_normal((2000, D))
+    table = pd.DataFrame(
+        {
+            "tuf": 10 ** (22 + 0.3 * (Z @ w) + 0.05 * rng.standard_normal(len(Z))),
+            "psep": 20 + 3 * (Z @ v) + 0.5 * rng.standard_normal(len(Z)),
+        }
+    )
+    cfg = {"parameters": ["tuf", "psep"], "log_params": ["tuf"], "val_fraction": 0.2, "seed": 0}
+    arrays, summary = dr.fit_boundaries(Z, table, cfg)
+    assert summary["tuf"]["val_accuracy"] > 0.9 and summary["psep"]["val_accuracy"] > 0.9
+    assert summary["tuf"]["regression_cosine"] > 0.95 and summary["tuf"]["regression_r2"] > 0.9
+    assert arrays["normals"][0] @ w > 0.95 and arrays["normals"][1] @ v > 0.95
+    dr.save_boundaries(tmp_path / "b.npz", arrays)
+    loaded = dr.load_boundaries(tmp_path / "b.npz")
+    np.testing.assert_allclose(loaded["tuf"], arrays["normals"][0])
+
+    bad = table.assign(psep=np.nan)
+    with pytest.raises(dr.DirectionError, match="'psep'"):
+        dr.fit_boundaries(Z, bad, cfg)
+    with pytest.raises(dr.DirectionError, match="'r_value' is not a column"):
+        dr.fit_boundaries(Z, table, {**cfg, "parameters": ["r_value"]})
+
+
+def test_boundaries_from_standin_renders(standin, planted):
+    """End to end on the stand-in: sample, measure, fit -> normals align with the planted ones."""
+    w, v = planted
+    Z = np.random.default_rng(5).standard_normal((1500, D)).astype(np.float32)
+    table = toy_renderer(standin)(Z)
+    arrays, summary = dr.fit_boundaries(Z, table, {"parameters": ["tuf", "block"], "log_params": ["tuf"]})
+    assert arrays["normals"][0] @ w > 0.9
+    assert arrays["normals"][1] @ v > 0.9
+    assert summary["tuf"]["val_accuracy"] > 0.9
+
+
+# ------------------------------------------------------------------------------- traversal, calibration
+
+
+@pytest.fixture(scope="module")
+def traversal(standin, planted):
+    w, v = planted
+    normals = {"tuf": unit(w + 0.8 * v), "block": v}  # tuf's normal is entangled with block
+    keys = ["tuf", "block", "tuf|block"]
+    vectors = {k: dr.DirectionSpec.parse(k).vector(normals) for k in keys}
+    base = np.random.default_rng(6).standard_normal((10, D))
+    eps = dr.eps_grid(2.0, 9)
+    df = dr.traverse(toy_renderer(standin), base, vectors, eps)
+    return normals, vectors, df
+
+
+def test_traverse_table(traversal):
+    _, vectors, df = traversal
+    assert len(df) == 3 * 10 * 9
+    assert set(df.columns) >= {"direction", "target", "hold", "base", "eps", "tuf", "block"}
+    assert set(df.loc[df.direction == "tuf|block", "hold"]) == {"block"}
+    assert 0.0 in set(df["eps"])
+
+
+def test_traversal_metrics_monotone_and_disentangled(traversal):
+    _, _, df = traversal
+    std = {"tuf": 0.3, "block": 0.2}
+    m = dr.traversal_metrics(df, ["tuf", "block"], std, log_params=["tuf"])
+    assert m["tuf"]["spearman_median"] > 0.95
+    assert m["tuf|block"]["spearman_median"] > 0.95
+    assert m["tuf"]["entanglement"]["tuf"] == pytest.approx(1.0)
+    # the unconditional tuf direction moves `block`; holding it removes (almost) all of that
+    assert abs(m["tuf"]["entanglement"]["block"]) > 0.2
+    held = m["tuf|block"]["held"]["block"]
+    assert abs(held["conditional"]) < 0.1 * abs(held["unconditional"])
+    assert held["reduction"] > 0.9
+
+
+def test_calibration_and_requests(traversal, standin):
+    normals, vectors, df = traversal
+    cal = dr.fit_calibration(df, "tuf|block", log_params=["tuf"], n_bootstrap=50)
+    assert cal["slope"] > 0 and cal["r2"] > 0.8
+    assert cal["slope_ci68"][0] <= cal["slope"] <= cal["slope_ci68"][1]
+    assert cal["range"][0] < cal["range"][1]
+    render = toy_renderer(standin)
+    ev = dr.evaluate_requests(render, {"tuf|block": vectors["tuf|block"]}, {"tuf|block": cal}, D,
+                              n_requests=30, seed=1, log_params=["tuf"], refine_steps=2, tol=0.01)
+    e = ev["tuf|block"]
+    assert e["n_solved"] >= 25
+    assert e["median_rel_error"] < 0.05
+    assert e["median_rel_error"] <= e["median_rel_error_calibrated_step"] + 1e-12
+    assert e["median_abs_change_held_fit_space"]["block"] < 0.02
+
+    # an explicit request far outside the calibrated eps range is not solved
+    z = dr.latent_from_seed(0, D)[None, :]
+    res = dr.solve_requests(lambda q: render(q)["tuf"].to_numpy(), z, vectors["tuf|block"], [1e30], cal,
+                            log_params=["tuf"])
+    assert not res["in_range"][0] and np.isnan(res["achieved"][0])
+
+
+def test_generate_request_refuses_out_of_range(traversal, standin):
+    normals, _, df = traversal
+    calibration = {
+        "directions": {"tuf|block": dr.fit_calibration(df, "tuf|block", log_params=["tuf"], n_bootstrap=10)},
+        "log_params": ["tuf"], "measurement": {"mode": "crop"},
+    }
+    lo, hi = calibration["directions"]["tuf|block"]["range"]
+    with pytest.raises(dr.RequestOutOfRange, match=r"calibrated range \[") as err:
+        dr.generate_request(toy_renderer(standin), standin, normals, calibration, "tuf", hi * 100, ["block"])
+    assert f"{lo:g}" in str(err.value)
+    with pytest.raises(dr.DirectionError, match="not calibrated"):
+        dr.generate_request(toy_renderer(standin), standin, normals, calibration, "tuf", hi, [])
+    ok = dr.generate_request(toy_renderer(standin), standin, normals, calibration, "tuf",
+                             float(np.sqrt(lo * hi)), ["block"], seed=3)
+    assert ok["rel_error"] < 0.05 and ok["image"].shape == (S, S)
+
+
+# ------------------------------------------------------------------------------- CLI on the stand-in
+
+
+def test_cli_generate_standin(standin, planted, tmp_path, monkeypatch):
+    physics = pytest.importorskip("sharpgen.physics")
+    from astropy.io import fits
+
+    from sharpgen import cli
+
+    w, v = planted
+    ctx = {"clip_gauss": 1000.0, "mode": "crop", "size": S}
+    sc = physics.PixelScale.cea(0.03, bin_factor=8)
+    ctx.update(pixel_size_mm=sc.size_mm, pixel_area_cm2=sc.area_cm2, pixel_size_arcsec=sc.size_arcsec)
+    normals = {"tuf": w, "r_value": v}
+    arrays = {"names": np.array(["tuf", "r_value"]), "normals": np.stack([w, v])}
+    dr.save_boundaries(tmp_path / "boundaries.npz", arrays)
+    render = dr.make_renderer(standin, ctx, ["tuf", "r_value", "psep"], batch_size=64)
+    key = "tuf|r_value"
+    base = np.random.default_rng(8).standard_normal((6, D))
+    df = dr.traverse(render, base, {key: dr.DirectionSpec.parse(key).vector(normals)}, dr.eps_grid(2.0, 9))
+    cal = dr.build_calibration(df, {"log_params": ["tuf"], "calibration": {"n_bootstrap": 20}}, ctx,
+                               dr.file_sha256(tmp_path / "boundaries.npz"))
+    (tmp_path / "calibration.json").write_text(json.dumps(cal))
+    (tmp_path / "generator.pt").write_bytes(b"stand-in")
+    monkeypatch.setattr(dr, "_load_generator", lambda path, device="cpu": standin)
+
+    lo, hi = cal["directions"][key]["range"]
+    request = float(np.sqrt(lo * hi))
+    common = ["--hold", "r_value", "--generator", str(tmp_path / "generator.pt"),
+              "--boundaries", str(tmp_path / "boundaries.npz"), "--calibration", str(tmp_path / "calibration.json")]
+    out = tmp_path / "out.fits"
+    rc = cli.main(["generate", "--tuf", f"{request:.6e}", "--seed", "1", "-o", str(out), *common])
+    assert rc in (0, None)
+    with fits.open(out) as hdul:
+        h = hdul[0].header
+        assert h["DIRECTN"] == key and h["SEED"] == 1 and h["HOLD"] == "r_value"
+        assert h["RELERR"] < 0.05
+        assert h["REQVAL"] == pytest.approx(request, rel=1e-6)
+        assert hdul[0].data.shape == (S, S)
+        z = hdul["LATENT"].data["z"][0]
+        zb = hdul["LATENT"].data["z_base"][0]
+        np.testing.assert_allclose(zb, dr.latent_from_seed(1, D))
+        np.testing.assert_allclose(z - zb, h["EPS"] * dr.DirectionSpec.parse(key).vector(normals), atol=1e-5)
+        # the recorded measurement is what physics says about the stored image
+        meas = physics.compute_parameters(hdul[0].data.astype(np.float64), sc)
+        assert meas["tuf"][0] == pytest.approx(h["HIERARCH MEAS TUF"], rel=1e-5)
+
+    rc = cli.main(["generate", "--tuf", f"{hi * 1e3:.3e}", "-o", str(tmp_path / "bad.fits"), *common])
+    assert rc == 2 and not (tmp_path / "bad.fits").exists()
+
+
+# ------------------------------------------------------------------------------- Snakemake rules
+
+
+@pytest.mark.slow
+def test_directions_rules_end_to_end(repo_root, tmp_path):
+    """The three rules on fake upstream outputs (an untrained 32 px generator, 300 latents)."""
+    import subprocess
+    import sys
+
+    import zarr
+
+    from sharpgen.gan import build_generator, generate
+    from sharpgen.physics import PixelScale, compute_parameters
+    from sharpgen.sampling import draw_latents, write_latents
+
+    for name in ("src", "rules", "workflow_scripts", "config.yaml"):
+        (tmp_path / name).symlink_to(repo_root / name)
+    (tmp_path / "Snakefile").write_text(
+        'configfile: "config.yaml"\ninclude: "rules/common.smk"\ninclude: "rules/directions.smk"\n'
+    )
+    (tmp_path / "overlay.yaml").write_text(
+        "directions:\n  parameters: [tuf, tpf, tnf]\n  conditional: [{target: tuf, hold: [tpf]}]\n"
+        "  traversal: {n_base: 3, n_eps: 5, batch_size: 64, device: cpu}\n"
+        "  calibration: {n_bootstrap: 5, n_requests: 4, evaluate: [tuf, 'tuf|tpf']}\n"
+    )
+    torch.manual_seed(0)
+    G = build_generator("stable", 32, 100)
+    with torch.no_grad():
+        G.up3.weight.mul_(3.0)
+        G.up3.bias.zero_()
+    res = tmp_path / "results"
+    (res / "gan").mkdir(parents=True)
+    torch.save({"arch": "stable", "size": 32, "nz": 100, "state_dict": G.eval().state_dict()}, res / "gan" / "generator.pt")
+    z = draw_latents(300, 100, 1)
+    sc = PixelScale.cea(0.03, bin_factor=8)
+    write_latents(res / "samples" / "latents.parquet", z, compute_parameters(generate(G, z) * 1000.0, sc))
+    g = zarr.open_group(str(res / "data" / "patches.zarr"), mode="w")
+    g.attrs.update({"clip_gauss": 1000.0, "mode": "resize", "size": 32})
+    for k in ("size_mm", "area_cm2", "size_arcsec"):
+        g.create_array(f"pixel_{k}", data=np.full(4, float(getattr(sc, k))))
+
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("snakemake")), "--cores", "2", "--configfile", "overlay.yaml",
+         "--", "results/directions/calibration.json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    b = json.loads((res / "directions" / "boundaries.json").read_text())
+    assert set(b["parameters"]) >= {"tuf", "tpf", "tnf"} and 0 <= b["parameters"]["tuf"]["val_accuracy"] <= 1
+    m = json.loads((res / "directions" / "traversal_metrics.json").read_text())
+    assert set(m["directions"]) == {"tuf", "tpf", "tnf", "tuf|tpf"}
+    assert "image units" in m["units"]  # resize mode: not physical
+    assert len(pd.read_parquet(res / "directions" / "traversals.parquet")) == 4 * 3 * 5
+    c = json.loads((res / "directions" / "calibration.json").read_text())
+    assert set(c["evaluation"]) == {"tuf", "tuf|tpf"} and "image units" in c["directions"]["tuf"]["unit"]
+    for rule in ("fit_boundaries", "traverse", "calibrate"):
+        assert (res / "logs" / f"{rule}.log").exists() and (res / "benchmarks" / f"{rule}.tsv").exists()

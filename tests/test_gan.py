@@ -1,0 +1,293 @@
+"""GAN models, training loop, checkpoints/resume, faults (sharpgen.gan). Tiny sizes, CPU, < 60 s."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sharpgen import gan
+from sharpgen.gan import (CheckpointMismatchError, DivergenceError, GanConfig, PatchStoreError,
+                          list_checkpoints)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------------------------
+# fixture helper: a tiny patch store per the contracts (used by test_sampling.py too)
+# --------------------------------------------------------------------------------------------
+def synthetic_bipoles(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """(n, size, size) float32 in [-1, 1]: one Gaussian bipole per map plus weak noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    out = np.empty((n, size, size), dtype=np.float32)
+    for i in range(n):
+        cy, cx = rng.uniform(0.35, 0.65, 2) * size
+        d = rng.uniform(0.08, 0.2) * size
+        ang = rng.uniform(-0.6, 0.6)
+        w = rng.uniform(0.04, 0.08) * size
+        amp = rng.uniform(0.3, 0.9)
+        dy, dx = 0.5 * d * np.sin(ang), 0.5 * d * np.cos(ang)
+        pos = np.exp(-((yy - cy - dy) ** 2 + (xx - cx - dx) ** 2) / (2 * w * w))
+        neg = np.exp(-((yy - cy + dy) ** 2 + (xx - cx + dx) ** 2) / (2 * w * w))
+        out[i] = amp * (pos - neg) + 0.01 * rng.standard_normal((size, size))
+    return np.clip(out, -1, 1)
+
+
+def make_patch_store(root: Path, n: int = 24, size: int = 32, clip_gauss: float = 1000.0,
+                     seed: int = 0) -> tuple[Path, Path]:
+    """Write ``root/patches.zarr`` + ``root/patches.parquet`` per the contracts; return paths."""
+    import zarr
+
+    from sharpgen.physics import PixelScale, compute_parameters
+
+    patches = synthetic_bipoles(n, size, seed)
+    scale = PixelScale.cea(0.03, bin_factor=4)
+    zpath, tpath = root / "patches.zarr", root / "patches.parquet"
+    g = zarr.open_group(str(zpath), mode="w")
+    g.create_array("patches", shape=patches.shape, dtype="float32",
+                   chunks=(min(64, n), size, size))[...] = patches
+    for name in ("size_mm", "area_cm2", "size_arcsec"):
+        arr = np.full(n, float(getattr(scale, name)))
+        g.create_array(f"pixel_{name}", shape=(n,), dtype="float64")[...] = arr
+    g.attrs.update({"clip_gauss": clip_gauss, "mode": "crop", "size": size, "bin": 4, "n": n,
+                    "config_hash": "testhash0000"})
+    params = compute_parameters(patches.astype(np.float64) * clip_gauss, scale)
+    split = np.array(["train", "train", "val", "test"] * (n // 4 + 1))[:n]
+    table = pd.DataFrame({"row": np.arange(n), "split": split, "harpnum": np.arange(n) // 2,
+                          "pixel_size_mm": scale.size_mm, "pixel_area_cm2": scale.area_cm2})
+    table = pd.concat([table, params], axis=1)
+    table.to_parquet(tpath, index=False)
+    return zpath, tpath
+
+
+TINY = dict(arch="stable", steps=6, batch_size=8, log_every=2, sample_every=3,
+            checkpoint_every=3, keep_checkpoints=2, device="cpu", seed=3)
+
+
+def _train(tmp: Path, patches, tag: str, progress=False, **over):
+    max_steps = over.pop("_max", None)
+    cfg = GanConfig.from_dict({**TINY, **over})
+    out = tmp / tag
+    summary = gan.train_gan(patches, cfg, checkpoint_root=out / "ckpt",
+                            generator_path=out / "generator.pt", log_csv=out / "train_log.csv",
+                            samples_dir=out / "samples", data_id="t", threads=1,
+                            progress=progress, max_steps_this_run=max_steps)
+    return out, summary
+
+
+def _weights(path: Path) -> dict:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def tiny_patches() -> np.ndarray:
+    return synthetic_bipoles(16, 32, seed=1)
+
+
+# --------------------------------------------------------------------------------------------
+# models
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_generator_and_discriminator_shapes(size):
+    G = gan.build_generator("paper", size)
+    D = gan.build_discriminator("stable", size)
+    x = G(torch.randn(3, 100))
+    assert x.shape == (3, 1, size, size)
+    assert float(x.detach().abs().max()) <= 1.0
+    assert D(x).shape == (3,)
+
+
+def test_paper_architecture_matches_publication():
+    G = gan.build_generator("paper", 128)
+    D = gan.build_discriminator("paper", 128)
+    assert G.fc.out_features == 64 * 15 * 15
+    assert [m.out_channels for m in (G.up1, G.up2, G.up3)] == [64, 32, 1]
+    assert all(m.kernel_size == (3, 3) and m.stride == (2, 2) for m in (G.up1, G.up2, G.up3))
+    assert D.fc1.in_features == 14400 and D.fc1.out_features == 100 and D.fc2.out_features == 1
+    assert [m.padding for m in (D.c1, D.c2, D.c3)] == [(0, 0)] * 3
+    # stable adds spectral norm to every D layer
+    Ds = gan.build_discriminator("stable", 128)
+    assert all(hasattr(m, "parametrizations") for m in (Ds.c1, Ds.c2, Ds.c3, Ds.fc1, Ds.fc2))
+    with pytest.raises(ValueError, match="power of two"):
+        gan.build_generator("paper", 48)
+
+
+def test_flop_count_matches_analytic_macs():
+    # per image: forward MACs of G and D (convolutions + linear layers), counted by hand
+    g = 100 * 14400 + 15 * 15 * 64 * 64 * 9 + 31 * 31 * 64 * 32 * 9 + 64 * 64 * 32 * 9
+    d = 63 * 63 * 32 * 9 + 31 * 31 * 64 * 32 * 9 + 15 * 15 * 64 * 64 * 9 + 14400 * 100 + 100
+    flops = gan.training_flops_per_step("paper", 128, 1)
+    # G fwd + 3 D fwd; backward ~2x forward except D weight grads skipped in the G step and the
+    # first layer input grads (image) not needed for real; bound it between 4x and 9x forward
+    fwd = 2 * (g + 3 * d)
+    assert fwd < flops < 3 * fwd
+    assert abs(gan.training_flops_per_step("paper", 128, 4) / flops - 4) < 1e-6
+
+
+def test_diff_augment_only_moves_and_zeros_pixels():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 1, 32, 32) + 1.0  # all values in [1, 2): zeros can only come from fills
+    y = gan.diff_augment(x, gen, 0.125, 0.25)
+    assert y.shape == x.shape
+    vals = set(torch.unique(x).tolist()) | {0.0}
+    assert set(torch.unique(y).tolist()) <= vals  # no rescaling, no interpolation
+    assert (y == 0).any()
+    gen2 = torch.Generator().manual_seed(0)
+    assert torch.equal(y, gan.diff_augment(x, gen2, 0.125, 0.25))
+
+
+# --------------------------------------------------------------------------------------------
+# training: determinism, resume, outputs
+# --------------------------------------------------------------------------------------------
+def test_training_is_deterministic_and_writes_outputs(tmp_path, tiny_patches):
+    a, sa = _train(tmp_path, tiny_patches, "a")
+    b, _ = _train(tmp_path, tiny_patches, "b")
+    wa, wb = _weights(a / "generator.pt"), _weights(b / "generator.pt")
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    c, _ = _train(tmp_path, tiny_patches, "c", seed=4)
+    assert not all(torch.equal(wa[k], _weights(c / "generator.pt")[k]) for k in wa)
+    assert sa["steps"] == 6
+    blob = torch.load(a / "generator.pt", weights_only=True)
+    assert blob["arch"] == "stable" and blob["size"] == 32 and blob["weights"] == "ema"
+    assert blob["config"]["steps"] == 6
+    log = pd.read_csv(a / "train_log.csv")
+    assert list(log["step"]) == [2, 4, 6]
+    assert np.isfinite(log[["d_loss", "g_loss", "images_per_s"]].to_numpy()).all()
+    assert sorted(p.name for p in (a / "samples").iterdir()) == ["step_00000003.png",
+                                                                "step_00000006.png"]
+    G = gan.load_generator(a / "generator.pt")
+    imgs = gan.generate(G, np.zeros((5, 100), np.float32), batch_size=2)
+    assert imgs.shape == (5, 32, 32) and imgs.dtype == np.float32
+    assert np.abs(imgs).max() <= 1
+
+
+def test_resume_matches_uninterrupted_run(tmp_path, tiny_patches):
+    full, _ = _train(tmp_path, tiny_patches, "full", arch="paper")
+    part, s = _train(tmp_path, tiny_patches, "part", arch="paper", _max=3)
+    assert s["steps"] == 3 and not (part / "generator.pt").exists()
+    _train(tmp_path, tiny_patches, "part", arch="paper")  # resumes at step 3
+    wa, wb = _weights(full / "generator.pt"), _weights(part / "generator.pt")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    log = pd.read_csv(part / "train_log.csv")
+    assert list(log["step"]) == [2, 4, 6]
+
+
+def test_sigkill_mid_run_resumes_and_finishes(tmp_path, tiny_patches):
+    np.save(tmp_path / "p.npy", tiny_patches)
+    cfg = {**TINY, "steps": 100000, "checkpoint_every": 2, "arch": "paper"}
+    script = textwrap.dedent(f"""
+        import numpy as np, torch
+        from sharpgen import gan
+        torch.set_num_threads(1)
+        gan.train_gan(np.load({str(tmp_path / 'p.npy')!r}), gan.GanConfig.from_dict({cfg!r}),
+                      checkpoint_root={str(tmp_path / 'ckpt')!r},
+                      generator_path={str(tmp_path / 'g.pt')!r},
+                      log_csv={str(tmp_path / 'log.csv')!r}, data_id="t", progress=False)
+    """)
+    folder = gan.checkpoint_folder(tmp_path / "ckpt", GanConfig.from_dict(cfg), 32, 16, "t")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO_ROOT)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and len(list_checkpoints(folder)) < 1:
+            assert proc.poll() is None, "training subprocess died"
+            time.sleep(0.05)
+        assert list_checkpoints(folder), "no checkpoint within 60 s"
+        time.sleep(0.2)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done = list_checkpoints(folder)[-1][0]
+    assert done >= 2
+    # rerun (in-process) with a finite budget a few steps past the kill: resumes and finishes
+    cfg2 = GanConfig.from_dict({**cfg, "steps": done + 4})
+    s = gan.train_gan(tiny_patches, cfg2, checkpoint_root=tmp_path / "ckpt",
+                      generator_path=tmp_path / "g.pt", log_csv=tmp_path / "log.csv",
+                      data_id="t", progress=False)
+    assert s["steps"] == done + 4
+    assert torch.load(tmp_path / "g.pt", weights_only=True)["steps"] == done + 4
+    steps = list(pd.read_csv(tmp_path / "log.csv")["step"])
+    assert steps == sorted(set(steps)) and steps[-1] == done + 4
+    assert not list(folder.glob(".*.tmp"))  # no half-written checkpoint left behind
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_patches):
+    out, _ = _train(tmp_path, tiny_patches, "div", arch="paper", checkpoint_every=2, _max=2)
+    folder = Path(out / "ckpt")
+    ck = list_checkpoints(next(folder.iterdir()))
+    assert [s for s, _ in ck] == [2]
+    bad = tiny_patches.copy()
+    bad[:] = np.nan
+    with pytest.raises(DivergenceError, match=r"non-finite loss by step 3.*step_00000002\.pt"):
+        _train(tmp_path, bad, "div", arch="paper", checkpoint_every=2)
+    assert [s for s, _ in list_checkpoints(next(folder.iterdir()))] == [2]
+    assert not (out / "generator.pt").exists()
+
+
+def test_checkpoint_from_other_architecture_is_refused(tmp_path, tiny_patches):
+    out, _ = _train(tmp_path, tiny_patches, "x", arch="paper", _max=3)
+    src = list_checkpoints(next((out / "ckpt").iterdir()))[-1][1]
+    cfg = GanConfig.from_dict({**TINY, "arch": "stable"})
+    dst = gan.checkpoint_folder(out / "ckpt", cfg, 32, 16, "t")
+    dst.mkdir(parents=True)
+    (dst / src.name).write_bytes(src.read_bytes())
+    with pytest.raises(CheckpointMismatchError, match=r"arch: checkpoint 'paper' != current 'stable'"):
+        _train(tmp_path, tiny_patches, "x", arch="stable")
+
+
+def test_unknown_config_key_and_bad_values():
+    with pytest.raises(ValueError, match="unknown gan config key"):
+        GanConfig.from_dict({"archh": "paper"})
+    with pytest.raises(ValueError, match="gan.arch"):
+        GanConfig.from_dict({"arch": "biggan"})
+
+
+# --------------------------------------------------------------------------------------------
+# patch store faults
+# --------------------------------------------------------------------------------------------
+def test_patch_store_reading_and_split(tmp_path):
+    z, t = make_patch_store(tmp_path, n=12)
+    allp, attrs = gan.read_patch_store(z)
+    assert allp.shape == (12, 32, 32) and attrs["clip_gauss"] == 1000.0
+    train, _ = gan.read_patch_store(z, t, split="train")
+    assert train.shape[0] == 6
+    np.testing.assert_array_equal(train[0], allp[0])
+
+
+def test_missing_empty_or_corrupt_patch_store_is_named(tmp_path):
+    import zarr
+
+    missing = tmp_path / "nope.zarr"
+    with pytest.raises(PatchStoreError, match=f"patch store {missing} does not exist"):
+        gan.read_patch_store(missing)
+    empty = tmp_path / "empty.zarr"
+    zarr.open_group(str(empty), mode="w").create_array("patches", shape=(0, 32, 32),
+                                                       dtype="float32")
+    with pytest.raises(PatchStoreError, match=f"patch store {empty} is empty"):
+        gan.read_patch_store(empty)
+    noarr = tmp_path / "noarr.zarr"
+    zarr.open_group(str(noarr), mode="w")
+    with pytest.raises(PatchStoreError, match=f"patch store {noarr} has no 'patches' array"):
+        gan.read_patch_store(noarr)
+    z, _ = make_patch_store(tmp_path, n=8)
+    (z / "zarr.json").write_text("{ not json")
+    with pytest.raises(PatchStoreError, match=f"patch store {z} is unreadable or corrupt"):
+        gan.read_patch_store(z)
+    sub = tmp_path / "chunks"
+    sub.mkdir()
+    z2, _ = make_patch_store(sub, n=8)
+    for chunk in (z2 / "patches" / "c").rglob("*"):
+        if chunk.is_file():
+            chunk.write_bytes(b"garbage")
+    with pytest.raises(PatchStoreError, match=f"patch store {z2} is unreadable or corrupt"):
+        gan.read_patch_store(z2)

@@ -1,0 +1,225 @@
+"""Known-answer tests of sharpgen.physics on constructed maps (no real data needed)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sharpgen import physics
+from sharpgen.physics import PARAMETER_NAMES, PARAMETERS, PixelScale, compute_parameters
+
+UNIT = PixelScale(size_mm=1.0, area_cm2=1.0, size_arcsec=2.0)  # 1 px = 1 Mm, area 1, no R binning
+
+
+def blob(shape, cy, cx, sigma, amp):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return amp * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2.0 * sigma**2))
+
+
+def bipole(s=64, sep=24.0, amp=1000.0, sigma=3.0, angle_deg=0.0, pos_leads=True):
+    """Positive and negative Gaussian blobs symmetric about the centre, axis at angle_deg."""
+    c = (s - 1) / 2.0
+    dx = 0.5 * sep * math.cos(math.radians(angle_deg))
+    dy = 0.5 * sep * math.sin(math.radians(angle_deg))
+    sgn = 1.0 if pos_leads else -1.0
+    return blob((s, s), c + sgn * dy, c + sgn * dx, sigma, amp) - blob((s, s), c - sgn * dy, c - sgn * dx, sigma, amp)
+
+
+def test_parameter_table_is_documented():
+    assert set(PARAMETER_NAMES) >= {"tuf", "tpf", "tnf", "net_flux", "psep", "psep_robust", "tilt_deg", "r_paper", "r_value"}
+    for name in PARAMETER_NAMES:
+        info = PARAMETERS[name]
+        assert info.unit and info.description
+
+
+def test_pixel_scale_cea_and_bin():
+    s1 = PixelScale.cea(0.03)
+    s2 = PixelScale.cea(0.03, bin_factor=4)
+    # 0.03 deg of a 696 Mm sun = 0.3644 Mm; seen from 1 AU: 696e6 * 5.236e-4 / 1.496e11 rad
+    assert s1.size_mm == pytest.approx(696.0 * math.radians(0.03), rel=2e-3)
+    assert s1.size_arcsec == pytest.approx(math.degrees(6.96e8 * math.radians(0.03) / 1.495978707e11) * 3600, rel=1e-6)
+    assert s2.size_mm == pytest.approx(4 * s1.size_mm)
+    assert s2.size_arcsec == pytest.approx(4 * s1.size_arcsec)
+    assert s2.area_cm2 == pytest.approx(16 * s1.area_cm2)
+    # area is the square of the side (in cm): (size_mm * 1e8 cm)^2
+    assert s1.area_cm2 == pytest.approx((s1.size_mm * 1e8) ** 2, rel=1e-9)
+
+
+def test_pixel_scale_from_header_rejects_missing_keys():
+    with pytest.raises(KeyError, match="DSUN_OBS"):
+        PixelScale.from_header({"CDELT1": 0.03, "RSUN_REF": 6.96e8, "RSUN_OBS": 970.0})
+    with pytest.raises(ValueError, match="RSUN_OBS"):
+        PixelScale.from_header({"CDELT1": 0.03, "RSUN_REF": 6.96e8, "RSUN_OBS": "nan", "DSUN_OBS": 1.5e11})
+
+
+def test_flux_sums_known_answer():
+    b = np.zeros((8, 8))
+    b[1, 1] = 200.0
+    b[2, 2] = 100.0
+    b[5, 5] = -50.0
+    b[6, 6] = -300.0
+    b[0, 7] = np.nan
+    sc = PixelScale(size_mm=0.5, area_cm2=2.0e15, size_arcsec=2.0)
+    df = compute_parameters(b, sc)
+    row = df.iloc[0]
+    assert row.tpf == pytest.approx(300.0 * 2e15)
+    assert row.tnf == pytest.approx(350.0 * 2e15)  # magnitude
+    assert row.tuf == pytest.approx(650.0 * 2e15)
+    assert row.net_flux == pytest.approx(-50.0 * 2e15)
+    assert row.flux_imbalance == pytest.approx(50.0 / 650.0)
+    assert row.usflux_strong == pytest.approx(500.0 * 2e15)
+    assert row.strong_frac == pytest.approx(2.0 / 63.0)  # NaN pixel is not valid
+    assert row.bmax == 300.0
+    # psep: strong centroids are single pixels (1,1) and (6,6)
+    assert row.psep == pytest.approx(math.hypot(5, 5) * 0.5)
+
+
+def test_mask_restricts_fluxes_but_not_r_value():
+    b = bipole(48, sep=16, amp=800.0)
+    mask = np.zeros_like(b, dtype=bool)
+    mask[:, :24] = True  # keeps the eastern half (x < 24), where the negative blob lies
+    full = compute_parameters(b, UNIT).iloc[0]
+    part = compute_parameters(b, UNIT, mask=mask).iloc[0]
+    assert part.tnf == pytest.approx(full.tnf, rel=1e-6)  # negative blob is at x < 24
+    assert part.tpf < 1e-3 * full.tpf
+    assert math.isnan(part.psep)
+    assert part.r_value == full.r_value
+
+
+def test_psep_of_two_blobs_at_known_distance():
+    for sep in (10.0, 14.0, 20.0, 30.0):
+        df = compute_parameters(bipole(64, sep=sep, sigma=1.5), UNIT)
+        assert df.psep[0] == pytest.approx(sep, abs=0.01)
+        # the 2 Mm smoothing makes close polarities partly cancel: slight outward bias below ~7 sigma
+        assert df.psep_robust[0] == pytest.approx(sep, abs=0.01 if sep >= 14 else 0.05 * sep)
+    # physical scale enters linearly
+    sc = PixelScale(size_mm=0.72, area_cm2=5e15, size_arcsec=1.0)
+    assert compute_parameters(bipole(64, sep=20.0, sigma=2.5), sc).psep[0] == pytest.approx(14.4, abs=0.05)
+
+
+@pytest.mark.parametrize("angle", [0.0, 20.0, -35.0, 60.0])
+def test_tilt_and_lead_sign(angle):
+    pos_lead = compute_parameters(bipole(64, sep=24, angle_deg=angle, pos_leads=True), UNIT).iloc[0]
+    neg_lead = compute_parameters(bipole(64, sep=24, angle_deg=angle, pos_leads=False), UNIT).iloc[0]
+    assert pos_lead.tilt_deg == pytest.approx(angle, abs=0.5)
+    assert neg_lead.tilt_deg == pytest.approx(angle, abs=0.5)
+    assert pos_lead.lead_sign == 1.0
+    assert neg_lead.lead_sign == -1.0
+
+
+def test_r_paper_needs_close_opposite_polarities():
+    # two 300 G squares 4 px apart: dilated by 7x7 (radius 3) they overlap
+    b = np.zeros((32, 32))
+    b[10:14, 10:14] = 300.0
+    b[10:14, 18:22] = -300.0  # gap of 4 px (cols 14..17): dilations (+-3) overlap at 15..16
+    r = compute_parameters(b, UNIT).r_paper[0]
+    # overlapping region: cols 15..16 (empty) -> no |B| there -> 0; move closer so pixels overlap
+    assert r == 0.0
+    b2 = np.zeros((32, 32))
+    b2[10:14, 10:14] = 300.0
+    b2[10:14, 15:19] = -300.0  # gap of 1 px: pos cols 12,13 within 3 of neg col 15,16
+    r2 = compute_parameters(b2, UNIT).r_paper[0]
+    # pos pixels with a neg pixel within 3 cols: cols 12,13 (to 15) -> 2 cols x 4 rows; neg cols 15,16
+    assert r2 == pytest.approx((2 * 4 + 2 * 4) * 300.0)
+    b3 = np.zeros((32, 32))
+    b3[10:14, 2:6] = 300.0
+    b3[10:14, 24:28] = -300.0
+    assert compute_parameters(b3, UNIT).r_paper[0] == 0.0
+
+
+def test_r_value_zero_without_inversion_line_and_positive_with():
+    unipolar = blob((64, 64), 32, 32, 5, 1000.0)
+    assert compute_parameters(unipolar, UNIT).r_value[0] == 0.0
+    close = bipole(64, sep=10, sigma=3, amp=1500.0)
+    far = bipole(64, sep=40, sigma=3, amp=1500.0)
+    r_close = compute_parameters(close, UNIT).r_value[0]
+    r_far = compute_parameters(far, UNIT).r_value[0]
+    assert r_close > 3.0
+    assert r_far == 0.0
+
+
+def test_r_value_binning_follows_arcsec_scale():
+    assert physics.r_value_scale(0.5087) == 4  # native HMI CEA pixel
+    assert physics.r_value_scale(1.02) == 2
+    assert physics.r_value_scale(4.07) == 1  # never below one pixel
+    # computeR's shifted 3x3 box: offsets 0 for even binned sizes, 0/1 for odd (Python rounding)
+    assert physics._computeR_offsets(94, 186) == (0, 0)
+    assert physics._computeR_offsets(95, 53) == (1, 0)  # round(47.5)=48 vs 47; round(26.5)=26
+
+
+def test_batch_equals_single_and_reference(rng):
+    maps = np.stack([bipole(32, sep=s, angle_deg=a) + rng.normal(0, 30, (32, 32)) for s, a in [(8, 0), (12, 30), (16, -20), (20, 80)]])
+    maps[2, :5, :5] = np.nan
+    batch = compute_parameters(maps, UNIT)
+    singles = pd.concat([compute_parameters(m, UNIT) for m in maps], ignore_index=True)
+    ref = physics.compute_parameters_reference(maps, UNIT)
+    pd.testing.assert_frame_equal(batch, singles, rtol=1e-12)
+    pd.testing.assert_frame_equal(batch, ref, rtol=1e-9)
+
+
+def test_scalar_and_per_sample_scale():
+    maps = np.stack([bipole(32, sep=12), bipole(32, sep=12)])
+    sizes = np.array([0.5, 1.5])
+    per = PixelScale(size_mm=sizes, area_cm2=np.array([1.0, 9.0]), size_arcsec=np.array([1.0, 3.0]))
+    df = compute_parameters(maps, per)
+    one = compute_parameters(maps[:1], PixelScale(0.5, 1.0, 1.0))
+    assert df.psep[1] == pytest.approx(3 * df.psep[0])
+    assert df.tuf[1] == pytest.approx(9 * df.tuf[0])
+    assert df.psep[0] == pytest.approx(one.psep[0], rel=1e-12)
+    assert df.tuf[0] == pytest.approx(one.tuf[0], rel=1e-12)
+    with pytest.raises(ValueError, match="shape"):
+        compute_parameters(maps, PixelScale(size_mm=np.ones(3), area_cm2=1.0, size_arcsec=1.0))
+
+
+def test_all_nan_and_empty_mask_give_nan_not_crash():
+    maps = np.stack([np.full((32, 32), np.nan), bipole(32, sep=10)])
+    df = compute_parameters(maps, UNIT)
+    assert df.iloc[0].isna().all()
+    assert np.isfinite(df.iloc[1][["tuf", "psep", "psep_robust", "r_value"]]).all()
+    dm = compute_parameters(bipole(32, sep=10), UNIT, mask=np.zeros((32, 32), bool))
+    assert dm.iloc[0].isna().all()
+    # weak field only: no polarity above 150 G -> NaN separations, zero strong flux
+    weak = compute_parameters(np.full((32, 32), 10.0), UNIT).iloc[0]
+    assert math.isnan(weak.psep) and math.isnan(weak.psep_robust) and math.isnan(weak.tilt_deg)
+    assert weak.usflux_strong == 0.0 and weak.r_value == 0.0
+
+
+def test_float32_input_and_shape_errors():
+    m = bipole(32, sep=12, sigma=1.5).astype(np.float32)
+    assert compute_parameters(m, UNIT).psep[0] == pytest.approx(12.0, abs=0.01)
+    with pytest.raises(ValueError, match="shape"):
+        compute_parameters(np.zeros((2, 2, 2, 2)), UNIT)
+    with pytest.raises(ValueError, match="mask shape"):
+        compute_parameters(m, UNIT, mask=np.ones((16, 16), bool))
+
+
+def _rel_change(a, b):
+    return np.abs(a - b) / np.abs(b)
+
+
+def perturb(maps, rng, noise_g=20.0, n_elements=6, element_g=400.0):
+    """Add Gaussian noise and small (2-px) flux elements of random sign at random places."""
+    out = maps + rng.normal(0.0, noise_g, maps.shape)
+    n, h, w = maps.shape
+    yy, xx = np.mgrid[:h, :w]
+    for i in range(n):
+        for _ in range(n_elements):
+            cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+            out[i] += rng.choice([-1.0, 1.0]) * element_g * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 1.0**2))
+    return out
+
+
+def test_psep_robust_is_more_stable_than_psep(rng):
+    """Noise + small scattered flux elements move psep far more than psep_robust."""
+    base = np.stack(
+        [bipole(64, sep=s, angle_deg=a, sigma=3.0, amp=1500.0) for s, a in [(14, 0), (20, 15), (26, -10), (32, 40)]]
+    )
+    clean = compute_parameters(base, UNIT)
+    noisy = compute_parameters(perturb(base, rng), UNIT)
+    d_psep = np.median(_rel_change(noisy.psep.to_numpy(), clean.psep.to_numpy()))
+    d_rob = np.median(_rel_change(noisy.psep_robust.to_numpy(), clean.psep_robust.to_numpy()))
+    assert d_rob < 0.02, d_rob
+    assert d_psep > 3 * d_rob, (d_psep, d_rob)

@@ -1,0 +1,343 @@
+"""Report figures: pure plotting functions on synthetic arrays, and every figure builder on a tiny
+result tree written with the upstream stages' own writers (so format drift is caught here)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from sharpgen import metrics as M
+from sharpgen import report as R
+
+S = 32
+N_REAL = 24
+N_GEN = 48
+
+
+def _bipoles(rng, n, s=S, noise=8.0):
+    """(n, s, s) Gauss: a random bipole plus Gaussian noise."""
+    y, x = np.mgrid[:s, :s]
+    out = rng.normal(0, noise, (n, s, s))
+    for i in range(n):
+        cx, cy = rng.uniform(s * 0.3, s * 0.6, 2)
+        a, d = rng.uniform(200, 900), rng.uniform(2, s / 5)
+        out[i] += a * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / 6)
+        out[i] -= a * np.exp(-((x - cx - d) ** 2 + (y - cy) ** 2) / 6)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# image statistics
+# --------------------------------------------------------------------------------------------
+
+def test_noise_sigma_recovers_white_noise(rng):
+    imgs = rng.normal(0, 25.0, (4, 64, 64))
+    imgs[:, 20:30, 20:30] += 800.0  # a strong compact feature barely moves the robust estimate
+    sig = M.noise_sigma(imgs)
+    assert sig.shape == (4,)
+    np.testing.assert_allclose(sig, 25.0, rtol=0.1)
+
+
+def test_radial_power_spectrum_white_noise_is_flat(rng):
+    imgs = rng.normal(0, 3.0, (16, 64, 64))
+    k, p = M.radial_power_spectrum(imgs)
+    assert k.shape == (33,) and p.shape == (16, 33)
+    assert k[0] == 0 and k[-1] == pytest.approx(0.5)
+    # white noise: flat spectrum at sigma^2 (mean removed, so k = 0 is ~0)
+    assert p[:, 0].max() < 1e-9
+    np.testing.assert_allclose(p[:, 2:].mean(axis=0), 9.0, rtol=0.3)
+    # a single Fourier mode shows up at its radius
+    y, x = np.mgrid[:64, :64]
+    wave = np.cos(2 * np.pi * 8 * x / 64)
+    k, p = M.radial_power_spectrum(wave)
+    assert int(np.argmax(p[0])) == 8
+
+
+def test_mean_gradient_of_a_ramp():
+    ramp = np.tile(np.arange(32, dtype=float) * 5.0, (32, 1))  # 5 G per pixel along x
+    np.testing.assert_allclose(M.mean_gradient(ramp), [5.0])
+    with pytest.raises(ValueError, match="shape"):
+        M.mean_gradient(np.zeros(5))
+
+
+# --------------------------------------------------------------------------------------------
+# geometry helpers
+# --------------------------------------------------------------------------------------------
+
+def test_latent_projection_boundary_is_vertical_line(rng):
+    z = rng.normal(size=(200, 10))
+    n = rng.normal(size=10)
+    b = 0.4
+    xy, v = R.latent_projection(z, n, b)
+    # x is the signed distance to the hyperplane n.z + b = 0
+    np.testing.assert_allclose(xy[:, 0], (z @ n + b) / np.linalg.norm(n))
+    assert abs(v @ n) < 1e-9 and np.linalg.norm(v) == pytest.approx(1.0)
+    # points on the boundary land on x = 0 whatever their other coordinates
+    on = z - np.outer((z @ n + b) / (n @ n), n)
+    xy_on, _ = R.latent_projection(on, n, b)
+    np.testing.assert_allclose(xy_on[:, 0], 0, atol=1e-9)
+    with pytest.raises(ValueError, match="zero vector"):
+        R.latent_projection(z, np.zeros(10))
+
+
+def test_grid_thumbnails_one_per_cell_and_inside_it(rng):
+    xy = rng.normal(size=(500, 2))
+    cells = R.grid_thumbnails(xy, 5, 4, lims=((-2, 2), (-2, 2)))
+    bounds = [c[1] for c in cells]
+    assert len(set(bounds)) == len(bounds) <= 20
+    for idx, (x0, x1, y0, y1) in cells:
+        assert x0 <= xy[idx, 0] <= x1 and y0 <= xy[idx, 1] <= y1
+    # cells do not overlap: their interiors are disjoint by construction of the grid
+    xs = sorted({b[0] for b in bounds})
+    assert all(b - a >= 0.8 - 1e-9 for a, b in zip(xs, xs[1:]))
+
+
+def test_format_value_and_labels():
+    assert R.format_value("tuf", 3.1e22) == "tuf=3.10e+22 Mx"
+    assert R.format_value("psep", 12.345) == "psep=12.3 Mm"
+    assert R.format_value("r_value", float("nan")) == "r_value=nan"
+    assert R.param_label("psep") == "psep [Mm]"
+    assert R.is_log_param("tuf", np.array([1e20, 1e21])) and not R.is_log_param("psep")
+    assert not R.is_log_param("tuf", np.zeros(3))  # all-zero column cannot go on a log axis
+
+
+# --------------------------------------------------------------------------------------------
+# plotting functions on synthetic arrays
+# --------------------------------------------------------------------------------------------
+
+def _colorbar_labels(fig):
+    return [ax.get_ylabel() for ax in fig.axes]
+
+
+def test_sample_grid_symmetric_gauss_scale(rng, tmp_path):
+    real, gen = _bipoles(rng, 10), _bipoles(rng, 10)
+    fig = R.fig_sample_grid(real, gen, 2, 3, seed=1, real_labels=[f"HARP {i}" for i in range(10)])
+    ims = [im for ax in fig.axes for im in ax.get_images()]
+    assert len(ims) == 12
+    lo, hi = ims[0].get_clim()
+    assert lo == -hi and hi > 0  # centred on 0 G
+    assert r"$B_r$ [G]" in _colorbar_labels(fig)
+    R.save_figure(fig, tmp_path / "g.png", tmp_path / "g.pdf")
+    assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "g.pdf").read_bytes()[:4] == b"%PDF"
+
+
+def test_save_figure_is_reproducible(rng, tmp_path):
+    real = _bipoles(rng, 6)
+    for name in ("a", "b"):
+        R.save_figure(R.fig_sample_grid(real, real, 2, 2, seed=3), tmp_path / f"{name}.png",
+                      tmp_path / f"{name}.pdf")
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()
+    assert (tmp_path / "a.pdf").read_bytes() == (tmp_path / "b.pdf").read_bytes()
+
+
+def test_parameter_distributions_log_axes_and_scores(rng):
+    df = pd.DataFrame({"tuf": 10 ** rng.normal(22, 0.4, 50), "psep": rng.uniform(5, 40, 50),
+                       "r_value": rng.normal(4, 0.5, 50)})
+    fig = R.fig_parameter_distributions(df, df * 1.1, ["tuf", "psep", "r_value", "absent"],
+                                        scores={"tuf": {"wasserstein_norm": 0.12, "ks": 0.3}})
+    axes = [ax for ax in fig.axes if ax.axison]
+    assert [ax.get_xscale() for ax in axes] == ["log", "linear", "linear"]
+    texts = [t.get_text() for t in axes[0].texts]
+    assert any("0.120" in t and "KS = 0.300" in t for t in texts)
+
+
+def test_retrieval_scatter_reports_correlations(rng):
+    q = 10 ** rng.normal(22, 0.5, 80)
+    pairs = pd.concat([
+        pd.DataFrame({"method": "simsiam", "parameter": "tuf", "query": q, "match": q}),
+        pd.DataFrame({"method": "random", "parameter": "tuf", "query": q,
+                      "match": rng.permutation(q)}),
+    ])
+    fig = R.fig_retrieval_scatter(pairs, ["tuf"], ["simsiam", "random"])
+    t0 = fig.axes[0].texts[0].get_text()
+    assert t0.startswith("r = 1.00") and "= 1.00" in t0.splitlines()[1]
+    t1 = fig.axes[1].texts[0].get_text()
+    assert abs(float(t1.splitlines()[0].split("=")[1])) < 0.5
+
+
+def test_entanglement_centred_on_zero():
+    m = pd.DataFrame([[1.0, 0.2], [-3.0, 1.0]], index=["a", "b"], columns=["a", "b"])
+    fig = R.fig_entanglement({"unc": m, "cond": m * 0.5})
+    norm = fig.axes[0].get_images()[0].norm
+    assert norm.vcenter == 0 and norm.vmin == -norm.vmax and norm.vmax >= 1
+
+
+def test_traversals_and_retrieval_examples_layout(rng):
+    imgs = _bipoles(rng, 5)
+    strips = [{"label": "tuf", "images": imgs, "steps": np.linspace(-2, 2, 5),
+               "annotations": [f"v{i}" for i in range(5)]}] * 2
+    fig = R.fig_traversals(strips)
+    assert sum(len(ax.get_images()) for ax in fig.axes) == 10
+    assert [ax.get_xlabel() for ax in fig.axes[:5]] == [f"v{i}" for i in range(5)]
+    fig = R.fig_retrieval_examples(imgs[:2], {"simsiam": imgs[2:4], "physical_euclidean": imgs[3:5]},
+                                   {"simsiam": ["HARP 1\nt", "HARP 2\nt"],
+                                    "physical_euclidean": ["HARP 3\nt", "HARP 4\nt"]})
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "SimSiam" in titles and "physical (Euclidean)" in titles
+
+
+def test_training_curves_skip_absent_columns():
+    log = pd.DataFrame({"step": np.arange(100), "d_loss": np.ones(100), "g_loss": np.ones(100)})
+    fig = R.fig_training_curves(log, "step", [("losses", ["d_loss", "g_loss"], "loss"),
+                                              ("throughput", ["images_per_s"], "img/s")], "GAN")
+    assert [ax.get_title() for ax in fig.axes] == ["losses"]
+
+
+# --------------------------------------------------------------------------------------------
+# builders on a tiny result tree written by the upstream modules
+# --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """A tiny results/ tree: patch store, generator, samples, directions, retrieval, logs."""
+    torch = pytest.importorskip("torch")
+    import zarr
+
+    from sharpgen import directions as dr
+    from sharpgen import gan, retrieval, sampling
+    from sharpgen.atomic import write_json, write_parquet
+    from sharpgen.physics import PixelScale, compute_parameters
+
+    root = tmp_path_factory.mktemp("results")
+    rng = np.random.default_rng(7)
+    clip = 1000.0
+    scale = PixelScale.cea(bin_factor=8)
+    real = np.clip(_bipoles(rng, N_REAL) / clip, -1, 1).astype(np.float32)
+    g = zarr.open_group(str(root / "patches.zarr"), mode="w")
+    g.create_array("patches", shape=real.shape, dtype="float32", chunks=(8, S, S))[...] = real
+    for k, v in (("pixel_size_mm", scale.size_mm), ("pixel_area_cm2", scale.area_cm2),
+                 ("pixel_size_arcsec", scale.size_arcsec)):
+        g.create_array(k, shape=(N_REAL,), dtype="float64")[...] = np.full(N_REAL, v)
+    g.attrs.update({"clip_gauss": clip, "mode": "crop", "size": S, "bin": 8, "n": N_REAL})
+    params = compute_parameters(real.astype(np.float64) * clip, scale)
+    table = pd.concat([pd.DataFrame({
+        "row": np.arange(N_REAL), "harpnum": 100 + np.arange(N_REAL) // 2,
+        "t_rec": [f"2011.02.{1 + i % 28:02d}_00:00:00_TAI" for i in range(N_REAL)],
+        "split": np.array(["train", "val", "test"])[np.arange(N_REAL) % 3]}), params], axis=1)
+    write_parquet(root / "patches.parquet", table)
+
+    torch.manual_seed(0)
+    G = gan.build_generator("paper", S)
+    torch.save({"arch": "paper", "size": S, "nz": 100, "state_dict": G.state_dict()},
+               root / "generator.pt")
+    G = gan.load_generator(root / "generator.pt")
+    z = sampling.draw_latents(N_GEN, 100, seed=1)
+    images, gparams = sampling.sample(G, z, scale, clip)
+    # the random generator is nearly uniform: add the latent's first coordinate to make the
+    # parameters vary with z so boundaries and traversals are meaningful
+    images = np.clip(images + 0.3 * z[:, :1, None] * _bipoles(rng, N_GEN)[:, :, :] / 900, -1, 1)
+    images = images.astype(np.float32)
+    gparams = compute_parameters(images.astype(np.float64) * clip, scale)
+    sampling.write_latents(root / "latents.parquet", z, gparams)
+    sampling.write_images(root / "generated.zarr", images, {"clip_gauss": clip})
+    quality = sampling.quality_report(table, gparams, real, images, clip)
+    write_json(root / "quality.json", quality)
+
+    dcfg = {"parameters": ["tuf", "tpf", "tnf"], "val_fraction": 0.25, "seed": 0,
+            "conditional": [{"target": "tuf", "hold": ["tpf"]}],
+            "traversal": {"n_base": 3, "eps_max": 2.0, "n_eps": 5}}
+    lat = pd.read_parquet(root / "latents.parquet")
+    arrays, summary = dr.fit_boundaries(dr.latents_from_table(lat), lat, dcfg)
+    dr.save_boundaries(root / "boundaries.npz", arrays)
+    write_json(root / "boundaries.json", {"parameters": summary, "n_samples": N_GEN,
+                                          "classifier": "linear_svc", "labels": "median"})
+    normals = dr.load_boundaries(root / "boundaries.npz")
+    specs = dr.direction_specs(dcfg)
+    vectors = {s.key: s.vector(normals) for s in specs}
+    ctx = dr.measurement_context(root / "patches.zarr")
+    render = dr.make_renderer(G, ctx, dcfg["parameters"])
+    trav = dr.traverse(render, rng.normal(size=(3, 100)), vectors, dr.eps_grid(2.0, 5))
+    write_parquet(root / "traversals.parquet", trav)
+    std = {p: 1.0 for p in dcfg["parameters"]}
+    tm = dr.traversal_metrics(trav, dcfg["parameters"], std)
+    write_json(root / "traversal_metrics.json", {"directions": tm, "std_fit_space": std,
+                                                 "eps": dr.eps_grid(2.0, 5).tolist()})
+    cal = dr.build_calibration(trav, {**dcfg, "calibration": {"n_bootstrap": 5}}, ctx)
+    cal["evaluation"] = {k: {"median_rel_error": 0.05, "p90_rel_error": 0.2} for k in cal["directions"]}
+    write_json(root / "calibration.json", cal)
+
+    # retrieval: matches of every method for 6 generated queries
+    frames, corr = [], {}
+    q = lat.iloc[:6].reset_index(drop=True)
+    for i, method in enumerate(("simsiam", "params_euclidean", "params_mahalanobis", "random")):
+        rows = (np.arange(6) * (i + 1)) % N_REAL
+        frames.append(retrieval.match_table("generated", method, q["sample"].to_numpy(), q, rows,
+                                            np.zeros(6), table))
+        corr[method] = retrieval.correlations(q, table.iloc[rows].reset_index(drop=True))
+    write_parquet(root / "matches.parquet", pd.concat(frames, ignore_index=True))
+    write_json(root / "evaluation.json", {"generated": {"correlations": corr}})
+
+    pd.DataFrame({"step": np.arange(0, 60, 2), "d_loss": rng.random(30), "g_loss": rng.random(30),
+                  "d_real": rng.random(30), "d_fake": rng.random(30),
+                  "images_per_s": 100 + rng.random(30), "elapsed_s": np.arange(30.0)}
+                 ).to_csv(root / "gan_log.csv", index=False)
+    pd.DataFrame({"epoch": np.arange(5), "lr": 0.05, "loss": -np.linspace(0.2, 0.9, 5),
+                  "std_z": 0.2, "std_p": 0.2, "monitor_std": 0.18,
+                  "monitor_effective_rank": np.linspace(3, 9, 5), "seconds": 2.0}
+                 ).to_csv(root / "ssl_log.csv", index=False)
+    return root
+
+
+CFG = {"seed": 0, "dpi": 60, "grid": {"rows": 2, "cols": 2}, "realism_images": 12,
+       "latent_map": {"parameters": ["tuf"], "max_points": 40, "cols": 4, "rows": 3},
+       "traversal": {"directions": ["tuf", "tuf|tpf"], "n_steps": 3, "eps_max": 2.0},
+       "retrieval": {"query_set": "generated", "n_examples": 2}}
+
+
+def _inputs(root):
+    return {"patches": root / "patches.zarr", "table": root / "patches.parquet",
+            "generated": root / "generated.zarr", "latents": root / "latents.parquet",
+            "quality": root / "quality.json", "boundaries": root / "boundaries.npz",
+            "boundaries_json": root / "boundaries.json", "generator": root / "generator.pt",
+            "traversal_metrics": root / "traversal_metrics.json",
+            "traversals": root / "traversals.parquet", "calibration": root / "calibration.json",
+            "matches": root / "matches.parquet"}
+
+
+@pytest.mark.parametrize("name", sorted(set(R.FIGURES) - {"training_gan", "training_ssl"}))
+def test_every_builder_makes_a_figure(tree, name, tmp_path):
+    kw = {"param": "tuf"} if name == "latent_map" else {}
+    fig = R.FIGURES[name](_inputs(tree), CFG, **kw)
+    assert isinstance(fig, Figure) and fig.axes
+    R.save_figure(fig, tmp_path / f"{name}.png", tmp_path / f"{name}.pdf", dpi=40)
+    assert (tmp_path / f"{name}.png").stat().st_size > 1000
+
+
+def test_training_builders(tree):
+    assert R.build_training_gan({"log": tree / "gan_log.csv"}, CFG).axes
+    fig = R.build_training_ssl({"log": tree / "ssl_log.csv"}, CFG)
+    assert any("effective rank" in ax.get_title() for ax in fig.axes)
+
+
+def test_traversal_annotations_are_measured_values(tree):
+    fig = R.build_traversals(_inputs(tree), CFG)
+    labels = [ax.get_xlabel() for ax in fig.axes if ax.get_images()]
+    assert len(labels) == 6
+    assert all(lab.startswith("tuf=") and lab.endswith("Mx") for lab in labels[:3])
+    assert all("\ntpf=" in lab for lab in labels[3:])  # conditional row also shows the held value
+
+
+def test_retrieval_examples_label_records(tree):
+    fig = R.build_retrieval_examples(_inputs(tree), CFG)
+    labels = [ax.get_xlabel() for ax in fig.axes if ax.get_images()]
+    assert sum(lab.startswith("HARP 1") for lab in labels) == 2 * 3  # 2 queries x 3 methods
+    assert any(lab.startswith("generated #") for lab in labels)
+
+
+def test_latent_map_unknown_parameter(tree):
+    with pytest.raises(ValueError, match="no boundary for parameter 'psep'"):
+        R.build_latent_map(_inputs(tree), CFG, param="psep")
+
+
+def test_calibration_curves_start_at_zero(tree):
+    cal = json.loads((tree / "calibration.json").read_text())
+    curves = R.calibration_curves(pd.read_parquet(tree / "traversals.parquet"),
+                                  list(cal["directions"]), cal["log_params"])
+    at0 = curves[np.isclose(curves["eps"], 0)]
+    np.testing.assert_allclose(at0["median"], 0)
+    assert set(curves["direction"]) == {"tuf", "tpf", "tnf", "tuf (tpf held)"}

@@ -1,0 +1,116 @@
+"""Latent sampling, outputs and quality numbers (sharpgen.sampling). Tiny sizes, CPU."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from sharpgen import gan, sampling
+from sharpgen.physics import PARAMETER_NAMES, compute_parameters
+from test_gan import make_patch_store, synthetic_bipoles
+
+
+def test_draw_latents_seeded():
+    a = sampling.draw_latents(7, 100, seed=5)
+    assert a.shape == (7, 100) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, sampling.draw_latents(7, 100, seed=5))
+    assert not np.array_equal(a, sampling.draw_latents(7, 100, seed=6))
+    with pytest.raises(ValueError):
+        sampling.draw_latents(0)
+
+
+def test_latents_parquet_schema_roundtrip(tmp_path):
+    z = sampling.draw_latents(5, 100, 0)
+    params = pd.DataFrame({n: np.arange(5, dtype=float) for n in PARAMETER_NAMES})
+    sampling.write_latents(tmp_path / "l.parquet", z, params)
+    schema = pq.read_schema(tmp_path / "l.parquet")
+    assert schema.field("z").type == pa.list_(pa.float32(), 100)
+    assert schema.field("sample").type == pa.int64()
+    assert set(PARAMETER_NAMES) <= set(schema.names)
+    z2, df = sampling.read_latents(tmp_path / "l.parquet")
+    np.testing.assert_array_equal(z, z2)
+    assert list(df["sample"]) == list(range(5))
+
+
+def test_quality_report_identical_and_shifted():
+    imgs = synthetic_bipoles(40, 32, seed=0)
+    from sharpgen.physics import PixelScale
+
+    params = compute_parameters(imgs.astype(np.float64) * 1000, PixelScale.cea(0.03, 4))
+    same = sampling.quality_report(params, params, imgs, imgs, 1000.0)
+    for name in ("tuf", "r_value", "r_paper"):
+        assert same["parameters"][name]["wasserstein_norm"] == pytest.approx(0.0, abs=1e-12)
+        assert same["parameters"][name]["ks"] == pytest.approx(0.0, abs=1e-12)
+    assert same["targets"]["pass"] is True
+    assert same["pixels"]["js_divergence_bits"] == pytest.approx(0.0, abs=1e-12)
+    assert same["power_spectrum"]["log10_ratio_rms"] == pytest.approx(0.0, abs=1e-12)
+    # generated maps twice as strong: tuf shifted by ~its own mean, spectra by log10(4)
+    gen = np.clip(2 * imgs, -1, 1)
+    gparams = compute_parameters(gen.astype(np.float64) * 1000, PixelScale.cea(0.03, 4))
+    rep = sampling.quality_report(params, gparams, imgs, gen, 1000.0)
+    assert rep["parameters"]["tuf"]["wasserstein_norm"] > 1.0
+    assert rep["parameters"]["tuf"]["ks"] > 0.5
+    assert rep["targets"]["pass"] is False
+    assert 0.4 < rep["power_spectrum"]["log10_ratio_low_k"] < 0.61
+    assert rep["pixels"]["frac_abs_gt_150G"]["gen"] > rep["pixels"]["frac_abs_gt_150G"]["real"]
+
+
+def test_power_spectrum_of_white_noise_is_flat():
+    x = np.random.default_rng(1).standard_normal((64, 32, 32))
+    k, p = sampling.radial_power_spectrum(x)
+    assert k.shape == (16,) and k[-1] == pytest.approx(0.5)
+    assert np.allclose(p, 1.0, rtol=0.15)
+
+
+def test_run_sampling_end_to_end(tmp_path):
+    zpath, tpath = make_patch_store(tmp_path, n=16, size=32)
+    patches, attrs = gan.read_patch_store(zpath, tpath, split="train")
+    cfg = gan.GanConfig.from_dict({"arch": "paper", "steps": 2, "batch_size": 4, "device": "cpu",
+                                   "log_every": 1, "sample_every": 2, "checkpoint_every": 2})
+    gan.train_gan(patches, cfg, checkpoint_root=tmp_path / "ck",
+                  generator_path=tmp_path / "generator.pt", log_csv=tmp_path / "log.csv",
+                  clip_gauss=attrs["clip_gauss"], progress=False)
+    out = tmp_path / "samples"
+    rep = sampling.run_sampling(
+        tmp_path / "generator.pt", zpath, tpath,
+        {"n": 20, "seed": 2, "batch_size": 8, "real_split": "train", "quality_images": 10},
+        latents_path=out / "latents.parquet", images_path=out / "generated.zarr",
+        quality_path=out / "quality.json", progress=False)
+    import zarr
+
+    images = np.asarray(zarr.open_group(str(out / "generated.zarr"), mode="r")["images"][...])
+    assert images.shape == (20, 32, 32) and images.dtype == np.float32
+    z, table = sampling.read_latents(out / "latents.parquet")
+    np.testing.assert_array_equal(z, sampling.draw_latents(20, 100, 2))
+    # the stored parameters are those of the stored images at the patch store's pixel scale
+    expect = compute_parameters(images.astype(np.float64) * 1000.0,
+                                sampling.generated_scale(zpath))
+    for name in ("tuf", "r_value", "psep"):
+        np.testing.assert_allclose(table[name].to_numpy(), expect[name].to_numpy(), rtol=1e-6)
+    # images regenerate from the stored latents
+    G = gan.load_generator(tmp_path / "generator.pt")
+    np.testing.assert_allclose(gan.generate(G, z[:3]), images[:3], atol=1e-6)
+    q = json.loads((out / "quality.json").read_text())
+    assert q["real"] == {"split": "train", "n": 8}
+    assert q["generated"]["n"] == 20
+    assert set(q["targets"]["wasserstein_norm"]) == {"tuf", "r_value", "r_paper"}
+    assert rep["parameters"]["tuf"]["n_gen"] == 20
+
+
+def test_generator_size_mismatch_is_refused(tmp_path):
+    zpath, tpath = make_patch_store(tmp_path, n=8, size=64)
+    (tmp_path / "o").mkdir()
+    other, _ = make_patch_store(tmp_path / "o", n=8, size=32)
+    patches, _ = gan.read_patch_store(other)
+    cfg = gan.GanConfig.from_dict({"arch": "paper", "steps": 1, "batch_size": 2, "device": "cpu"})
+    gan.train_gan(patches, cfg, checkpoint_root=tmp_path / "ck",
+                  generator_path=tmp_path / "g.pt", log_csv=tmp_path / "l.csv", progress=False)
+    with pytest.raises(ValueError, match="makes 32x32 maps but patch store"):
+        sampling.run_sampling(tmp_path / "g.pt", zpath, tpath, {"n": 4, "seed": 0},
+                              latents_path=tmp_path / "a", images_path=tmp_path / "b",
+                              quality_path=tmp_path / "c", progress=False)

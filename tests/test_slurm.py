@@ -1,0 +1,214 @@
+"""profiles/slurm: consistent with the rules, and a real run on a one-node SLURM cluster.
+
+The real run needs root and SLURM installed (`sudo .ci/slurm_setup.sh install`, which CI does);
+the test starts its own slurmctld/slurmd/munged (.ci/slurm_setup.sh start: own ports and config
+under /tmp/sharpgen-slurm, partitions ci_cpu/ci_gpu, Gres=gpu:1 on /dev/null, no accounting),
+runs the tiny pipeline through `--workflow-profile` (a copy of profiles/slurm with the partition
+names, memory and time edited as a user would), checks what was submitted, and stops the daemons
+it started.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import snakeutil as su
+from snakeutil import REPO_ROOT
+
+PROFILE = REPO_ROOT / "profiles" / "slurm" / "config.yaml"
+SETUP = REPO_ROOT / ".ci" / "slurm_setup.sh"
+SLURM_DIR = Path(os.environ.get("SHARPGEN_SLURM_DIR", "/tmp/sharpgen-slurm"))
+SLURM_CONF = SLURM_DIR / "slurm.conf"
+CPU_PART, GPU_PART = "ci_cpu", "ci_gpu"
+TINY_REL = "tests/configs/tiny.yaml"
+RUN_TIMEOUT_S = 600
+
+RULES, CONFIG = su.load_rules(REPO_ROOT, [su.TINY])
+JOB_RULES = {n: r for n, r in RULES.items() if n != "all"}
+
+
+def _profile():
+    return yaml.safe_load(PROFILE.read_text())
+
+
+# --------------------------------------------------------------------------- profile, no SLURM
+
+
+def test_profile_uses_the_slurm_executor_with_squeue_status():
+    prof = _profile()
+    assert prof["executor"] == "slurm"
+    assert prof["slurm-status-command"] == "squeue"
+    assert "resources" not in prof, "a global gpu resource would cap GPU jobs cluster-wide"
+    assert prof["default-resources"]["gpu"] == 0
+    assert prof["default-resources"]["slurm_partition"]
+    assert prof["retries"] >= 1 and prof["latency-wait"] >= 10
+
+
+def test_profile_gpu_rules_match_the_rules():
+    """Rules declaring resources gpu=1 <=> profile entries with gpu: 1 on a GPU partition."""
+    prof = _profile()
+    cpu_part = prof["default-resources"]["slurm_partition"]
+    profile_gpu = {n for n, res in prof["set-resources"].items() if res.get("gpu")}
+    rules_gpu = {n for n, r in JOB_RULES.items() if r.gpu}
+    missing = rules_gpu - profile_gpu
+    assert not missing, f"GPU rules without a GPU entry in profiles/slurm: {sorted(missing)}"
+    extra = {n for n in profile_gpu & set(JOB_RULES) if not JOB_RULES[n].gpu}
+    assert not extra, f"profiles/slurm gives a GPU to rules that do not declare gpu=1: {sorted(extra)}"
+    for name in profile_gpu:
+        part = prof["set-resources"][name].get("slurm_partition")
+        assert part and part != cpu_part, f"{name}: GPU rule not on a GPU partition"
+
+
+def test_dry_run_with_the_slurm_profile(tmp_path):
+    """-n plans every job (no sbatch, no SLURM needed)."""
+    work = su.copy_workflow(tmp_path / "wf")
+    proc = su.run_snakemake(work, "-n", "--workflow-profile", "profiles/slurm",
+                            "--configfile", TINY_REL, timeout=180)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    jobs = su.parse_job_stats(proc.stdout + proc.stderr)
+    assert set(jobs) - {"all"}, jobs
+
+
+# --------------------------------------------------------------------------- real SLURM
+
+
+def _slurm_env():
+    env = dict(os.environ, SLURM_CONF=str(SLURM_CONF))
+    return env
+
+
+def _node_idle(env) -> bool:
+    try:
+        out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env=env, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and out.stdout.split()[:1] == ["idle"]
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster():
+    if os.geteuid() != 0:
+        pytest.skip("needs root to start slurmctld/slurmd/munged (CI runs as root)")
+    missing = [b for b in ("slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "munged")
+               if shutil.which(b) is None]
+    if missing:
+        pytest.skip(f"SLURM not installed ({', '.join(missing)} missing): "
+                    "run `sudo .ci/slurm_setup.sh install`")
+    try:
+        import snakemake_executor_plugin_slurm  # noqa: F401
+    except ImportError:
+        pytest.skip("snakemake-executor-plugin-slurm not installed: pip install -e '.[slurm]'")
+    env = _slurm_env()
+    started = False
+    if not _node_idle(env):
+        proc = subprocess.run(["bash", str(SETUP), "start"], capture_output=True, text=True,
+                              timeout=120)
+        started = True
+        if proc.returncode != 0 or not _node_idle(env):
+            subprocess.run(["bash", str(SETUP), "stop"], capture_output=True, timeout=60)
+            pytest.skip("SLURM daemons did not come up:\n" + (proc.stdout + proc.stderr)[-2000:])
+    yield env
+    if started:
+        subprocess.run(["bash", str(SETUP), "stop"], capture_output=True, timeout=60)
+
+
+def _ci_profile(work: Path) -> str:
+    """profiles/slurm edited as a user would: partitions, memory and time for this tiny node."""
+    prof = _profile()
+    prof["default-resources"]["slurm_partition"] = CPU_PART
+    prof["default-resources"]["mem_mb"] = 500
+    prof["default-resources"]["runtime"] = 10
+    for res in prof["set-resources"].values():
+        if "slurm_partition" in res:
+            res["slurm_partition"] = GPU_PART if res.get("gpu") else CPU_PART
+        if "mem_mb" in res:
+            res["mem_mb"] = 1000
+        if "runtime" in res:
+            res["runtime"] = 10
+    prof["slurm-init-seconds-before-status-checks"] = 2
+    prof["slurm-keep-successful-logs"] = True
+    prof["retries"] = 0
+    prof["latency-wait"] = 5
+    d = work / "profiles" / "slurm_ci"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.yaml").write_text(yaml.safe_dump(prof, sort_keys=False))
+    return "profiles/slurm_ci"
+
+
+def _scontrol_job(env, jobid: str) -> dict[str, str]:
+    out = subprocess.run(["scontrol", "show", "job", "-o", jobid], env=env, capture_output=True,
+                         text=True, timeout=30).stdout
+    return dict(re.findall(r"(\w+)=(\S*)", out))
+
+
+@pytest.fixture(scope="module")
+def slurm_run(slurm_cluster, tmp_path_factory):
+    env = slurm_cluster
+    missing = [r.name for r in JOB_RULES.values()
+               if r.script and not su.script_path(REPO_ROOT, r).exists()]
+    if missing:
+        pytest.skip(f"workflow scripts not written yet for {missing}")
+    work = su.copy_workflow(tmp_path_factory.mktemp("slurm_wf"))
+    profile = _ci_profile(work)
+    run_env = {**su.snakemake_env(work), **env}
+    t0 = time.monotonic()
+    proc = su.run_snakemake(work, "--workflow-profile", profile, "--configfile", TINY_REL,
+                            timeout=RUN_TIMEOUT_S, env=run_env)
+    wall = time.monotonic() - t0
+    log = proc.stdout + proc.stderr
+    print(f"SLURM tiny run: {wall:.1f} s")
+    assert proc.returncode == 0, f"SLURM run failed after {wall:.0f} s:\n{log[-6000:]}"
+    submitted = re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+)", log)
+    assert submitted, "no sbatch submission in the Snakemake log:\n" + log[-3000:]
+    jobs = {}
+    for _, slurm_id in submitted:
+        info = _scontrol_job(env, slurm_id)
+        m = re.search(r"rule_(\w+?)_wildcards", info.get("Comment", ""))
+        jobs[slurm_id] = {"rule": m.group(1) if m else info.get("Comment", "?"), **info}
+    return {"work": work, "log": log, "jobs": jobs, "wall_s": wall}
+
+
+@pytest.mark.slow
+def test_slurm_run_completes(slurm_run):
+    work = slurm_run["work"]
+    for target in RULES["all"].inputs:
+        assert (work / target).exists(), f"{target} missing after the SLURM run"
+    states = {j["rule"]: j.get("JobState") for j in slurm_run["jobs"].values()}
+    assert all(s == "COMPLETED" for s in states.values()), states
+    # every job of the DAG went through sbatch (rule all is local)
+    dag_rules = {r for kind, r, _ in su.job_events(slurm_run["log"]) if kind == "start"} - {"all"}
+    assert dag_rules <= set(states), f"rules not submitted: {dag_rules - set(states)}"
+    # a second run submits nothing
+    again = su.dry_run_jobs(work, configfiles=[work / TINY_REL])
+    assert again == {}, again
+
+
+@pytest.mark.slow
+def test_slurm_cpu_rules_on_cpu_partition_without_gpu(slurm_run):
+    cpu_jobs = [j for j in slurm_run["jobs"].values()
+                if j["rule"] in JOB_RULES and not JOB_RULES[j["rule"]].gpu]
+    assert cpu_jobs
+    for job in cpu_jobs:
+        assert job["Partition"] == CPU_PART, (job["rule"], job["Partition"])
+        assert "gpu" not in job.get("TresPerJob", "") + job.get("TresPerNode", ""), job["rule"]
+
+
+@pytest.mark.slow
+def test_slurm_gpu_rules_request_a_gpu_on_gpu_partition(slurm_run):
+    gpu_jobs = [j for j in slurm_run["jobs"].values()
+                if j["rule"] in JOB_RULES and JOB_RULES[j["rule"]].gpu]
+    if not gpu_jobs:
+        pytest.skip("no rule with resources gpu=1 in the DAG yet")
+    for job in gpu_jobs:
+        assert job["Partition"] == GPU_PART, (job["rule"], job["Partition"])
+        tres = job.get("TresPerJob", "") + job.get("TresPerNode", "")
+        assert re.search(r"gres[:/]gpu[:=]1", tres), (job["rule"], tres)

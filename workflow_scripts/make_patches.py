@@ -1,0 +1,15 @@
+"""Snakemake script for rule make_patches: records.tsv -> patches.zarr, patches.parquet, summary."""
+
+from sharpgen.logutil import setup_logging
+from sharpgen.patches import make_patches, read_manifest
+
+setup_logging(snakemake.log[0])  # noqa: F821
+sm = snakemake  # noqa: F821
+make_patches(
+    read_manifest(sm.input.manifest),
+    sm.params.cfg,
+    zarr_path=sm.output.zarr,
+    table_path=sm.output.table,
+    summary_path=sm.output.summary,
+    root=".",
+)
