@@ -47,6 +47,13 @@ write_config() {
     # the node's real CPUs/sockets/cores/memory, as slurmd sees them (a mismatch drains the node)
     node="$(slurmd -C | grep '^NodeName=' | head -1)"
     [ -n "$node" ] || node="NodeName=$host CPUs=$(nproc) RealMemory=1000"
+    # advertise at least SHARPGEN_SLURM_CPUS CPUs (default 8) so that independent tiny jobs run
+    # side by side on a small CI machine (SlurmdParameters=config_overrides below)
+    local want="${SHARPGEN_SLURM_CPUS:-8}" have
+    have="$(echo "$node" | sed -n 's/.*CPUs=\([0-9]*\).*/\1/p')"
+    if [ -n "$have" ] && [ "$have" -lt "$want" ]; then
+        node="NodeName=$host CPUs=$want RealMemory=$(echo "$node" | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p')"
+    fi
     mkdir -p "$DIR/state" "$DIR/spool" "$DIR/munge" "$DIR/log"
     cat > "$DIR/slurm.conf" <<EOF
 ClusterName=sharpgen-ci
@@ -76,6 +83,7 @@ GresTypes=gpu
 # keep finished jobs visible to squeue for 15 min (the plugin's squeue status query needs it)
 MinJobAge=900
 ReturnToService=2
+SlurmdParameters=config_overrides
 SlurmctldTimeout=30
 SlurmdTimeout=60
 MpiDefault=none
@@ -115,10 +123,31 @@ start_munge() {
     die "munged did not start (see $DIR/munge/munged.log)"
 }
 
+# srun inside a job reads the DEFAULT config path: the jobstep plugin strips SLURM_* variables,
+# SLURM_CONF included, from the job step's environment. So link ours there, but never replace a
+# slurm.conf that is not ours (a real SLURM installation).
+ETC_CONF=/etc/slurm/slurm.conf
+link_default_config() {
+    if [ -e "$ETC_CONF" ] || [ -L "$ETC_CONF" ]; then
+        if [ "$(readlink "$ETC_CONF" || true)" != "$DIR/slurm.conf" ]; then
+            die "$ETC_CONF exists and is not this test cluster's; refusing to replace it"
+        fi
+    fi
+    mkdir -p /etc/slurm
+    ln -sfn "$DIR/slurm.conf" "$ETC_CONF"
+}
+
+unlink_default_config() {
+    if [ -L "$ETC_CONF" ] && [ "$(readlink "$ETC_CONF")" = "$DIR/slurm.conf" ]; then
+        rm -f "$ETC_CONF"
+    fi
+}
+
 cmd_start() {
     need_root
     command -v slurmctld >/dev/null || die "slurmctld not installed (run: $0 install)"
     write_config
+    link_default_config
     export SLURM_CONF="$DIR/slurm.conf"
     start_munge
     # -i: ignore saved state from a previous run of this throw-away cluster
@@ -154,6 +183,7 @@ cmd_stop() {
     stop_pidfile "$DIR/slurmd.pid"
     stop_pidfile "$DIR/slurmctld.pid"
     stop_pidfile "$DIR/munge/munged.pid"
+    unlink_default_config
     echo "slurm_setup: stopped"
 }
 

@@ -25,7 +25,7 @@ if SOURCE == "synthetic":
             BENCH("synthesize")
         conda:
             "../envs/data.yaml"
-        threads: 1
+        threads: 2
         script:
             "../workflow_scripts/synthesize.py"
 

@@ -58,7 +58,8 @@ _FIGURES = {
          "table": R("data/patches.parquet"), "generated": R("samples/generated.zarr")},
         ("report",), "3. Retrieval"),
     "retrieval_scatter": (
-        {"matches": R("retrieval/matches.parquet")},
+        {"matches": R("retrieval/matches.parquet"),
+         "evaluation": R("retrieval/evaluation.json")},
         ("report",), "3. Retrieval"),
 }
 
@@ -139,7 +140,7 @@ if shutil.which("dot"):
 
     rule fig_pipeline:
         input:
-            "Snakefile",
+            workflow.main_snakefile,
             "config.yaml",
             [f"rules/{f}" for f in sorted(os.listdir(Path(workflow.basedir) / "rules")) if f.endswith(".smk")],
         output:

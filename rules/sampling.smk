@@ -7,7 +7,7 @@ rule sample_latents:
         generator=R("gan/generator.pt"),
         zarr=R("data/patches.zarr"),
         table=R("data/patches.parquet"),
-        code=CODE("sampling", "gan", "physics"),
+        code=CODE("sampling", "gan", "physics", "patches"),
     output:
         latents=R("samples/latents.parquet"),
         images=directory(R("samples/generated.zarr")),

@@ -46,6 +46,8 @@ class RuleInfo:
     script: str | None
     code_modules: list[str] = field(default_factory=list)
     config_paths: list[str] = field(default_factory=list)
+    logs: list[str] = field(default_factory=list)
+    benchmark: str | None = None
 
     @property
     def gpu(self) -> int:
@@ -124,7 +126,10 @@ def load_rules(workdir: Path = REPO_ROOT, configfiles: Iterable[Path] = ()) -> t
             )
             cpaths = []
             for value in params.values():
-                cpaths.extend(_config_paths(config, value)[:1])
+                if isinstance(value, Mapping) and value == config:
+                    cpaths.append("")  # the whole config: every setting reruns this rule
+                else:
+                    cpaths.extend(_config_paths(config, value)[:1])
             resources = {}
             for k, v in dict(rule.resources).items():
                 if hasattr(v, "is_evaluable") and v.is_evaluable():
@@ -137,6 +142,8 @@ def load_rules(workdir: Path = REPO_ROOT, configfiles: Iterable[Path] = ()) -> t
                 outputs=[str(f) for f in rule.output], resources=resources,
                 threads=resources.get("_cores"), conda_env=rule.conda_env,
                 script=rule.script, code_modules=code, config_paths=cpaths,
+                logs=[str(f) for f in rule.log],
+                benchmark=str(rule.benchmark) if rule.benchmark else None,
             )
     return rules, config
 
@@ -319,3 +326,8 @@ def max_concurrent(events: list[tuple[str, str, int]], rules: set[str]) -> int:
         else:
             running.discard(jobid)
     return peak
+
+
+def glob_pattern(pattern: str) -> str:
+    """A Snakemake path pattern with its {wildcards} replaced by *."""
+    return re.sub(r"\{[^}]+\}", "*", pattern)

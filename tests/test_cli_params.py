@@ -88,3 +88,11 @@ def test_cli_requires_a_command(capsys):
         cli.main([])
     assert ei.value.code == 2
     assert any(name == "params" for name, _ in cli.SUBCOMMANDS)
+
+
+def test_broken_subcommand_does_not_break_params(sharp_dir, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "SUBCOMMANDS", [*cli.SUBCOMMANDS, ("broken", "sharpgen.no_such_module:register")])
+    rc, out, _ = run(["params", str(sharp_dir / f"{R6060}.Br.fits"), "--format", "csv"], capsys)
+    assert rc == 0 and "6060" in out
+    rc, _, err = run(["broken", "x"], capsys)
+    assert rc == 1 and "no_such_module" in err

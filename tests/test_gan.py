@@ -60,7 +60,9 @@ def make_patch_store(root: Path, n: int = 24, size: int = 32, clip_gauss: float 
         arr = np.full(n, float(getattr(scale, name)))
         g.create_array(f"pixel_{name}", shape=(n,), dtype="float64")[...] = arr
     g.attrs.update({"clip_gauss": clip_gauss, "mode": "crop", "size": size, "bin": 4, "n": n,
-                    "config_hash": "testhash0000"})
+                    "config_hash": "testhash0000", "pixel_size_mm": float(scale.size_mm),
+                    "pixel_area_cm2": float(scale.area_cm2),
+                    "pixel_size_arcsec": float(scale.size_arcsec)})
     params = compute_parameters(patches.astype(np.float64) * clip_gauss, scale)
     split = np.array(["train", "train", "val", "test"] * (n // 4 + 1))[:n]
     table = pd.DataFrame({"row": np.arange(n), "split": split, "harpnum": np.arange(n) // 2,

@@ -150,6 +150,31 @@ def test_r_value_binning_follows_arcsec_scale():
     assert physics._computeR_offsets(95, 53) == (1, 0)  # round(47.5)=48 vs 47; round(26.5)=26
 
 
+@pytest.mark.parametrize("shape", [(64, 64), (95, 53), (94, 187), (7, 5), (32, 33)])
+def test_computeR_dilation_matches_full_size_kernel(shape, rng):
+    """computeR convolves with a full-size kernel holding a 3x3 box at round(n/2); ours is exact."""
+    from scipy import ndimage
+
+    ny, nx = shape
+    m = rng.random((2, ny, nx)) > 0.8
+    full = np.zeros((ny, nx))
+    full[round(ny / 2) : round(ny / 2) + 3, round(nx / 2) : round(nx / 2) + 3] = 0.1111
+    got = physics._computeR_dilate(m, *physics._computeR_offsets(ny, nx))
+    for i in range(2):
+        assert np.array_equal(got[i], ndimage.convolve(m[i].astype(float), full) > 0)
+
+
+def test_filter_matrices_equal_scipy_filters(rng):
+    from scipy import ndimage
+
+    x = rng.normal(size=(3, 40, 24))
+    for mode in ("reflect", "constant"):
+        gy = physics._filter_matrix(40, "gauss", 4.2, mode)
+        gx = physics._filter_matrix(24, "gauss", 4.2, mode)
+        want = ndimage.gaussian_filter(x, sigma=(0, 4.2, 4.2), mode=mode)
+        np.testing.assert_allclose(physics._separable(x, gy, gx), want, atol=1e-12)
+
+
 def test_batch_equals_single_and_reference(rng):
     maps = np.stack([bipole(32, sep=s, angle_deg=a) + rng.normal(0, 30, (32, 32)) for s, a in [(8, 0), (12, 30), (16, -20), (20, 80)]])
     maps[2, :5, :5] = np.nan
@@ -223,3 +248,39 @@ def test_psep_robust_is_more_stable_than_psep(rng):
     d_rob = np.median(_rel_change(noisy.psep_robust.to_numpy(), clean.psep_robust.to_numpy()))
     assert d_rob < 0.02, d_rob
     assert d_psep > 3 * d_rob, (d_psep, d_rob)
+
+
+def test_mixed_scales_nan_and_mask_match_reference(rng):
+    """Several pixel scales in one batch (several r_value binnings and robust grids), NaN holes
+    and a mask: the vectorised engine equals the per-image reference."""
+    n = 20
+    maps = np.stack([bipole(48, sep=rng.uniform(8, 30), angle_deg=rng.uniform(-60, 60), amp=rng.uniform(300, 2000)) for _ in range(n)])
+    maps += rng.normal(0, 40, maps.shape)
+    maps[3, 10:20, 10:20] = np.nan
+    maps[7] = np.nan
+    mask = rng.random(maps.shape) > 0.05
+    size_mm = rng.choice([0.36, 0.73, 1.46, 2.9], n)
+    scale = PixelScale(size_mm=size_mm, area_cm2=(size_mm * 1e8) ** 2, size_arcsec=size_mm / 0.7245)
+    for m in (None, mask):
+        fast = compute_parameters(maps, scale, mask=m)
+        ref = physics.compute_parameters_reference(maps, scale, mask=m)
+        pd.testing.assert_frame_equal(fast, ref, rtol=1e-9)
+    assert fast.iloc[7].isna().all()
+
+
+def test_benchmark_script_runs_and_agrees(tmp_path, capsys):
+    """benchmarks/bench_physics.py (run by `make bench`) on a tiny batch: it checks agreement."""
+    import importlib.util
+    import json
+
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_physics.py"
+    spec = importlib.util.spec_from_file_location("bench_physics", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "b.json"
+    assert mod.main(["--n", "6", "--size", "32", "--repeats", "1", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["max_rel_diff"] < 1e-8 and res["vectorised_maps_per_s_cpu"] > 0
+    assert "speed-up" in capsys.readouterr().out

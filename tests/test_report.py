@@ -341,3 +341,16 @@ def test_calibration_curves_start_at_zero(tree):
     at0 = curves[np.isclose(curves["eps"], 0)]
     np.testing.assert_allclose(at0["median"], 0)
     assert set(curves["direction"]) == {"tuf", "tpf", "tnf", "tuf (tpf held)"}
+
+
+def test_every_figure_rule_has_a_builder_and_a_caption(repo_root):
+    import re
+
+    smk = (repo_root / "rules" / "report.smk").read_text()
+    block = smk[smk.index("_FIGURES = {"):smk.index("REPORT_FIGURES = []")]
+    names = re.findall(r'^    "([a-z_]+)": \(', block, flags=re.M)
+    assert set(names) == set(R.FIGURES) - {"latent_map"}
+    captions = repo_root / "rules" / "report" / "captions"
+    for name in [*R.FIGURES, "pipeline", "metrics"]:
+        text = (captions / f"{name}.rst").read_text()
+        assert len(text.split()) > 30, f"caption of {name} is too short"

@@ -19,6 +19,7 @@ with atomic_path(out_dir) as tmp:
         frames_per_region=int(cfg.get("frames_per_region", 4)),
         seed=int(cfg.get("seed", 0)),
         cadence_h=float(cfg.get("cadence_h", 6.0)),
+        workers=int(sm.threads),
     )
 # paths in the manifest point to the final folder, relative to the working directory
 manifest["path"] = [str(out_dir / Path(p).name) for p in manifest["path"]]

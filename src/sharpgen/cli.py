@@ -4,7 +4,8 @@ Adding a subcommand (other modules): write ``register(subparsers)`` in your modu
 ``subparsers.add_parser(NAME, help=...)``, adds its options and ``set_defaults(func=run)`` where
 ``run(args) -> int`` returns the exit status; then add one ``(NAME, "sharpgen.module:register")``
 entry to :data:`SUBCOMMANDS` below. Modules are imported lazily, only when their subcommand is
-registered, so a missing optional dependency breaks only its own subcommand.
+registered (at parser construction); a subcommand whose module fails to import is still listed
+and reports that error when run, so it never breaks the other subcommands.
 """
 
 from __future__ import annotations
@@ -121,9 +122,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for _name, spec in SUBCOMMANDS:
-        _resolve(spec)(sub)
+    for name, spec in SUBCOMMANDS:
+        try:
+            _resolve(spec)(sub)
+        except Exception as exc:  # keep the other subcommands usable
+            _register_broken(sub, name, spec, exc)
     return parser
+
+
+def _register_broken(subparsers, name: str, spec: str, exc: Exception) -> None:
+    """A placeholder subcommand that explains why ``name`` is unavailable (exit status 1)."""
+    reason = f"{type(exc).__name__}: {exc}"
+    p = subparsers.add_parser(name, help=f"(unavailable: {reason})", add_help=True)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def run(_args) -> int:
+        print(f"sharpgen {name}: unavailable, registering {spec} failed ({reason})", file=sys.stderr)
+        return 1
+
+    p.set_defaults(func=run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

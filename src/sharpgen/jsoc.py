@@ -448,17 +448,16 @@ def export_urls(client, records: pd.DataFrame, cfg: JsocConfig, email: str) -> d
             ) from None
         t0 = time.monotonic()
         try:
-            while True:
-                left = cfg.timeout_s - (time.monotonic() - t0)
-                done = with_retries(
-                    lambda: req.wait(timeout=max(left, 0.0), sleep=cfg.poll_s),
-                    f"export status of {req.id}",
-                    retries=cfg.retries,
-                    backoff_s=cfg.backoff_s,
-                    secret=email,
-                )
-                if done:
-                    break
+            # drms polls exp_status every poll_s s while the status is 1, 2 or 6 (6 at most 5
+            # times), raises DrmsExportError on any other non-zero status, False on timeout
+            done = with_retries(
+                lambda: req.wait(timeout=max(cfg.timeout_s - (time.monotonic() - t0), 0.0), sleep=cfg.poll_s),
+                f"export status of {req.id}",
+                retries=cfg.retries,
+                backoff_s=cfg.backoff_s,
+                secret=email,
+            )
+            if not done:
                 raise JsocExportError(
                     f"JSOC export {req.id} for {label} still pending (status {req.status}) after "
                     f"timeout_s={cfg.timeout_s:g} s"

@@ -4,7 +4,7 @@ Every record of the manifest (``results/data/records.tsv``: ``path``, ``source``
 ``t_rec``) becomes at most one patch of S x S pixels:
 
 * ``resize`` mode (the paper): the whole record, NaN set to 0 G, is resized to S x S with an
-  antialiased bilinear filter (``torch.nn.functional.interpolate(..., antialias=True)``). The
+  antialiased bilinear (triangle) filter, as ``torch...interpolate(antialias=True)``. The
   pixel becomes anisotropic (H/S native pixels tall, W/S wide); it is recorded with the exact
   area (native area x H W / S^2) and, as side, the geometric mean sqrt(H W)/S native pixels.
   Parameters computed on such patches are therefore in *image units*: areas and fluxes are
@@ -164,14 +164,30 @@ def crop_window(data: np.ndarray, size: int) -> tuple[np.ndarray, float]:
     return out, pad
 
 
-def resize_image(data: np.ndarray, size: int) -> np.ndarray:
-    """Antialiased bilinear resize of (H, W) (NaN -> 0) to (S, S) float64 (torch, CPU)."""
-    import torch
-    import torch.nn.functional as F
+def _triangle_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) resampling matrix of an antialiased linear (triangle) filter whose support
+    widens with the reduction factor (the filter of PIL / ``torch.nn.functional.interpolate(...,
+    mode="bilinear", antialias=True)``); rows sum to 1."""
+    f = n_in / n_out
+    support = max(f, 1.0)
+    centre = (np.arange(n_out) + 0.5) * f - 0.5
+    j = np.arange(n_in)
+    w = np.clip(1.0 - np.abs(j[None, :] - centre[:, None]) / support, 0.0, None)
+    return w / w.sum(axis=1, keepdims=True)
 
-    x = torch.from_numpy(np.nan_to_num(np.asarray(data, dtype=np.float32), nan=0.0))[None, None]
-    y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return y[0, 0].double().numpy()
+
+def resize_image(data: np.ndarray, size: int) -> np.ndarray:
+    """Antialiased bilinear resize of (H, W) (NaN -> 0) to (S, S) float64: separable triangle
+    filter, each output pixel a weighted mean over the input pixels it covers (no aliasing of
+    small-scale structure when shrinking, plain bilinear interpolation when enlarging)."""
+    from scipy import sparse
+
+    # the filters are banded: sparse products avoid multithreaded BLAS, which thrashes when
+    # the cores are shared (100+ ms instead of ~5 ms per record)
+    d = np.nan_to_num(np.asarray(data, dtype=np.float64), nan=0.0)
+    wy = sparse.csr_matrix(_triangle_weights(d.shape[0], size))
+    wx = sparse.csr_matrix(_triangle_weights(d.shape[1], size))
+    return np.asarray((wx @ (wy @ d).T).T)
 
 
 def extract_patch(data: np.ndarray, scale: PixelScale, header, cfg: PatchConfig):
@@ -436,14 +452,27 @@ def write_store(zarr_path: str | Path, arr: np.ndarray, table: pd.DataFrame, att
     g.attrs.update(attrs)
 
 
+def _json_clean(o: Any) -> Any:
+    """JSON-safe copy: numpy scalars -> Python, NaN/inf -> None."""
+    if isinstance(o, dict):
+        return {str(k): _json_clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_json_clean(v) for v in o]
+    if hasattr(o, "item") and getattr(o, "ndim", 1) == 0:
+        o = o.item()
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return o
+
+
 def make_patches(records: pd.DataFrame, cfg: Mapping[str, Any] | PatchConfig, zarr_path, table_path,
                  summary_path, root: str | Path = ".", progress: bool = True) -> dict:
     """Build and write the patch store, table and summary; all three atomically (a failure at
     any point leaves none of them behind, nor any temporary). Returns the summary."""
+    import json
+
     from .atomic import atomic_path
     from .config import section_hash
-
-    import json
 
     pc = cfg if isinstance(cfg, PatchConfig) else PatchConfig.from_mapping(cfg)
     raw_cfg = dict(cfg) if not isinstance(cfg, PatchConfig) else pc.__dict__
@@ -454,8 +483,7 @@ def make_patches(records: pd.DataFrame, cfg: Mapping[str, Any] | PatchConfig, za
             atomic_path(summary_path, suffix=".json") as ts:
         write_store(tz, arr, table, attrs)
         table.to_parquet(tp, index=False)
-        clean = json.loads(json.dumps(summary, default=float).replace("NaN", "null"))
-        ts.write_text(json.dumps(clean, indent=2, sort_keys=True) + "\n")
+        ts.write_text(json.dumps(_json_clean(summary), indent=2, sort_keys=True, allow_nan=False) + "\n")
     logger.info("wrote %d patches (%s mode, %dx%d) from %d records, %d skipped %s",
                 summary["n_patches"], pc.mode, pc.size, pc.size, summary["n_records"],
                 summary["n_skipped"], {k: v for k, v in summary["skipped"].items() if v})

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,6 +198,25 @@ _LABEL_STRUCTURE = np.zeros((3, 3, 3), dtype=bool)
 _LABEL_STRUCTURE[1] = True  # 8-connectivity inside a map, never across maps of the batch
 
 
+def _check_batch(br_gauss, mask) -> tuple[np.ndarray, np.ndarray | None]:
+    """(N,H,W) view of the field (dtype kept) and the (N,H,W) bool mask or None; checks shapes."""
+    b = np.asarray(br_gauss)
+    if b.ndim == 2:
+        b = b[None]
+    if b.ndim != 3:
+        raise ValueError(f"br_gauss must have shape (N,H,W) or (H,W), got {np.shape(br_gauss)}")
+    if not (np.issubdtype(b.dtype, np.floating) or np.issubdtype(b.dtype, np.integer)):
+        raise ValueError(f"br_gauss must be a real-valued array, got dtype {b.dtype}")
+    if mask is None:
+        return b, None
+    m = np.asarray(mask, dtype=bool)
+    if m.ndim == 2:
+        m = m[None]
+    if m.shape != b.shape:
+        raise ValueError(f"mask shape {np.shape(mask)} does not match br_gauss shape {b.shape}")
+    return b, m
+
+
 def _as_batch(br_gauss, mask) -> tuple[np.ndarray, np.ndarray]:
     """(N,H,W) float64 copy of the field and the (N,H,W) bool validity mask."""
     b = np.asarray(br_gauss, dtype=np.float64)
@@ -237,18 +257,27 @@ def _quantize_sigma(sigma_px: np.ndarray) -> np.ndarray:
 def _dilate_square(m: np.ndarray, k: int) -> np.ndarray:
     """Binary dilation of a (N,H,W) bool batch by a centred k x k square (k odd), False outside.
 
-    Same result as ``ndimage.binary_dilation(m, np.ones((1,k,k)))`` but separable: 2(k-1)
-    in-place ORs of shifted views instead of k*k tests per pixel.
+    Same result as ``ndimage.binary_dilation(m, np.ones((1,k,k)))`` but separable, and along
+    each axis by window doubling: OR-ing windows of width 1, 2, 4, ... covers width k with
+    O(log k) shifted ORs instead of k*k tests per pixel.
     """
     r = k // 2
-    out = m.copy()
-    for d in range(1, r + 1):
-        out[:, d:, :] |= m[:, :-d, :]
-        out[:, :-d, :] |= m[:, d:, :]
-    rows = out.copy()
-    for d in range(1, r + 1):
-        out[:, :, d:] |= rows[:, :, :-d]
-        out[:, :, :-d] |= rows[:, :, d:]
+    out = m
+    for axis in (1, 2):
+        pad = [(0, 0)] * 3
+        pad[axis] = (r, r)
+        cur = np.pad(out, pad)  # cur[j] covers window [j, j + width) of the padded axis
+        width = 1
+        while width < k:
+            step = min(width, k - width)
+            n_out = cur.shape[axis] - step
+            a = [slice(None)] * 3
+            bsl = [slice(None)] * 3
+            a[axis] = slice(0, n_out)
+            bsl[axis] = slice(step, step + n_out)
+            cur = cur[tuple(a)] | cur[tuple(bsl)]
+            width += step
+        out = cur  # length L: out[i] = any(m[i - r .. i + r])
     return out
 
 
@@ -299,20 +328,12 @@ def _computeR_kernel(dy: int, dx: int) -> np.ndarray:
 def _filter_matrix(length: int, kind: str, param: float, mode: str) -> np.ndarray:
     """(length, length) matrix M with ``M @ x`` == the 1-D scipy.ndimage filter of x.
 
-    kind "gauss": gaussian_filter1d(sigma=param, mode); kind "box": convolve1d with computeR's
-    shifted 3-box of offset ``param`` (see _computeR_offsets). Built by filtering the identity
-    with scipy itself, so boundary handling is scipy's, exactly.
+    Only kind "gauss" (gaussian_filter1d with sigma=param, boundary ``mode``, cval 0). Built by
+    filtering the identity with scipy itself, so kernel and boundary handling are scipy's exactly.
     """
-    eye = np.eye(length)
-    if kind == "gauss":
-        m = ndimage.gaussian_filter1d(eye, float(param), axis=0, mode=mode, cval=0.0)
-    elif kind == "box":
-        d = int(param)
-        k = np.zeros(2 * d + 5)
-        k[2 * d + 2 : 2 * d + 5] = 1.0
-        m = ndimage.convolve1d(eye, k, axis=0, mode=mode, cval=0.0)
-    else:  # pragma: no cover - internal
+    if kind != "gauss":  # pragma: no cover - internal
         raise ValueError(kind)
+    m = ndimage.gaussian_filter1d(np.eye(length), float(param), axis=0, mode=mode, cval=0.0)
     m.setflags(write=False)
     return m
 
@@ -347,9 +368,9 @@ def _separable(x: np.ndarray, my: np.ndarray, mx: np.ndarray) -> np.ndarray:
 def _r_value_batch(rim: np.ndarray) -> np.ndarray:
     """R_VALUE of a batch of already-binned maps (N,h,w) in Gauss (NaN allowed).
 
-    Same steps as mbobra/SHARPs computeR, written as matrix products: the 3x3 (shifted) box
-    dilation of each polarity mask is done with shifted ORs (see _computeR_dilate) and, since only the weighted sum is
-    needed, sum(G_y p1 G_x^T * |rim|) is evaluated as sum(p1 * G_y^T |rim| G_x).
+    Same steps as mbobra/SHARPs computeR: the (shifted) 3x3 box dilation of each polarity mask
+    is done with shifted ORs (see _computeR_dilate) and, since only the weighted sum is needed,
+    sum(G_y p1 G_x^T * |rim|) is evaluated as sum(p1 * G_y^T |rim| G_x) with BLAS matmuls.
     """
     n, ny1, nx1 = rim.shape
     dy, dx = _computeR_offsets(ny1, nx1)
@@ -465,29 +486,38 @@ def compute_parameters(br_gauss, scale: PixelScale, mask=None) -> pd.DataFrame:
     DataFrame with N rows (index 0..N-1) and one float64 column per PARAMETER_NAMES entry, in
     the units of :data:`PARAMETERS`. Maps with no valid pixel get NaN everywhere.
     """
-    b, valid = _as_batch(br_gauss, mask)
+    b, m = _check_batch(br_gauss, mask)
     n, h, w = b.shape
     size_mm, area, arcsec = scale.arrays(n)
-    all_valid = bool(valid.all())
-    bz = b if all_valid else np.where(valid, b, 0.0)  # invalid pixels carry no flux
-    nvalid = np.full(n, h * w) if all_valid else np.count_nonzero(valid, axis=(1, 2))
     cols: dict[str, np.ndarray] = {k: np.empty(n) for k in PARAMETER_NAMES}
+    nvalid = np.empty(n, dtype=np.int64)
 
-    # cache-sized blocks of maps (a loop over blocks of ~16 128x128 maps, not over images)
+    # cache-sized blocks of maps (a loop over blocks of ~16 128x128 maps, not over images); each
+    # block is converted to float64 on its own, so memory stays small for any N
     step = max(1, _CHUNK_PIXELS // (h * w))
     for lo in range(0, n, step):
         sl = slice(lo, min(n, lo + step))
-        for k, v in _full_res_block(bz[sl], nvalid[sl], size_mm[sl], area[sl]).items():
+        bb = np.asarray(b[sl], dtype=np.float64)
+        valid = np.isfinite(bb)
+        if m is not None:
+            valid &= m[sl]
+        if valid.all():
+            bz = bb
+            nvalid[sl] = h * w
+        else:
+            bz = np.where(valid, bb, 0.0)  # invalid pixels carry no flux
+            nvalid[sl] = np.count_nonzero(valid, axis=(1, 2))
+        for k, v in _full_res_block(bz, nvalid[sl], size_mm[sl], area[sl]).items():
             cols[k][sl] = v
-        # coarse-grid parameters: dominant clusters (psep_robust, tilt) and R_VALUE
-        (ryp, rxp), (ryn, rxn) = _dominant_clusters(bz[sl], size_mm[sl])
+        # coarse-grid parameters: dominant clusters (psep_robust, tilt) and R_VALUE (unmasked)
+        (ryp, rxp), (ryn, rxn) = _dominant_clusters(bz, size_mm[sl])
         cols["psep_robust"][sl] = np.hypot(ryp - ryn, rxp - rxn) * size_mm[sl]
         dx, dy = rxp - rxn, ryp - ryn  # negative -> positive
         flip = dx < 0
         tilt = np.degrees(np.arctan2(np.where(flip, -dy, dy), np.where(flip, -dx, dx)))
         cols["tilt_deg"][sl] = np.where(tilt <= -90.0, tilt + 180.0, tilt)
         cols["lead_sign"][sl] = np.sign(dx)
-        cols["r_value"][sl] = r_value(b[sl], scale.select(sl))
+        cols["r_value"][sl] = r_value(bb, scale.select(sl))
 
     empty = nvalid == 0
     if empty.any():
@@ -499,23 +529,43 @@ def compute_parameters(br_gauss, scale: PixelScale, mask=None) -> pd.DataFrame:
 _CHUNK_PIXELS = 1 << 18  #: maps are processed in blocks of about this many pixels (cache-sized)
 
 
+_WORK = threading.local()
+
+
+def _workspace(key: tuple, count: int) -> list[np.ndarray]:
+    """``count`` uninitialised arrays of (dtype, shape) ``key``, reused between calls of the same
+    thread (fresh multi-MB temporaries would cost page faults on every block)."""
+    store = getattr(_WORK, "store", None)
+    if store is None:
+        store = _WORK.store = {}
+    bufs = store.get(key)
+    if bufs is None or len(bufs) < count:
+        if len(store) > 8:  # a few shapes per run at most; drop stale ones
+            store.clear()
+        bufs = [np.empty(key[1], dtype=key[0]) for _ in range(count)]
+        store[key] = bufs
+    return bufs[:count]
+
+
 def _full_res_block(bz, nvalid, size_mm, area) -> dict[str, np.ndarray]:
     """Flux sums, psep, r_paper, bmax of a block of maps bz (n,H,W) [G], invalid pixels = 0."""
     n, h, w = bz.shape
-    absb = np.abs(bz)
+    absb, tmp = _workspace(("f8", bz.shape), 2)
+    pos, neg = _workspace(("b1", bz.shape), 2)
+    np.abs(bz, out=absb)
     net = bz.sum(axis=(1, 2))
     usum = absb.sum(axis=(1, 2))
-    pos = bz > STRONG_GAUSS
-    neg = bz < -STRONG_GAUSS
+    np.greater(bz, STRONG_GAUSS, out=pos)
+    np.less(bz, -STRONG_GAUSS, out=neg)
 
     # paper's PSEP: flux-weighted centroids of the 150 G polarities, from the row (n,H) and
     # column (n,W) marginals of the masked field (no masked copy is materialised)
     iy = np.arange(h, dtype=np.float64)
     ix = np.arange(w, dtype=np.float64)
-    rows_p = np.sum(bz, axis=2, where=pos)
-    cols_p = np.sum(bz, axis=1, where=pos)
-    rows_n = -np.sum(bz, axis=2, where=neg)
-    cols_n = -np.sum(bz, axis=1, where=neg)
+    np.multiply(bz, pos, out=tmp)  # branch-free masking (sum(where=) is slow on ragged masks)
+    rows_p, cols_p = tmp.sum(axis=2), tmp.sum(axis=1)
+    np.multiply(bz, neg, out=tmp)
+    rows_n, cols_n = -tmp.sum(axis=2), -tmp.sum(axis=1)
     fp = rows_p.sum(axis=1)
     fn = rows_n.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -538,7 +588,7 @@ def _full_res_block(bz, nvalid, size_mm, area) -> dict[str, np.ndarray]:
         "strong_frac": strong_frac,
         "bmax": absb.max(axis=(1, 2)),
         "psep": np.hypot(py - ny_, px - nx_) * size_mm,
-        "r_paper": np.sum(absb, axis=(1, 2), where=both) * area,
+        "r_paper": np.multiply(absb, both, out=tmp).sum(axis=(1, 2)) * area,
     }
 
 

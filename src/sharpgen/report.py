@@ -132,6 +132,15 @@ def br_colorbar(fig: Figure, mappable, ax=None, cax=None, **kw):
     return cb
 
 
+def _suptitle(fig: Figure, text: str, fontsize: float = 11) -> None:
+    """Figure title wrapped to the figure width (never clipped at the edges)."""
+    import textwrap
+
+    width = max(20, int(fig.get_figwidth() * 72 / (0.6 * fontsize)))
+    fig.suptitle("\n".join(textwrap.fill(line, width) for line in text.split("\n")),
+                 fontsize=fontsize)
+
+
 def _off(ax) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
@@ -231,7 +240,7 @@ def fig_parameter_distributions(real: pd.DataFrame, gen: pd.DataFrame, params: S
                         bbox=dict(fc="white", ec="0.7", alpha=0.85))
     axes.ravel()[0].legend(loc="upper left", fontsize=7, frameon=False)
     axes.ravel()[0].set_ylabel("density")
-    fig.suptitle("Physical parameters: real vs generated")
+    _suptitle(fig, "Physical parameters: real vs generated")
     return fig
 
 
@@ -293,7 +302,7 @@ def fig_realism(real_gauss: np.ndarray, gen_gauss: np.ndarray, pixel_size_mm: fl
     ax.set_yticks([])
     ax.legend(fontsize=8, frameon=False)
     ax.set_title("mean gradient")
-    fig.suptitle("Realism statistics: real vs generated")
+    _suptitle(fig, "Realism statistics: real vs generated")
     return fig
 
 
@@ -460,7 +469,7 @@ def fig_traversals(strips: Sequence[Mapping], title: str = "Latent traversals") 
             ax.set_title(f"step {s['steps'][k]:+.1f}", fontsize=7, pad=2)
             ax.set_xlabel(s["annotations"][k], fontsize=6.5, labelpad=2)
         row[0].set_ylabel(s["label"], fontsize=9, fontweight="bold")
-    fig.suptitle(title)
+    _suptitle(fig, title)
     br_colorbar(fig, im, ax=axes, shrink=0.5, pad=0.01, aspect=30)
     return fig
 
@@ -498,7 +507,7 @@ def fig_retrieval_examples(queries_gauss: np.ndarray, matches_gauss: Mapping[str
     for j, m in enumerate(methods, start=1):
         axes[0, j].set_title(METHOD_LABELS.get(m, m), fontsize=9)
     br_colorbar(fig, im, ax=axes, shrink=0.4, aspect=30)
-    fig.suptitle("Retrieval: nearest real SHARP patch to a generated query")
+    _suptitle(fig, "Retrieval: nearest real SHARP patch to a generated query")
     return fig
 
 
@@ -507,13 +516,15 @@ def fig_retrieval_examples(queries_gauss: np.ndarray, matches_gauss: Mapping[str
 # --------------------------------------------------------------------------------------------
 
 def fig_retrieval_scatter(pairs: pd.DataFrame, params: Sequence[str], methods: Sequence[str],
-                          n_bins: int = 25) -> Figure:
+                          n_bins: int = 25, reference: Mapping[str, float] | None = None,
+                          reference_label: str = "paper") -> Figure:
     """2-D histograms of query vs matched parameter value, one row per parameter, one column per
     retrieval method, with Pearson r and Spearman rho in each panel.
 
     pairs: long table with columns ``method``, ``parameter``, ``query``, ``match`` (physical units).
-    Flux-like parameters are shown as log10 |value|; correlations are computed on the plotted
-    values for Pearson (log for fluxes) and are rank-based for Spearman.
+    Flux-like parameters are shown as log10 |value|; Pearson r is computed on the physical
+    values (as in retrieval/evaluation.json and the paper), Spearman rho on ranks. ``reference``:
+    optional {param: Pearson r} (e.g. the paper's SimSiam values) written in the first column.
     """
     params = [p for p in params if (pairs["parameter"] == p).any()]
     methods = [m for m in methods if (pairs["method"] == m).any()]
@@ -533,20 +544,23 @@ def fig_retrieval_scatter(pairs: pd.DataFrame, params: Sequence[str], methods: S
         for j, m in enumerate(methods):
             ax = axes[i, j]
             d = sub[sub["method"] == m]
-            x, y = tr(d["query"].to_numpy(float)), tr(d["match"].to_numpy(float))
-            ok = np.isfinite(x) & np.isfinite(y)
-            x, y = x[ok], y[ok]
+            xr, yr = d["query"].to_numpy(float), d["match"].to_numpy(float)
+            ok = np.isfinite(xr) & np.isfinite(yr)
+            xr, yr = xr[ok], yr[ok]
+            x, y = tr(xr), tr(yr)
             ax.hist2d(x, y, bins=[edges, edges], cmap="Blues", cmin=1)
             ax.plot([lo, hi], [lo, hi], color="crimson", lw=0.9, ls="--")
             ax.set_xlim(lo, hi)
             ax.set_ylim(lo, hi)
             ax.set_aspect("equal")
-            if x.size > 2 and np.std(x) > 0 and np.std(y) > 0:
-                pr = stats.pearsonr(x, y)[0]
-                sr = stats.spearmanr(x, y)[0]
+            if x.size > 2 and np.std(xr) > 0 and np.std(yr) > 0:
+                pr = stats.pearsonr(xr, yr)[0]  # physical values, as in evaluation.json
+                sr = stats.spearmanr(xr, yr)[0]
                 txt = f"r = {pr:.2f}\n" + r"$\rho$ = " + f"{sr:.2f}\nn = {x.size}"
             else:
                 txt = f"n = {x.size}"
+            if j == 0 and reference and p in reference:
+                txt += f"\n{reference_label} r = {reference[p]:.2f}"
             ax.text(0.04, 0.96, txt, transform=ax.transAxes, va="top", fontsize=7.5,
                     bbox=dict(fc="white", ec="0.7", alpha=0.85))
             ax.tick_params(labelsize=7)
@@ -556,7 +570,7 @@ def fig_retrieval_scatter(pairs: pd.DataFrame, params: Sequence[str], methods: S
             if j == 0:
                 ax.set_ylabel(f"match {lab}", fontsize=7.5)
             ax.set_xlabel(f"query {lab}", fontsize=7.5)
-    fig.suptitle("Query vs retrieved-match parameters")
+    _suptitle(fig, "Query vs retrieved-match parameters")
     return fig
 
 
@@ -582,7 +596,7 @@ def fig_table(df: pd.DataFrame, title: str, fmt: str = "{:.3f}") -> Figure:
 
 
 def fig_entanglement(matrices: Mapping[str, pd.DataFrame], title: str = "Entanglement",
-                     cbar_label: str = "change of parameter per unit change of target (std units)",
+                     cbar_label: str = "Δ parameter / Δ target [population std]",
                      ) -> Figure:
     """Heat maps (RdBu_r, centred on 0, symmetric range) of direction x parameter matrices.
 
@@ -613,7 +627,7 @@ def fig_entanglement(matrices: Mapping[str, pd.DataFrame], title: str = "Entangl
                         color="white" if abs(v) > 0.6 * lim else "black")
     cb = fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
     cb.set_label(cbar_label, fontsize=8)
-    fig.suptitle(title)
+    _suptitle(fig, title)
     return fig
 
 
@@ -658,7 +672,7 @@ def fig_calibration(curves: pd.DataFrame, fits: Mapping[str, Mapping] | None = N
         ax.tick_params(labelsize=7.5)
         ax.set_title(key, fontsize=10)
     axes.ravel()[0].legend(fontsize=7, frameon=False, loc="lower right")
-    fig.suptitle("Calibration: change of the target parameter along its direction")
+    _suptitle(fig, "Calibration: change of the target parameter along its direction")
     return fig
 
 
@@ -706,8 +720,10 @@ def fig_training_curves(log: pd.DataFrame, x: str, panels: Sequence[tuple[str, S
         ax.set_title(ptitle, fontsize=10)
         if ptitle in logy:
             ax.set_yscale("log")
-        ax.legend(fontsize=7.5, frameon=False)
-    fig.suptitle(title)
+        # below the axes: never on top of the curves
+        ax.legend(fontsize=7.5, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2),
+                  ncol=len(cols))
+    _suptitle(fig, title)
     return fig
 
 
@@ -795,11 +811,13 @@ def build_parameters(inp: Mapping, cfg: Mapping) -> Figure:
     quality = json.loads(Path(inp["quality"]).read_text())
     split = quality.get("real", {}).get("split", "train")
     real = _real_rows(pd.read_parquet(inp["table"]), split)
-    gen_cols = [p for p in DISTRIBUTION_PARAMS]
-    gen = pd.read_parquet(inp["latents"], columns=gen_cols)
+    import pyarrow.parquet as pq
+
+    have = set(pq.read_schema(inp["latents"]).names)
+    gen = pd.read_parquet(inp["latents"], columns=[p for p in DISTRIBUTION_PARAMS if p in have])
     scores = quality.get("parameters", {})
     fig = fig_parameter_distributions(real, gen, DISTRIBUTION_PARAMS, scores=scores)
-    fig.suptitle(f"Physical parameters: real ({split} split) vs generated")
+    _suptitle(fig, f"Physical parameters: real ({split} split) vs generated")
     return fig
 
 
@@ -888,6 +906,20 @@ def build_traversals(inp: Mapping, cfg: Mapping) -> Figure:
                                         "(same base latent; values measured on each image)")
 
 
+_ORDER = ("tuf", "tpf", "tnf", "net_flux", "psep", "psep_robust", "tilt_deg", "r_paper", "r_value")
+
+
+def canonical_order(names) -> list[str]:
+    """Parameter (or direction) names in the order of the paper's tables: fluxes, separations,
+    R; conditional keys right after their target; unknown names last (alphabetical)."""
+    def key(n):
+        target, _, hold = str(n).partition("|")
+        i = _ORDER.index(target) if target in _ORDER else len(_ORDER)
+        return (i, target, hold)
+
+    return sorted(names, key=key)
+
+
 def _method_name(m: str) -> str:
     return RETRIEVAL_METHOD_ALIASES.get(m, m)
 
@@ -954,9 +986,15 @@ def build_retrieval_scatter(inp: Mapping, cfg: Mapping) -> Figure:
     qset = cfg.get("retrieval", {}).get("query_set", "generated")
     df = read_matches(inp["matches"], qset)
     params = ("tuf", "psep", "psep_robust", "r_paper", "r_value")
+    ref = None
+    if inp.get("evaluation") and qset == "generated":
+        import json
+
+        ref = json.loads(Path(inp["evaluation"]).read_text()).get("paper_pearson")
     fig = fig_retrieval_scatter(matches_long(df, params), params,
-                                ["simsiam", "physical_euclidean", "physical_mahalanobis", "random"])
-    fig.suptitle(f"Query ({qset}) vs retrieved-match parameters")
+                                ["simsiam", "physical_euclidean", "physical_mahalanobis", "random"],
+                                reference=ref, reference_label="paper (SimSiam)")
+    _suptitle(fig, f"Query ({qset}) vs retrieved-match parameters")
     return fig
 
 
@@ -965,7 +1003,7 @@ def build_svm_accuracy(inp: Mapping, cfg: Mapping) -> Figure:
     import json
 
     js = json.loads(Path(inp["boundaries_json"]).read_text())
-    rows = {p: v for p, v in js["parameters"].items() if not p.startswith("_")}
+    rows = {p: js["parameters"][p] for p in canonical_order(js["parameters"]) if not p.startswith("_")}
     cols = {"val_accuracy": "val. accuracy", "train_accuracy": "train accuracy",
             "n_val": "n val.", "regression_r2": "regression $R^2$",
             "regression_cosine": "cos(regr., normal)"}
@@ -982,14 +1020,14 @@ def build_entanglement(inp: Mapping, cfg: Mapping) -> Figure:
 
     js = json.loads(Path(inp["traversal_metrics"]).read_text())
     dirs = js["directions"]
-    params = list(js.get("std_fit_space") or next(iter(dirs.values()))["entanglement"])
+    params = canonical_order(js.get("std_fit_space") or next(iter(dirs.values()))["entanglement"])
 
     def mat(keys):
         return pd.DataFrame([[dirs[k]["entanglement"].get(p, np.nan) for p in params] for k in keys],
                             index=[direction_title(k) for k in keys], columns=params, dtype=float)
 
-    unc = [k for k, v in dirs.items() if not v.get("hold")]
-    cond = [k for k, v in dirs.items() if v.get("hold")]
+    unc = canonical_order([k for k, v in dirs.items() if not v.get("hold")])
+    cond = canonical_order([k for k, v in dirs.items() if v.get("hold")])
     panels = {"unconditional directions": mat(unc)}
     if cond:
         # each conditional direction next to its unconditional counterpart
@@ -999,7 +1037,7 @@ def build_entanglement(inp: Mapping, cfg: Mapping) -> Figure:
             if t in dirs and t not in both:
                 both.append(t)
             both.append(k)
-        panels["conditional directions (with their unconditional target)"] = mat(both)
+        panels["conditional vs unconditional"] = mat(both)
     return fig_entanglement(panels, title="Entanglement: d(parameter)/d(target) along each "
                                           "direction, in population-std units")
 
@@ -1040,7 +1078,7 @@ def build_calibration(inp: Mapping, cfg: Mapping) -> Figure:
     import json
 
     cal = json.loads(Path(inp["calibration"]).read_text())
-    keys = list(cal["directions"])
+    keys = canonical_order(cal["directions"])
     tr = pd.read_parquet(inp["traversals"])
     curves = calibration_curves(tr, keys, cal.get("log_params", ()))
     ev = cal.get("evaluation", {})

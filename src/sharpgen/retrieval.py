@@ -343,11 +343,19 @@ def retrieve_all_methods(
     return out
 
 
-def self_retrieval_rates(indices: np.ndarray, originals: np.ndarray, ks: Sequence[int] = (1, 5)) -> dict:
-    """Fraction of queries whose original row is among the first k returned, for each k."""
+def self_retrieval_rates(indices: np.ndarray, originals: np.ndarray, ks: Sequence[int] = (1, 5),
+                         groups: np.ndarray | None = None) -> dict:
+    """Fraction of queries whose original row is among the first k returned (``top<k>``), for
+    each k; with ``groups`` (one label per database row, e.g. HARPNUM) also the fraction whose
+    first k contain any row of the original's group (``top<k>_same_group``)."""
     indices = np.asarray(indices)
-    originals = np.asarray(originals)[:, None]
-    return {f"top{k}": float(np.mean((indices[:, :k] == originals).any(axis=1))) for k in ks}
+    orig = np.asarray(originals)
+    out = {f"top{k}": float(np.mean((indices[:, :k] == orig[:, None]).any(axis=1))) for k in ks}
+    if groups is not None:
+        groups = np.asarray(groups)
+        same = groups[indices] == groups[orig][:, None]
+        out.update({f"top{k}_same_group": float(np.mean(same[:, :k].any(axis=1))) for k in ks})
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -539,8 +547,9 @@ def run_evaluation(
     frames += fr
     out["real"] = {"n_queries": n_real, "query_split": q_split, "database_split": r_db, "correlations": corr_r}
     res_self = retrieve_all_methods(qa_emb, qa_par, db_emb, table, None, max(5, k), seed, base_params)
-    out["self_retrieval"] = {"database_split": "all", "n_queries": n_real,
-                             **{m: self_retrieval_rates(i, rows_q) for m, (i, _) in res_self.items()}}
+    harp = table["harpnum"].to_numpy() if "harpnum" in table else None
+    out["self_retrieval"] = {"database_split": "all", "n_queries": n_real, "group": "harpnum",
+                             **{m: self_retrieval_rates(i, rows_q, groups=harp) for m, (i, _) in res_self.items()}}
     # the parameters of the augmented query vs those of its own original (augmentation noise)
     out["real"]["augmentation_vs_original"] = correlations(qa_par, table.iloc[rows_q].reset_index(drop=True))
     return out, pd.concat(frames, ignore_index=True)
@@ -642,7 +651,7 @@ def retrieve(query: np.ndarray, encoder_path: str | Path, embeddings_path: str |
     q = embed(enc, query[None])
     idx, sim = topk_cosine(q, store["embeddings"], k, subset=split_rows(table, split), normalized=True)
     rows = store["row"][idx[0]]
-    out = table.iloc[rows].reset_index(drop=True)
+    out = table.iloc[rows].reset_index(drop=True).drop(columns=["row"], errors="ignore")
     out.insert(0, "similarity", sim[0].astype(float))
     out.insert(0, "row", rows)
     out.insert(0, "rank", np.arange(1, len(rows) + 1))

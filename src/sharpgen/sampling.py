@@ -40,24 +40,18 @@ def draw_latents(n: int, nz: int = 100, seed: int = 0) -> np.ndarray:
 
 
 def generated_scale(zarr_path: str | os.PathLike) -> PixelScale:
-    """Pixel scale assigned to generated maps: the median per-patch scale of the patch store.
-
-    In crop mode every patch has (up to the Sun-Earth distance) the same scale; in resize mode
-    the median is the typical real scale. Raises ValueError naming the store if it lacks the
-    ``pixel_size_mm`` / ``pixel_area_cm2`` / ``pixel_size_arcsec`` arrays.
-    """
+    """Pixel scale assigned to generated maps: ``sharpgen.patches.patch_scale`` of the store's
+    attrs (the median per-patch scale; in crop mode all patches share it up to the Sun-Earth
+    distance). Raises ValueError naming the store when the attrs lack it."""
     import zarr
 
+    from sharpgen.patches import patch_scale
+
     try:
-        g = zarr.open_group(str(zarr_path), mode="r")
-        vals = [float(np.nanmedian(np.asarray(g[k][...], dtype=np.float64)))
-                for k in ("pixel_size_mm", "pixel_area_cm2", "pixel_size_arcsec")]
+        return patch_scale(dict(zarr.open_group(str(zarr_path), mode="r").attrs))
     except Exception as err:
-        raise ValueError(f"patch store {zarr_path}: cannot read its pixel-scale arrays "
+        raise ValueError(f"patch store {zarr_path}: no pixel scale in its attributes "
                          f"({type(err).__name__}: {err})") from err
-    if not all(np.isfinite(v) and v > 0 for v in vals):
-        raise ValueError(f"patch store {zarr_path}: pixel scale {vals} is not positive/finite")
-    return PixelScale(size_mm=vals[0], area_cm2=vals[1], size_arcsec=vals[2])
 
 
 def sample(G, z: np.ndarray, scale: PixelScale, clip_gauss: float, batch_size: int = 256,

@@ -103,8 +103,9 @@ def clean_header(header: fits.Header) -> fits.Header:
     """Return a copy of ``header`` in which every card has a parseable value.
 
     Cards that astropy cannot parse (JSOC writes e.g. ``R_VALUE = nan``) are re-created from
-    their raw text: bare ``nan`` becomes float NaN (kept as a Python float), other numbers are
-    parsed leniently. Structural FITS cards are dropped (they describe the file, not the record).
+    their raw text and other numbers are parsed leniently. Non-finite values are stored as the
+    strings ``'nan'``/``'inf'`` (astropy cannot hold NaN floats): read numbers with
+    :func:`header_float`. COMMENT and HISTORY cards are dropped; VerifyWarnings are suppressed.
     """
     out = fits.Header()
     with warnings.catch_warnings():

@@ -309,16 +309,20 @@ def normalized_std(z: torch.Tensor | np.ndarray) -> float:
     return float(zn.std(dim=0).mean())
 
 
-def effective_rank(z: torch.Tensor | np.ndarray) -> float:
-    """RankMe effective rank of ``z`` (N, d): exp(entropy of the normalised singular values).
+def effective_rank(z: torch.Tensor | np.ndarray, center: bool = True) -> float:
+    """Effective rank of ``z`` (N, d): exp(entropy of the normalised singular values) (RankMe,
+    Garrido et al. 2023), of the row-centred matrix by default.
 
-    1 when all rows are parallel (collapse), up to min(N, d) when the spectrum is flat; 0 for
-    an all-zero matrix.
+    Centring makes it measure how many directions the embeddings actually vary in, unaffected by
+    a common offset (e.g. eval-mode BatchNorm early in training): about min(N, d) for isotropic
+    embeddings, 1 when they vary along one line, 0 when they are all identical.
     """
     z = torch.as_tensor(np.asarray(z) if not isinstance(z, torch.Tensor) else z).double()
+    if center:
+        z = z - z.mean(dim=0, keepdim=True)
     s = torch.linalg.svdvals(z)
     total = s.sum()
-    if total <= 0:
+    if total <= 1e-12 * max(1.0, float(z.abs().max())) * max(z.shape):
         return 0.0
     p = s / total
     p = p[p > 0]
@@ -367,6 +371,9 @@ def _state_hash(state: Mapping[str, torch.Tensor]) -> str:
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA if available else CPU; ``cuda`` without CUDA is an error."""
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("ssl.device is 'cuda' but CUDA is not available (use auto or cpu)")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -401,8 +408,8 @@ def train_simsiam(
     checkpoint ``checkpoint_dir/last.pt`` (model, optimiser, epoch, log) and, if given, an
     atomic rewrite of ``log_csv``; a rerun with the same folder resumes after the last finished
     epoch. The per-epoch random streams are seeded by (seed, epoch), so a resumed run equals an
-    uninterrupted one on CPU. Raises :class:`CollapseError` when the monitored embeddings
-    collapse (thresholds ``cfg["collapse"]``).
+    uninterrupted one on CPU. Raises :class:`CollapseError` when the representation collapses
+    (thresholds ``cfg["collapse"]``, checked from epoch ``warmup_epochs`` on, 0-based).
 
     Returns the model (eval mode, on CPU) and the per-epoch log rows.
     """
@@ -421,6 +428,7 @@ def train_simsiam(
     col = dict(cfg.get("collapse") or {})
     min_std_ratio = float(col.get("min_std_ratio", 0.1))
     min_erank = float(col.get("min_effective_rank", 2.0))
+    warmup = int(col.get("warmup_epochs", 1))
     n_monitor = min(n, int(col.get("monitor_samples", 512)))
 
     torch.manual_seed(seed)
@@ -495,24 +503,25 @@ def train_simsiam(
                     row["seconds"])
         if log_csv is not None:
             write_log_csv(log_csv, log_rows)
-        if progress is not None:
-            progress(row)
         # collapse: the training-mode std of the l2-normalised predictor and projector outputs
         # (-> 0 on collapse; the projector's final BN keeps z's std up unless the features are
         # exactly constant, so p is the sharper signal) and the eval-mode effective rank
         floor = min_std_ratio * st["std_healthy"]
         for name in ("std_p", "std_z"):
-            if not row[name] >= floor:
+            if epoch >= warmup and not row[name] >= floor:
                 raise CollapseError(
                     f"SimSiam representation collapsed at epoch {epoch}: std of the l2-normalised "
                     f"{'predictor' if name == 'std_p' else 'projector'} output {row[name]:.4g} < "
                     f"{min_std_ratio} x 1/sqrt(d) = {floor:.4g} (healthy ~ {st['std_healthy']:.4g}); "
                     "try a lower lr, a larger batch or another seed (thresholds: ssl.collapse)")
-        check_collapse(emb, 0.0, min_erank, epoch=epoch)
+        if epoch >= warmup:
+            check_collapse(emb, 0.0, min_erank, epoch=epoch)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(ckpt, suffix=".pt") as tmp:
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                         "log": log_rows, "n_train": n, "arch": model.arch}, tmp)
+        if progress is not None:
+            progress(row)
     model.eval()
     return model.cpu(), log_rows
 

@@ -14,7 +14,7 @@ The images are built from solar physics, not from noise:
   (``0.5 |lat|`` with 10-25 deg scatter), Hale's law for cycle 24 (leading polarity negative in
   the north, positive in the south; 6 % anti-Hale), a flux imbalance of a few per cent, and a
   delta/complex flag for about 17 % of the regions (opposite polarities in contact);
-* rendering (:func:`render_region`): sunspots with an umbra (peak 1.8-2.9 kG) and a penumbral
+* rendering (:func:`render_region`): sunspots with an umbra (peak 1.4-2.7 kG) and a penumbral
   plateau, fragmented plage drawn as clustered small flux elements (trailing polarity more
   dispersed), mixed-polarity network over the whole field of view, and HMI-like noise whose
   level grows toward the limb (white plus a spatially correlated part, as left by the CEA
@@ -76,24 +76,9 @@ def plage_spread_mm(flux_mx):
     return np.maximum(np.sqrt(a_cm2) / 1e8, 2.0)
 
 
-@dataclass(frozen=True)
-class SyntheticSpec:
-    """Size of the synthetic data set (config ``data.synthetic``)."""
-
-    n_regions: int = 240
-    frames_per_region: int = 4
-    seed: int = 0
-    cadence_h: float = 6.0
-
-
 # --------------------------------------------------------------------------------------------
 # Catalogue
 # --------------------------------------------------------------------------------------------
-def _decimal_year(t: datetime) -> float:
-    start = datetime(t.year, 1, 1)
-    return t.year + (t - start).total_seconds() / (365.25 * 86400.0)
-
-
 def region_catalogue(n_regions: int, seed: int = 0) -> pd.DataFrame:
     """Draw the per-HARP properties of ``n_regions`` synthetic active regions.
 
@@ -132,7 +117,7 @@ def region_catalogue(n_regions: int, seed: int = 0) -> pd.DataFrame:
     lead_sign = np.where(anti_hale, -hale_sign, hale_sign)
     imbalance = np.clip(rng.normal(0.0, 0.08, n), -0.3, 0.3)
     # delta / complex regions, more frequent among large ones (about 17 % overall)
-    p_delta = np.clip(0.05 + 0.25 * (log_flux - 20.8), 0.03, 0.45)
+    p_delta = np.clip(0.03 + 0.2 * (log_flux - 20.8), 0.02, 0.4)
     is_delta = rng.random(n) < p_delta
     delta = np.where(is_delta, 1 + (rng.random(n) < 0.5), 0)
     growth = rng.normal(0.0, 0.15, n)
@@ -402,7 +387,8 @@ def render_region(reg: pd.Series, n_frames: int, seed: int, cadence_h: float = 6
         img += ndimage.gaussian_filter(narrow, NARROW_BLUR_PX, mode="constant")
         img += ndimage.gaussian_filter(wide, WIDE_BLUR_PX, mode="constant")
         img = _saturate(img)
-        lon = float(reg.lon0_deg) + (CARRINGTON_DAY_DEG - 0.0) * t_days * 0.97
+        # Stonyhurst longitude: active-latitude rotation ~3 % slower than the Carrington rate
+        lon = float(reg.lon0_deg) + 0.97 * CARRINGTON_DAY_DEG * t_days
         geo = observer_geometry(t)
         lat = float(reg.lat_deg)
         mu = (math.cos(math.radians(lat)) * math.cos(math.radians(geo["b0_deg"]))
@@ -515,32 +501,54 @@ def write_sharp_fits(path: str | Path, data: np.ndarray, header) -> None:
     from .atomic import atomic_path
 
     data = np.asarray(data, dtype=np.float64)
-    hdu = fits.CompImageHDU(data=data.copy(), header=header, compression_type="RICE_1",
+    finite = np.isfinite(data)
+    q = np.where(finite, np.round(np.where(finite, data, 0.0) / 0.01), BLANK)
+    q = np.clip(q, BLANK, 2**31 - 1).astype(np.int32)
+    hdu = fits.CompImageHDU(data=q, header=header, compression_type="RICE_1",
                             tile_shape=(1, data.shape[1]))
-    hdu.scale("int32", bscale=0.01, bzero=0.0)
+    hdu.header["BSCALE"] = 0.01
+    hdu.header["BZERO"] = 0.0
     hdu.header["BLANK"] = BLANK
     with atomic_path(path, suffix=".fits") as tmp:
         fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp)
 
 
+def _write_region(args) -> list[dict]:
+    """Render and write every frame of one catalogue row (a process-pool task)."""
+    reg, out_dir, frames_per_region, seed, cadence_h = args
+    rows = []
+    for data, t, meta in render_region(reg, frames_per_region, seed, cadence_h):
+        path = Path(out_dir) / sharp_filename(reg.harpnum, t)
+        write_sharp_fits(path, data, sharp_header(reg, data, t, meta))
+        rows.append({"path": str(path.resolve()), "source": "synthetic",
+                     "harpnum": int(reg.harpnum), "t_rec": t_rec_string(t)})
+    return rows
+
+
 def synthesize(out_dir: str | Path, n_regions: int = 240, frames_per_region: int = 4,
-               seed: int = 0, cadence_h: float = 6.0, progress: bool = True) -> pd.DataFrame:
+               seed: int = 0, cadence_h: float = 6.0, progress: bool = True,
+               workers: int = 1) -> pd.DataFrame:
     """Write the synthetic data set to ``out_dir`` and return its manifest.
 
     Returns a DataFrame with the manifest columns ``path`` (absolute), ``source``
     (``synthetic``), ``harpnum``, ``t_rec``; one row per Br file, sorted by HARPNUM then time.
+    ``workers`` > 1 renders regions in that many processes; every region has its own seed, so
+    the files are identical whatever the number of workers.
     """
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cat = region_catalogue(n_regions, seed)
-    rows = []
-    for _, reg in tqdm(cat.iterrows(), total=len(cat), desc="synthesize", disable=not progress):
-        for data, t, meta in render_region(reg, frames_per_region, seed, cadence_h):
-            path = out_dir / sharp_filename(reg.harpnum, t)
-            write_sharp_fits(path, data, sharp_header(reg, data, t, meta))
-            rows.append({"path": str(path.resolve()), "source": "synthetic",
-                         "harpnum": int(reg.harpnum), "t_rec": t_rec_string(t)})
+    tasks = [(reg, str(out_dir), frames_per_region, seed, cadence_h) for _, reg in cat.iterrows()]
+    bar = dict(total=len(tasks), desc="synthesize", disable=not progress)
+    if workers > 1 and len(tasks) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = list(tqdm(pool.map(_write_region, tasks, chunksize=4), **bar))
+    else:
+        results = [_write_region(t) for t in tqdm(tasks, **bar)]
+    rows = [r for res in results for r in res]
     logger.info("wrote %d synthetic records of %d regions to %s", len(rows), len(cat), out_dir)
     return pd.DataFrame(rows, columns=["path", "source", "harpnum", "t_rec"])

@@ -1,0 +1,254 @@
+"""Patch extraction: both modes on real records, bad-input skipping, splits, atomic outputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sharpgen import patches as P
+from sharpgen import synthetic
+from sharpgen.physics import PARAMETER_NAMES, compute_parameters
+from sharpgen.sharp_io import read_sharp
+
+CFG = {"mode": "crop", "size": 64, "bin": 4, "clip_gauss": 1000.0, "max_nan_fraction": 0.25,
+       "split": {"train": 0.7, "val": 0.15, "test": 0.15, "seed": 0}}
+CONTRACT_COLUMNS = ["row", "source", "path", "harpnum", "t_rec", "noaa", "lon_fwt", "lat_fwt",
+                    "pixel_size_mm", "pixel_area_cm2", "nan_fraction", "usflux_hdr", "r_value_hdr", "split"]
+
+
+def _run(tmp_path, records, cfg, name="out"):
+    d = tmp_path / name
+    d.mkdir(exist_ok=True)
+    summary = P.make_patches(records, cfg, d / "patches.zarr", d / "patches.parquet",
+                             d / "patches_summary.json", progress=False)
+    return d, summary
+
+
+@pytest.fixture(scope="module")
+def syn_records(tmp_path_factory):
+    out = tmp_path_factory.mktemp("syn")
+    return synthetic.synthesize(out, n_regions=8, frames_per_region=2, seed=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def local_records(shared_data):
+    return P.local_manifest(str(shared_data / "sharp" / "hmi.sharp_cea_720s.*.Br.fits"))
+
+
+def test_local_manifest(local_records, tmp_path):
+    assert len(local_records) == 3
+    assert sorted(local_records.harpnum) == [377, 6060, 6060]
+    assert "2015.10.30_00:12:00_TAI" in set(local_records.t_rec)
+    with pytest.raises(FileNotFoundError, match="matches no SHARP Br FITS"):
+        P.local_manifest(str(tmp_path / "nothing.*.Br.fits"))
+
+
+@pytest.mark.parametrize("mode", ["crop", "resize"])
+def test_real_records_both_modes(tmp_path, local_records, mode):
+    cfg = {**CFG, "mode": mode, "size": 128, "bin": 2}
+    d, summary = _run(tmp_path, local_records, cfg)
+    assert summary["n_patches"] == 3 and summary["n_skipped"] == 0
+    arr, attrs, scale = P.load_patches(d / "patches.zarr")
+    table = pd.read_parquet(d / "patches.parquet")
+    assert arr.shape == (3, 128, 128) and arr.dtype == np.float32
+    assert np.abs(arr).max() <= 1.0 and np.isfinite(arr).all()
+    assert attrs["mode"] == mode and attrs["size"] == 128 and attrs["clip_gauss"] == 1000.0 and attrs["n"] == 3
+    assert set(CONTRACT_COLUMNS + list(PARAMETER_NAMES)) <= set(table.columns)
+    assert list(table.row) == [0, 1, 2]
+    by = {(r.harpnum, r.t_rec): r for r in table.itertuples()}
+    r377 = by[(377, "2011.02.15_02:00:00_TAI")]
+    assert r377.noaa == 11158 and r377.usflux_hdr == pytest.approx(2.71476e22)
+    assert np.isnan(r377.r_value_hdr)
+    assert r377.lat_fwt == pytest.approx(-20.201988)
+    r6060 = by[(6060, "2015.10.30_00:12:00_TAI")]
+    assert r6060.noaa == 12441 and r6060.r_value_hdr == pytest.approx(1.995)
+    assert set(table.source) == {"local"}
+    # a region never in two splits
+    assert table.groupby("harpnum").split.nunique().max() == 1
+    np.testing.assert_allclose(scale.size_mm, table.pixel_size_mm)
+    rec = read_sharp(local_records.path[local_records.harpnum == 377].iloc[0])
+    i = int(r377.row)
+    if mode == "crop":
+        # exact physical scale of a 2x2-binned CEA pixel
+        assert scale.area_cm2[i] == pytest.approx(4 * rec.scale.area_cm2, rel=1e-9)
+        # 377 (377 x 744) binned to 188 x 372: the 128 window fits, no padding
+        assert r377.pad_fraction == 0.0
+        # 6060 (200 x 335) binned to 100 x 167: padded in y only
+        assert r6060.pad_fraction == pytest.approx(1 - 100 / 128)
+    else:
+        h, w = rec.data.shape
+        assert scale.area_cm2[i] == pytest.approx(rec.scale.area_cm2 * h * w / 128**2, rel=1e-9)
+        assert scale.size_mm[i] == pytest.approx(rec.scale.size_mm * np.sqrt(h * w) / 128, rel=1e-9)
+        assert "image units" in attrs["parameter_units"]
+    # table parameters are those of clip_gauss * stored patch at the stored scale
+    params = compute_parameters(1000.0 * arr.astype(np.float64), scale)
+    np.testing.assert_allclose(table["tuf"], params["tuf"], rtol=1e-9)
+    assert P.patch_scale(attrs).size_mm == pytest.approx(float(np.median(scale.size_mm)))
+    # the bipolar 377 patch carries most of the region's flux, and both polarities
+    assert r377.tpf > 0 and r377.tnf > 0 and r377.psep > 10
+
+
+def test_any_power_of_two_size(tmp_path, syn_records):
+    d, summary = _run(tmp_path, syn_records, {**CFG, "size": 32, "bin": 8})
+    arr, attrs, scale = P.load_patches(d / "patches.zarr")
+    assert arr.shape == (16, 32, 32)
+    assert summary["splits"]["train"]["patches"] + summary["splits"]["val"]["patches"] + \
+        summary["splits"]["test"]["patches"] == 16
+
+
+def test_outputs_are_reproducible(tmp_path, syn_records):
+    d1, _ = _run(tmp_path, syn_records, CFG, "a")
+    d2, _ = _run(tmp_path, syn_records, CFG, "b")
+    a1, _, _ = P.load_patches(d1 / "patches.zarr")
+    a2, _, _ = P.load_patches(d2 / "patches.zarr")
+    assert np.array_equal(a1, a2)
+    pd.testing.assert_frame_equal(pd.read_parquet(d1 / "patches.parquet"), pd.read_parquet(d2 / "patches.parquet"))
+
+
+def test_splits_disjoint_deterministic_and_proportional():
+    harps = np.arange(1000, 1100)
+    fr = {"train": 0.7, "val": 0.15, "test": 0.15}
+    s1 = P.assign_splits(harps, fr, seed=0)
+    assert s1 == P.assign_splits(harps[::-1], fr, seed=0)
+    assert s1 != P.assign_splits(harps, fr, seed=1)
+    counts = pd.Series(s1).value_counts()
+    assert counts["train"] == 70 and counts["val"] == 15 and counts["test"] == 15
+    assert set(s1) == set(int(h) for h in harps)
+    assert set(P.assign_splits([5], fr).values()) == {"train"}
+
+
+def test_crop_geometry():
+    img = np.zeros((40, 60))
+    img[30:34, 50:54] = 800.0  # a strong feature near a corner
+    win, pad = P.crop_window(img, 16)
+    assert pad == 0.0 and win.shape == (16, 16)
+    assert win.sum() == img.sum()  # the feature lies inside the window
+    small = np.full((6, 10), 5.0)
+    win, pad = P.crop_window(small, 16)
+    assert pad == pytest.approx(1 - 60 / 256) and win.sum() == pytest.approx(small.sum())
+    a = np.arange(16.0).reshape(4, 4)
+    a[0, 0] = np.nan
+    b = P.bin_image(a, 2)
+    assert b[0, 0] == pytest.approx((1 + 4 + 5) / 3) and b[1, 1] == pytest.approx((10 + 11 + 14 + 15) / 4)
+    assert np.isnan(P.bin_image(np.full((4, 4), np.nan), 2)).all()
+
+
+def test_resize_is_antialiased():
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 100, (256, 512))
+    out = P.resize_image(noise, 32)
+    # area-like averaging of ~128 pixels shrinks white noise by ~sqrt(128); plain sampling would not
+    assert out.std() < 25
+
+
+def test_resize_matches_torch_antialiased_bilinear():
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(1)
+    for shape in ((200, 335), (377, 744), (20, 24)):
+        x = rng.normal(0, 300, shape)
+        ref = F.interpolate(torch.from_numpy(x)[None, None], size=(32, 32), mode="bilinear",
+                            antialias=True, align_corners=False)[0, 0].numpy()
+        np.testing.assert_allclose(P.resize_image(x, 32), ref, atol=1e-6 * 300)
+
+
+def _bad_inputs(tmp_path, syn_records):
+    """Manifest with good synthetic files plus one file of every bad kind."""
+    d = tmp_path / "bad"
+    d.mkdir()
+    good = list(syn_records.path[:3])
+    src = good[0]
+    raw = open(src, "rb").read()
+    rec = read_sharp(src)
+    hdr = rec.header
+    paths = {}
+
+    def put(name, data: bytes):
+        p = d / name
+        p.write_bytes(data)
+        return str(p)
+
+    paths["unreadable"] = put("hmi.sharp_cea_720s.9001.20120101_000000_TAI.Br.fits", raw[: len(raw) // 2])
+    paths["not_fits"] = put("hmi.sharp_cea_720s.9002.20120101_000000_TAI.Br.fits", b"<html>JSOC error</html>" * 50)
+    paths["wrong_series"] = put("hmi.sharp_720s.9003.20120101_000000_TAI.Br.fits", raw)
+    paths["wrong_segment"] = put("hmi.sharp_cea_720s.9004.20120101_000000_TAI.Bp.fits", raw)
+    from astropy.io import fits
+
+    p = d / "hmi.sharp_cea_720s.9005.20120101_000000_TAI.Br.fits"
+    fits.PrimaryHDU().writeto(p)
+    paths["missing_segment"] = str(p)
+    paths["missing"] = str(d / "hmi.sharp_cea_720s.9006.20120101_000000_TAI.Br.fits")
+    nan = np.full(rec.data.shape, np.nan)
+    p = d / "hmi.sharp_cea_720s.9007.20120101_000000_TAI.Br.fits"
+    synthetic.write_sharp_fits(p, nan, hdr.copy())
+    paths["all_nan"] = str(p)
+    holes = rec.data.astype(np.float64).copy()
+    holes[:, : int(0.8 * holes.shape[1])] = np.nan
+    p = d / "hmi.sharp_cea_720s.9008.20120101_000000_TAI.Br.fits"
+    synthetic.write_sharp_fits(p, holes, hdr.copy())
+    paths["nan_fraction"] = str(p)
+    hq = hdr.copy()
+    hq["QUALITY"] = 0x400
+    p = d / "hmi.sharp_cea_720s.9009.20120101_000000_TAI.Br.fits"
+    synthetic.write_sharp_fits(p, rec.data.astype(np.float64), hq)
+    paths["quality"] = str(p)
+    rows = [{"path": g, "source": "synthetic", "harpnum": 1, "t_rec": "x"} for g in good]
+    rows += [{"path": p, "source": "local", "harpnum": 9000, "t_rec": "x"} for p in paths.values()]
+    return pd.DataFrame(rows), paths, good
+
+
+def test_bad_inputs_are_skipped_with_reasons(tmp_path, syn_records, caplog):
+    records, paths, good = _bad_inputs(tmp_path, syn_records)
+    cfg = {**CFG, "mode": "resize", "size": 32}
+    cfg_crop = {**CFG, "size": 32, "bin": 8}
+    for c, name in ((cfg, "r"), (cfg_crop, "c")):
+        d, summary = _run(tmp_path, records, c, name)
+        assert summary["n_records"] == len(records)
+        assert summary["n_patches"] == len(good)
+        for reason in paths:
+            assert summary["skipped"][reason] == 1, (reason, summary["skipped"])
+        on_disk = json.loads((d / "patches_summary.json").read_text())
+        assert on_disk["skipped"] == summary["skipped"]
+        assert {s["reason"] for s in on_disk["skipped_records"]} == set(paths)
+    assert "skipping record" in caplog.text and "wrong_series" in caplog.text
+
+
+def test_zero_usable_records_is_an_error_and_leaves_nothing(tmp_path, syn_records):
+    records, paths, good = _bad_inputs(tmp_path, syn_records)
+    bad_only = records[~records.path.isin(good)]
+    d = tmp_path / "none"
+    d.mkdir()
+    with pytest.raises(P.PatchError, match="no usable record among 9"):
+        P.make_patches(bad_only, CFG, d / "patches.zarr", d / "patches.parquet", d / "s.json", progress=False)
+    assert list(d.iterdir()) == []
+
+
+def test_failure_while_writing_leaves_no_outputs(tmp_path, syn_records, monkeypatch):
+    d = tmp_path / "fail"
+    d.mkdir()
+    real_write = P.write_store
+
+    def broken(path, *a, **k):
+        real_write(path, *a, **k)  # the store is complete under its temporary name...
+        raise OSError("disk full")  # ...then something fails
+
+    monkeypatch.setattr(P, "write_store", broken)
+    with pytest.raises(OSError, match="disk full"):
+        P.make_patches(syn_records, CFG, d / "patches.zarr", d / "patches.parquet", d / "s.json", progress=False)
+    assert list(d.iterdir()) == []
+
+
+def test_relative_manifest_paths_resolve_from_root(tmp_path, syn_records):
+    root = tmp_path / "root"
+    (root / "recs").mkdir(parents=True)
+    for p in syn_records.path[:2]:
+        shutil.copy(p, root / "recs")
+    rel = syn_records.head(2).copy()
+    rel["path"] = ["recs/" + p.rsplit("/", 1)[1] for p in rel.path]
+    arr, table, summary = P.build_patches(rel, P.PatchConfig.from_mapping(CFG), root=root, progress=False)
+    assert summary["n_patches"] == 2 and list(table.path) == list(rel.path)
