@@ -11,6 +11,12 @@ configfile: "config.yaml"
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/patches.smk"
+include: "rules/gan.smk"
+include: "rules/sampling.smk"
+include: "rules/directions.smk"
+include: "rules/ssl.smk"
+include: "rules/retrieval.smk"
+include: "rules/report.smk"
 
 
 rule all:

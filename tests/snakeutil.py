@@ -235,27 +235,45 @@ def write_overlay(path: Path, dotted: str, value: Any) -> Path:
 
 
 def imported_sharpgen_modules(script: Path, src: Path = REPO_ROOT / "src" / "sharpgen") -> set[str]:
-    """sharpgen modules ``script`` imports, directly or through other sharpgen modules."""
-    todo = [script]
+    """sharpgen modules a rule's ``script`` runs: every one the script imports, plus what those
+    import at module level (imports inside functions are code paths of other rules, e.g. the FITS
+    reader behind ``patches``, and are not followed)."""
+    todo = [(script, False)]
     seen_files: set[Path] = set()
     modules: set[str] = set()
     while todo:
-        path = todo.pop()
+        path, top_only = todo.pop()
         if path in seen_files or not path.exists():
             continue
         seen_files.add(path)
         in_package = path.parent == src
-        for name in _sharpgen_imports(path, in_package):
+        for name in _sharpgen_imports(path, in_package, top_only):
             if name not in modules:
                 modules.add(name)
-                todo.append(src / f"{name}.py")
+                todo.append((src / f"{name}.py", True))
     return modules
 
 
-def _sharpgen_imports(path: Path, in_package: bool) -> set[str]:
+def direct_sharpgen_imports(script: Path) -> set[str]:
+    """sharpgen modules ``script`` itself imports (anywhere in the file)."""
+    return _sharpgen_imports(script, in_package=False)
+
+
+def _top_level_nodes(tree: ast.AST):
+    """Nodes outside function and class bodies."""
+    stack = list(ast.iter_child_nodes(tree))
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            continue
+        yield node
+        stack.extend(ast.iter_child_nodes(node))
+
+
+def _sharpgen_imports(path: Path, in_package: bool, top_only: bool = False) -> set[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     names: set[str] = set()
-    for node in ast.walk(tree):
+    for node in (_top_level_nodes(tree) if top_only else ast.walk(tree)):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 parts = alias.name.split(".")

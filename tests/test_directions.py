@@ -285,6 +285,16 @@ def test_generate_request_refuses_out_of_range(traversal, standin):
     assert ok["rel_error"] < 0.05 and ok["image"].shape == (S, S)
 
 
+def test_flat_direction_is_marked_uncalibrated(traversal, standin):
+    normals, _, df = traversal
+    flat = df[df.direction == "tuf"].assign(tuf=5e21)  # e.g. R identically 0 for an undertrained GAN
+    calibration = dr.build_calibration(flat, {"log_params": ["tuf"]}, {"mode": "crop"})
+    cal = calibration["directions"]["tuf"]
+    assert cal["calibrated"] is False and "does not change" in cal["reason"]
+    with pytest.raises(dr.DirectionError, match="could not be calibrated"):
+        dr.generate_request(toy_renderer(standin), standin, normals, calibration, "tuf", 5e21)
+
+
 # ------------------------------------------------------------------------------- CLI on the stand-in
 
 

@@ -117,9 +117,12 @@ def test_paper_architecture_matches_publication():
     assert all(m.kernel_size == (3, 3) and m.stride == (2, 2) for m in (G.up1, G.up2, G.up3))
     assert D.fc1.in_features == 14400 and D.fc1.out_features == 100 and D.fc2.out_features == 1
     assert [m.padding for m in (D.c1, D.c2, D.c3)] == [(0, 0)] * 3
-    # stable adds spectral norm to every D layer
+    # stable: spectral norm on every D layer + minibatch-std channel; 4x4 kernels in G
     Ds = gan.build_discriminator("stable", 128)
     assert all(hasattr(m, "parametrizations") for m in (Ds.c1, Ds.c2, Ds.c3, Ds.fc1, Ds.fc2))
+    assert Ds.fc1.in_features == 65 * 15 * 15
+    Gs = gan.build_generator("stable", 128)
+    assert Gs.fc.out_features == 64 * 16 * 16 and Gs.up3.kernel_size == (4, 4)
     with pytest.raises(ValueError, match="power of two"):
         gan.build_generator("paper", 48)
 
@@ -134,6 +137,15 @@ def test_flop_count_matches_analytic_macs():
     fwd = 2 * (g + 3 * d)
     assert fwd < flops < 3 * fwd
     assert abs(gan.training_flops_per_step("paper", 128, 4) / flops - 4) < 1e-6
+
+
+def test_minibatch_std_feature():
+    x = torch.zeros(8, 3, 2, 2)
+    x[:4] = 1.0  # groups are samples {j, j+2, j+4, j+6}: two ones, two zeros -> std 0.5
+    y = gan.minibatch_std(x)
+    assert y.shape == (8, 4, 2, 2)
+    assert torch.allclose(y[:, 3], torch.full((8, 2, 2), 0.5), atol=1e-3)
+    assert torch.equal(y[:, :3], x)
 
 
 def test_diff_augment_only_moves_and_zeros_pixels():
@@ -293,3 +305,17 @@ def test_missing_empty_or_corrupt_patch_store_is_named(tmp_path):
             chunk.write_bytes(b"garbage")
     with pytest.raises(PatchStoreError, match=f"patch store {z2} is unreadable or corrupt"):
         gan.read_patch_store(z2)
+
+
+def test_config_yaml_gan_section_matches_code():
+    import yaml
+
+    from sharpgen.config import load_config
+
+    cfg = load_config(REPO_ROOT / "config.yaml")
+    GanConfig.from_dict(cfg["gan"])  # every key known, every value valid
+    schema = yaml.safe_load((REPO_ROOT / "rules/schemas/config.schema.yaml").read_text())
+    fields = set(GanConfig.__dataclass_fields__) - {"NON_TRAJECTORY"}
+    assert set(schema["properties"]["gan"]["properties"]) == fields
+    tiny = load_config(REPO_ROOT / "config.yaml", REPO_ROOT / "tests/configs/tiny.yaml")
+    assert GanConfig.from_dict(tiny["gan"]).steps <= 10

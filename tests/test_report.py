@@ -196,10 +196,9 @@ def test_training_curves_skip_absent_columns():
 def tree(tmp_path_factory):
     """A tiny results/ tree: patch store, generator, samples, directions, retrieval, logs."""
     torch = pytest.importorskip("torch")
-    import zarr
 
     from sharpgen import directions as dr
-    from sharpgen import gan, retrieval, sampling
+    from sharpgen import gan, patches, retrieval, sampling
     from sharpgen.atomic import write_json, write_parquet
     from sharpgen.physics import PixelScale, compute_parameters
 
@@ -208,17 +207,15 @@ def tree(tmp_path_factory):
     clip = 1000.0
     scale = PixelScale.cea(bin_factor=8)
     real = np.clip(_bipoles(rng, N_REAL) / clip, -1, 1).astype(np.float32)
-    g = zarr.open_group(str(root / "patches.zarr"), mode="w")
-    g.create_array("patches", shape=real.shape, dtype="float32", chunks=(8, S, S))[...] = real
-    for k, v in (("pixel_size_mm", scale.size_mm), ("pixel_area_cm2", scale.area_cm2),
-                 ("pixel_size_arcsec", scale.size_arcsec)):
-        g.create_array(k, shape=(N_REAL,), dtype="float64")[...] = np.full(N_REAL, v)
-    g.attrs.update({"clip_gauss": clip, "mode": "crop", "size": S, "bin": 8, "n": N_REAL})
     params = compute_parameters(real.astype(np.float64) * clip, scale)
     table = pd.concat([pd.DataFrame({
         "row": np.arange(N_REAL), "harpnum": 100 + np.arange(N_REAL) // 2,
         "t_rec": [f"2011.02.{1 + i % 28:02d}_00:00:00_TAI" for i in range(N_REAL)],
-        "split": np.array(["train", "val", "test"])[np.arange(N_REAL) % 3]}), params], axis=1)
+        "split": np.array(["train", "val", "test"])[np.arange(N_REAL) % 3],
+        "pixel_size_mm": scale.size_mm, "pixel_area_cm2": scale.area_cm2,
+        "pixel_size_arcsec": scale.size_arcsec}), params], axis=1)
+    pcfg = patches.PatchConfig(mode="crop", size=S, bin=8, clip_gauss=clip)
+    patches.write_store(root / "patches.zarr", real, table, patches.store_attrs(pcfg, table, "test"))
     write_parquet(root / "patches.parquet", table)
 
     torch.manual_seed(0)
@@ -354,3 +351,11 @@ def test_every_figure_rule_has_a_builder_and_a_caption(repo_root):
     for name in [*R.FIGURES, "pipeline", "metrics"]:
         text = (captions / f"{name}.rst").read_text()
         assert len(text.split()) > 30, f"caption of {name} is too short"
+
+
+def test_noise_sigma_ignores_masked_zero_pixels(rng):
+    img = rng.normal(0, 10.0, (64, 64))
+    img[:, :40] = 0.0  # off-disk / NaN-filled region stored as exact zeros
+    img[0, 50] = np.nan
+    np.testing.assert_allclose(M.noise_sigma(img), [10.0], rtol=0.15)
+    assert np.isnan(M.noise_sigma(np.zeros((1, 8, 8))))[0]

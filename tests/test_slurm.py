@@ -194,6 +194,9 @@ def slurm_run(slurm_cluster, tmp_path_factory):
         info = _scontrol_job(env, slurm_id)
         m = re.match(r"rule_(\w+?)(?:_wildcards_.*)?$", info.get("Comment", ""))
         jobs[slurm_id] = {"rule": m.group(1) if m else info.get("Comment", "?"), **info}
+    for sid, j in sorted(jobs.items(), key=lambda kv: int(kv[0])):
+        print(f"  slurm job {sid}: rule={j['rule']} partition={j.get('Partition')} "
+              f"tres={j.get('TresPerJob') or j.get('TresPerNode') or '-'} state={j.get('JobState')}")
     return {"work": work, "log": log, "jobs": jobs, "wall_s": wall, "targets": targets}
 
 

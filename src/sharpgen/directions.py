@@ -891,6 +891,8 @@ def generate_request(
             "(add it to directions.conditional in the config and rerun the pipeline)"
         )
     cal = cals[spec.key]
+    if not cal.get("calibrated", True):
+        raise DirectionError(f"direction {spec.key!r} could not be calibrated: {cal.get('reason', 'unknown reason')}")
     log_params = tuple(calibration.get("log_params", DEFAULT_LOG_PARAMS))
     glo, ghi = cal["range"]
     if not (glo <= value <= ghi):
@@ -1070,9 +1072,15 @@ def build_calibration(
         spec = DirectionSpec.parse(key)
         if spec.target not in REQUESTABLE:
             continue
-        cal = fit_calibration(
-            traversals, key, log_params, n_bootstrap=int(cc.get("n_bootstrap", 200)), seed=int(cfg.get("seed", 0))
-        )
+        try:
+            cal = fit_calibration(
+                traversals, key, log_params, n_bootstrap=int(cc.get("n_bootstrap", 200)), seed=int(cfg.get("seed", 0))
+            )
+            cal["calibrated"] = True
+        except DirectionError as err:  # e.g. R identically 0 along the direction: not usable
+            logger.warning("direction %s not calibrated: %s", key, err)
+            cal = {"direction": key, "target": spec.target, "hold": list(spec.hold), "calibrated": False,
+                   "reason": str(err)}
         cal["unit"] = unit_of(spec.target, mode)
         cals[key] = cal
     return {
@@ -1192,6 +1200,10 @@ def run_calibrate(traversals_path, metrics_path, generator_path, boundaries_path
     if missing:
         logger.warning("directions.calibration.evaluate names untraversed directions %s (skipped)", missing)
     keys = [k for k in wanted if k in cal["directions"]]
+    skipped = [k for k in keys if not cal["directions"][k].get("calibrated", True)]
+    if skipped:
+        logger.warning("not evaluating uncalibrated directions %s", skipped)
+    keys = [k for k in keys if k not in skipped]
     vectors = {k: DirectionSpec.parse(k).vector(normals) for k in keys}
     G = _load_generator(generator_path, device=device)
     params = list(cfg.get("parameters", REQUESTABLE))
@@ -1206,5 +1218,6 @@ def run_calibrate(traversals_path, metrics_path, generator_path, boundaries_path
         f"{k}_median_rel_error_lt_0.10": bool(np.nan_to_num(v["median_rel_error"], nan=1.0) < 0.10)
         for k, v in cal["evaluation"].items()
     }
+    cal["targets"].update({f"{k}_median_rel_error_lt_0.10": False for k in skipped})
     write_json(json_out, cal)
     return cal

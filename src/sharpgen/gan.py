@@ -52,7 +52,7 @@ from sharpgen.config import section_hash
 logger = logging.getLogger(__name__)
 
 ARCHITECTURES = ("paper", "stable")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CSV_COLUMNS = ("step", "d_loss", "g_loss", "d_real", "d_fake", "images_per_s", "elapsed_s")
 
 
@@ -174,14 +174,36 @@ class PaperGenerator(nn.Module):
         return x[:, :, : self.size, : self.size]
 
 
+class StableGenerator(nn.Module):
+    """The paper's generator with checkerboard-free 4x4 kernels (stride 2, padding 1):
+    Linear(nz -> 64 x S/8 x S/8) + LeakyReLU, ConvTranspose 64->64, 64->32 (LeakyReLU) and
+    32->1 + tanh; S/8 -> S/4 -> S/2 -> S exactly (no pad/crop, so no edge artefacts)."""
+
+    def __init__(self, nz: int = 100, size: int = 128):
+        super().__init__()
+        _check_size(size)
+        self.nz, self.size, self.s0 = nz, size, size // 8
+        self.fc = nn.Linear(nz, 64 * self.s0 * self.s0)
+        self.up1 = nn.ConvTranspose2d(64, 64, 4, stride=2, padding=1)
+        self.up2 = nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1)
+        self.up3 = nn.ConvTranspose2d(32, 1, 4, stride=2, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = F.leaky_relu(self.fc(z), 0.2).view(-1, 64, self.s0, self.s0)
+        x = F.leaky_relu(self.up1(x), 0.2)
+        x = F.leaky_relu(self.up2(x), 0.2)
+        return torch.tanh(self.up3(x))
+
+
 class PaperDiscriminator(nn.Module):
     """image (B, 1, S, S) -> logit (B,); optional spectral normalisation on every layer."""
 
-    def __init__(self, size: int = 128, spectral_norm: bool = False):
+    def __init__(self, size: int = 128, spectral_norm: bool = False, mbstd: bool = False):
         super().__init__()
         _check_size(size)
         s3 = size // 8 - 1
-        self.size, self.flat = size, 64 * s3 * s3
+        self.size, self.mbstd = size, mbstd
+        self.flat = (65 if mbstd else 64) * s3 * s3
         layers = [nn.Conv2d(1, 32, 3, stride=2), nn.Conv2d(32, 64, 3, stride=2),
                   nn.Conv2d(64, 64, 3, stride=2), nn.Linear(self.flat, 100), nn.Linear(100, 1)]
         if spectral_norm:
@@ -193,20 +215,37 @@ class PaperDiscriminator(nn.Module):
         x = F.leaky_relu(self.c1(x), 0.2)
         x = F.leaky_relu(self.c2(x), 0.2)
         x = F.leaky_relu(self.c3(x), 0.2)
+        if self.mbstd:
+            x = minibatch_std(x)
         x = F.leaky_relu(self.fc1(x.flatten(1)), 0.2)
         return self.fc2(x).squeeze(1)
+
+
+def minibatch_std(x: torch.Tensor, group: int = 4) -> torch.Tensor:
+    """Append one feature map holding the mean across-group standard deviation (Karras et al.
+    2018): lets D see the diversity of a batch, which counters mode collapse. (B, C, H, W) ->
+    (B, C+1, H, W); groups of ``group`` samples (or the whole batch if it does not divide)."""
+    B, C, H, W = x.shape
+    g = group if B % group == 0 else B
+    y = x.float().view(g, -1, C, H, W)
+    y = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (B/g,)
+    y = y.repeat(g).view(B, 1, 1, 1).expand(B, 1, H, W).to(x.dtype)
+    return torch.cat([x, y], dim=1)
 
 
 def build_generator(arch: str, size: int, nz: int = 100) -> nn.Module:
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown GAN architecture {arch!r}; known: {list(ARCHITECTURES)}")
+    if arch == "stable":
+        return StableGenerator(nz=nz, size=size)
     return PaperGenerator(nz=nz, size=size)
 
 
 def build_discriminator(arch: str, size: int) -> nn.Module:
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown GAN architecture {arch!r}; known: {list(ARCHITECTURES)}")
-    return PaperDiscriminator(size=size, spectral_norm=(arch == "stable"))
+    stable = arch == "stable"
+    return PaperDiscriminator(size=size, spectral_norm=stable, mbstd=stable)
 
 
 # --------------------------------------------------------------------------------------------
@@ -702,7 +741,7 @@ def training_flops_per_step(arch: str, size: int, batch_size: int, nz: int = 100
 
     with torch.device("meta"):
         G = build_generator(arch, size, nz)
-        D = PaperDiscriminator(size)  # spectral norm only adds O(params) work
+        D = PaperDiscriminator(size, mbstd=arch == "stable")  # SN adds only O(params) work
         z = torch.randn(batch_size, nz)
         real = torch.randn(batch_size, 1, size, size)
     counter = FlopCounterMode(display=False)

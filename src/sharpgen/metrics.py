@@ -46,12 +46,23 @@ def noise_sigma(images: np.ndarray) -> np.ndarray:
     Robust estimator: 1.4826 * median absolute deviation of the horizontal first differences,
     divided by sqrt(2) (the difference of two independent noisy pixels has variance 2 sigma^2).
     Structured field (active-region gradients) occupies few pixels and barely moves the median.
+    Pairs involving a pixel that is exactly 0 or NaN (off-disk / masked pixels, stored as 0 in
+    the patch store) are ignored; an image without any valid pair gives NaN.
     """
-    a = _stack(images)
-    d = np.diff(a, axis=2).reshape(len(a), -1)
-    med = np.median(d, axis=1, keepdims=True)
-    mad = np.median(np.abs(d - med), axis=1)
-    return _MAD_TO_SIGMA * mad / np.sqrt(2.0)
+    a = np.asarray(images, dtype=np.float64)
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3:
+        raise ValueError(f"expected images of shape (N, S, S) or (S, S), got {a.shape}")
+    valid = np.isfinite(a) & (a != 0)
+    d = np.diff(a, axis=2)
+    ok = valid[:, :, 1:] & valid[:, :, :-1]
+    out = np.full(len(a), np.nan)
+    for i in range(len(a)):
+        di = d[i][ok[i]]
+        if di.size >= 2:
+            out[i] = _MAD_TO_SIGMA * np.median(np.abs(di - np.median(di))) / np.sqrt(2.0)
+    return out
 
 
 def radial_power_spectrum(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

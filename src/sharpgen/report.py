@@ -194,7 +194,7 @@ def fig_sample_grid(real_gauss: np.ndarray, gen_gauss: np.ndarray, n_rows: int =
 def fig_parameter_distributions(real: pd.DataFrame, gen: pd.DataFrame, params: Sequence[str],
                                 scores: Mapping[str, Mapping[str, float]] | None = None,
                                 n_bins: int = 30, ncols: int = 4) -> Figure:
-    """Histograms (density) of each parameter, real vs generated.
+    """Histograms (fraction of each sample per bin) of each parameter, real vs generated.
 
     Flux-like parameters (``LOG_PARAMS``) use log-spaced bins of |value| on a log x axis.
     ``scores``: optional {param: {"wasserstein_norm": w, "ks": d}} written in each panel.
@@ -210,8 +210,9 @@ def fig_parameter_distributions(real: pd.DataFrame, gen: pd.DataFrame, params: S
         g = gen[p].to_numpy(dtype=float)
         r, g = r[np.isfinite(r)], g[np.isfinite(g)]
         log = is_log_param(p, np.concatenate([r, g]))
+        n_nonpos = 0
         if log:
-            r, g = np.abs(r), np.abs(g)
+            n_nonpos = int(np.sum(r <= 0) + np.sum(g <= 0))
             r, g = r[r > 0], g[g > 0]
         both = np.concatenate([r, g])
         if both.size == 0:
@@ -224,11 +225,13 @@ def fig_parameter_distributions(real: pd.DataFrame, gen: pd.DataFrame, params: S
             ax.set_xscale("log")
         else:
             bins = np.linspace(lo, hi if hi > lo else lo + 1.0, n_bins + 1)
-        ax.hist(r, bins=bins, density=True, histtype="stepfilled", alpha=0.45, color=REAL_COLOR,
-                label=f"real (n={r.size})")
-        ax.hist(g, bins=bins, density=True, histtype="step", lw=1.6, color=GEN_COLOR,
-                label=f"generated (n={g.size})")
-        ax.set_xlabel(param_label(p, log))
+        # fraction of each sample per bin (a density on log-spaced bins would favour small x)
+        ax.hist(r, bins=bins, weights=np.full(r.size, 1.0 / max(r.size, 1)), histtype="stepfilled",
+                alpha=0.45, color=REAL_COLOR, label=f"real (n={r.size})")
+        ax.hist(g, bins=bins, weights=np.full(g.size, 1.0 / max(g.size, 1)), histtype="step",
+                lw=1.6, color=GEN_COLOR, label=f"generated (n={g.size})")
+        ax.set_xlabel(param_label(p, log) + (f"  ({n_nonpos} values <= 0 not shown)"
+                                             if n_nonpos else ""))
         ax.set_yticks([])
         if scores and p in scores:
             s = scores[p]
@@ -239,7 +242,7 @@ def fig_parameter_distributions(real: pd.DataFrame, gen: pd.DataFrame, params: S
                 ax.text(0.98, 0.97, txt, ha="right", va="top", transform=ax.transAxes, fontsize=8,
                         bbox=dict(fc="white", ec="0.7", alpha=0.85))
     axes.ravel()[0].legend(loc="upper left", fontsize=7, frameon=False)
-    axes.ravel()[0].set_ylabel("density")
+    axes.ravel()[0].set_ylabel("fraction per bin")
     _suptitle(fig, "Physical parameters: real vs generated")
     return fig
 
@@ -257,6 +260,7 @@ def fig_realism(real_gauss: np.ndarray, gen_gauss: np.ndarray, pixel_size_mm: fl
     """
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), layout="constrained")
     sig_r, sig_g = M.noise_sigma(real_gauss), M.noise_sigma(gen_gauss)
+    sig_r, sig_g = sig_r[np.isfinite(sig_r)], sig_g[np.isfinite(sig_g)]
     lo, hi = np.percentile(np.concatenate([sig_r, sig_g]), [0.5, 99.5])
     bins = np.linspace(lo, hi if hi > lo else lo + 1, 31)
     ax = axes[0]
@@ -377,11 +381,15 @@ def fig_latent_map(z: np.ndarray, values: np.ndarray, images_gauss: np.ndarray, 
     xy, _ = latent_projection(z, normal, intercept)
     v = np.asarray(values, dtype=float)
     log = is_log_param(param, v)
-    cval = np.log10(np.abs(v).clip(min=1e-300)) if log else v
+    if log:  # values <= 0 have no logarithm: drawn in grey
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cval = np.where(v > 0, np.log10(np.where(v > 0, v, 1.0)), np.nan)
+    else:
+        cval = v
     finite = np.isfinite(cval)
     vmin, vmax = np.percentile(cval[finite], [2, 98]) if finite.any() else (0.0, 1.0)
     cnorm = mcolors.Normalize(vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1)
-    cmap = plt.get_cmap("viridis")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.6")
     clabel = ("log10 " if log else "") + param_label(param, log)
 
     (x0, x1), (y0, y1) = np.percentile(xy[:, 0], [1, 99]), np.percentile(xy[:, 1], [1, 99])
@@ -535,7 +543,13 @@ def fig_retrieval_scatter(pairs: pd.DataFrame, params: Sequence[str], methods: S
         sub = pairs[pairs["parameter"] == p]
         allv = np.concatenate([sub["query"].to_numpy(float), sub["match"].to_numpy(float)])
         log = is_log_param(p, allv)
-        tr = (lambda a: np.log10(np.abs(a).clip(min=1e-300))) if log else (lambda a: a)
+
+        def tr(a, _log=log):
+            if not _log:
+                return a
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return np.where(a > 0, np.log10(np.where(a > 0, a, 1.0)), np.nan)
+
         tv = tr(allv)
         tv = tv[np.isfinite(tv)]
         lo, hi = np.percentile(tv, [1, 99]) if tv.size else (0, 1)
@@ -548,7 +562,8 @@ def fig_retrieval_scatter(pairs: pd.DataFrame, params: Sequence[str], methods: S
             ok = np.isfinite(xr) & np.isfinite(yr)
             xr, yr = xr[ok], yr[ok]
             x, y = tr(xr), tr(yr)
-            ax.hist2d(x, y, bins=[edges, edges], cmap="Blues", cmin=1)
+            drawn = np.isfinite(x) & np.isfinite(y)
+            ax.hist2d(x[drawn], y[drawn], bins=[edges, edges], cmap="Blues", cmin=1)
             ax.plot([lo, hi], [lo, hi], color="crimson", lw=0.9, ls="--")
             ax.set_xlim(lo, hi)
             ax.set_ylim(lo, hi)
@@ -559,6 +574,9 @@ def fig_retrieval_scatter(pairs: pd.DataFrame, params: Sequence[str], methods: S
                 txt = f"r = {pr:.2f}\n" + r"$\rho$ = " + f"{sr:.2f}\nn = {x.size}"
             else:
                 txt = f"n = {x.size}"
+            n_off = int(np.sum(~(np.isfinite(x) & np.isfinite(y))))
+            if n_off:
+                txt += f"\n{n_off} pairs with a value <= 0 not drawn"
             if j == 0 and reference and p in reference:
                 txt += f"\n{reference_label} r = {reference[p]:.2f}"
             ax.text(0.04, 0.96, txt, transform=ax.transAxes, va="top", fontsize=7.5,
@@ -625,6 +643,8 @@ def fig_entanglement(matrices: Mapping[str, pd.DataFrame], title: str = "Entangl
             if np.isfinite(v):
                 ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if abs(v) > 0.6 * lim else "black")
+            else:  # undefined, e.g. a target that does not change along its direction
+                ax.text(c, r, "n/a", ha="center", va="center", fontsize=6.5, color="0.5")
     cb = fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
     cb.set_label(cbar_label, fontsize=8)
     _suptitle(fig, title)
