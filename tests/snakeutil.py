@@ -349,3 +349,18 @@ def max_concurrent(events: list[tuple[str, str, int]], rules: set[str]) -> int:
 def glob_pattern(pattern: str) -> str:
     """A Snakemake path pattern with its {wildcards} replaced by *."""
     return re.sub(r"\{[^}]+\}", "*", pattern)
+
+
+def summary(workdir: Path, *args: str, configfiles: Iterable[Path] = ()) -> list[dict[str, str]]:
+    """``snakemake --summary``: one dict per output file of the DAG (output_file, date, rule,
+    status, plan)."""
+    cmd = ["--summary", *args]
+    cf = [str(c) for c in configfiles]
+    if cf:
+        cmd += ["--configfile", *cf]
+    proc = run_snakemake(workdir, *cmd, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.count("\t") >= 5]
+    assert lines and lines[0].startswith("output_file"), proc.stdout[-2000:]
+    header = lines[0].split("\t")
+    return [dict(zip(header, ln.split("\t"))) for ln in lines[1:]]

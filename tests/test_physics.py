@@ -284,3 +284,38 @@ def test_benchmark_script_runs_and_agrees(tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["max_rel_diff"] < 1e-8 and res["vectorised_maps_per_s_cpu"] > 0
     assert "speed-up" in capsys.readouterr().out
+
+
+def test_block_boundaries_do_not_change_results(rng, monkeypatch):
+    """Full-resolution and coarse-grid stages run in blocks of different sizes; with small,
+    misaligned blocks (NaN maps, a mask, mixed scales) the result still equals the reference."""
+    n = 11
+    maps = np.stack([bipole(32, sep=rng.uniform(6, 20), angle_deg=rng.uniform(-60, 60)) for _ in range(n)])
+    maps += rng.normal(0, 40, maps.shape)
+    maps[2, 3:9, 4:12] = np.nan
+    maps[5] = np.nan
+    mask = rng.random(maps.shape) > 0.05
+    size_mm = rng.choice([0.36, 0.73, 1.46], n)
+    scale = PixelScale(size_mm=size_mm, area_cm2=(size_mm * 1e8) ** 2, size_arcsec=size_mm / 0.7245)
+    monkeypatch.setattr(physics, "_CHUNK_PIXELS", 3 * 32 * 32)
+    monkeypatch.setattr(physics, "_COARSE_CHUNK_PIXELS", 4 * 32 * 32)
+    for m in (None, mask):
+        pd.testing.assert_frame_equal(
+            compute_parameters(maps, scale, mask=m),
+            physics.compute_parameters_reference(maps, scale, mask=m),
+            rtol=1e-9,
+        )
+
+
+@pytest.mark.parametrize("shape", [(3, 37, 53), (2, 32, 32), (1, 5, 9)])
+def test_fast_dilation_and_banded_filter_match_scipy(shape, rng):
+    from scipy import ndimage
+
+    m = rng.random(shape) > 0.95
+    for k in (3, 7, 9):
+        want = ndimage.binary_dilation(m, np.ones((1, k, k), dtype=bool))
+        assert np.array_equal(physics._dilate_square(m, k), want), k
+    x = rng.normal(0, 100, (2, 64, 48))
+    for sigma in (1.35, 4.2):
+        want = ndimage.gaussian_filter(x, (0, sigma, sigma), mode="constant")
+        np.testing.assert_allclose(physics._separable_banded(x, "gauss", sigma, "constant"), want, atol=1e-10)

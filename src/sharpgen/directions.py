@@ -843,6 +843,11 @@ def evaluate_requests(
             "p90_rel_error": float(np.quantile(err, 0.9)) if err.size else np.nan,
             "frac_below_10pct": float(np.mean(err < 0.1)) if err.size else np.nan,
             "median_rel_error_calibrated_step": float(np.nanmedian(first)) if first.size else np.nan,
+            # how far the requests are from the base value (relative error of doing nothing)
+            "median_rel_offset_from_base": float(np.nanmedian(relative_error(
+                spec.target, from_fit_space(spec.target, y0[idx][solved], log_params), req[idx][solved])))
+            if solved.any() else np.nan,
+            "median_reachable_span_fit_space": float(np.nanmedian(np.abs(cal["slope"]) * (cal["eps_max"] - cal["eps_min"]))),
             "mean_generator_calls": float(res["steps"][solved].mean()) if solved.any() else np.nan,
             "median_abs_change_held_fit_space": held_after,
         }
@@ -954,8 +959,8 @@ def write_generated_fits(path, result: Mapping, *, seed: int, target: str, value
     z = np.asarray(result["z"], dtype=np.float32)
     hdr = fits.Header()
     hdr["BUNIT"] = ("Gauss", "Br = clip_gauss * generator output")
-    hdr["SEED"] = (int(seed), "base latent: numpy default_rng(SEED).standard_normal(D)")
-    hdr["ZSHA"] = (hashlib.sha256(z.tobytes()).hexdigest()[:16], "sha256 of float32 z bytes (16 hex)")
+    hdr["SEED"] = (int(seed), "z_base = default_rng(SEED).standard_normal(D)")
+    hdr["ZSHA"] = (hashlib.sha256(z.tobytes()).hexdigest()[:16], "sha256 of float32 z bytes")
     hdr["DIRECTN"] = (result["key"], "latent direction (target|held)")
     hdr["TARGET"] = (target, "requested parameter")
     hdr["HOLD"] = (",".join(hold) or "none", "held parameters (projected out)")
@@ -963,7 +968,7 @@ def write_generated_fits(path, result: Mapping, *, seed: int, target: str, value
     hdr["REQVAL"] = (float(value), "requested value")
     hdr["ACHVAL"] = (float(result["achieved"]), "achieved (measured) value")
     hdr["RELERR"] = (float(result["rel_error"]), "relative error |ach-req|/req")
-    hdr["UNITMODE"] = (result["mode"], "patches mode: crop=physical units, resize=image units")
+    hdr["UNITMODE"] = (result["mode"], "crop: physical units; resize: image units")
     hdr["UNIT"] = (result["unit"][:60], "unit of REQVAL/ACHVAL")
     hdr["CLIPG"] = (float(clip_gauss), "clip_gauss of the patch store")
     if generator_path:

@@ -578,30 +578,64 @@ def compute_parameters(br_gauss, scale: PixelScale, mask=None) -> pd.DataFrame:
     the units of :data:`PARAMETERS`. Maps with no valid pixel get NaN everywhere.
     """
     b, m = _check_batch(br_gauss, mask)
+    with _one_blas_thread():
+        return _compute_parameters(b, m, scale)
+
+
+_BLAS_CONTROLLER: list = []
+
+
+def _one_blas_thread():
+    """Context limiting BLAS to one thread: the matrix products here are small (a block of maps
+    times a 64x64 filter), so BLAS threads only add synchronisation; on a loaded machine they
+    made the engine several times slower (wall time). The threadpoolctl controller is created
+    once (a fresh ``threadpool_limits`` costs ~0.5 ms, ``controller.limit`` a few us)."""
+    if not _BLAS_CONTROLLER:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS_CONTROLLER.append(ThreadpoolController())
+        except Exception:  # pragma: no cover - threadpoolctl missing: leave BLAS as it is
+            _BLAS_CONTROLLER.append(None)
+    ctl = _BLAS_CONTROLLER[0]
+    if ctl is None:  # pragma: no cover
+        import contextlib
+
+        return contextlib.nullcontext()
+    return ctl.limit(limits=1, user_api="blas")
+
+
+def _compute_parameters(b: np.ndarray, m: np.ndarray | None, scale: PixelScale) -> pd.DataFrame:
+    """Body of :func:`compute_parameters` on a checked (N,H,W) batch and (N,H,W) mask or None."""
     n, h, w = b.shape
     size_mm, area, arcsec = scale.arrays(n)
     cols: dict[str, np.ndarray] = {k: np.empty(n) for k in PARAMETER_NAMES}
     nvalid = np.empty(n, dtype=np.int64)
 
-    # cache-sized blocks of maps (a loop over blocks of ~8 128x128 maps, not over images); each
-    # block is converted to float64 on its own, so memory stays small for any N
+    # full-resolution parameters in cache-sized blocks of maps (a loop over blocks of ~8 128x128
+    # maps, not over images); each block is converted to float64 on its own, so memory stays
+    # small for any N
+    allvalid = np.empty(n, dtype=bool)
     step = max(1, _CHUNK_PIXELS // (h * w))
     for lo in range(0, n, step):
         sl = slice(lo, min(n, lo + step))
-        bb = np.asarray(b[sl], dtype=np.float64)
-        valid = np.isfinite(bb)
-        if m is not None:
-            valid &= m[sl]
-        if valid.all():
-            bz = bb
+        bb, bz, valid = _valid_block(b, m, sl)
+        if valid is None:
             nvalid[sl] = h * w
+            allvalid[sl] = True
         else:
-            bz = np.where(valid, bb, 0.0)  # invalid pixels carry no flux
             nvalid[sl] = np.count_nonzero(valid, axis=(1, 2))
+            allvalid[sl] = nvalid[sl] == h * w
         for k, v in _full_res_block(bz, nvalid[sl], size_mm[sl], area[sl]).items():
             cols[k][sl] = v
-        # coarse-grid parameters: R_VALUE (unmasked) and dominant clusters (psep_robust, tilt);
-        # when every pixel is valid both start from the same block mean (computed once)
+
+    # coarse-grid parameters: R_VALUE (unmasked) and dominant clusters (psep_robust, tilt), in
+    # larger blocks (their arrays are block-averaged, and per-call costs dominate); when every
+    # pixel of a block is valid both start from the same block mean (computed once)
+    step = max(1, _COARSE_CHUNK_PIXELS // (h * w))
+    for lo in range(0, n, step):
+        sl = slice(lo, min(n, lo + step))
+        bb, bz, _ = _valid_block(b, m, sl, known_valid=bool(allvalid[sl].all()))
         cache: dict = {}
         cols["r_value"][sl] = _r_value_arrays(bb, arcsec[sl], cache)
         (ryp, rxp), (ryn, rxn) = _dominant_clusters(bz, size_mm[sl], cache if bz is bb else None)
@@ -620,6 +654,21 @@ def compute_parameters(br_gauss, scale: PixelScale, mask=None) -> pd.DataFrame:
 
 
 _CHUNK_PIXELS = 1 << 17  #: maps are processed in blocks of about this many pixels (cache-sized)
+_COARSE_CHUNK_PIXELS = 1 << 19  #: blocks (in full-resolution pixels) of the coarse-grid stage
+
+
+def _valid_block(b: np.ndarray, m: np.ndarray | None, sl: slice, known_valid: bool = False):
+    """(float64 field, field with invalid pixels set to 0, validity mask or None when every
+    pixel is valid) of the maps ``sl`` of a batch; ``known_valid`` skips the NaN scan."""
+    bb = np.asarray(b[sl], dtype=np.float64)
+    if known_valid:
+        return bb, bb, None
+    valid = np.isfinite(bb)
+    if m is not None:
+        valid &= m[sl]
+    if valid.all():
+        return bb, bb, None
+    return bb, np.where(valid, bb, 0.0), valid  # invalid pixels carry no flux
 
 
 _WORK = threading.local()
@@ -652,7 +701,7 @@ def _moment_vectors(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
 def _count_true(m: np.ndarray) -> np.ndarray:
     """Number of True pixels of each map of a contiguous (n,H,W) bool array, shape (n,)."""
     n = m.shape[0]
-    if m.flags.c_contiguous and (m[0].size % 8 == 0):
+    if m.flags.c_contiguous and (m[0].size % 8 == 0) and hasattr(np, "bitwise_count"):  # numpy>=2
         # bools are bytes 0/1: popcount of 8 of them at a time
         return np.bitwise_count(m.reshape(-1).view(np.uint64)).reshape(n, -1).sum(axis=1, dtype=np.int64)
     return np.count_nonzero(m, axis=(1, 2))

@@ -398,14 +398,16 @@ def fig_latent_map(z: np.ndarray, values: np.ndarray, images_gauss: np.ndarray, 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(13.5, 5.6), layout="constrained",
                                  gridspec_kw={"width_ratios": [1, 1.35]})
     order = np.argsort(cval)
-    sc = a1.scatter(xy[order, 0], xy[order, 1], c=cval[order], s=7, cmap=cmap, norm=cnorm, lw=0)
+    sc = a1.scatter(xy[order, 0], xy[order, 1], c=cval[order], s=7, cmap=cmap, norm=cnorm, lw=0,
+                    rasterized=True)
     cb = fig.colorbar(sc, ax=a1, shrink=0.85)
     cb.set_label(clabel)
     for ax in (a1, a2):
         ax.axvline(0, color="crimson", lw=1.5, ls="--")
         ax.set_xlim(*lims[0])
         ax.set_ylim(*lims[1])
-        ax.set_xlabel(rf"signed distance to the {param} boundary along $n_{{{param}}}$")
+        sub = param.replace("_", r"\_")
+        ax.set_xlabel(rf"signed distance to the {param} boundary along $n_{{\mathrm{{{sub}}}}}$")
     a1.set_ylabel(r"first principal component of $z$ orthogonal to $n$")
     title = f"{param}: samples in the (n, PC1) plane"
     if accuracy is not None:
@@ -563,7 +565,8 @@ def fig_retrieval_scatter(pairs: pd.DataFrame, params: Sequence[str], methods: S
             xr, yr = xr[ok], yr[ok]
             x, y = tr(xr), tr(yr)
             drawn = np.isfinite(x) & np.isfinite(y)
-            ax.hist2d(x[drawn], y[drawn], bins=[edges, edges], cmap="Blues", cmin=1)
+            ax.hist2d(x[drawn], y[drawn], bins=[edges, edges], cmap="Blues", cmin=1,
+                      rasterized=True)
             ax.plot([lo, hi], [lo, hi], color="crimson", lw=0.9, ls="--")
             ax.set_xlim(lo, hi)
             ax.set_ylim(lo, hi)
@@ -576,7 +579,7 @@ def fig_retrieval_scatter(pairs: pd.DataFrame, params: Sequence[str], methods: S
                 txt = f"n = {x.size}"
             n_off = int(np.sum(~(np.isfinite(x) & np.isfinite(y))))
             if n_off:
-                txt += f"\n{n_off} pairs with a value <= 0 not drawn"
+                txt += f"\n{n_off} pairs <= 0 not drawn"
             if j == 0 and reference and p in reference:
                 txt += f"\n{reference_label} r = {reference[p]:.2f}"
             ax.text(0.04, 0.96, txt, transform=ax.transAxes, va="top", fontsize=7.5,

@@ -1,6 +1,0 @@
-configfile: "config.yaml"
-include: "rules/common.smk"
-include: "rules/data.smk"
-include: "rules/patches.smk"
-include: "rules/gan.smk"
-include: "rules/sampling.smk"
