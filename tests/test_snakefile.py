@@ -23,7 +23,7 @@ def _dry_run(repo_root, *extra):
     [
         ("patches={'mode': 'zoom'}", "config key 'patches.mode': 'zoom' is not one of"),
         ("data={'source': 'ftp'}", "config key 'data.source': 'ftp' is not one of"),
-        ("seed=-1", "config key 'seed': -1 is less than the minimum of 0"),
+        ("patches={'size': 8}", "config key 'patches.size': 8 is less than the minimum of 16"),
         ("bogus=1", "unknown config key(s) ['bogus'] under the top level"),
     ],
 )
