@@ -23,7 +23,7 @@ def _dry_run(repo_root, *extra):
     [
         ("patches={'mode': 'zoom'}", "config key 'patches.mode': 'zoom' is not one of"),
         ("data={'source': 'ftp'}", "config key 'data.source': 'ftp' is not one of"),
-        ("patches={'size': 8}", "config key 'patches.size': 8 is less than the minimum of 16"),
+        ("patches={'size': 'big'}", "config key 'patches.size': 'big' is not of type 'integer'"),
         ("bogus=1", "unknown config key(s) ['bogus'] under the top level"),
     ],
 )
