@@ -209,6 +209,152 @@ def test_boundaries_from_standin_renders(standin, planted):
     assert summary["tuf"]["val_accuracy"] > 0.9
 
 
+# ------------------------------------------------------------------------------- polarity fold
+
+
+def _three_planted(seed=11):
+    """Orthonormal u (polarity), w (size), v (asymmetry) in D dimensions."""
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((D, 3)))
+    return q[:, 0], q[:, 1], q[:, 2]
+
+
+def _polarity_table(Z, u, w, v, rng, flip=0.03):
+    """Bipolar 'regions' whose signed amplitude is z.u: unsigned quantities depend on |z.u| (even),
+    TPF and TNF swap under z.u -> -z.u, lead_sign = sign(z.u) with a fraction ``flip`` wrong."""
+    a, s = Z @ u, np.sign(Z @ u)
+    lead = np.where(rng.random(len(Z)) < flip, -s, s)
+    base = np.abs(a) + 0.5 * (Z @ w)
+    return pd.DataFrame({
+        "tuf": 10 ** (21 + 0.4 * base),
+        "tpf": 10 ** (21 + 0.4 * (base + 0.8 * s * (Z @ v))),
+        "tnf": 10 ** (21 + 0.4 * (base - 0.8 * s * (Z @ v))),
+        "net_flux": 1e21 * a,
+        "lead_sign": lead,
+    })
+
+
+def test_reflect_and_fold_latents(rng):
+    u = unit(rng.standard_normal(D))
+    Z = rng.standard_normal((500, D))
+    H = dr.reflect(Z, u)
+    np.testing.assert_allclose(dr.reflect(H, u), Z, atol=1e-12)  # an involution
+    np.testing.assert_allclose(np.linalg.norm(H, axis=1), np.linalg.norm(Z, axis=1))
+    np.testing.assert_allclose(H @ u, -(Z @ u), atol=1e-12)
+    Zf, neg = dr.fold_latents(Z, u)
+    assert (Zf @ u >= 0).all() and neg.sum() == (Z @ u < 0).sum()
+    np.testing.assert_allclose(Zf[~neg], Z[~neg])
+    np.testing.assert_allclose(Zf[neg], H[neg])
+
+
+def test_fold_makes_even_parameters_linear(tmp_path):
+    """A signed polarity coordinate makes TUF an even function of z.u: one hyperplane cannot
+    split it (the paper's SVM), the folded boundary can, and TPF/TNF swap across the fold."""
+    u, w, v = _three_planted()
+    rng = np.random.default_rng(3)
+    Z = rng.standard_normal((4000, D))
+    table = _polarity_table(Z, u, w, v, rng)
+    cfg = {"parameters": ["tuf", "tpf", "tnf", "net_flux"], "log_params": ["tuf", "tpf", "tnf"], "seed": 0}
+    plain, plain_summary = dr.fit_boundaries(Z, table, cfg)
+    assert plain_summary["tuf"]["val_accuracy"] < 0.75
+    assert not plain["folded"].any() and not plain["fold_normal"].any()
+
+    arrays, summary = dr.fit_boundaries(Z, table, {**cfg, "fold": "lead_sign"})
+    fold = summary["_fold"]
+    assert fold["val_accuracy"] > 0.9 and "reason" not in fold
+    assert arrays["fold_normal"] @ u > 0.95
+    assert summary["tuf"]["val_accuracy"] > 0.9 and summary["tuf"]["folded"]
+    assert summary["tuf"]["val_accuracy_unfolded"] == pytest.approx(plain_summary["tuf"]["val_accuracy"])
+    names = list(arrays["names"])
+    n = dict(zip(names, arrays["normals"]))
+    assert n["tuf"] @ unit(u + 0.5 * w) > 0.95
+    assert n["tpf"] @ unit(u + 0.5 * w + 0.8 * v) > 0.9  # fitted on the folded side
+    assert n["tnf"] @ unit(u + 0.5 * w - 0.8 * v) > 0.9
+    assert not summary["net_flux"]["folded"]  # odd under B -> -B: never folded
+
+    dr.save_boundaries(tmp_path / "b.npz", arrays)
+    field = dr.load_direction_field(tmp_path / "b.npz")
+    assert field.folded == {"tuf", "tpf", "tnf"}
+    # a base on the reflected side moves along the reflected partner normal: its TPF grows along
+    # "tpf" exactly as for a base on the positive side
+    zneg = -2.0 * u + 0.3 * w
+    d = field.per_base(dr.DirectionSpec("tpf"), zneg[None, :])[0]
+    np.testing.assert_allclose(d, dr.reflect(n["tnf"], field.fold), atol=1e-12)
+    before = _polarity_table(zneg[None, :], u, w, v, rng, flip=0)["tpf"][0]
+    after = _polarity_table((zneg + 0.5 * d)[None, :], u, w, v, rng, flip=0)["tpf"][0]
+    assert after > 1.5 * before
+    # TPF/TNF are folded only as a pair
+    _, single = dr.fit_boundaries(Z, table, {**cfg, "parameters": ["tuf", "tpf"], "fold": "lead_sign"})
+    assert single["tuf"]["folded"] and not single["tpf"]["folded"]
+
+
+def test_fold_falls_back_with_reason():
+    u, w, v = _three_planted()
+    rng = np.random.default_rng(4)
+    Z = rng.standard_normal((1500, D))
+    table = _polarity_table(Z, u, w, v, rng)
+    cfg = {"parameters": ["tuf"], "fold": "lead_sign"}
+    noisy = table.assign(lead_sign=np.where(rng.random(len(Z)) < 0.5, 1.0, -1.0))  # not encoded in z
+    arrays, summary = dr.fit_boundaries(Z, noisy, cfg)
+    assert "fold_min_accuracy" in summary["_fold"]["reason"] and not arrays["folded"].any()
+    _, summary = dr.fit_boundaries(Z, table.drop(columns="lead_sign"), cfg)
+    assert "no 'lead_sign' column" in summary["_fold"]["reason"]
+    _, summary = dr.fit_boundaries(Z, table.assign(lead_sign=1.0), cfg)
+    assert "too few samples" in summary["_fold"]["reason"]
+    with pytest.raises(dr.DirectionError, match="unknown directions.fold"):
+        dr.fit_boundaries(Z, table, {**cfg, "fold": "hemisphere"})
+
+
+def test_boundaries_per_base_and_conditional_sides(rng):
+    u, w, v = _three_planted()
+    normals = {"tuf": unit(u + 0.5 * w), "r_value": unit(u + v), "net_flux": unit(w - v)}
+    field = dr.Boundaries(normals, u, frozenset({"tuf", "r_value"}))
+    Z = rng.standard_normal((64, D))
+    neg = Z @ u < 0
+    assert (field.side(Z) == neg).all()
+    spec = dr.DirectionSpec("tuf", ("r_value",))
+    rows = field.per_base(spec, Z)
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0)
+    pos_v, neg_v = field.vectors(spec)
+    np.testing.assert_allclose(rows[~neg], np.broadcast_to(pos_v, rows[~neg].shape))
+    np.testing.assert_allclose(neg_v, dr.reflect(pos_v, u), atol=1e-12)
+    assert abs(neg_v @ dr.reflect(normals["r_value"], u)) < 1e-12  # holds the reflected condition
+    # an unfolded parameter keeps its normal on both sides; no fold -> one direction for all
+    np.testing.assert_allclose(field.per_base(dr.DirectionSpec("net_flux"), Z), np.broadcast_to(normals["net_flux"], Z.shape))
+    plain = dr.as_boundaries(normals)
+    np.testing.assert_allclose(plain.per_base(spec, Z), np.broadcast_to(spec.vector(normals), Z.shape))
+
+
+def test_folded_traversal_is_monotone_for_every_base():
+    """Render 'tuf' = exp(|z.u| + 0.5 z.w): along the single normal half the bases decrease,
+    along the per-base folded direction every base increases (bases at |z.u| >= 1.2, so that
+    no walk of |eps| <= 1 reaches the fold, where the amplitude passes through zero)."""
+    u, w, _ = _three_planted()
+
+    def render(z):
+        z = np.asarray(z, dtype=np.float64)
+        return pd.DataFrame({"tuf": 1e21 * np.exp(np.abs(z @ u) + 0.5 * (z @ w))})
+
+    n = unit(u + 0.5 * w)
+    field = dr.Boundaries({"tuf": n}, u, frozenset({"tuf"}))
+    base = np.random.default_rng(9).standard_normal((40, D))
+    a = base @ u
+    base += np.outer(np.sign(a) * np.maximum(1.2 - np.abs(a), 0), u)
+    eps = dr.eps_grid(1.0, 9)
+    plain = dr.traversal_metrics(dr.traverse(render, base, {"tuf": n}, eps), ["tuf"], {"tuf": 1.0})
+    folded = dr.traversal_metrics(
+        dr.traverse(render, base, {"tuf": field.per_base(dr.DirectionSpec("tuf"), base)}, eps), ["tuf"], {"tuf": 1.0})
+    assert folded["tuf"]["spearman_frac_ge_0.9"] > 0.9
+    assert plain["tuf"]["spearman_frac_ge_0.9"] < 0.8
+
+
+def test_load_direction_field_without_fold_arrays(tmp_path, planted):
+    w, v = planted
+    dr.save_boundaries(tmp_path / "old.npz", {"names": np.array(["tuf", "psep"]), "normals": np.stack([w, v])})
+    field = dr.load_direction_field(tmp_path / "old.npz")
+    assert field.fold is None and not field.folded and field.dim == D
+    np.testing.assert_allclose(field.normals["tuf"], w)
+
+
 # ------------------------------------------------------------------------------- traversal, calibration
 
 
@@ -404,3 +550,27 @@ def test_directions_rules_end_to_end(repo_root, tmp_path):
     assert set(c["evaluation"]) == {"tuf", "tuf|tpf"} and "image units" in c["directions"]["tuf"]["unit"]
     for rule in ("fit_boundaries", "traverse", "calibrate"):
         assert (res / "logs" / f"{rule}.log").exists() and (res / "benchmarks" / f"{rule}.tsv").exists()
+
+
+def test_eps_bounds_stop_at_the_fold(rng):
+    u, w, _ = _three_planted()
+    field = dr.Boundaries({"tuf": unit(u + 0.5 * w), "net_flux": unit(w)}, u, frozenset({"tuf"}))
+    spec = dr.DirectionSpec("tuf")
+    Z = rng.standard_normal((50, D))
+    lim = field.eps_bounds(spec, Z)
+    d = field.per_base(spec, Z)
+    assert (lim[:, 0] <= 0).all() and (lim[:, 1] == np.inf).all()  # tuf grows away from the fold
+    edge = Z + lim[:, :1] * d
+    np.testing.assert_allclose(edge @ u, 0.0, atol=1e-9)  # the lower bound is the fold itself
+    inside = Z + 0.99 * lim[:, :1] * d
+    assert (np.sign(inside @ u) == np.sign(Z @ u)).all()
+    # unfolded targets and fields without a fold are unbounded
+    assert np.isinf(field.eps_bounds(dr.DirectionSpec("net_flux"), Z)).all()
+    assert np.isinf(dr.as_boundaries({"tuf": u}).eps_bounds(spec, Z)).all()
+    # a request that would need to cross the fold is refused for that base
+    render_target = lambda z: 1e21 * np.exp(np.abs(np.asarray(z, float) @ u))  # noqa: E731
+    cal = {"target": "tuf", "slope": 0.4, "eps_min": -3.0, "eps_max": 3.0}
+    z0 = (0.2 * u)[None, :]
+    res = dr.solve_requests(render_target, z0, field.per_base(spec, z0), [1e19], cal, log_params=("tuf",),
+                            eps_bounds=field.eps_bounds(spec, z0))
+    assert not res["in_range"][0]

@@ -15,6 +15,17 @@ For each physical parameter ``p`` (table column names as in :mod:`sharpgen.physi
    image with a requested value -- :func:`fit_calibration`, :func:`solve_requests`,
    :func:`generate_request` (the ``sharpgen generate`` command).
 
+**Polarity folding** (``directions.fold: lead_sign``, the default). A GAN trained on both
+polarity orders learns the orientation of the bipole as a *signed* latent coordinate: along one
+direction ``u`` (the lead_sign boundary normal) the field grows from one orientation through a
+weak region to the reversed one, so unsigned quantities such as TUF or R are *even* functions of
+``z.u`` and a single hyperplane cannot separate them (median-split accuracy ~0.5). Folding maps
+every latent to the ``z.u >= 0`` half-space by the reflection ``H = I - 2 u u^T``
+(:func:`fold_latents`); boundaries of polarity-even parameters (:data:`POLARITY_PARTNER`) are
+fitted on folded latents, and a base latent on the other side moves along the reflected normal
+``H n`` (:class:`Boundaries`). Without folding (``fold: none``, the paper) every base moves along
+``n``.
+
 Parameter values live in two spaces: the *physical* value (as in the tables: fluxes in Mx,
 distances in Mm, ``r_value`` in log10 Mx) and the *fit space* in which they are close to linear
 in ``eps``: ``log10(value)`` for the parameters listed in ``directions.log_params`` (fluxes) and
@@ -42,6 +53,18 @@ DEFAULT_LOG_PARAMS = ("tuf", "tpf", "tnf", "r_paper")
 LOG_VALUED = ("r_value",)
 #: parameters the ``sharpgen generate`` command accepts as requests (--name VALUE)
 REQUESTABLE = ("tuf", "tpf", "tnf", "psep", "psep_robust", "r_paper", "r_value")
+
+
+#: partner of each parameter under a global polarity reversal B -> -B: polarity-even
+#: parameters map to themselves, TPF and TNF swap. Parameters not listed (net_flux, lead_sign,
+#: tilt_deg) change sign or orientation and are never folded.
+POLARITY_PARTNER = {
+    "tuf": "tuf", "tpf": "tnf", "tnf": "tpf", "psep": "psep", "psep_robust": "psep_robust",
+    "r_paper": "r_paper", "r_value": "r_value", "usflux_strong": "usflux_strong",
+    "strong_frac": "strong_frac", "bmax": "bmax", "flux_imbalance": "flux_imbalance",
+}
+#: table column whose boundary defines the fold
+FOLD_PARAMETER = "lead_sign"
 
 
 class DirectionError(ValueError):
@@ -251,6 +274,171 @@ def project_boundary(primal, *conditions, tol: float = 1e-6) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
+# polarity folding
+# --------------------------------------------------------------------------------------------
+
+
+def reflect(vectors, fold) -> np.ndarray:
+    """Householder reflection ``H v = v - 2 (v.u) u`` across the hyperplane normal to ``fold``.
+
+    vectors: (D,) or (N, D); fold: (D,) unit vector u. Returns the same shape. H is its own
+    inverse and preserves lengths and angles.
+    """
+    v = np.asarray(vectors, dtype=np.float64)
+    u = np.asarray(fold, dtype=np.float64).ravel()
+    return v - 2.0 * (v @ u)[..., None] * u
+
+
+def fold_latents(latent_codes, fold) -> tuple[np.ndarray, np.ndarray]:
+    """Map latents to the ``z.u >= 0`` half-space.
+
+    latent_codes: (N, D); fold: (D,) unit u. Returns ``(folded (N, D), negative (N,) bool)``
+    where ``negative`` marks the rows that were reflected (``z.u < 0``).
+    """
+    Z = np.asarray(latent_codes, dtype=np.float64)
+    negative = Z @ np.asarray(fold, dtype=np.float64).ravel() < 0
+    out = Z.copy()
+    out[negative] = reflect(Z[negative], fold)
+    return out, negative
+
+
+def folded_values(table: pd.DataFrame, name: str, negative) -> np.ndarray:
+    """Values of ``name`` seen from the folded side: rows that were reflected take the value of
+    the polarity partner (TPF <-> TNF; even parameters are unchanged). -> (N,) float64."""
+    partner = POLARITY_PARTNER.get(name, name)
+    v = table[name].to_numpy(dtype=np.float64)
+    if partner == name:
+        return v.copy()
+    if partner not in table.columns:
+        raise DirectionError(f"parameter {name!r} is folded with its polarity partner {partner!r}, "
+                             "which is not a column of the latent table")
+    return np.where(np.asarray(negative, bool), table[partner].to_numpy(dtype=np.float64), v)
+
+
+def fit_polarity_fold(latents, table: pd.DataFrame, cfg: Mapping) -> tuple[np.ndarray | None, dict]:
+    """Fold direction u: unit normal of a linear boundary between lead_sign = +1 and -1 samples.
+
+    latents: (N, D); table: N rows with a ``lead_sign`` column (+1 / -1, NaN or 0 where there is
+    no bipole). Returns ``(u (D,) or None, info)``; u is None (no folding, reason in ``info``)
+    when the column is missing, fewer than 20 samples of a sign exist, or the boundary's
+    validation accuracy is below ``cfg['fold_min_accuracy']`` (default 0.8): then the latent does
+    not encode the polarity order linearly and reflecting across it would mix unrelated samples.
+    """
+    info: dict = {"mode": "lead_sign", "parameter": FOLD_PARAMETER}
+    if FOLD_PARAMETER not in table.columns:
+        info["reason"] = f"the latent table has no {FOLD_PARAMETER!r} column"
+        return None, info
+    s = table[FOLD_PARAMETER].to_numpy(dtype=np.float64)
+    keep = np.isfinite(s) & (s != 0)
+    n_pos, n_neg = int((s[keep] > 0).sum()), int((s[keep] < 0).sum())
+    info.update(n_positive=n_pos, n_negative=n_neg)
+    if min(n_pos, n_neg) < 20:
+        info["reason"] = f"too few samples of one leading polarity ({n_pos} +1 / {n_neg} -1)"
+        return None, info
+    b = train_boundary(
+        np.asarray(latents, dtype=np.float64)[keep], (s[keep] > 0).astype(int),
+        classifier=cfg.get("classifier", "linear_svc"), C=float(cfg.get("C", 1.0)),
+        val_fraction=float(cfg.get("val_fraction", 0.2)), seed=int(cfg.get("seed", 0)), name=FOLD_PARAMETER,
+    )
+    info.update(val_accuracy=b["val_accuracy"], intercept=b["intercept"])
+    min_acc = float(cfg.get("fold_min_accuracy", 0.8))
+    if b["val_accuracy"] < min_acc:
+        info["reason"] = (f"{FOLD_PARAMETER} boundary validation accuracy {b['val_accuracy']:.3f} < "
+                          f"fold_min_accuracy {min_acc:g}: the latent does not encode the polarity order linearly")
+        return None, info
+    return b["normal"], info
+
+
+@dataclass(frozen=True)
+class Boundaries:
+    """Fitted boundary normals plus the optional polarity fold.
+
+    normals: parameter -> unit (D,) normal, fitted on folded latents for the parameters in
+    ``folded``; fold: unit (D,) u or None; folded: names fitted on folded latents.
+    A base latent z with ``z.u >= 0`` moves along the normals as fitted; one with ``z.u < 0``
+    along the reflected normal of the polarity partner, ``H n_partner`` (:meth:`side_normals`).
+    """
+
+    normals: Mapping[str, np.ndarray]
+    fold: np.ndarray | None = None
+    folded: frozenset = frozenset()
+
+    @property
+    def dim(self) -> int:
+        return int(next(iter(self.normals.values())).size)
+
+    def side_normals(self, negative: bool) -> dict[str, np.ndarray]:
+        """Normals in raw z coordinates for bases on the positive (False) or negative side."""
+        if not negative or self.fold is None:
+            return dict(self.normals)
+        out = {}
+        for p, n in self.normals.items():
+            q = POLARITY_PARTNER.get(p, p)
+            out[p] = reflect(self.normals.get(q, n), self.fold) if p in self.folded else n
+        return out
+
+    def side(self, latent_codes) -> np.ndarray:
+        """(N, D) -> (N,) bool, True where z.u < 0 (all False without a fold)."""
+        Z = np.atleast_2d(np.asarray(latent_codes, dtype=np.float64))
+        if self.fold is None:
+            return np.zeros(Z.shape[0], bool)
+        return Z @ self.fold < 0
+
+    def vectors(self, spec: "DirectionSpec") -> tuple[np.ndarray, np.ndarray]:
+        """(positive-side, negative-side) unit (D,) directions of ``spec``."""
+        pos = spec.vector(self.side_normals(False))
+        return pos, (spec.vector(self.side_normals(True)) if self.fold is not None else pos)
+
+    def per_base(self, spec: "DirectionSpec", latent_codes) -> np.ndarray:
+        """Direction of ``spec`` for each base latent: (N, D) -> (N, D) unit rows."""
+        Z = np.atleast_2d(np.asarray(latent_codes, dtype=np.float64))
+        pos, neg = self.vectors(spec)
+        return np.where(self.side(Z)[:, None], neg[None, :], pos[None, :])
+
+    def eps_bounds(self, spec: "DirectionSpec", latent_codes) -> np.ndarray:
+        """Range of eps that keeps ``z + eps * d(z)`` on the base's side of the fold: (N, D) -> (N, 2).
+
+        A direction whose target is folded is defined on one half-space: at the fold the bipole
+        amplitude passes through zero and beyond it the polarity-reversed region grows again
+        (an even parameter cannot decrease below its value at the fold along that line).
+        [-inf, inf] rows without a fold or for an unfolded target.
+        """
+        Z = np.atleast_2d(np.asarray(latent_codes, dtype=np.float64))
+        out = np.tile([-np.inf, np.inf], (Z.shape[0], 1))
+        if self.fold is None or spec.target not in self.folded:
+            return out
+        a = Z @ self.fold
+        du = self.per_base(spec, Z) @ self.fold
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = -a / du
+        pos = a >= 0
+        lower = (pos & (du > 0)) | (~pos & (du < 0))
+        upper = ~lower & (du != 0)
+        out[lower, 0] = np.minimum(t[lower], 0.0)
+        out[upper, 1] = np.maximum(t[upper], 0.0)
+        return out
+
+    def fold_latents(self, latent_codes) -> tuple[np.ndarray, np.ndarray]:
+        """:func:`fold_latents` with this fold (identity without one)."""
+        Z = np.asarray(latent_codes, dtype=np.float64)
+        if self.fold is None:
+            return Z.copy(), np.zeros(Z.shape[0], bool)
+        return fold_latents(Z, self.fold)
+
+
+def as_boundaries(normals) -> Boundaries:
+    """A :class:`Boundaries` from itself or from a plain {name: normal} mapping (no fold)."""
+    return normals if isinstance(normals, Boundaries) else Boundaries(dict(normals))
+
+
+def _direction_rows(vector, latent_codes) -> np.ndarray:
+    """(D,) vector, (N, D) rows or callable z -> rows, for N base latents -> (N, D)."""
+    Z = np.atleast_2d(np.asarray(latent_codes, dtype=np.float64))
+    v = vector(Z) if callable(vector) else np.asarray(vector, dtype=np.float64)
+    return np.broadcast_to(v, Z.shape) if v.ndim == 1 else v
+
+
+# --------------------------------------------------------------------------------------------
 # fitting all parameters, storage
 # --------------------------------------------------------------------------------------------
 
@@ -262,52 +450,86 @@ def latents_from_table(table: pd.DataFrame) -> np.ndarray:
     return np.stack([np.asarray(v, dtype=np.float64) for v in table["z"].to_numpy()])
 
 
+def _fit_one(Z, values, name, cfg) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Labels + boundary for one parameter on latents Z (N, D) -> (boundary, keep, labels)."""
+    keep, labels = make_labels(values, name, cfg.get("labels", "median"), float(cfg.get("fraction", 0.3)))
+    b = train_boundary(
+        Z[keep],
+        labels[keep],
+        classifier=cfg.get("classifier", "linear_svc"),
+        C=float(cfg.get("C", 1.0)),
+        val_fraction=float(cfg.get("val_fraction", 0.2)),
+        seed=int(cfg.get("seed", 0)),
+        name=name,
+    )
+    return b, keep, labels
+
+
 def fit_boundaries(latents, table: pd.DataFrame, cfg: Mapping) -> tuple[dict, dict]:
     """Fit one boundary (and one regression direction) per configured parameter.
 
     latents: (N, D); table: N rows with one column per parameter (physical units).
     cfg: the ``directions`` config section (keys parameters, log_params, labels, fraction,
-    val_fraction, classifier, C, seed).
+    val_fraction, classifier, C, seed, fold, fold_min_accuracy).
+    With ``fold: lead_sign`` the polarity fold u is fitted first (:func:`fit_polarity_fold`) and
+    the boundaries of polarity-even parameters (:data:`POLARITY_PARTNER`) are fitted on folded
+    latents with partner-swapped values (:func:`folded_values`); their unfolded (paper) accuracy
+    is reported beside it.
     Returns ``(arrays, summary)``: arrays = {"names": (P,) str, "normals": (P, D),
-    "intercepts": (P,), "val_accuracy": (P,), "regression_directions": (P, D)};
-    summary = JSON-able per-parameter dict (accuracies, class sizes, threshold, regression R^2 and
-    its cosine with the normal).
+    "intercepts": (P,), "val_accuracy": (P,), "regression_directions": (P, D), "folded": (P,)
+    bool, "fold_normal": (D,) (zeros without a fold)}; summary = JSON-able per-parameter dict
+    (accuracies, class sizes, threshold, regression R^2 and its cosine with the normal) plus
+    ``_fold`` (how the fold was fitted, or why there is none).
     """
     Z = np.asarray(latents, dtype=np.float64)
     params = list(cfg.get("parameters", REQUESTABLE))
     log_params = tuple(cfg.get("log_params", DEFAULT_LOG_PARAMS))
-    names, normals, intercepts, accs, regs = [], [], [], [], []
-    summary: dict = {}
     for p in params:
         if p not in table.columns:
             raise DirectionError(f"parameter {p!r} is not a column of the latent table ({list(table.columns)})")
-        values = table[p].to_numpy(dtype=np.float64)
-        keep, labels = make_labels(values, p, cfg.get("labels", "median"), float(cfg.get("fraction", 0.3)))
-        b = train_boundary(
-            Z[keep],
-            labels[keep],
-            classifier=cfg.get("classifier", "linear_svc"),
-            C=float(cfg.get("C", 1.0)),
-            val_fraction=float(cfg.get("val_fraction", 0.2)),
-            seed=int(cfg.get("seed", 0)),
-            name=p,
-        )
+    fold_mode = cfg.get("fold", "none")
+    if fold_mode == "lead_sign":
+        fold, fold_info = fit_polarity_fold(Z, table, cfg)
+        if fold is None:
+            logger.warning("no polarity fold: %s", fold_info["reason"])
+        else:
+            logger.info("polarity fold: lead_sign boundary val accuracy %.3f", fold_info["val_accuracy"])
+    elif fold_mode == "none":
+        fold, fold_info = None, {"mode": "none"}
+    else:
+        raise DirectionError(f"unknown directions.fold {fold_mode!r} (none | lead_sign)")
+    Zf, negative = fold_latents(Z, fold) if fold is not None else (Z, np.zeros(len(Z), bool))
+    fold_info["n_reflected"] = int(negative.sum())
+    names, normals, intercepts, accs, regs, folded = [], [], [], [], [], []
+    summary: dict = {}
+    for p in params:
+        # TPF/TNF are folded only together: a reflected base needs its partner's normal
+        is_folded = fold is not None and POLARITY_PARTNER.get(p) in params
+        values = folded_values(table, p, negative) if is_folded else table[p].to_numpy(dtype=np.float64)
+        Zp = Zf if is_folded else Z
+        b, keep, labels = _fit_one(Zp, values, p, cfg)
         y = to_fit_space(p, values, log_params)
         ok = np.isfinite(y)
         reg_val = np.flatnonzero(np.isin(np.flatnonzero(ok), np.flatnonzero(keep)[b["val_index"]]))
-        reg = regression_direction(Z[ok], y[ok], val_index=reg_val)
+        reg = regression_direction(Zp[ok], y[ok], val_index=reg_val)
         cos = float(reg["direction"] @ b["normal"])
+        unfolded_acc = _fit_one(Z, table[p].to_numpy(dtype=np.float64), p, cfg)[0]["val_accuracy"] if is_folded \
+            else b["val_accuracy"]
         logger.info(
-            "%s: val accuracy %.3f (train %.3f, n=%d/%d), regression R2 %.3f, cos(regression, normal) %.3f",
-            p, b["val_accuracy"], b["train_accuracy"], b["n_train"], b["n_val"], reg["r2"], cos,
+            "%s: val accuracy %.3f%s (train %.3f, n=%d/%d), regression R2 %.3f, cos(regression, normal) %.3f",
+            p, b["val_accuracy"], f" folded, {unfolded_acc:.3f} unfolded" if is_folded else "",
+            b["train_accuracy"], b["n_train"], b["n_val"], reg["r2"], cos,
         )
         names.append(p)
         normals.append(b["normal"])
         intercepts.append(b["intercept"])
         accs.append(b["val_accuracy"])
         regs.append(reg["direction"])
+        folded.append(is_folded)
         summary[p] = {
             "val_accuracy": b["val_accuracy"],
+            "val_accuracy_unfolded": unfolded_acc,
+            "folded": bool(is_folded),
             "train_accuracy": b["train_accuracy"],
             "n_train": b["n_train"],
             "n_val": b["n_val"],
@@ -321,12 +543,15 @@ def fit_boundaries(latents, table: pd.DataFrame, cfg: Mapping) -> tuple[dict, di
         }
     N = np.array(normals)
     summary["_normal_cosines"] = {a: {b: float(N[i] @ N[j]) for j, b in enumerate(names)} for i, a in enumerate(names)}
+    summary["_fold"] = fold_info
     arrays = {
         "names": np.array(names),
         "normals": N,
         "intercepts": np.array(intercepts),
         "val_accuracy": np.array(accs),
         "regression_directions": np.array(regs),
+        "folded": np.array(folded, dtype=bool),
+        "fold_normal": np.zeros(Z.shape[1]) if fold is None else np.asarray(fold, dtype=np.float64),
     }
     return arrays, summary
 
@@ -341,9 +566,22 @@ def save_boundaries(npz_path, arrays: Mapping[str, np.ndarray]) -> None:
 
 
 def load_boundaries(npz_path) -> dict[str, np.ndarray]:
-    """boundaries.npz -> {parameter name: unit normal (D,)}."""
+    """boundaries.npz -> {parameter name: unit normal (D,)} (as fitted; see :func:`load_direction_field`)."""
     with np.load(npz_path) as f:
         return {str(n): np.asarray(v, dtype=np.float64) for n, v in zip(f["names"], f["normals"])}
+
+
+def load_direction_field(npz_path) -> Boundaries:
+    """boundaries.npz -> :class:`Boundaries` (normals + polarity fold; files without the fold
+    arrays, or with a zero fold normal, give no fold)."""
+    with np.load(npz_path) as f:
+        names = [str(n) for n in f["names"]]
+        normals = {n: np.asarray(v, dtype=np.float64) for n, v in zip(names, f["normals"])}
+        fold = np.asarray(f["fold_normal"], dtype=np.float64) if "fold_normal" in f.files else None
+        folded = [n for n, k in zip(names, f["folded"]) if k] if "folded" in f.files else []
+    if fold is None or not np.any(fold):
+        return Boundaries(normals)
+    return Boundaries(normals, fold / np.linalg.norm(fold), frozenset(folded))
 
 
 def file_sha256(path) -> str:
@@ -504,13 +742,17 @@ def traverse(
     vectors: Mapping[str, np.ndarray],
     eps,
     chunk: int = 4096,
+    bounds: Mapping[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """Walk ``z_b + eps * n_d`` for every base b, direction d and eps; measure the images.
 
     render: z (M, D) -> DataFrame of M rows of parameters; base_z: (B, D); vectors: direction
-    key -> unit (D,); eps: (E,). Returns one row per generated image with columns
+    key -> unit (D,), or (B, D) one unit direction per base (polarity-folded directions,
+    :meth:`Boundaries.per_base`); eps: (E,). Returns one row per generated image with columns
     ``direction`` (key), ``target``, ``hold`` (comma list), ``base`` (0..B-1), ``eps`` and the
     parameter columns (physical units): B * E rows per direction.
+    bounds: optional direction key -> (B, 2) eps range per base (:meth:`Boundaries.eps_bounds`);
+    images outside it are not measured (parameters NaN, ``beyond_fold`` True).
     """
     Z0 = np.asarray(base_z, dtype=np.float64)
     eps = np.asarray(eps, dtype=np.float64).ravel()
@@ -518,10 +760,18 @@ def traverse(
     frames = []
     for key, n in vectors.items():
         spec = DirectionSpec.parse(key)
-        n = np.asarray(n, dtype=np.float64).ravel()
-        Z = (Z0[:, None, :] + eps[None, :, None] * n[None, None, :]).reshape(B * E, -1)
-        parts = [render(Z[i : i + chunk].astype(np.float32)) for i in range(0, len(Z), chunk)]
+        n = _direction_rows(n, Z0)
+        Z = (Z0[:, None, :] + eps[None, :, None] * n[:, None, :]).reshape(B * E, -1)
+        beyond = np.zeros((B, E), bool)
+        if bounds is not None and key in bounds:
+            lim = np.asarray(bounds[key], dtype=np.float64)
+            beyond = (eps[None, :] < lim[:, :1] - 1e-12) | (eps[None, :] > lim[:, 1:] + 1e-12)
+        beyond = beyond.ravel()
+        inside = np.flatnonzero(~beyond)
+        parts = [render(Z[inside[i : i + chunk]].astype(np.float32)) for i in range(0, len(inside), chunk)]
         meas = pd.concat(parts, ignore_index=True)
+        meas.index = inside
+        meas = meas.reindex(np.arange(len(Z)))
         meta = pd.DataFrame(
             {
                 "direction": key,
@@ -529,6 +779,7 @@ def traverse(
                 "hold": ",".join(spec.hold),
                 "base": np.repeat(np.arange(B), E),
                 "eps": np.tile(eps, B),
+                "beyond_fold": beyond,
             }
         )
         frames.append(pd.concat([meta, meas.reset_index(drop=True)], axis=1))
@@ -596,6 +847,7 @@ def traversal_metrics(
             "target": spec.target,
             "hold": list(spec.hold),
             "n_base": int(Y.shape[0]),
+            "frac_beyond_fold": float(g["beyond_fold"].mean()) if "beyond_fold" in g else 0.0,
             "spearman_median": float(np.nanmedian(rhos)) if np.isfinite(rhos).any() else np.nan,
             "spearman_frac_ge_0.9": float(np.mean(np.nan_to_num(rhos, nan=-1) >= 0.9)),
             "slope_std": slopes,
@@ -696,12 +948,15 @@ def solve_requests(
     refine_steps: int = 2,
     tol: float = 0.02,
     y0=None,
+    eps_bounds=None,
 ) -> dict:
     """Find eps so that ``target(z_base + eps * vector)`` equals ``requested``, for N requests.
 
     render_target: z (M, D) -> target values (M,) (physical units); z_base: (N, D); vector: (D,)
-    unit; requested: (N,) physical; cal: a :func:`fit_calibration` dict; y0: optional (N,) fit-space
-    target at the bases (measured here otherwise).
+    unit, or (N, D) one unit direction per base; requested: (N,) physical; cal: a :func:`fit_calibration` dict; y0: optional (N,) fit-space
+    target at the bases (measured here otherwise); eps_bounds: optional (N, 2) eps range per base
+    (the polarity fold, :meth:`Boundaries.eps_bounds`): requests needing eps outside it are
+    refused and refinement stays inside it.
     First step eps = (y_req - y0) / slope from the calibration; then up to ``refine_steps`` secant
     steps on the MEASURED value for requests whose relative error exceeds ``tol`` (falling back to
     the calibrated slope when the secant is unusable). eps is kept within 1.5x the calibrated range.
@@ -712,7 +967,7 @@ def solve_requests(
     log_params = tuple(log_params)
     name = cal["target"]
     Zb = np.asarray(z_base, dtype=np.float64)
-    n = np.asarray(vector, dtype=np.float64).ravel()
+    n = _direction_rows(vector, Zb)
     req = np.asarray(requested, dtype=np.float64).ravel()
     y_req = to_fit_space(name, req, log_params)
     if y0 is None:
@@ -722,6 +977,9 @@ def solve_requests(
     lo, hi = float(cal["eps_min"]), float(cal["eps_max"])
     eps = (y_req - y0) / slope
     in_range = np.isfinite(eps) & (eps >= lo - 1e-9) & (eps <= hi + 1e-9)
+    fold_lo = np.full(len(eps), -np.inf) if eps_bounds is None else np.asarray(eps_bounds, np.float64)[:, 0]
+    fold_hi = np.full(len(eps), np.inf) if eps_bounds is None else np.asarray(eps_bounds, np.float64)[:, 1]
+    in_range &= (eps >= fold_lo) & (eps <= fold_hi)
     N = len(req)
     best_eps = np.full(N, np.nan)
     best_val = np.full(N, np.nan)
@@ -734,7 +992,7 @@ def solve_requests(
         idx = np.flatnonzero(active)
         if idx.size == 0:
             break
-        vals = np.asarray(render_target((Zb[idx] + eps[idx, None] * n[None, :]).astype(np.float32)), dtype=np.float64)
+        vals = np.asarray(render_target((Zb[idx] + eps[idx, None] * n[idx]).astype(np.float32)), dtype=np.float64)
         steps[idx] += 1
         err = relative_error(name, vals, req[idx])
         err = np.where(np.isfinite(err), err, np.inf)
@@ -750,7 +1008,7 @@ def solve_requests(
         usable = np.isfinite(sec) & (np.sign(sec) == np.sign(slope)) & (np.abs(sec) > 0.2 * abs(slope))
         sec = np.where(usable, sec, slope)
         new_eps = eps[idx] + np.where(np.isfinite(y), (y_req[idx] - y) / sec, 0.0)
-        new_eps = np.clip(new_eps, 1.5 * min(lo, 0), 1.5 * max(hi, 0))
+        new_eps = np.clip(np.clip(new_eps, 1.5 * min(lo, 0), 1.5 * max(hi, 0)), fold_lo[idx], fold_hi[idx])
         prev_eps[idx], prev_y[idx] = eps[idx], np.where(np.isfinite(y), y, prev_y[idx])
         eps[idx] = new_eps
         active[idx] = err > tol
@@ -766,10 +1024,14 @@ def solve_requests(
     }
 
 
-def seed_range(cal: Mapping, y0: float, log_params: Iterable[str] = DEFAULT_LOG_PARAMS) -> tuple[float, float]:
-    """Physical target range reachable from a base with fit-space value y0 (calibrated eps range)."""
-    ends = y0 + float(cal["slope"]) * np.array([cal["eps_min"], cal["eps_max"]])
-    ends = from_fit_space(cal["target"], ends, log_params)
+def seed_range(cal: Mapping, y0: float, log_params: Iterable[str] = DEFAULT_LOG_PARAMS,
+               eps_bounds=None) -> tuple[float, float]:
+    """Physical target range reachable from a base with fit-space value y0 (calibrated eps range,
+    intersected with the base's fold range ``eps_bounds`` (2,) when given)."""
+    e_lo, e_hi = float(cal["eps_min"]), float(cal["eps_max"])
+    if eps_bounds is not None:
+        e_lo, e_hi = max(e_lo, float(eps_bounds[0])), min(e_hi, float(eps_bounds[1]))
+    ends = from_fit_space(cal["target"], y0 + float(cal["slope"]) * np.array([e_lo, e_hi]), log_params)
     return float(ends.min()), float(ends.max())
 
 
@@ -785,9 +1047,13 @@ def evaluate_requests(
     refine_steps: int = 2,
     tol: float = 0.02,
     margin: float = 0.05,
+    bounds: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
 ) -> dict:
     """Achieved relative error over random in-range requests, per calibrated direction.
 
+    vectors: direction key -> unit (D,) or a callable mapping base latents (N, D) to one unit
+    direction per base (N, D) (:meth:`Boundaries.per_base`); bounds: optional direction key ->
+    callable mapping base latents (N, D) to their eps range (N, 2) (:meth:`Boundaries.eps_bounds`).
     For each direction: ``n_requests`` random seeds give base latents (:func:`latent_from_seed`);
     the requested value is drawn uniformly (in fit space) inside the range reachable from that
     base (calibrated eps range, shrunk by ``margin`` at each end) intersected with the global
@@ -805,7 +1071,10 @@ def evaluate_requests(
         Zb = np.stack([latent_from_seed(s, dim) for s in seeds]).astype(np.float64)
         base_df = render(Zb.astype(np.float32))
         y0 = to_fit_space(spec.target, base_df[spec.target], log_params)
-        ends = y0[:, None] + cal["slope"] * np.array([cal["eps_min"], cal["eps_max"]])[None, :]
+        lim = bounds[key](Zb) if bounds is not None and key in bounds else np.tile([-np.inf, np.inf], (n_requests, 1))
+        e_lo = np.maximum(cal["eps_min"], lim[:, 0])
+        e_hi = np.minimum(cal["eps_max"], lim[:, 1])
+        ends = y0[:, None] + cal["slope"] * np.stack([e_lo, e_hi], axis=1)
         lo = np.maximum(ends.min(1), cal["range_fit"][0])
         hi = np.minimum(ends.max(1), cal["range_fit"][1])
         width = hi - lo
@@ -819,15 +1088,16 @@ def evaluate_requests(
             return render(z)[_t].to_numpy(dtype=np.float64)
 
         idx = np.flatnonzero(ok)
+        V = _direction_rows(vectors[key], Zb)
         res = solve_requests(
-            render_target, Zb[idx], vectors[key], req[idx], cal,
-            log_params=log_params, refine_steps=refine_steps, tol=tol, y0=y0[idx],
+            render_target, Zb[idx], V[idx], req[idx], cal,
+            log_params=log_params, refine_steps=refine_steps, tol=tol, y0=y0[idx], eps_bounds=lim[idx],
         )
         solved = res["in_range"] & np.isfinite(res["rel_error"])
         err = res["rel_error"][solved]
         first = res["rel_error_first"][solved]
         if spec.hold and solved.any():
-            zf = Zb[idx][solved] + res["eps"][solved, None] * np.asarray(vectors[key])[None, :]
+            zf = Zb[idx][solved] + res["eps"][solved, None] * V[idx][solved]
             final_df = render(zf.astype(np.float32))
             for h in spec.hold:
                 a = to_fit_space(h, final_df[h], log_params)
@@ -867,7 +1137,7 @@ def evaluate_requests(
 def generate_request(
     render: Renderer,
     G,
-    normals: Mapping[str, np.ndarray],
+    normals: "Boundaries | Mapping[str, np.ndarray]",
     calibration: Mapping,
     target: str,
     value: float,
@@ -879,6 +1149,8 @@ def generate_request(
 ) -> dict:
     """Generate one image whose ``target`` equals ``value`` (physical units of the calibration).
 
+    normals: a :class:`Boundaries` (the direction of a base on the far side of the polarity fold
+    is the reflected one) or a plain {name: unit normal (D,)} mapping.
     calibration: the calibration.json dict (keys ``directions``, ``log_params``, ``measurement``).
     Raises :class:`DirectionError` for an uncalibrated direction and :class:`RequestOutOfRange`
     (message with the available range) for values outside the calibrated range.
@@ -905,23 +1177,26 @@ def generate_request(
             f"requested {target}={value:g} is outside the calibrated range [{glo:g}, {ghi:g}] {unit} "
             f"of direction {spec.key!r}"
         )
-    vector = spec.vector(normals)
-    z_base = latent_from_seed(seed, vector.size)
+    field = as_boundaries(normals)
+    z_base = latent_from_seed(seed, field.dim)
+    vector = field.per_base(spec, z_base[None, :])[0]
     base_df = render(z_base[None, :])
     y0 = to_fit_space(target, base_df[target].to_numpy(dtype=np.float64), log_params)
-    slo, shi = seed_range(cal, float(y0[0]), log_params)
+    lim = field.eps_bounds(spec, z_base[None, :])
+    slo, shi = seed_range(cal, float(y0[0]), log_params, eps_bounds=lim[0])
     if not (np.isfinite(y0[0]) and slo <= value <= shi):
         raise RequestOutOfRange(
             f"requested {target}={value:g} is outside the range [{slo:g}, {shi:g}] {unit} reachable from "
-            f"seed {seed} along {spec.key!r} (calibrated eps in [{cal['eps_min']:g}, {cal['eps_max']:g}], "
-            f"global calibrated range [{glo:g}, {ghi:g}]); try another --seed"
+            f"seed {seed} along {spec.key!r} (calibrated eps in [{cal['eps_min']:g}, {cal['eps_max']:g}]"
+            + (f", polarity fold at eps {lim[0][np.isfinite(lim[0])][0]:.3g}" if np.isfinite(lim[0]).any() else "")
+            + f", global calibrated range [{glo:g}, {ghi:g}]); try another --seed"
         )
     def render_target(z):
         return render(z)[target].to_numpy(dtype=np.float64)
 
     res = solve_requests(
         render_target, z_base[None, :], vector, [value], cal,
-        log_params=log_params, refine_steps=refine_steps, tol=tol, y0=y0,
+        log_params=log_params, refine_steps=refine_steps, tol=tol, y0=y0, eps_bounds=lim,
     )
     eps = float(res["eps"][0])
     z = (z_base.astype(np.float64) + eps * vector).astype(np.float32)
@@ -1034,7 +1309,7 @@ def cli_generate(args) -> int:
     ctx = calibration["measurement"]
     G = _load_generator(args.generator, device=args.device)
     render = make_renderer(G, ctx, batch_size=16)
-    normals = load_boundaries(args.boundaries)
+    normals = load_direction_field(args.boundaries)
     gen_cfg = calibration.get("settings", {})
     try:
         res = generate_request(
@@ -1112,6 +1387,7 @@ def run_fit_boundaries(latents_path, cfg: Mapping, npz_out, json_out) -> dict:
         "latent_dim": int(Z.shape[1]),
         "labels": cfg.get("labels", "median"),
         "classifier": cfg.get("classifier", "linear_svc"),
+        "fold": summary.pop("_fold"),
         "targets": {
             "tuf_val_accuracy_ge_0.90": bool(summary.get("tuf", {}).get("val_accuracy", 0) >= 0.90),
             "r_value_val_accuracy_ge_0.85": bool(summary.get("r_value", {}).get("val_accuracy", 0) >= 0.85),
@@ -1151,16 +1427,20 @@ def run_traverse(generator_path, boundaries_path, latents_path, patches_zarr, cf
     tc = cfg.get("traversal", {})
     params = list(cfg.get("parameters", REQUESTABLE))
     log_params = tuple(cfg.get("log_params", DEFAULT_LOG_PARAMS))
-    normals = load_boundaries(boundaries_path)
+    field = load_direction_field(boundaries_path)
     specs = direction_specs(cfg)
-    vectors = {s.key: s.vector(normals) for s in specs}
+    try:
+        unfolded = {s.key: field.vectors(s)[0] for s in specs}
+    except DirectionError as err:
+        raise DirectionError(f"{boundaries_path}: {err}") from None
     ctx = measurement_context(patches_zarr)
     G = _load_generator(generator_path, device=device)
     render = make_renderer(G, ctx, params, batch_size=int(tc.get("batch_size", 256)))
-    dim = next(iter(normals.values())).size
-    base = np.random.default_rng(int(cfg.get("seed", 0)) + 1).standard_normal((int(tc.get("n_base", 32)), dim))
+    base = np.random.default_rng(int(cfg.get("seed", 0)) + 1).standard_normal((int(tc.get("n_base", 32)), field.dim))
+    vectors = {s.key: field.per_base(s, base) for s in specs}
+    bounds = {s.key: field.eps_bounds(s, base) for s in specs}
     eps = eps_grid(float(tc.get("eps_max", 3.0)), int(tc.get("n_eps", 13)))
-    df = traverse(render, base, vectors, eps)
+    df = traverse(render, base, vectors, eps, bounds=bounds)
     std = generated_std(latents_path, params, log_params)
     metrics = traversal_metrics(df, params, std, log_params)
     out = {
@@ -1171,7 +1451,10 @@ def run_traverse(generator_path, boundaries_path, latents_path, patches_zarr, cf
         "n_base": int(base.shape[0]),
         "measurement": ctx,
         "units": "physical" if ctx["mode"] == "crop" else "image units (patches mode 'resize': not physical)",
-        "cosines": {a: {b: float(vectors[a] @ vectors[b]) for b in vectors} for a in vectors},
+        # cosines between the directions of a base on the positive side of the fold
+        "cosines": {a: {b: float(unfolded[a] @ unfolded[b]) for b in unfolded} for a in unfolded},
+        "fold": {"folded": sorted(field.folded), "n_base_reflected": int(field.side(base).sum())}
+        if field.fold is not None else None,
         "targets": {
             f"{k}_spearman_ge_0.9": bool((metrics.get(k, {}).get("spearman_median") or 0) >= 0.9)
             for k in ("tuf", "r_value", "r_paper")
@@ -1199,7 +1482,7 @@ def run_calibrate(traversals_path, metrics_path, generator_path, boundaries_path
     ctx = tmetrics["measurement"]
     cal = build_calibration(df, cfg, ctx, file_sha256(boundaries_path))
     cc = cfg.get("calibration", {})
-    normals = load_boundaries(boundaries_path)
+    field = load_direction_field(boundaries_path)
     wanted = [DirectionSpec.parse(k).key for k in (cc.get("evaluate") or list(cal["directions"]))]
     missing = [k for k in wanted if k not in cal["directions"]]
     if missing:
@@ -1209,15 +1492,16 @@ def run_calibrate(traversals_path, metrics_path, generator_path, boundaries_path
     if skipped:
         logger.warning("not evaluating uncalibrated directions %s", skipped)
     keys = [k for k in keys if k not in skipped]
-    vectors = {k: DirectionSpec.parse(k).vector(normals) for k in keys}
+    vectors = {k: (lambda Z, _s=DirectionSpec.parse(k): field.per_base(_s, Z)) for k in keys}
+    bounds = {k: (lambda Z, _s=DirectionSpec.parse(k): field.eps_bounds(_s, Z)) for k in keys}
     G = _load_generator(generator_path, device=device)
     params = list(cfg.get("parameters", REQUESTABLE))
     render = make_renderer(G, ctx, params, batch_size=int(cfg.get("traversal", {}).get("batch_size", 256)))
-    dim = next(iter(normals.values())).size
     cal["evaluation"] = evaluate_requests(
-        render, vectors, {k: cal["directions"][k] for k in keys}, dim,
+        render, vectors, {k: cal["directions"][k] for k in keys}, field.dim,
         n_requests=int(cc.get("n_requests", 200)), seed=int(cfg.get("seed", 0)) + 2,
         log_params=cal["log_params"], refine_steps=cal["settings"]["refine_steps"], tol=cal["settings"]["tol"],
+        bounds=bounds,
     )
     cal["targets"] = {
         f"{k}_median_rel_error_lt_0.10": bool(np.nan_to_num(v["median_rel_error"], nan=1.0) < 0.10)

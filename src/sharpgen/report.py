@@ -879,15 +879,26 @@ def build_latent_map(inp: Mapping, cfg: Mapping, param: str) -> Figure:
         raise ValueError(f"{inp['latents']}: no column {param!r}")
     sel = _pick(len(z), int(lm.get("max_points", 3000)), seed)
     normal, intercept, acc = load_boundary(inp["boundaries"], param)
+    from sharpgen import directions as dr
+
+    field = dr.load_direction_field(inp["boundaries"])
+    values = table[param].to_numpy(float)
+    if param in field.folded:  # the boundary lives in folded coordinates: show the samples there
+        z, negative = field.fold_latents(z)
+        values = dr.folded_values(table, param, negative)
     clip = float(store_attrs(inp["generated"]).get("clip_gauss", 1.0))
     rows = table["sample"].to_numpy()[sel] if "sample" in table.columns else sel
 
     def images(idx):
         return read_images(inp["generated"], "images", rows[np.asarray(idx)]) * clip
 
-    return fig_latent_map(z[sel], table[param].to_numpy(float)[sel], images, normal, intercept,
-                          param, accuracy=acc, n_cols=int(lm.get("cols", 9)),
-                          n_rows=int(lm.get("rows", 6)))
+    fig = fig_latent_map(z[sel], values[sel], images, normal, intercept,
+                         param, accuracy=acc, n_cols=int(lm.get("cols", 9)),
+                         n_rows=int(lm.get("rows", 6)))
+    if param in field.folded:
+        fig.text(0.005, 0.005, "polarity-folded latents (z reflected to z.u >= 0, u = lead_sign normal)",
+                 fontsize=8, color="0.35", ha="left", va="bottom")
+    return fig
 
 
 def direction_title(key: str) -> str:
@@ -907,16 +918,15 @@ def build_traversals(inp: Mapping, cfg: Mapping) -> Figure:
     keys = list(tc.get("directions", ["tuf", "psep", "r_value", "r_value|tuf"]))
     eps = np.linspace(-float(tc.get("eps_max", 3.0)), float(tc.get("eps_max", 3.0)),
                       int(tc.get("n_steps", 7)))
-    normals = dr.load_boundaries(inp["boundaries"])
+    field = dr.load_direction_field(inp["boundaries"])
     ctx = dr.measurement_context(inp["patches"])
     scale = dr.scale_from_context(ctx)
     G = load_generator(inp["generator"])
-    dim = next(iter(normals.values())).size
-    z0 = dr.latent_from_seed(int(cfg.get("seed", 0)), dim).astype(np.float64)
+    z0 = dr.latent_from_seed(int(cfg.get("seed", 0)), field.dim).astype(np.float64)
     strips = []
     for key in keys:
         spec = dr.DirectionSpec.parse(key)
-        v = spec.vector(normals)
+        v = field.per_base(spec, z0[None, :])[0]
         z = (z0[None, :] + eps[:, None] * v[None, :]).astype(np.float32)
         imgs = generate(G, z) * ctx["clip_gauss"]
         meas = compute_parameters(imgs.astype(np.float64), scale)
@@ -925,8 +935,10 @@ def build_traversals(inp: Mapping, cfg: Mapping) -> Figure:
                for k in range(len(eps))]
         strips.append({"label": direction_title(key), "images": imgs, "steps": eps,
                        "annotations": ann})
+    side = ("; base on the reflected side of the polarity fold" if field.side(z0[None, :])[0] else
+            "; polarity-folded directions" if field.fold is not None else "")
     return fig_traversals(strips, title="Latent traversals along the SVM normals "
-                                        "(same base latent; values measured on each image)")
+                                        f"(same base latent{side}; values measured on each image)")
 
 
 _ORDER = ("tuf", "tpf", "tnf", "net_flux", "psep", "psep_robust", "tilt_deg", "r_paper", "r_value")
@@ -1027,14 +1039,22 @@ def build_svm_accuracy(inp: Mapping, cfg: Mapping) -> Figure:
 
     js = json.loads(Path(inp["boundaries_json"]).read_text())
     rows = {p: js["parameters"][p] for p in canonical_order(js["parameters"]) if not p.startswith("_")}
-    cols = {"val_accuracy": "val. accuracy", "train_accuracy": "train accuracy",
+    cols = {"val_accuracy": "val. accuracy", "val_accuracy_unfolded": "val. acc. unfolded",
+            "train_accuracy": "train accuracy",
             "n_val": "n val.", "regression_r2": "regression $R^2$",
             "regression_cosine": "cos(regr., normal)"}
     df = pd.DataFrame({lab: [rows[p].get(k, np.nan) for p in rows] for k, lab in cols.items()},
                       index=list(rows))
     df["n val."] = df["n val."].map(lambda v: f"{int(v)}" if np.isfinite(v) else "-")
+    fold = js.get("fold") or {}
+    if fold.get("mode") == "lead_sign" and "reason" not in fold:
+        how = f"polarity-folded (lead_sign boundary accuracy {fold.get('val_accuracy', float('nan')):.3f})"
+    elif fold.get("mode") == "lead_sign":
+        how = "not folded: " + str(fold["reason"])[:60]
+    else:
+        how = "unfolded"
     return fig_table(df, f"Linear boundaries in latent space ({js.get('classifier', 'SVM')}, "
-                         f"{js.get('labels', 'median')} split, n = {js.get('n_samples', '?')})")
+                         f"{js.get('labels', 'median')} split, n = {js.get('n_samples', '?')}; {how})")
 
 
 def build_entanglement(inp: Mapping, cfg: Mapping) -> Figure:
