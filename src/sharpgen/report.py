@@ -895,9 +895,9 @@ def build_latent_map(inp: Mapping, cfg: Mapping, param: str) -> Figure:
     fig = fig_latent_map(z[sel], values[sel], images, normal, intercept,
                          param, accuracy=acc, n_cols=int(lm.get("cols", 9)),
                          n_rows=int(lm.get("rows", 6)))
-    if param in field.folded:
-        fig.text(0.005, 0.005, "polarity-folded latents (z reflected to z.u >= 0, u = lead_sign normal)",
-                 fontsize=8, color="0.35", ha="left", va="bottom")
+    if param in field.folded:  # say so where the reader looks: on the distance axes
+        for ax in fig.axes[:2]:
+            ax.set_xlabel(ax.get_xlabel() + " (polarity-folded z)")
     return fig
 
 
@@ -931,7 +931,9 @@ def build_traversals(inp: Mapping, cfg: Mapping) -> Figure:
         imgs = generate(G, z) * ctx["clip_gauss"]
         meas = compute_parameters(imgs.astype(np.float64), scale)
         shown = [spec.target, *spec.hold]
+        lo, hi = field.eps_bounds(spec, z0[None, :])[0]
         ann = ["\n".join(format_value(p, float(meas[p].iloc[k])) for p in shown)
+               + ("\nbeyond the fold" if not lo - 1e-12 <= eps[k] <= hi + 1e-12 else "")
                for k in range(len(eps))]
         strips.append({"label": direction_title(key), "images": imgs, "steps": eps,
                        "annotations": ann})
@@ -1048,13 +1050,13 @@ def build_svm_accuracy(inp: Mapping, cfg: Mapping) -> Figure:
     df["n val."] = df["n val."].map(lambda v: f"{int(v)}" if np.isfinite(v) else "-")
     fold = js.get("fold") or {}
     if fold.get("mode") == "lead_sign" and "reason" not in fold:
-        how = f"polarity-folded (lead_sign boundary accuracy {fold.get('val_accuracy', float('nan')):.3f})"
+        how = f"polarity-folded: lead_sign boundary accuracy {fold.get('val_accuracy', float('nan')):.3f}"
     elif fold.get("mode") == "lead_sign":
         how = "not folded: " + str(fold["reason"])[:60]
     else:
         how = "unfolded"
     return fig_table(df, f"Linear boundaries in latent space ({js.get('classifier', 'SVM')}, "
-                         f"{js.get('labels', 'median')} split, n = {js.get('n_samples', '?')}; {how})")
+                         f"{js.get('labels', 'median')} split, n = {js.get('n_samples', '?')})\n{how}")
 
 
 def build_entanglement(inp: Mapping, cfg: Mapping) -> Figure:
