@@ -292,10 +292,13 @@ def reflect(vectors, fold) -> np.ndarray:
 def fold_latents(latent_codes, fold) -> tuple[np.ndarray, np.ndarray]:
     """Map latents to the ``z.u >= 0`` half-space.
 
-    latent_codes: (N, D); fold: (D,) unit u. Returns ``(folded (N, D), negative (N,) bool)``
-    where ``negative`` marks the rows that were reflected (``z.u < 0``).
+    latent_codes: (N, D); fold: (D,) unit u, or None (no fold: a copy, nothing reflected).
+    Returns ``(folded (N, D), negative (N,) bool)`` where ``negative`` marks the rows that were
+    reflected (``z.u < 0``).
     """
     Z = np.asarray(latent_codes, dtype=np.float64)
+    if fold is None:
+        return Z.copy(), np.zeros(Z.shape[0], bool)
     negative = Z @ np.asarray(fold, dtype=np.float64).ravel() < 0
     out = Z.copy()
     out[negative] = reflect(Z[negative], fold)
@@ -420,15 +423,19 @@ class Boundaries:
 
     def fold_latents(self, latent_codes) -> tuple[np.ndarray, np.ndarray]:
         """:func:`fold_latents` with this fold (identity without one)."""
-        Z = np.asarray(latent_codes, dtype=np.float64)
-        if self.fold is None:
-            return Z.copy(), np.zeros(Z.shape[0], bool)
-        return fold_latents(Z, self.fold)
+        return fold_latents(latent_codes, self.fold)
 
 
 def as_boundaries(normals) -> Boundaries:
     """A :class:`Boundaries` from itself or from a plain {name: normal} mapping (no fold)."""
     return normals if isinstance(normals, Boundaries) else Boundaries(dict(normals))
+
+
+def beyond_bounds(eps, bounds) -> np.ndarray:
+    """eps (E,) against per-base eps ranges bounds (B, 2) -> (B, E) bool, True outside the range."""
+    eps = np.asarray(eps, dtype=np.float64).ravel()
+    lim = np.atleast_2d(np.asarray(bounds, dtype=np.float64))
+    return (eps[None, :] < lim[:, :1] - 1e-12) | (eps[None, :] > lim[:, 1:] + 1e-12)
 
 
 def _direction_rows(vector, latent_codes) -> np.ndarray:
@@ -498,7 +505,7 @@ def fit_boundaries(latents, table: pd.DataFrame, cfg: Mapping) -> tuple[dict, di
         fold, fold_info = None, {"mode": "none"}
     else:
         raise DirectionError(f"unknown directions.fold {fold_mode!r} (none | lead_sign)")
-    Zf, negative = fold_latents(Z, fold) if fold is not None else (Z, np.zeros(len(Z), bool))
+    Zf, negative = fold_latents(Z, fold)
     fold_info["n_reflected"] = int(negative.sum())
     names, normals, intercepts, accs, regs, folded = [], [], [], [], [], []
     summary: dict = {}
@@ -762,10 +769,7 @@ def traverse(
         spec = DirectionSpec.parse(key)
         n = _direction_rows(n, Z0)
         Z = (Z0[:, None, :] + eps[None, :, None] * n[:, None, :]).reshape(B * E, -1)
-        beyond = np.zeros((B, E), bool)
-        if bounds is not None and key in bounds:
-            lim = np.asarray(bounds[key], dtype=np.float64)
-            beyond = (eps[None, :] < lim[:, :1] - 1e-12) | (eps[None, :] > lim[:, 1:] + 1e-12)
+        beyond = np.zeros((B, E), bool) if bounds is None or key not in bounds else beyond_bounds(eps, bounds[key])
         beyond = beyond.ravel()
         inside = np.flatnonzero(~beyond)
         parts = [render(Z[inside[i : i + chunk]].astype(np.float32)) for i in range(0, len(inside), chunk)]

@@ -931,9 +931,9 @@ def build_traversals(inp: Mapping, cfg: Mapping) -> Figure:
         imgs = generate(G, z) * ctx["clip_gauss"]
         meas = compute_parameters(imgs.astype(np.float64), scale)
         shown = [spec.target, *spec.hold]
-        lo, hi = field.eps_bounds(spec, z0[None, :])[0]
+        beyond = dr.beyond_bounds(eps, field.eps_bounds(spec, z0[None, :]))[0]
         ann = ["\n".join(format_value(p, float(meas[p].iloc[k])) for p in shown)
-               + ("\nbeyond the fold" if not lo - 1e-12 <= eps[k] <= hi + 1e-12 else "")
+               + ("\nbeyond the fold" if beyond[k] else "")
                for k in range(len(eps))]
         strips.append({"label": direction_title(key), "images": imgs, "steps": eps,
                        "annotations": ann})
