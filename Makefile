@@ -8,20 +8,38 @@ BIN := $(VENV)/bin
 # CPU build by default (fast to install). GPU users: `make TORCH_SPEC=` after installing a CUDA
 # build of torch into .venv themselves (see README, "GPU install").
 TORCH_SPEC ?= torch==2.13.0
+# Exact versions of every other package (made by `make lock`). `make LOCK= test` installs the
+# newest versions pyproject.toml allows instead.
+LOCK ?= requirements.lock
+EXTRAS ?= test,slurm
 CORES ?= 8
 SNAKE_ARGS ?=
 STAMP := $(VENV)/.sharpgen-installed
 
-.PHONY: venv run test test-fast bench report clean-results dag
+.PHONY: venv lock run test test-fast bench report clean-results dag
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	if [ -n "$(TORCH_SPEC)" ]; then $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"; fi
-	$(BIN)/python -m pip install --quiet -e ".[test,slurm]"
+	$(BIN)/python -m pip install --quiet $(if $(LOCK),-c $(LOCK)) -e ".[$(EXTRAS)]"
 	touch $(STAMP)
+
+# Refresh requirements.lock: resolve pyproject.toml (+ extras) in a throw-away venv next to the
+# torch build of TORCH_SPEC and freeze it. torch itself stays out of the lock (TORCH_SPEC / the
+# user's CUDA build decides it). Commit the result.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	if [ -n "$(TORCH_SPEC)" ]; then .lock-venv/bin/python -m pip install --quiet "$(TORCH_SPEC)"; fi
+	.lock-venv/bin/python -m pip install --quiet ".[$(EXTRAS)]"
+	{ echo "# Exact versions for \`make\` (pip constraints). Made by \`make lock\` with $$(.lock-venv/bin/python --version)"; \
+	  echo "# and $(or $(TORCH_SPEC),the installed torch); torch itself is chosen by TORCH_SPEC (see Makefile)."; \
+	  .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v -i -E '^(sharpgen|torch|pip|setuptools|wheel)=='; } > requirements.lock.tmp
+	mv requirements.lock.tmp requirements.lock
+	rm -rf .lock-venv
 
 run: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --resources gpu=1 --workflow-profile profiles/default $(SNAKE_ARGS)
