@@ -21,5 +21,5 @@ include: "rules/report.smk"
 
 rule all:
     input:
-        ALL_TARGETS,
+        get_final_output(),
     default_target: True

@@ -5,7 +5,7 @@ Both compute every parameter of :data:`sharpgen.physics.PARAMETER_NAMES` on the 
 
 * vectorised: ``sharpgen.physics.compute_parameters`` (whole-batch numpy / scipy.ndimage calls,
   processed in cache-sized blocks of maps);
-* reference: ``sharpgen.physics.compute_parameters_reference`` (a Python loop over images, one
+* reference: ``sharpgen.physics_reference.compute_parameters_reference`` (a Python loop over images, one
   scipy call per operation and image: center_of_mass, binary_dilation, label/sum_labels, ...).
 
 The patches are random crops (random flips, 90-degree rotations, added 10 G noise) of the real
@@ -32,8 +32,8 @@ from sharpgen.physics import (  # noqa: E402
     PARAMETER_NAMES,
     PixelScale,
     compute_parameters,
-    compute_parameters_reference,
 )
+from sharpgen.physics_reference import compute_parameters_reference  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sharp"
 

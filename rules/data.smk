@@ -1,11 +1,11 @@
 # Stage "data": SHARP Br records from one of three sources, listed in one manifest.
-#   synthetic -> workflow_scripts/synthesize.py   -> sharpgen.synthetic
-#   local     -> workflow_scripts/ingest_local.py -> sharpgen.patches.local_manifest
+#   synthetic -> workflow_scripts/synthesize.py    -> sharpgen.synthetic
+#   local     -> workflow_scripts/ingest_local.py  -> sharpgen.data (local_manifest)
 #   jsoc      -> workflow_scripts/download_jsoc.py -> sharpgen.jsoc
 # Every source writes results/data/records.tsv (one row per Br FITS file); the patch stage
-# reads only that manifest, so the three paths share one ingest.
-
-import glob
+# reads only that manifest (sharpgen.data.read_manifest) and checks every file with
+# sharpgen.data.load_record, so the three paths share one ingest.
+# LOCAL_BR (rules/common.smk): the files matching data.local.glob (one glob or a list).
 
 SOURCE = config["data"]["source"]
 
@@ -16,7 +16,7 @@ if SOURCE == "synthetic":
             manifest=R("data/records.tsv"),
             records=directory(R("data/synthetic")),
         input:
-            code=CODE("synthetic"),
+            code=CODE("synthesize.py"),
         params:
             cfg=config["data"]["synthetic"],
         log:
@@ -30,9 +30,8 @@ if SOURCE == "synthetic":
             "../workflow_scripts/synthesize.py"
 
     # Realism check of the embedded data: synthetic vs the real records of data.local.glob
-    # (skipped, with a note, when no real record is available, e.g. a clone without ../shared).
-    REAL_BR = sorted(glob.glob(config["data"].get("local", {}).get("glob", "")))
-
+    # (left out of `all`, with a note, when no real record is available, e.g. a clone without
+    # ../shared).
     rule synthetic_realism:
         output:
             png=R("figures/synthetic_realism.png"),
@@ -40,8 +39,8 @@ if SOURCE == "synthetic":
             numbers=R("data/synthetic_realism.json"),
         input:
             manifest=R("data/records.tsv"),
-            real=REAL_BR,
-            code=CODE("realism", "patches", "sharp_io", "physics"),
+            real=LOCAL_BR,
+            code=CODE("synthetic_realism.py"),
         params:
             cfg=config["data"]["synthetic"],
         log:
@@ -54,9 +53,7 @@ if SOURCE == "synthetic":
         script:
             "../workflow_scripts/synthetic_realism.py"
 
-    if REAL_BR:
-        ALL_TARGETS.extend([rules.synthetic_realism.output.png, rules.synthetic_realism.output.pdf])
-    else:
+    if not LOCAL_BR:
         print(f"note: no real SHARP Br file matches data.local.glob; synthetic_realism is not "
               f"part of `all`", file=sys.stderr)
 
@@ -66,7 +63,9 @@ elif SOURCE == "local":
         output:
             manifest=R("data/records.tsv"),
         input:
-            code=CODE("patches", "physics", "sharp_io"),
+            # the matched files: adding or removing one reruns the ingest
+            records=LOCAL_BR,
+            code=CODE("ingest_local.py"),
         params:
             cfg=config["data"]["local"],
         log:
@@ -85,7 +84,7 @@ else:
         output:
             manifest=R("data/records.tsv"),
         input:
-            code=CODE("jsoc", "sharp_io"),
+            code=CODE("download_jsoc.py"),
         params:
             # the e-mail stays out of params (Snakemake stores params in .snakemake/metadata);
             # the script reads it from config or JSOC_EMAIL

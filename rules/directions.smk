@@ -1,13 +1,13 @@
 # Stage "directions": latent directions of the physical parameters (InterFaceGAN-style boundaries),
 # traversals along them (monotonicity, entanglement), calibration eps -> physical units.
 #   rules/directions.smk -> workflow_scripts/{fit_boundaries,traverse,calibrate}.py
-#   -> sharpgen.directions   (docs/directions.md)
+#   -> sharpgen.directions.{boundaries,traverse,calibrate}   (docs/directions.md)
 
 
 rule fit_boundaries:
     input:
         latents=R("samples/latents.parquet"),
-        code=CODE("directions"),
+        code=CODE("fit_boundaries.py"),
     output:
         npz=R("directions/boundaries.npz"),
         json=R("directions/boundaries.json"),
@@ -33,10 +33,11 @@ rule traverse:
         boundaries=R("directions/boundaries.npz"),
         latents=R("samples/latents.parquet"),
         zarr=R("data/patches.zarr"),
-        code=CODE("directions", "gan", "physics", "sampling"),
+        code=CODE("traverse.py"),
     output:
         table=R("directions/traversals.parquet"),
         metrics=R("directions/traversal_metrics.json"),
+        strips=R("directions/strips.npz"),
     params:
         directions=config["directions"],
     log:
@@ -60,7 +61,7 @@ rule calibrate:
         metrics=R("directions/traversal_metrics.json"),
         generator=R("gan/generator.pt"),
         boundaries=R("directions/boundaries.npz"),
-        code=CODE("directions", "gan", "physics"),
+        code=CODE("calibrate.py"),
     output:
         calibration=R("directions/calibration.json"),
     params:
@@ -79,7 +80,3 @@ rule calibrate:
     script:
         "../workflow_scripts/calibrate.py"
 
-
-ALL_TARGETS.extend(rules.fit_boundaries.output)
-ALL_TARGETS.extend(rules.traverse.output)
-ALL_TARGETS.extend(rules.calibrate.output)

@@ -8,7 +8,7 @@ rule train_gan:
     input:
         zarr=R("data/patches.zarr"),
         table=R("data/patches.parquet"),
-        code=CODE("gan"),
+        code=CODE("train_gan.py"),
     output:
         generator=R("gan/generator.pt"),
         log_csv=R("gan/train_log.csv"),
@@ -30,5 +30,3 @@ rule train_gan:
     script:
         "../workflow_scripts/train_gan.py"
 
-
-ALL_TARGETS.extend(rules.train_gan.output)

@@ -1,6 +1,7 @@
 # Stage "patches": every record in the manifest -> one training patch (crop or resize mode),
 # written to a Zarr store, with one Parquet row per patch (metadata, split, physical parameters).
 #   rules/patches.smk -> workflow_scripts/make_patches.py -> sharpgen.patches
+# (the manifest is read, and each record loaded and checked, by sharpgen.data)
 
 
 rule make_patches:
@@ -10,7 +11,7 @@ rule make_patches:
         summary=R("data/patches_summary.json"),
     input:
         manifest=R("data/records.tsv"),
-        code=CODE("patches", "physics", "sharp_io"),
+        code=CODE("make_patches.py"),
     params:
         cfg=config["patches"],
     log:
@@ -22,6 +23,3 @@ rule make_patches:
     threads: 2
     script:
         "../workflow_scripts/make_patches.py"
-
-
-ALL_TARGETS.extend(rules.make_patches.output)

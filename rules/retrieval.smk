@@ -12,7 +12,7 @@ rule evaluate_retrieval:
         table=R("data/patches.parquet"),
         generated=R("samples/generated.zarr"),
         latents=R("samples/latents.parquet"),
-        code=CODE("retrieval", "ssl", "physics"),
+        code=CODE("evaluate_retrieval.py"),
     output:
         evaluation=R("retrieval/evaluation.json"),
         matches=R("retrieval/matches.parquet"),
@@ -31,5 +31,3 @@ rule evaluate_retrieval:
     script:
         "../workflow_scripts/evaluate_retrieval.py"
 
-
-ALL_TARGETS.extend(rules.evaluate_retrieval.output)

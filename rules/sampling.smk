@@ -7,7 +7,7 @@ rule sample_latents:
         generator=R("gan/generator.pt"),
         zarr=R("data/patches.zarr"),
         table=R("data/patches.parquet"),
-        code=CODE("sampling", "gan", "physics", "patches"),
+        code=CODE("sample_latents.py"),
     output:
         latents=R("samples/latents.parquet"),
         images=directory(R("samples/generated.zarr")),
@@ -27,5 +27,3 @@ rule sample_latents:
     script:
         "../workflow_scripts/sample_latents.py"
 
-
-ALL_TARGETS.extend(rules.sample_latents.output)

@@ -1,6 +1,7 @@
 # Stage "ssl": SimSiam encoder trained on the train split of the real patches, then every real
 # patch embedded once.
-#   rules/ssl.smk -> workflow_scripts/train_ssl.py, embed.py -> sharpgen.ssl   (docs/retrieval.md)
+#   rules/ssl.smk -> workflow_scripts/train_ssl.py -> sharpgen.ssl, workflow_scripts/embed.py
+#   -> sharpgen.embed   (docs/retrieval.md)
 # Checkpoints go to CHECKPOINTS/ssl/<hash>/ (not a Snakemake output): a killed run resumes.
 
 
@@ -8,7 +9,7 @@ rule train_ssl:
     input:
         zarr=R("data/patches.zarr"),
         table=R("data/patches.parquet"),
-        code=CODE("ssl", "retrieval"),
+        code=CODE("train_ssl.py"),
     output:
         encoder=R("ssl/encoder.pt"),
         log_csv=R("ssl/train_log.csv"),
@@ -35,7 +36,7 @@ rule embed:
         encoder=R("ssl/encoder.pt"),
         zarr=R("data/patches.zarr"),
         table=R("data/patches.parquet"),
-        code=CODE("ssl", "retrieval"),
+        code=CODE("embed.py"),
     output:
         embeddings=R("ssl/embeddings.npz"),
     params:
@@ -53,5 +54,3 @@ rule embed:
     script:
         "../workflow_scripts/embed.py"
 
-
-ALL_TARGETS.extend([rules.train_ssl.output.encoder, rules.train_ssl.output.log_csv, rules.embed.output.embeddings])

@@ -122,7 +122,7 @@ def load_rules(workdir: Path = REPO_ROOT, configfiles: Iterable[Path] = ()) -> t
             params = dict(rule.params.items()) if rule.params else {}
             inputs = [str(f) for f in rule.input]
             code = sorted(
-                m.group(1) for f in inputs if (m := re.fullmatch(r"src/sharpgen/(\w+)\.py", f))
+                m.group(1) for f in inputs if (m := re.search(r"(?:^|/)src/sharpgen/(.+)\.py$", f))
             )
             cpaths = []
             for value in params.values():
@@ -234,65 +234,27 @@ def write_overlay(path: Path, dotted: str, value: Any) -> Path:
     return path
 
 
+def _rel_module(path: Path, src: Path) -> str:
+    """src/sharpgen/directions/traverse.py -> 'directions/traverse' (the CODE(...) naming)."""
+    return str(Path(path).relative_to(src).with_suffix(""))
+
+
 def imported_sharpgen_modules(script: Path, src: Path = REPO_ROOT / "src" / "sharpgen") -> set[str]:
     """sharpgen modules a rule's ``script`` runs: every one the script imports, plus what those
     import at module level (imports inside functions are code paths of other rules, e.g. the FITS
-    reader behind ``patches``, and are not followed)."""
-    todo = [(script, False)]
-    seen_files: set[Path] = set()
-    modules: set[str] = set()
-    while todo:
-        path, top_only = todo.pop()
-        if path in seen_files or not path.exists():
-            continue
-        seen_files.add(path)
-        in_package = path.parent == src
-        for name in _sharpgen_imports(path, in_package, top_only):
-            if name not in modules:
-                modules.add(name)
-                todo.append((src / f"{name}.py", True))
-    return modules
+    reader behind ``patches``, and are not followed). Names like 'physics', 'directions/traverse'."""
+    from sharpgen.codedeps import code_closure
+
+    files = code_closure([script], src=src.parent, top_only_after_start=True)
+    return {_rel_module(Path(f), src) for f in files if Path(f) != Path(script)}
 
 
-def direct_sharpgen_imports(script: Path) -> set[str]:
-    """sharpgen modules ``script`` itself imports (anywhere in the file)."""
-    return _sharpgen_imports(script, in_package=False)
+def direct_sharpgen_imports(script: Path, src: Path = REPO_ROOT / "src" / "sharpgen") -> set[str]:
+    """sharpgen modules ``script`` itself imports (anywhere in the file), with the packages they
+    belong to ('directions/__init__')."""
+    from sharpgen.codedeps import imported_modules, module_files
 
-
-def _top_level_nodes(tree: ast.AST):
-    """Nodes outside function and class bodies."""
-    stack = list(ast.iter_child_nodes(tree))
-    while stack:
-        node = stack.pop()
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
-            continue
-        yield node
-        stack.extend(ast.iter_child_nodes(node))
-
-
-def _sharpgen_imports(path: Path, in_package: bool, top_only: bool = False) -> set[str]:
-    tree = ast.parse(path.read_text(), filename=str(path))
-    names: set[str] = set()
-    for node in (_top_level_nodes(tree) if top_only else ast.walk(tree)):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                parts = alias.name.split(".")
-                if parts[0] == "sharpgen":
-                    names.add(parts[1] if len(parts) > 1 else "__init__")
-        elif isinstance(node, ast.ImportFrom):
-            mod = node.module or ""
-            parts = mod.split(".") if mod else []
-            if node.level == 0 and parts and parts[0] == "sharpgen":
-                if len(parts) > 1:
-                    names.add(parts[1])
-                else:  # from sharpgen import gan, physics
-                    names.update(a.name for a in node.names)
-            elif node.level == 1 and in_package:
-                if parts:
-                    names.add(parts[0])
-                else:  # from . import physics
-                    names.update(a.name for a in node.names)
-    return {n for n in names if (REPO_ROOT / "src" / "sharpgen" / f"{n}.py").exists() or n == "__init__"}
+    return {_rel_module(f, src) for f in module_files(src.parent, imported_modules(script, src.parent))}
 
 
 def third_party_imports(paths: Iterable[Path]) -> set[str]:

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from sharpgen import directions as dr
+from sharpgen.measure import make_renderer
 
 D = 100
 S = 32
@@ -182,7 +183,7 @@ def test_fit_boundaries_table_and_storage(planted, tmp_path):
             "psep": 20 + 3 * (Z @ v) + 0.5 * rng.standard_normal(len(Z)),
         }
     )
-    cfg = {"parameters": ["tuf", "psep"], "log_params": ["tuf"], "val_fraction": 0.2, "seed": 0}
+    cfg = {"parameters": ["tuf", "psep"], "val_fraction": 0.2, "seed": 0}
     arrays, summary = dr.fit_boundaries(Z, table, cfg)
     assert summary["tuf"]["val_accuracy"] > 0.9 and summary["psep"]["val_accuracy"] > 0.9
     assert summary["tuf"]["regression_cosine"] > 0.95 and summary["tuf"]["regression_r2"] > 0.9
@@ -203,7 +204,7 @@ def test_boundaries_from_standin_renders(standin, planted):
     w, v = planted
     Z = np.random.default_rng(5).standard_normal((1500, D)).astype(np.float32)
     table = toy_renderer(standin)(Z)
-    arrays, summary = dr.fit_boundaries(Z, table, {"parameters": ["tuf", "block"], "log_params": ["tuf"]})
+    arrays, summary = dr.fit_boundaries(Z, table, {"parameters": ["tuf", "block"]})
     assert arrays["normals"][0] @ w > 0.9
     assert arrays["normals"][1] @ v > 0.9
     assert summary["tuf"]["val_accuracy"] > 0.9
@@ -253,7 +254,7 @@ def test_fold_makes_even_parameters_linear(tmp_path):
     rng = np.random.default_rng(3)
     Z = rng.standard_normal((4000, D))
     table = _polarity_table(Z, u, w, v, rng)
-    cfg = {"parameters": ["tuf", "tpf", "tnf", "net_flux"], "log_params": ["tuf", "tpf", "tnf"], "seed": 0}
+    cfg = {"parameters": ["tuf", "tpf", "tnf", "net_flux"], "seed": 0, "fold": "none"}
     plain, plain_summary = dr.fit_boundaries(Z, table, cfg)
     assert plain_summary["tuf"]["val_accuracy"] < 0.75
     assert not plain["folded"].any() and not plain["fold_normal"].any()
@@ -381,7 +382,7 @@ def test_traverse_table(traversal):
 def test_traversal_metrics_monotone_and_disentangled(traversal):
     _, _, df = traversal
     std = {"tuf": 0.3, "block": 0.2}
-    m = dr.traversal_metrics(df, ["tuf", "block"], std, log_params=["tuf"])
+    m = dr.traversal_metrics(df, ["tuf", "block"], std)
     assert m["tuf"]["spearman_median"] > 0.95
     assert m["tuf|block"]["spearman_median"] > 0.95
     assert m["tuf"]["entanglement"]["tuf"] == pytest.approx(1.0)
@@ -394,13 +395,13 @@ def test_traversal_metrics_monotone_and_disentangled(traversal):
 
 def test_calibration_and_requests(traversal, standin):
     normals, vectors, df = traversal
-    cal = dr.fit_calibration(df, "tuf|block", log_params=["tuf"], n_bootstrap=50)
+    cal = dr.fit_calibration(df, "tuf|block", n_bootstrap=50)
     assert cal["slope"] > 0 and cal["r2"] > 0.8
     assert cal["slope_ci68"][0] <= cal["slope"] <= cal["slope_ci68"][1]
     assert cal["range"][0] < cal["range"][1]
     render = toy_renderer(standin)
     ev = dr.evaluate_requests(render, {"tuf|block": vectors["tuf|block"]}, {"tuf|block": cal}, D,
-                              n_requests=30, seed=1, log_params=["tuf"], refine_steps=2, tol=0.01)
+                              n_requests=30, seed=1, refine_steps=2, tol=0.01)
     e = ev["tuf|block"]
     assert e["n_solved"] >= 25
     assert e["median_rel_error"] < 0.05 < e["median_rel_offset_from_base"]
@@ -409,15 +410,14 @@ def test_calibration_and_requests(traversal, standin):
 
     # an explicit request far outside the calibrated eps range is not solved
     z = dr.latent_from_seed(0, D)[None, :]
-    res = dr.solve_requests(lambda q: render(q)["tuf"].to_numpy(), z, vectors["tuf|block"], [1e30], cal,
-                            log_params=["tuf"])
+    res = dr.solve_requests(lambda q: render(q)["tuf"].to_numpy(), z, vectors["tuf|block"], [1e30], cal,)
     assert not res["in_range"][0] and np.isnan(res["achieved"][0])
 
 
 def test_generate_request_refuses_out_of_range(traversal, standin):
     normals, _, df = traversal
     calibration = {
-        "directions": {"tuf|block": dr.fit_calibration(df, "tuf|block", log_params=["tuf"], n_bootstrap=10)},
+        "directions": {"tuf|block": dr.fit_calibration(df, "tuf|block", n_bootstrap=10)},
         "log_params": ["tuf"], "measurement": {"mode": "crop"},
     }
     lo, hi = calibration["directions"]["tuf|block"]["range"]
@@ -434,7 +434,7 @@ def test_generate_request_refuses_out_of_range(traversal, standin):
 def test_flat_direction_is_marked_uncalibrated(traversal, standin):
     normals, _, df = traversal
     flat = df[df.direction == "tuf"].assign(tuf=5e21)  # e.g. R identically 0 for an undertrained GAN
-    calibration = dr.build_calibration(flat, {"log_params": ["tuf"]}, {"mode": "crop"})
+    calibration = dr.build_calibration(flat, {}, {"mode": "crop"})
     cal = calibration["directions"]["tuf"]
     assert cal["calibrated"] is False and "does not change" in cal["reason"]
     with pytest.raises(dr.DirectionError, match="could not be calibrated"):
@@ -457,15 +457,15 @@ def test_cli_generate_standin(standin, planted, tmp_path, monkeypatch):
     normals = {"tuf": w, "r_value": v}
     arrays = {"names": np.array(["tuf", "r_value"]), "normals": np.stack([w, v])}
     dr.save_boundaries(tmp_path / "boundaries.npz", arrays)
-    render = dr.make_renderer(standin, ctx, ["tuf", "r_value", "psep"], batch_size=64)
+    render = make_renderer(standin, ctx, ["tuf", "r_value", "psep"], batch_size=64)
     key = "tuf|r_value"
     base = np.random.default_rng(8).standard_normal((6, D))
     df = dr.traverse(render, base, {key: dr.DirectionSpec.parse(key).vector(normals)}, dr.eps_grid(2.0, 9))
-    cal = dr.build_calibration(df, {"log_params": ["tuf"], "calibration": {"n_bootstrap": 20}}, ctx,
+    cal = dr.build_calibration(df, {"calibration": {"n_bootstrap": 20}}, ctx,
                                dr.file_sha256(tmp_path / "boundaries.npz"))
     (tmp_path / "calibration.json").write_text(json.dumps(cal))
     (tmp_path / "generator.pt").write_bytes(b"stand-in")
-    monkeypatch.setattr(dr, "_load_generator", lambda path, device="cpu": standin)
+    monkeypatch.setattr("sharpgen.gan.load_generator", lambda path, device="cpu": standin)
 
     lo, hi = cal["directions"][key]["range"]
     request = float(np.sqrt(lo * hi))
@@ -533,6 +533,7 @@ def test_directions_rules_end_to_end(repo_root, tmp_path):
                     **{f"pixel_{k}": float(getattr(sc, k)) for k in ("size_mm", "area_cm2", "size_arcsec")}})
     for k in ("size_mm", "area_cm2", "size_arcsec"):
         g.create_array(f"pixel_{k}", data=np.full(4, float(getattr(sc, k))))
+    g.create_array("patches", data=np.zeros((4, 32, 32), dtype=np.float32))
 
     proc = subprocess.run(
         [str(Path(sys.executable).with_name("snakemake")), "--cores", "2", "--configfile", "overlay.yaml",
@@ -571,6 +572,6 @@ def test_eps_bounds_stop_at_the_fold(rng):
     render_target = lambda z: 1e21 * np.exp(np.abs(np.asarray(z, float) @ u))  # noqa: E731
     cal = {"target": "tuf", "slope": 0.4, "eps_min": -3.0, "eps_max": 3.0}
     z0 = (0.2 * u)[None, :]
-    res = dr.solve_requests(render_target, z0, field.per_base(spec, z0), [1e19], cal, log_params=("tuf",),
+    res = dr.solve_requests(render_target, z0, field.per_base(spec, z0), [1e19], cal,
                             eps_bounds=field.eps_bounds(spec, z0))
     assert not res["in_range"][0]

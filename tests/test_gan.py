@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import logging
 import os
+import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -15,7 +21,8 @@ import pandas as pd
 import pytest
 import torch
 
-from sharpgen import gan
+from sharpgen import gan, training
+from sharpgen.atomic import DiskFullError
 from sharpgen.gan import (CheckpointMismatchError, DivergenceError, GanConfig, PatchStoreError,
                           list_checkpoints)
 
@@ -89,6 +96,15 @@ def _train(tmp: Path, patches, tag: str, progress=False, **over):
 
 def _weights(path: Path) -> dict:
     return torch.load(path, weights_only=True)["state_dict"]
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    wa, wb = _weights(a), _weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +185,8 @@ def test_training_is_deterministic_and_writes_outputs(tmp_path, tiny_patches):
     wa, wb = _weights(a / "generator.pt"), _weights(b / "generator.pt")
     assert wa.keys() == wb.keys()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # byte-identical file (the zip archive inside is not named after a random temporary file)
+    assert _sha(a / "generator.pt") == _sha(b / "generator.pt")
     c, _ = _train(tmp_path, tiny_patches, "c", seed=4)
     assert not all(torch.equal(wa[k], _weights(c / "generator.pt")[k]) for k in wa)
     assert sa["steps"] == 6
@@ -176,8 +194,14 @@ def test_training_is_deterministic_and_writes_outputs(tmp_path, tiny_patches):
     assert blob["arch"] == "stable" and blob["size"] == 32 and blob["weights"] == "ema"
     assert blob["config"]["steps"] == 6
     log = pd.read_csv(a / "train_log.csv")
+    assert list(log.columns) == list(gan.CSV_COLUMNS)
     assert list(log["step"]) == [2, 4, 6]
     assert np.isfinite(log[["d_loss", "g_loss", "images_per_s"]].to_numpy()).all()
+    folder = Path(sa["checkpoint_folder"])
+    assert [s for s, _ in list_checkpoints(folder)] == [3, 6]
+    ck = torch.load(list_checkpoints(folder)[-1][1], weights_only=True)
+    assert ck["device"] == "cpu" and ck["rng"]["devices"] == {"gen": "cpu"} and ck["step"] == 6
+    assert (folder / "train.lock").read_text() == ""  # released
     assert sorted(p.name for p in (a / "samples").iterdir()) == ["step_00000003.png",
                                                                 "step_00000006.png"]
     G = gan.load_generator(a / "generator.pt")
@@ -264,6 +288,173 @@ def test_unknown_config_key_and_bad_values():
         GanConfig.from_dict({"archh": "paper"})
     with pytest.raises(ValueError, match="gan.arch"):
         GanConfig.from_dict({"arch": "biggan"})
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoint folder lock, pruning, unreadable checkpoints, other devices, disk full
+# --------------------------------------------------------------------------------------------
+_TRAIN_SCRIPT = textwrap.dedent("""
+    import sys, numpy as np, torch
+    from sharpgen import gan
+    torch.set_num_threads(1)
+    root, out, cfg = sys.argv[1], sys.argv[2], eval(sys.argv[3])
+    gan.train_gan(np.load(sys.argv[4]), gan.GanConfig.from_dict(cfg), checkpoint_root=root,
+                  generator_path=out + "/g.pt", log_csv=out + "/log.csv", data_id="t",
+                  progress=False)
+""")
+
+
+def test_second_training_on_the_same_checkpoint_folder_is_refused(tmp_path, tiny_patches):
+    """Two real processes, same settings and checkpoint_dir, different results: the second
+    refuses, naming the first's host and pid; the first's log stays complete and in order."""
+    np.save(tmp_path / "p.npy", tiny_patches)
+    cfg = {**TINY, "arch": "paper", "steps": 300, "checkpoint_every": 2, "log_every": 2,
+           "sample_every": 1000}
+    folder = gan.checkpoint_folder(tmp_path / "ckpt", GanConfig.from_dict(cfg), 32, 16, "t")
+    args = [str(tmp_path / "ckpt"), None, repr(cfg), str(tmp_path / "p.npy")]
+
+    def cmd(out):
+        (tmp_path / out).mkdir()
+        return [sys.executable, "-c", _TRAIN_SCRIPT, args[0], str(tmp_path / out), *args[2:]]
+
+    first = subprocess.Popen(cmd("one"), cwd=REPO_ROOT)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not list_checkpoints(folder):
+            assert first.poll() is None, "first training died"
+            time.sleep(0.01)
+        os.kill(first.pid, signal.SIGSTOP)  # holds the lock, frozen mid-run
+        assert first.poll() is None, "first training finished too early; raise steps"
+        second = subprocess.run(cmd("two"), cwd=REPO_ROOT, capture_output=True, text=True,
+                                timeout=120)
+        os.kill(first.pid, signal.SIGCONT)
+        assert first.wait(timeout=120) == 0
+    finally:
+        if first.poll() is None:
+            os.kill(first.pid, signal.SIGKILL)
+            first.wait()
+    assert second.returncode != 0
+    assert "CheckpointLockError" in second.stderr
+    assert f"host {socket.gethostname()}, pid {first.pid}" in second.stderr
+    assert str(folder) in second.stderr
+    assert not (tmp_path / "two" / "g.pt").exists() and not (tmp_path / "two" / "log.csv").exists()
+    steps = list(pd.read_csv(tmp_path / "one" / "log.csv")["step"])
+    assert steps == list(range(2, 301, 2))
+    assert torch.load(tmp_path / "one" / "g.pt", weights_only=True)["steps"] == 300
+
+
+def test_stale_and_unreadable_checkpoints_do_not_evict_fresh_ones(tmp_path, tiny_patches, caplog):
+    folder = gan.checkpoint_folder(tmp_path / "s" / "ckpt", GanConfig.from_dict(TINY), 32, 16, "t")
+    folder.mkdir(parents=True)
+    (folder / "step_00000005.pt").write_bytes(b"not a checkpoint")  # unreadable, within steps
+    (folder / "step_00000900.pt").write_bytes(b"stale")  # a longer run's: past steps
+    with caplog.at_level(logging.WARNING):
+        out, _ = _train(tmp_path, tiny_patches, "s")
+    assert [s for s, _ in list_checkpoints(folder)] == [3, 6, 900]  # fresh ones kept
+    assert "step_00000005.pt is unreadable" in caplog.text
+    assert "EVERY checkpoint" in caplog.text and "step_00000005.pt.corrupt" in caplog.text
+    assert (folder / "step_00000005.pt.corrupt").read_bytes() == b"not a checkpoint"
+    ref, _ = _train(tmp_path, tiny_patches, "ref")
+    assert _same_weights(out / "generator.pt", ref / "generator.pt")
+
+
+def test_unreadable_newest_checkpoint_falls_back_to_an_older_one(tmp_path, tiny_patches, caplog):
+    full, _ = _train(tmp_path, tiny_patches, "full", arch="paper", steps=9)
+    part, _ = _train(tmp_path, tiny_patches, "part", arch="paper", steps=9, _max=7)
+    folder = next((part / "ckpt").iterdir())
+    assert [s for s, _ in list_checkpoints(folder)] == [3, 6]
+    newest = folder / "step_00000006.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a failing disk
+    with caplog.at_level(logging.INFO):
+        _train(tmp_path, tiny_patches, "part", arch="paper", steps=9)
+    assert "step_00000006.pt is unreadable" in caplog.text and "EVERY" not in caplog.text
+    assert re.search(r"resumed from \S*step_00000003\.pt \(step 3 of 9\)", caplog.text)
+    assert (folder / "step_00000006.pt.corrupt").exists()
+    assert _same_weights(full / "generator.pt", part / "generator.pt")
+    assert list(pd.read_csv(part / "train_log.csv")["step"]) == [2, 4, 6, 8, 9]
+
+
+def test_every_checkpoint_unreadable_starts_over_loudly(tmp_path, tiny_patches, caplog):
+    full, _ = _train(tmp_path, tiny_patches, "full", arch="paper")
+    part, _ = _train(tmp_path, tiny_patches, "part", arch="paper", _max=5)
+    folder = next((part / "ckpt").iterdir())
+    (folder / "step_00000003.pt").write_bytes(b"")
+    with caplog.at_level(logging.WARNING):
+        _train(tmp_path, tiny_patches, "part", arch="paper")
+    loud = [r.getMessage() for r in caplog.records if "EVERY checkpoint" in r.getMessage()]
+    assert len(loud) == 1 and "step_00000003.pt.corrupt" in loud[0] and "step 0" in loud[0]
+    assert _same_weights(full / "generator.pt", part / "generator.pt")
+    assert list(pd.read_csv(part / "train_log.csv")["step"]) == [2, 4, 6]
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["device-recorded", "old-format"])
+def test_checkpoint_from_another_device_type_resumes_with_a_warning(tmp_path, tiny_patches,
+                                                                    caplog, recorded):
+    """A checkpoint written on CUDA (Philox generator state: 16 bytes, CUDA RNG states) resumes
+    on the CPU: the generator is reseeded from (seed, step) with a warning, deterministically."""
+    part, _ = _train(tmp_path, tiny_patches, "x", _max=3)
+    path = list_checkpoints(next((part / "ckpt").iterdir()))[-1][1]
+    ck = torch.load(path, weights_only=True)
+    ck["rng"]["gen"] = torch.zeros(16, dtype=torch.uint8)
+    ck["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8)]
+    if recorded:
+        ck["device"], ck["rng"]["devices"] = "cuda", {"gen": "cuda"}
+    else:
+        del ck["device"], ck["rng"]["devices"]
+    torch.save(ck, path)
+    shutil.copytree(part / "ckpt", tmp_path / "y" / "ckpt")
+    with caplog.at_level(logging.WARNING):
+        _train(tmp_path, tiny_patches, "x")
+    assert "resuming" in caplog.text and "generator 'gen' could not be restored" in caplog.text
+    assert "reseeded deterministically from (seed 4, step 3)" in caplog.text
+    _train(tmp_path, tiny_patches, "y")
+    assert _same_weights(part / "generator.pt", tmp_path / "y" / "generator.pt")
+    ref, _ = _train(tmp_path, tiny_patches, "ref")
+    assert not _same_weights(part / "generator.pt", ref / "generator.pt")
+
+
+@pytest.mark.parametrize("var", ["SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "CUDA_VISIBLE_DEVICES"])
+def test_gpu_job_without_cuda_is_refused(tmp_path, tiny_patches, monkeypatch, var):
+    for v in ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "CUDA_VISIBLE_DEVICES"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setenv(var, "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(training.DeviceError) as exc:
+        _train(tmp_path, tiny_patches, "auto", device="auto")
+    msg = str(exc.value)
+    assert f"{var}=0" in msg and "CPU-only build" in msg and "gan.device: cpu" in msg
+    assert not (tmp_path / "auto").exists()  # refused before anything was written
+    _, s = _train(tmp_path, tiny_patches, "cpu", device="cpu", _max=1)  # explicit cpu: fine
+    assert s["steps"] == 1
+
+
+def test_plain_cpu_run_with_device_auto_works(tmp_path, tiny_patches, monkeypatch, caplog):
+    for v in ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with caplog.at_level(logging.INFO):
+        _, s = _train(tmp_path, tiny_patches, "auto", device="auto", _max=1)
+    assert s["steps"] == 1 and "gan.device: running on cpu (1 threads" in caplog.text
+
+
+@pytest.mark.parametrize("err", [RuntimeError("[enforce fail at inline_container.cc:672] . "
+                                              "unexpected pos 576 vs 534"),
+                                 OSError(errno.ENOSPC, "No space left on device")])
+def test_disk_full_while_checkpointing_is_named(tmp_path, tiny_patches, monkeypatch, err):
+    def full(obj, f, *a, **k):
+        raise err
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(DiskFullError) as exc:
+        _train(tmp_path, tiny_patches, "full", arch="paper")
+    folder = next((tmp_path / "full" / "ckpt").iterdir())
+    assert f"no space left on {folder} while writing step_00000003.pt" in str(exc.value)
+    assert not list(folder.glob(".*.tmp")) and not list_checkpoints(folder)
+    monkeypatch.undo()  # space freed: the rerun trains (the lock was released)
+    _, s = _train(tmp_path, tiny_patches, "full", arch="paper")
+    assert s["steps"] == 6
 
 
 # --------------------------------------------------------------------------------------------

@@ -108,7 +108,7 @@ def test_server_config_builds_jsoc_urls():
 
 
 def test_recordset_and_names_follow_jsoc(shared_data):
-    cfg = jsoc.JsocConfig()
+    cfg = jsoc.JsocConfig.from_mapping(dict())
     assert jsoc.query_recordset(cfg) == (
         "hmi.sharp_cea_720s[][2010.05.01_00:00:00_TAI-2010.06.01_00:00:00_TAI@8h]"
     )
@@ -133,22 +133,22 @@ def test_filter_records_quality_longitude_noaa_and_limit():
             "lon_fwt": [10.0, -60.0, 5.0, 0.0, 61.0, 0.0, float("nan")],
         }
     )
-    cfg = jsoc.JsocConfig()
+    cfg = jsoc.JsocConfig.from_mapping(dict())
     out = jsoc.filter_records(df, cfg)
     # 5@00 bad QUALITY, 9 no NOAA, 11 at the limb, 12 no QUALITY, 13 no LON_FWT
     assert list(zip(out.harpnum, out.t_rec)) == [(5, "2010.05.01_08:00:00_TAI"), (7, "2010.05.01_08:00:00_TAI")]
     # a mask that allows bit 0x400 keeps 5@00; not requiring NOAA keeps 9
-    out = jsoc.filter_records(df, jsoc.JsocConfig(quality_mask=0x400, require_noaa=False))
+    out = jsoc.filter_records(df, jsoc.JsocConfig.from_mapping(dict(quality_mask=0x400, require_noaa=False)))
     assert list(out.harpnum) == [5, 5, 7, 9]
     assert list(out.quality) == [0x400, 0, 0, 0]
-    out = jsoc.filter_records(df, jsoc.JsocConfig(quality_mask=0x400, require_noaa=False, max_records=2))
+    out = jsoc.filter_records(df, jsoc.JsocConfig.from_mapping(dict(quality_mask=0x400, require_noaa=False, max_records=2)))
     assert list(zip(out.harpnum, out.t_rec)) == [(5, "2010.05.01_00:00:00_TAI"), (5, "2010.05.01_08:00:00_TAI")]
 
 
 def test_config_rejects_unknown_keys_and_hides_email():
     with pytest.raises(jsoc.JsocError, match="unknown data.jsoc config key"):
         jsoc.JsocConfig.from_mapping({"servr": "x"})
-    assert_no_email(repr(jsoc.JsocConfig(email=REGISTERED_EMAIL)), "JsocConfig repr")
+    assert_no_email(repr(jsoc.JsocConfig.from_mapping(dict(email=REGISTERED_EMAIL))), "JsocConfig repr")
 
 
 def test_redact_removes_every_url_form():

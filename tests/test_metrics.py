@@ -29,11 +29,17 @@ def _inputs(params=P7):
                                                 "held": {"tuf": {"conditional": 0.1, "unconditional": 0.8,
                                                                  "reduction": 0.875}}}}}
     calibration = {"directions": {"tuf": {"r2": 0.9}},
-                   "evaluation": {"tuf": {"median_rel_error": 0.04, "p90_rel_error": 0.1},
-                                  "r_value|tuf": {"median_rel_error": float("nan")}}}
-    corr = {m: {p: {"pearson": 0.5, "spearman": 0.6, "n": 10} for p in P7}
+                   "evaluation": {"tuf": {"median_rel_error_calibrated_step": 0.04, "median_rel_error": 0.01,
+                                          "p90_rel_error": 0.1, "refusal_rate": 0.25},
+                                  "r_value|tuf": {"median_rel_error_calibrated_step": float("nan"),
+                                                  "median_rel_error": float("nan"), "refusal_rate": 0.5}}}
+    corr = {m: {p: {"pearson": 0.5, "spearman": 0.6, "n": 10, "pearson_raw": 0.4} for p in P7}
             for m in ("simsiam", "params_euclidean", "params_mahalanobis", "random")}
-    retrieval = {"generated": {"correlations": corr}, "real": {"correlations": corr},
+    for m in corr:
+        corr[m]["r_value"].update(pearson_all=0.3, zero_agreement=0.9)
+    retrieval = {"generated": {"correlations": corr, "database_split": "heldout"},
+                 "generated_all": {"correlations": corr, "database_split": "all"},
+                 "real": {"correlations": corr, "database_split": "val"},
                  "self_retrieval": {"simsiam": {"top1": 0.5, "top5": 0.8}, "database_split": "all"}}
     ssl_log = pd.DataFrame({"epoch": [0, 1], "loss": [-0.5, -0.9], "monitor_std": [0.1, 0.2],
                             "monitor_effective_rank": [3.0, 9.0]})
@@ -51,13 +57,22 @@ def test_full_metrics_validate_and_hold_the_headline_numbers():
     assert m["svm"]["accuracy"]["r_value"] == 0.9 and "_normal_cosines" not in m["svm"]["accuracy"]
     assert m["traversal"]["spearman"]["r_value|tuf"] == 0.9
     assert m["traversal"]["held_entanglement"]["r_value|tuf:tuf"]["reduction"] == 0.875
+    # the calibrated step alone is the headline; re-measured error and refusals under their own keys
     assert m["calibration"]["median_rel_error"] == {"tuf": 0.04, "r_value|tuf": None}  # NaN -> null
-    assert set(m["retrieval"]) == {"simsiam", "physical_euclidean", "physical_mahalanobis", "random"}
-    assert m["retrieval"]["physical_mahalanobis"]["spearman"]["psep"] == 0.6
+    assert m["calibration"]["median_rel_error_refined"]["tuf"] == 0.01
+    assert m["calibration"]["refusal_rate"] == {"tuf": 0.25, "r_value|tuf": 0.5}
+    assert set(m["retrieval"]) == {"database", "simsiam", "oracle_physical_euclidean",
+                                   "oracle_physical_mahalanobis", "random", "all_database"}
+    assert m["retrieval"]["database"] == "heldout" and m["retrieval_real"]["database"] == "val"
+    assert m["retrieval"]["oracle_physical_mahalanobis"]["spearman"]["psep"] == 0.6
+    assert m["retrieval"]["simsiam"]["pearson_raw"]["tuf"] == 0.4
+    assert m["retrieval"]["simsiam"]["r_value_zero_agreement"] == 0.9
+    assert m["retrieval"]["simsiam"]["r_value_pearson_all"] == 0.3
     assert m["self_retrieval"] == {"simsiam": {"top1": 0.5, "top5": 0.8}}
     assert m["ssl"]["monitor_effective_rank"] == 9.0
     assert m["timing"] == {"train_gan": 12.5, "fig_samples": 1.0} and m["timing_total_s"] == 13.5
     assert M.null_keys(m) == ["calibration.median_rel_error.r_value|tuf",
+                              "calibration.median_rel_error_refined.r_value|tuf",
                               "calibration.p90_rel_error.r_value|tuf"]
     json.dumps(m, allow_nan=False)  # plain JSON
 
@@ -65,6 +80,7 @@ def test_full_metrics_validate_and_hold_the_headline_numbers():
 @pytest.mark.parametrize("drop, message", [
     (("gan", "ks", "psep_robust"), "'psep_robust' is a required property"),
     (("retrieval", "random"), "'random' is a required property"),
+    (("retrieval", "simsiam", "pearson_raw"), "'pearson_raw' is a required property"),
     (("data", "n_patches", "val"), "'val' is a required property"),
     (("timing",), "'timing' is a required property"),
 ])

@@ -9,8 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sharpgen.store import PatchStore
+
+from sharpgen import data as D
 from sharpgen import patches as P
 from sharpgen import synthetic
+from sharpgen.config import SPLIT_DEFAULTS, split_fractions
 from sharpgen.physics import PARAMETER_NAMES, compute_parameters
 from sharpgen.sharp_io import read_sharp
 
@@ -36,15 +40,7 @@ def syn_records(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def local_records(shared_data):
-    return P.local_manifest(str(shared_data / "sharp" / "hmi.sharp_cea_720s.*.Br.fits"))
-
-
-def test_local_manifest(local_records, tmp_path):
-    assert len(local_records) == 3
-    assert sorted(local_records.harpnum) == [377, 6060, 6060]
-    assert "2015.10.30_00:12:00_TAI" in set(local_records.t_rec)
-    with pytest.raises(FileNotFoundError, match="matches no SHARP Br FITS"):
-        P.local_manifest(str(tmp_path / "nothing.*.Br.fits"))
+    return D.local_manifest(str(shared_data / "sharp" / "hmi.sharp_cea_720s.*.Br.fits"))
 
 
 @pytest.mark.parametrize("mode", ["crop", "resize"])
@@ -52,7 +48,7 @@ def test_real_records_both_modes(tmp_path, local_records, mode):
     cfg = {**CFG, "mode": mode, "size": 128, "bin": 2}
     d, summary = _run(tmp_path, local_records, cfg)
     assert summary["n_patches"] == 3 and summary["n_skipped"] == 0
-    arr, attrs, scale = P.load_patches(d / "patches.zarr")
+    arr, attrs, scale = _load(d / "patches.zarr")
     table = pd.read_parquet(d / "patches.parquet")
     assert arr.shape == (3, 128, 128) and arr.dtype == np.float32
     assert np.abs(arr).max() <= 1.0 and np.isfinite(arr).all()
@@ -87,14 +83,14 @@ def test_real_records_both_modes(tmp_path, local_records, mode):
     # table parameters are those of clip_gauss * stored patch at the stored scale
     params = compute_parameters(1000.0 * arr.astype(np.float64), scale)
     np.testing.assert_allclose(table["tuf"], params["tuf"], rtol=1e-9)
-    assert P.patch_scale(attrs).size_mm == pytest.approx(float(np.median(scale.size_mm)))
+    assert PatchStore.open(d / "patches.zarr").nominal_scale.size_mm == pytest.approx(float(np.median(scale.size_mm)))
     # the bipolar 377 patch carries most of the region's flux, and both polarities
     assert r377.tpf > 0 and r377.tnf > 0 and r377.psep > 10
 
 
 def test_any_power_of_two_size(tmp_path, syn_records):
     d, summary = _run(tmp_path, syn_records, {**CFG, "size": 32, "bin": 8})
-    arr, attrs, scale = P.load_patches(d / "patches.zarr")
+    arr, attrs, scale = _load(d / "patches.zarr")
     assert arr.shape == (16, 32, 32)
     assert summary["splits"]["train"]["patches"] + summary["splits"]["val"]["patches"] + \
         summary["splits"]["test"]["patches"] == 16
@@ -103,8 +99,8 @@ def test_any_power_of_two_size(tmp_path, syn_records):
 def test_outputs_are_reproducible(tmp_path, syn_records):
     d1, _ = _run(tmp_path, syn_records, CFG, "a")
     d2, _ = _run(tmp_path, syn_records, CFG, "b")
-    a1, _, _ = P.load_patches(d1 / "patches.zarr")
-    a2, _, _ = P.load_patches(d2 / "patches.zarr")
+    a1, _, _ = _load(d1 / "patches.zarr")
+    a2, _, _ = _load(d2 / "patches.zarr")
     assert np.array_equal(a1, a2)
     pd.testing.assert_frame_equal(pd.read_parquet(d1 / "patches.parquet"), pd.read_parquet(d2 / "patches.parquet"))
 
@@ -168,6 +164,13 @@ def _bad_inputs(tmp_path, syn_records):
     hdr = rec.header
     paths = {}
 
+    def named(harpnum):
+        """The good record's header with the identity of the file name it is written under."""
+        h = hdr.copy()
+        h["HARPNUM"] = harpnum
+        h["T_REC"] = "2012.01.01_00:00:00_TAI"
+        return h
+
     def put(name, data: bytes):
         p = d / name
         p.write_bytes(data)
@@ -185,20 +188,25 @@ def _bad_inputs(tmp_path, syn_records):
     paths["missing"] = str(d / "hmi.sharp_cea_720s.9006.20120101_000000_TAI.Br.fits")
     nan = np.full(rec.data.shape, np.nan)
     p = d / "hmi.sharp_cea_720s.9007.20120101_000000_TAI.Br.fits"
-    synthetic.write_sharp_fits(p, nan, hdr.copy())
+    synthetic.write_sharp_fits(p, nan, named(9007))
     paths["all_nan"] = str(p)
     holes = rec.data.astype(np.float64).copy()
     holes[:, : int(0.8 * holes.shape[1])] = np.nan
     p = d / "hmi.sharp_cea_720s.9008.20120101_000000_TAI.Br.fits"
-    synthetic.write_sharp_fits(p, holes, hdr.copy())
+    synthetic.write_sharp_fits(p, holes, named(9008))
     paths["nan_fraction"] = str(p)
-    hq = hdr.copy()
+    hq = named(9009)
     hq["QUALITY"] = 0x400
     p = d / "hmi.sharp_cea_720s.9009.20120101_000000_TAI.Br.fits"
     synthetic.write_sharp_fits(p, rec.data.astype(np.float64), hq)
     paths["quality"] = str(p)
+    # a good record under another record's name: its header HARPNUM / T_REC contradict the name
+    paths["name_mismatch"] = put("hmi.sharp_cea_720s.9010.20120101_000000_TAI.Br.fits", raw)
     rows = [{"path": g, "source": "synthetic", "harpnum": 1, "t_rec": "x"} for g in good]
     rows += [{"path": p, "source": "local", "harpnum": 9000, "t_rec": "x"} for p in paths.values()]
+    # the first good record listed a second time: one patch only
+    paths["duplicate"] = good[0]
+    rows.append({"path": good[0], "source": "synthetic", "harpnum": 1, "t_rec": "x"})
     return pd.DataFrame(rows), paths, good
 
 
@@ -223,7 +231,7 @@ def test_zero_usable_records_is_an_error_and_leaves_nothing(tmp_path, syn_record
     bad_only = records[~records.path.isin(good)]
     d = tmp_path / "none"
     d.mkdir()
-    with pytest.raises(P.PatchError, match="no usable record among 9"):
+    with pytest.raises(P.PatchError, match="no usable record among 10"):
         P.make_patches(bad_only, CFG, d / "patches.zarr", d / "patches.parquet", d / "s.json", progress=False)
     assert list(d.iterdir()) == []
 
@@ -252,3 +260,91 @@ def test_relative_manifest_paths_resolve_from_root(tmp_path, syn_records):
     rel["path"] = ["recs/" + p.rsplit("/", 1)[1] for p in rel.path]
     arr, table, summary = P.build_patches(rel, P.PatchConfig.from_mapping(CFG), root=root, progress=False)
     assert summary["n_patches"] == 2 and list(table.path) == list(rel.path)
+
+
+def _tiny_record(tmp_path, syn_records, shape=(10, 10)):
+    """A valid Br record of ``shape`` pixels (a corner of a synthetic one, same header)."""
+    src = syn_records.path.iloc[0]
+    rec = read_sharp(src)
+    data = rec.data.astype(np.float64)
+    cy, cx = np.unravel_index(np.nanargmax(np.abs(data)), data.shape)
+    y0, x0 = max(cy - shape[0] // 2, 0), max(cx - shape[1] // 2, 0)
+    small = data[y0:y0 + shape[0], x0:x0 + shape[1]]
+    p = tmp_path / src.rsplit("/", 1)[1]
+    synthetic.write_sharp_fits(p, small, rec.header.copy())
+    return pd.DataFrame([{"path": str(p), "source": "local", "harpnum": rec.harpnum, "t_rec": rec.t_rec}])
+
+
+def test_tiny_record_is_skipped_as_too_small(tmp_path, syn_records, caplog):
+    """Issue 18: a 10x10-pixel record went into the train split with pad_fraction 0.999."""
+    tiny = _tiny_record(tmp_path, syn_records)
+    records = pd.concat([syn_records.iloc[2:4], tiny], ignore_index=True)
+    cfg = {**CFG, "size": 32, "bin": 2}
+    arr, table, summary = P.build_patches(records, P.PatchConfig.from_mapping(cfg), progress=False)
+    assert len(table) == 2 and tiny.path[0] not in set(table.path)
+    assert summary["skipped"]["too_small"] == 1
+    (skip,) = summary["skipped_records"]
+    assert skip["reason"] == "too_small" and skip["path"] == tiny.path[0]
+    assert "pad_fraction 0.976 > max_pad_fraction 0.8" in skip["message"]
+    assert f"skipping record {tiny.path[0]}: too_small" in caplog.text
+    # the bound is the config's: allowing all padding keeps the record
+    arr, table, summary = P.build_patches(records, P.PatchConfig.from_mapping({**cfg, "max_pad_fraction": 1.0}),
+                                          progress=False)
+    assert len(table) == 3 and table.pad_fraction.max() == pytest.approx(1 - 25 / 32**2)
+
+
+def test_default_bound_keeps_every_default_synthetic_record(syn_records):
+    """max_pad_fraction 0.8 sits above the largest padding of the synthetic data set (records
+    of at least 120 x 160 pixels: 0.707 with the default 128 x 128 window at bin 2)."""
+    arr, table, summary = P.build_patches(syn_records, P.PatchConfig.from_mapping(
+        {**CFG, "size": 128, "bin": 2}), progress=False)
+    assert summary["n_skipped"] == 0
+    assert P.PatchConfig.from_mapping({}).max_pad_fraction == 0.8 and table.pad_fraction.max() <= 0.71
+
+
+@pytest.mark.parametrize("split, message", [
+    ({"train": 0.5, "val": 0.5, "test": 0.5}, r"train=0.5, val=0.5, test=0.5\): the fractions sum to 1.5, not 1"),
+    ({"train": 0.0, "val": 0.0, "test": 0.0}, r"train must be > 0"),
+    ({"train": 0.8}, r"train=0.8, val=0.15, test=0.15\): the fractions sum to 1.1"),  # schema defaults filled in
+    ({"train": 1.2, "val": -0.1, "test": -0.1}, r"val=-0.1 is negative; test=-0.1 is negative"),
+])
+def test_bad_split_fractions_fail_before_any_record_is_read(tmp_path, syn_records, monkeypatch, split, message):
+    """Issue 18: 0.5/0.5/0.5 was silently rescaled; all zeros failed only after every record."""
+    def no_read(*a, **k):
+        raise AssertionError("a record was read")
+
+    monkeypatch.setattr(P, "load_record", no_read)
+    with pytest.raises(ValueError, match=message):
+        P.make_patches(syn_records, {**CFG, "split": split}, tmp_path / "z.zarr", tmp_path / "t.parquet",
+                       tmp_path / "s.json", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_split_fractions_within_tolerance_pass():
+    # within 1e-6 the fractions are taken as given (never rescaled); beyond, an error
+    assert split_fractions({"train": 0.6, "val": 0.2, "test": 0.2 + 5e-7}) == \
+        {"train": 0.6, "val": 0.2, "test": 0.2 + 5e-7}
+    with pytest.raises(ValueError, match="sum to 1.000002"):
+        split_fractions({"train": 0.6, "val": 0.2, "test": 0.2 + 2e-6})
+    assert split_fractions(None) == SPLIT_DEFAULTS
+    assert split_fractions({"train": 1, "val": 0, "test": 0}) == {"train": 1.0, "val": 0.0, "test": 0.0}
+
+
+def test_limb_record_mostly_nan_is_skipped_in_crop_mode(shared_data):
+    """HARP 1422 (LON_FWT 82 deg) is 46 % NaN; its crop window around the flux centre has none,
+    but the record is still refused: the NaN bound applies to the record in both modes."""
+    path = shared_data / "sharp_real" / "hmi.sharp_cea_720s.1422.20120306_142400_TAI.Br.fits"
+    records = pd.DataFrame([{"path": str(path), "source": "local", "harpnum": 1422,
+                             "t_rec": "2012.03.06_14:24:00_TAI"}])
+    for cfg in ({**CFG, "size": 128, "bin": 2}, {**CFG, "mode": "resize"}):
+        with pytest.raises(P.PatchError, match="nan_fraction: 1"):
+            P.build_patches(records, P.PatchConfig.from_mapping(cfg), progress=False)
+    arr, table, summary = P.build_patches(records, P.PatchConfig.from_mapping(
+        {**CFG, "size": 128, "bin": 2, "max_nan_fraction": 0.5}), progress=False)
+    assert table.nan_fraction[0] == 0.0  # the window itself has no NaN
+
+
+def _load(path):
+    """(patches (N, S, S) float32, attrs, per-patch PixelScale) through the one store reader."""
+    st = PatchStore.open(path)
+    return st.read(), st.attrs, st.scale()

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sharpgen import physics
+from sharpgen import physics, physics_reference, rvalue
 from sharpgen.physics import PARAMETER_NAMES, PARAMETERS, PixelScale, compute_parameters
 
 UNIT = PixelScale(size_mm=1.0, area_cm2=1.0, size_arcsec=2.0)  # 1 px = 1 Mm, area 1, no R binning
@@ -141,27 +141,94 @@ def test_r_value_zero_without_inversion_line_and_positive_with():
     assert r_far == 0.0
 
 
-def test_r_value_binning_follows_arcsec_scale():
-    assert physics.r_value_scale(0.5087) == 4  # native HMI CEA pixel
+def test_r_value_subsampling_step_follows_arcsec_scale():
+    assert physics.r_value_scale(0.5087) == 4  # native HMI CEA pixel: round(3.93)
     assert physics.r_value_scale(1.02) == 2
     assert physics.r_value_scale(4.07) == 1  # never below one pixel
-    # computeR's shifted 3x3 box: offsets 0 for even binned sizes, 0/1 for odd (Python rounding)
-    assert physics._computeR_offsets(94, 186) == (0, 0)
-    assert physics._computeR_offsets(95, 53) == (1, 0)  # round(47.5)=48 vs 47; round(26.5)=26
+    # JSOC's C round(): half away from zero (Python's round(2.5) would give 2)
+    assert physics.r_value_scale(0.8) == 3
+    assert physics.r_value_scale(2.0 / 3.5) == 4
+    assert list(physics.r_value_scale(np.array([0.5087, 0.8, 1.02]))) == [4, 3, 2]
 
 
-@pytest.mark.parametrize("shape", [(64, 64), (95, 53), (94, 187), (7, 5), (32, 33)])
-def test_computeR_dilation_matches_full_size_kernel(shape, rng):
-    """computeR convolves with a full-size kernel holding a 3x3 box at round(n/2); ours is exact."""
-    from scipy import ndimage
+def test_r_value_subsample_is_point_sampling():
+    """fsample: pixel (j*s, i*s) of each map, a partial block at the end dropped, no mean."""
+    b = np.arange(2 * 11 * 14, dtype=float).reshape(2, 11, 14)
+    sub = rvalue._r_value_subsample(b, 4)
+    assert sub.shape == (2, 2, 3)
+    np.testing.assert_array_equal(sub, b[:, [0, 4]][:, :, [0, 4, 8]])
+    assert rvalue._r_value_subsample(b, 1) is not None and rvalue._r_value_subsample(b, 1).shape == b.shape
+    # strong opposite polarities only on pixels the sampling skips: no inversion line at all
+    m = np.zeros((64, 64))
+    m[20:40, 30] = 800.0
+    m[20:40, 31] = -800.0
+    sc4 = PixelScale(size_mm=1.0, area_cm2=1.0, size_arcsec=0.5)  # step 4: columns 0, 4, ..., 28, 32
+    assert physics.r_value(m, sc4)[0] == 0.0
+    m2 = np.zeros((64, 64))
+    m2[20:40, 28] = 800.0  # sampled columns 28 and 32: adjacent after sub-sampling
+    m2[20:40, 32] = -800.0
+    assert physics.r_value(m2, sc4)[0] > 2.5
 
+
+@pytest.mark.parametrize("shape", [(64, 64), (9, 7), (3, 3), (2, 5), (1, 1), (32, 33)])
+def test_r_value_boxcar_matches_c_loops(shape, rng):
+    """computeR's boxcar (fresize, hwidth 1): mean of the 3x3 box where the box fits in the map,
+    fill value 0 on the 1-pixel border; ``> 0`` of it, written as plain loops."""
     ny, nx = shape
     m = rng.random((2, ny, nx)) > 0.8
-    full = np.zeros((ny, nx))
-    full[round(ny / 2) : round(ny / 2) + 3, round(nx / 2) : round(nx / 2) + 3] = 0.1111
-    got = physics._computeR_dilate(m, *physics._computeR_offsets(ny, nx))
-    for i in range(2):
-        assert np.array_equal(got[i], ndimage.convolve(m[i].astype(float), full) > 0)
+    got = rvalue._r_value_box_any(m)
+    for k in range(2):
+        want = np.zeros((ny, nx), dtype=bool)
+        for j in range(1, ny - 1):
+            for i in range(1, nx - 1):
+                want[j, i] = m[k, j - 1 : j + 2, i - 1 : i + 2].sum() / 9.0 > 0.0
+        assert np.array_equal(got[k], want)
+
+
+def test_r_value_gaussian_is_jsoc_kernel_with_zero_padding():
+    k = rvalue._r_value_kernel()
+    assert k.shape == (41,) and k.sum() == pytest.approx(1.0, abs=1e-15)
+    x = np.arange(-20, 21)
+    want = np.exp(-0.5 * (x * 2.3548 / 10.0) ** 2)
+    np.testing.assert_allclose(k, want / want.sum(), rtol=1e-14)
+    # the matrix applies the kernel to the map zero-padded by 20, as computeR does
+    rng = np.random.default_rng(1)
+    v = rng.random(57)
+    pad = np.concatenate([np.zeros(20), v, np.zeros(20)])
+    conv = np.array([np.dot(k, pad[i : i + 41]) for i in range(57)])
+    np.testing.assert_allclose(rvalue._r_value_gauss_matrix(57) @ v, conv, rtol=1e-13)
+
+
+def _r_expected(sources, p1_pixels):
+    """Known answer: sum over the inversion-line pixels of the Gaussian weight of each source
+    pixel (zero padding) times its truncated |B|."""
+    k = rvalue._r_value_kernel()
+    total = 0.0
+    for r, c in p1_pixels:
+        for y, x, v in sources:
+            if abs(y - r) <= 20 and abs(x - c) <= 20:
+                total += k[y - r + 20] * k[x - c + 20] * math.trunc(abs(v))
+    return math.log10(total)
+
+
+def test_r_value_known_answer_interior_and_border():
+    """Two opposite pixels: the 3x3 boxes overlap on a 3x2 (interior) resp. 1x2 (map border,
+    fresize leaves the outer row 0) inversion line; |B| is truncated to whole Gauss (C abs())."""
+    b = np.zeros((32, 32))
+    b[10, 10], b[10, 11] = 200.7, -300.9
+    b[25, 3] = np.nan  # NaN pixels are skipped
+    p1 = [(r, c) for r in (9, 10, 11) for c in (10, 11)]
+    want = _r_expected([(10, 10, 200.7), (10, 11, -300.9)], p1)
+    assert physics.r_value(b, UNIT)[0] == pytest.approx(want, abs=1e-12)
+    assert compute_parameters(b, UNIT).r_value[0] == pytest.approx(want, abs=1e-12)
+    e = np.zeros((32, 32))
+    e[0, 5], e[0, 6] = 200.0, -300.0
+    want_e = _r_expected([(0, 5, 200.0), (0, 6, -300.0)], [(1, 5), (1, 6)])
+    assert physics.r_value(e, UNIT)[0] == pytest.approx(want_e, abs=1e-12)
+    # a map of two rows has no pixel whose whole 3x3 box fits: no inversion line at all
+    thin = np.array([[500.0, -500.0, 500.0, -500.0]] * 2)
+    assert physics.r_value(thin, UNIT)[0] == 0.0
+    assert physics.r_value(np.vstack([thin, thin[:1]]), UNIT)[0] > 1.5  # 3 rows: row 1 counts
 
 
 def test_filter_matrices_equal_scipy_filters(rng):
@@ -180,7 +247,7 @@ def test_batch_equals_single_and_reference(rng):
     maps[2, :5, :5] = np.nan
     batch = compute_parameters(maps, UNIT)
     singles = pd.concat([compute_parameters(m, UNIT) for m in maps], ignore_index=True)
-    ref = physics.compute_parameters_reference(maps, UNIT)
+    ref = physics_reference.compute_parameters_reference(maps, UNIT)
     pd.testing.assert_frame_equal(batch, singles, rtol=1e-12)
     pd.testing.assert_frame_equal(batch, ref, rtol=1e-9)
 
@@ -263,7 +330,7 @@ def test_mixed_scales_nan_and_mask_match_reference(rng):
     scale = PixelScale(size_mm=size_mm, area_cm2=(size_mm * 1e8) ** 2, size_arcsec=size_mm / 0.7245)
     for m in (None, mask):
         fast = compute_parameters(maps, scale, mask=m)
-        ref = physics.compute_parameters_reference(maps, scale, mask=m)
+        ref = physics_reference.compute_parameters_reference(maps, scale, mask=m)
         pd.testing.assert_frame_equal(fast, ref, rtol=1e-9)
     assert fast.iloc[7].isna().all()
 
@@ -302,7 +369,7 @@ def test_block_boundaries_do_not_change_results(rng, monkeypatch):
     for m in (None, mask):
         pd.testing.assert_frame_equal(
             compute_parameters(maps, scale, mask=m),
-            physics.compute_parameters_reference(maps, scale, mask=m),
+            physics_reference.compute_parameters_reference(maps, scale, mask=m),
             rtol=1e-9,
         )
 

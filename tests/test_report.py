@@ -10,8 +10,15 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from sharpgen import metrics as M
-from sharpgen import report as R
+import types
+
+from sharpgen import imagestats as M
+from sharpgen import report
+from sharpgen.report import data_gan, directions, retrieval, style, training
+
+# every public name of the report modules, as one namespace
+R = types.SimpleNamespace(**{k: v for m in (style, data_gan, directions, retrieval, training)
+                             for k, v in vars(m).items() if not k.startswith("_")})
 
 S = 32
 N_REAL = 24
@@ -174,11 +181,11 @@ def test_traversals_and_retrieval_examples_layout(rng):
     fig = R.fig_traversals(strips)
     assert sum(len(ax.get_images()) for ax in fig.axes) == 10
     assert [ax.get_xlabel() for ax in fig.axes[:5]] == [f"v{i}" for i in range(5)]
-    fig = R.fig_retrieval_examples(imgs[:2], {"simsiam": imgs[2:4], "physical_euclidean": imgs[3:5]},
+    fig = R.fig_retrieval_examples(imgs[:2], {"simsiam": imgs[2:4], "oracle_physical_euclidean": imgs[3:5]},
                                    {"simsiam": ["HARP 1\nt", "HARP 2\nt"],
-                                    "physical_euclidean": ["HARP 3\nt", "HARP 4\nt"]})
+                                    "oracle_physical_euclidean": ["HARP 3\nt", "HARP 4\nt"]})
     titles = [ax.get_title() for ax in fig.axes]
-    assert "SimSiam" in titles and "physical (Euclidean)" in titles
+    assert "SimSiam" in titles and "oracle: physical (Euclidean)" in titles
 
 
 def test_training_curves_skip_absent_columns():
@@ -198,9 +205,12 @@ def tree(tmp_path_factory):
     torch = pytest.importorskip("torch")
 
     from sharpgen import directions as dr
-    from sharpgen import gan, patches, retrieval, sampling
+    from sharpgen import gan, patches, sampling
+    from sharpgen import retrieval as retr
     from sharpgen.atomic import write_json, write_parquet
+    from sharpgen.measure import MeasurementContext, generate_and_measure, make_renderer
     from sharpgen.physics import PixelScale, compute_parameters
+    from sharpgen.store import PatchStore
 
     root = tmp_path_factory.mktemp("results")
     rng = np.random.default_rng(7)
@@ -214,7 +224,7 @@ def tree(tmp_path_factory):
         "split": np.array(["train", "val", "test"])[np.arange(N_REAL) % 3],
         "pixel_size_mm": scale.size_mm, "pixel_area_cm2": scale.area_cm2,
         "pixel_size_arcsec": scale.size_arcsec}), params], axis=1)
-    pcfg = patches.PatchConfig(mode="crop", size=S, bin=8, clip_gauss=clip)
+    pcfg = patches.PatchConfig.from_mapping(dict(mode="crop", size=S, bin=8, clip_gauss=clip))
     patches.write_store(root / "patches.zarr", real, table, patches.store_attrs(pcfg, table, "test"))
     write_parquet(root / "patches.parquet", table)
 
@@ -224,7 +234,8 @@ def tree(tmp_path_factory):
                root / "generator.pt")
     G = gan.load_generator(root / "generator.pt")
     z = sampling.draw_latents(N_GEN, 100, seed=1)
-    images, gparams = sampling.sample(G, z, scale, clip)
+    ctx = MeasurementContext.from_store(PatchStore.open(root / "patches.zarr"))
+    images, gparams = generate_and_measure(G, z, ctx)
     # the random generator is nearly uniform: add the latent's first coordinate to make the
     # parameters vary with z so boundaries and traversals are meaningful
     images = np.clip(images + 0.3 * z[:, :1, None] * _bipoles(rng, N_GEN)[:, :, :] / 900, -1, 1)
@@ -244,17 +255,20 @@ def tree(tmp_path_factory):
     write_json(root / "boundaries.json", {"parameters": summary, "n_samples": N_GEN,
                                           "classifier": "linear_svc", "labels": "median"})
     normals = dr.load_boundaries(root / "boundaries.npz")
-    specs = dr.direction_specs(dcfg)
+    specs = dr.direction_specs(dcfg["parameters"], dcfg["conditional"])
     vectors = {s.key: s.vector(normals) for s in specs}
-    ctx = dr.measurement_context(root / "patches.zarr")
-    render = dr.make_renderer(G, ctx, dcfg["parameters"])
+    render = make_renderer(G, ctx, dcfg["parameters"])
     trav = dr.traverse(render, rng.normal(size=(3, 100)), vectors, dr.eps_grid(2.0, 5))
     write_parquet(root / "traversals.parquet", trav)
     std = {p: 1.0 for p in dcfg["parameters"]}
     tm = dr.traversal_metrics(trav, dcfg["parameters"], std)
     write_json(root / "traversal_metrics.json", {"directions": tm, "std_fit_space": std,
                                                  "eps": dr.eps_grid(2.0, 5).tolist()})
-    cal = dr.build_calibration(trav, {**dcfg, "calibration": {"n_bootstrap": 5}}, ctx)
+    strips = dr.make_strips(G, dr.load_direction_field(root / "boundaries.npz"), ctx, ["tuf", "tuf|tpf"],
+                            seed=0, n_steps=3, eps_max=2.0)
+    with open(root / "strips.npz", "wb") as fh:
+        np.savez(fh, **strips)
+    cal = dr.build_calibration(trav, {**dcfg, "calibration": {"n_bootstrap": 5}}, ctx.to_dict())
     cal["evaluation"] = {k: {"median_rel_error": 0.05, "p90_rel_error": 0.2} for k in cal["directions"]}
     write_json(root / "calibration.json", cal)
 
@@ -263,11 +277,16 @@ def tree(tmp_path_factory):
     q = lat.iloc[:6].reset_index(drop=True)
     for i, method in enumerate(("simsiam", "params_euclidean", "params_mahalanobis", "random")):
         rows = (np.arange(6) * (i + 1)) % N_REAL
-        frames.append(retrieval.match_table("generated", method, q["sample"].to_numpy(), q, rows,
+        frames.append(retr.match_table("generated", method, q["sample"].to_numpy(), q, rows,
                                             np.zeros(6), table))
-        corr[method] = retrieval.correlations(q, table.iloc[rows].reset_index(drop=True))
+        corr[method] = retr.correlations(q, table.iloc[rows].reset_index(drop=True))
     write_parquet(root / "matches.parquet", pd.concat(frames, ignore_index=True))
-    write_json(root / "evaluation.json", {"generated": {"correlations": corr}})
+    from sharpgen.memorisation import memorisation_check
+
+    tr_rows = np.flatnonzero(table["split"] == "train")
+    held = np.flatnonzero(table["split"] != "train")
+    mem = memorisation_check(images[:10], np.arange(10), real[tr_rows], tr_rows, real[held], clip_gauss=clip, n_pairs=3)
+    write_json(root / "evaluation.json", {"generated": {"correlations": corr}, "memorisation": mem})
 
     pd.DataFrame({"step": np.arange(0, 60, 2), "d_loss": rng.random(30), "g_loss": rng.random(30),
                   "d_real": rng.random(30), "d_fake": rng.random(30),
@@ -282,7 +301,6 @@ def tree(tmp_path_factory):
 
 CFG = {"seed": 0, "dpi": 60, "grid": {"rows": 2, "cols": 2}, "realism_images": 12,
        "latent_map": {"parameters": ["tuf"], "max_points": 40, "cols": 4, "rows": 3},
-       "traversal": {"directions": ["tuf", "tuf|tpf"], "n_steps": 3, "eps_max": 2.0},
        "retrieval": {"query_set": "generated", "n_examples": 2}}
 
 
@@ -293,26 +311,27 @@ def _inputs(root):
             "boundaries_json": root / "boundaries.json", "generator": root / "generator.pt",
             "traversal_metrics": root / "traversal_metrics.json",
             "traversals": root / "traversals.parquet", "calibration": root / "calibration.json",
-            "matches": root / "matches.parquet"}
+            "matches": root / "matches.parquet", "strips": root / "strips.npz",
+            "evaluation": root / "evaluation.json"}
 
 
-@pytest.mark.parametrize("name", sorted(set(R.FIGURES) - {"training_gan", "training_ssl"}))
+@pytest.mark.parametrize("name", sorted(set(report.FIGURES) - {"training_gan", "training_ssl"}))
 def test_every_builder_makes_a_figure(tree, name, tmp_path):
     kw = {"param": "tuf"} if name == "latent_map" else {}
-    fig = R.FIGURES[name](_inputs(tree), CFG, **kw)
+    fig = report.build(name, _inputs(tree), CFG, **kw)
     assert isinstance(fig, Figure) and fig.axes
     R.save_figure(fig, tmp_path / f"{name}.png", tmp_path / f"{name}.pdf", dpi=40)
     assert (tmp_path / f"{name}.png").stat().st_size > 1000
 
 
 def test_training_builders(tree):
-    assert R.build_training_gan({"log": tree / "gan_log.csv"}, CFG).axes
-    fig = R.build_training_ssl({"log": tree / "ssl_log.csv"}, CFG)
+    assert report.build("training_gan", {"log": tree / "gan_log.csv"}, CFG).axes
+    fig = report.build("training_ssl", {"log": tree / "ssl_log.csv"}, CFG)
     assert any("effective rank" in ax.get_title() for ax in fig.axes)
 
 
 def test_traversal_annotations_are_measured_values(tree):
-    fig = R.build_traversals(_inputs(tree), CFG)
+    fig = report.build("traversals", _inputs(tree), CFG)
     labels = [ax.get_xlabel() for ax in fig.axes if ax.get_images()]
     assert len(labels) == 6
     assert all(lab.startswith("tuf=") and lab.endswith("Mx") for lab in labels[:3])
@@ -320,7 +339,7 @@ def test_traversal_annotations_are_measured_values(tree):
 
 
 def test_retrieval_examples_label_records(tree):
-    fig = R.build_retrieval_examples(_inputs(tree), CFG)
+    fig = report.build("retrieval_examples", _inputs(tree), CFG)
     labels = [ax.get_xlabel() for ax in fig.axes if ax.get_images()]
     assert sum(lab.startswith("HARP 1") for lab in labels) == 2 * 3  # 2 queries x 3 methods
     assert any(lab.startswith("generated #") for lab in labels)
@@ -328,13 +347,12 @@ def test_retrieval_examples_label_records(tree):
 
 def test_latent_map_unknown_parameter(tree):
     with pytest.raises(ValueError, match="no boundary for parameter 'psep'"):
-        R.build_latent_map(_inputs(tree), CFG, param="psep")
+        report.build("latent_map", _inputs(tree), CFG, param="psep")
 
 
 def test_calibration_curves_start_at_zero(tree):
     cal = json.loads((tree / "calibration.json").read_text())
-    curves = R.calibration_curves(pd.read_parquet(tree / "traversals.parquet"),
-                                  list(cal["directions"]), cal["log_params"])
+    curves = R.calibration_curves(pd.read_parquet(tree / "traversals.parquet"), list(cal["directions"]))
     at0 = curves[np.isclose(curves["eps"], 0)]
     np.testing.assert_allclose(at0["median"], 0)
     assert set(curves["direction"]) == {"tuf", "tpf", "tnf", "tuf (tpf held)"}
@@ -344,11 +362,11 @@ def test_every_figure_rule_has_a_builder_and_a_caption(repo_root):
     import re
 
     smk = (repo_root / "rules" / "report.smk").read_text()
-    block = smk[smk.index("_FIGURES = {"):smk.index("REPORT_FIGURES = []")]
+    block = smk[smk.index("_FIGURES = {"):smk.index("for _name, (_inputs, _category) in _FIGURES.items():")]
     names = re.findall(r'^    "([a-z_]+)": \(', block, flags=re.M)
-    assert set(names) == set(R.FIGURES) - {"latent_map"}
+    assert set(names) == set(report.FIGURES) - {"latent_map"}
     captions = repo_root / "rules" / "report" / "captions"
-    for name in [*R.FIGURES, "pipeline", "metrics"]:
+    for name in [*report.FIGURES, "pipeline", "metrics"]:
         text = (captions / f"{name}.rst").read_text()
         assert len(text.split()) > 30, f"caption of {name} is too short"
 

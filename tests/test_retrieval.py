@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from sharpgen import embed as emb
 from sharpgen import retrieval as rt
 from sharpgen import ssl
 
@@ -92,7 +93,7 @@ def test_param_baselines_and_random():
     eu = np.linalg.norm(dq[:, None] - zs[None], axis=2)
     assert np.array_equal(ie[:, 0], eu.argmin(1))
     table = pd.DataFrame({"tuf": [1e21, 0.0, np.nan], "psep": [1.0, 2.0, 3.0]})
-    feats = rt.baseline_features(table, ("log_tuf", "psep"))
+    feats = rt.baseline_features(table, ("tuf", "psep"))
     assert feats[0, 0] == pytest.approx(21.0) and feats[1, 0] == 0.0 and np.isnan(feats[2, 0])
     with pytest.raises(KeyError, match="r_value"):
         rt.baseline_features(table, ("r_value",))
@@ -149,19 +150,19 @@ def tiny(tmp_path_factory):
     model, _ = ssl.train_simsiam(x[table.split.to_numpy() == "train"], TINY, d / "ck")
     digest = ssl.save_encoder(d / "encoder.pt", model, meta={"size": 32, "clip_gauss": 1000.0, "mode": "crop", "bin": 8})
     enc, _ = ssl.load_encoder(d / "encoder.pt")
-    rt.save_embeddings(d / "emb.npz", ssl.embed(enc, x), np.arange(n), table.split.to_numpy(), digest)
+    emb.save_embeddings(d / "emb.npz", ssl.embed(enc, x), np.arange(n), table.split.to_numpy(), digest)
     return {"dir": d, "x": x, "table": table, "hash": digest}
 
 
 def test_embedding_store_roundtrip_and_hash_check(tiny, tmp_path):
-    st = rt.load_embeddings(tiny["dir"] / "emb.npz", encoder_hash=tiny["hash"])
+    st = emb.load_embeddings(tiny["dir"] / "emb.npz", encoder_hash=tiny["hash"])
     assert st["embeddings"].shape == (40, 8) and st["encoder_hash"] == tiny["hash"]
     assert list(st["split"]) == list(tiny["table"].split)
-    with pytest.raises(rt.EmbeddingStoreError, match="made with encoder"):
-        rt.load_embeddings(tiny["dir"] / "emb.npz", encoder_hash="0" * 16)
+    with pytest.raises(emb.EmbeddingStoreError, match="made with encoder"):
+        emb.load_embeddings(tiny["dir"] / "emb.npz", encoder_hash="0" * 16)
     np.savez(tmp_path / "x.npz", a=np.zeros(3))
-    with pytest.raises(rt.EmbeddingStoreError, match="not a sharpgen embedding store"):
-        rt.load_embeddings(tmp_path / "x.npz")
+    with pytest.raises(emb.EmbeddingStoreError, match="not a sharpgen embedding store"):
+        emb.load_embeddings(tmp_path / "x.npz")
 
 
 def test_run_evaluation_tiny(tiny):
@@ -176,12 +177,30 @@ def test_run_evaluation_tiny(tiny):
     assert res["generated"]["n_queries"] == 10 and res["real"]["n_queries"] == 6
     assert set(res["self_retrieval"]) - {"database_split", "n_queries", "group"} == methods
     assert {"top1", "top5", "top1_same_group", "top5_same_group"} == set(res["self_retrieval"]["simsiam"])
-    assert set(matches["method"]) == methods and len(matches) == 4 * (10 + 6)
+    # generated queries: "all" is the configured database, so no second set; real queries:
+    # train (configured) plus the secondary all-patches database
+    assert set(matches["method"]) == methods and len(matches) == 4 * (10 + 6 + 6)
     assert {"query_tuf", "match_tuf", "match_row", "match_harpnum", "match_t_rec", "query_id"} <= set(matches)
-    real = matches[matches.query_set != "generated"]
-    assert (real.match_split == "train").all()  # real queries search the train split only
+    real = matches[matches.query_set == "real_test_augmented"]
+    assert (real.match_split == "train").all()  # real queries search the configured split only
+    mem = res["memorisation"]
+    assert set(mem) >= {"pixels_gauss", "simsiam_cosine", "closest_pairs", "distances"}
+    assert len(mem["distances"]["pixels_gauss"]["generated"]) == 10
+    assert mem["pixels_gauss"]["median_generated"] > 0 and mem["closest_pairs"][0]["rms_gauss"] == pytest.approx(
+        min(mem["distances"]["pixels_gauss"]["generated"]))
+
+    # the honest protocol: held-out database as the headline, every patch as the secondary key
+    res2, m2 = rt.run_evaluation(d / "encoder.pt", d / "emb.npz", d / "patches.zarr", d / "patches.parquet",
+                                 d / "generated.zarr", d / "latents.parquet",
+                                 {**cfg, "database_split": "heldout", "real_database_split": "val"})
+    assert res2["generated"]["database_split"] == "heldout" and res2["generated_all"]["database_split"] == "all"
+    head = m2[(m2.query_set == "generated")]
+    assert set(head.match_split) <= {"val", "test"}  # never a training patch
+    assert (m2[m2.query_set == "real_test_augmented"].match_split == "val").all()
+    assert set(m2.query_set) == {"generated", "generated_all_database", "real_test_augmented",
+                                 "real_test_augmented_all_database"}
     # the SimSiam match is the cosine top-1 of the stored embeddings
-    st = rt.load_embeddings(d / "emb.npz")
+    st = emb.load_embeddings(d / "emb.npz")
     enc, _ = ssl.load_encoder(d / "encoder.pt")
     import zarr
 
@@ -215,8 +234,8 @@ def test_cli_retrieve(tiny, tmp_path, capsys):
     np.save(tmp_path / "shape.npy", np.zeros((16, 16), np.float32))
     assert main(["retrieve", str(tmp_path / "shape.npy"), *common]) == 2
     assert "expects (32, 32)" in capsys.readouterr().err
-    st = rt.load_embeddings(d / "emb.npz")
-    rt.save_embeddings(tmp_path / "other.npz", st["embeddings"], st["row"], st["split"], "feedfeedfeedfeed")
+    st = emb.load_embeddings(d / "emb.npz")
+    emb.save_embeddings(tmp_path / "other.npz", st["embeddings"], st["row"], st["split"], "feedfeedfeedfeed")
     bad = ["--encoder", str(d / "encoder.pt"), "--embeddings", str(tmp_path / "other.npz"), "--table", str(d / "patches.parquet")]
     assert main(["retrieve", str(tmp_path / "q.npy"), *bad]) == 2
     assert "made with encoder feedfeedfeedfeed" in capsys.readouterr().err

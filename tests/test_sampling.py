@@ -61,8 +61,10 @@ def test_quality_report_identical_and_shifted():
 
 
 def test_power_spectrum_of_white_noise_is_flat():
+    from sharpgen.imagestats import mean_power_spectrum
+
     x = np.random.default_rng(1).standard_normal((64, 32, 32))
-    k, p = sampling.radial_power_spectrum(x)
+    k, p = mean_power_spectrum(x)
     assert k.shape == (16,) and k[-1] == pytest.approx(0.5)
     assert np.allclose(p, 1.0, rtol=0.15)
 
@@ -88,8 +90,9 @@ def test_run_sampling_end_to_end(tmp_path):
     z, table = sampling.read_latents(out / "latents.parquet")
     np.testing.assert_array_equal(z, sampling.draw_latents(20, 100, 2))
     # the stored parameters are those of the stored images at the patch store's pixel scale
-    expect = compute_parameters(images.astype(np.float64) * 1000.0,
-                                sampling.generated_scale(zpath))
+    from sharpgen.store import PatchStore
+
+    expect = compute_parameters(images.astype(np.float64) * 1000.0, PatchStore.open(zpath).nominal_scale)
     for name in ("tuf", "r_value", "psep"):
         np.testing.assert_allclose(table[name].to_numpy(), expect[name].to_numpy(), rtol=1e-6)
     # images regenerate from the stored latents
@@ -98,7 +101,7 @@ def test_run_sampling_end_to_end(tmp_path):
     q = json.loads((out / "quality.json").read_text())
     assert q["real"] == {"split": "train", "n": 8}
     assert q["generated"]["n"] == 20
-    assert set(q["targets"]["wasserstein_norm"]) == {"tuf", "r_value", "r_paper"}
+    assert set(q["targets"]["wasserstein_norm"]) == {"tuf", "psep", "r_value", "r_paper"}
     assert rep["parameters"]["tuf"]["n_gen"] == 20
 
 

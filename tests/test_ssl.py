@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import logging
 import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from sharpgen import ssl
+from sharpgen import ssl, training
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {
     "width": 4, "depth": [1, 1], "proj_hidden": 16, "dim": 8, "pred_hidden": 4,
@@ -71,7 +82,7 @@ def test_loss_symmetric_and_stop_gradient():
 
 def test_augment_shapes_determinism_and_identity():
     x = torch.from_numpy(bipoles(10, 32))[:, None]
-    aug = ssl.AugmentConfig(polarity_flip=True)
+    aug = ssl.AugmentConfig.from_config({"polarity_flip": True})
     a = ssl.augment(x, aug, torch.Generator().manual_seed(1))
     b = ssl.augment(x, aug, torch.Generator().manual_seed(1))
     c = ssl.augment(x, aug, torch.Generator().manual_seed(2))
@@ -88,7 +99,7 @@ def test_augment_shapes_determinism_and_identity():
     sign = torch.sign((v * x).sum(dim=(1, 2, 3)))
     assert torch.allclose(v, sign[:, None, None, None] * x, atol=1e-5) and (sign < 0).any() and (sign > 0).any()
     # pure flips preserve the unsigned flux exactly; blur keeps the shape
-    flips = ssl.AugmentConfig(rotation_deg=0, translate_px=0, zoom=(1, 1), blur_sigma_px=(0, 0))
+    flips = ssl.AugmentConfig.from_config({"rotation_deg": 0, "translate_px": 0, "zoom": (1, 1), "blur_sigma_px": (0, 0)})
     f = ssl.augment(x, flips, torch.Generator().manual_seed(0))
     assert torch.allclose(f.abs().sum(dim=(1, 2, 3)), x.abs().sum(dim=(1, 2, 3)), rtol=1e-4)
     with pytest.raises(ValueError, match=r"\(B, 1, S, S\)"):
@@ -145,12 +156,18 @@ def test_tiny_train_resume_and_encoder_file(tmp_path):
 
     with pytest.raises(Stop):
         ssl.train_simsiam(x, TINY, tmp_path / "b", progress=stop)
-    assert (tmp_path / "b" / "last.pt").exists()
+    assert [s for s, _ in training.list_checkpoints(tmp_path / "b", "epoch")] == [1]
+    assert not (tmp_path / "b.csv").exists()  # published only when the training completes
     resumed, log_res = ssl.train_simsiam(x, TINY, tmp_path / "b", log_csv=tmp_path / "b.csv")
     assert len(log_res) == 2
     pa, pb = _params(full), _params(resumed)
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
-    assert len(list(csv.DictReader(open(tmp_path / "b.csv")))) == 2
+    rows_b = list(csv.DictReader(open(tmp_path / "b.csv")))
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in rows_b] == \
+        [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    assert [s for s, _ in training.list_checkpoints(tmp_path / "b", "epoch")] == [1, 2]
+    ck = torch.load(tmp_path / "b" / "epoch_00000002.pt", weights_only=True)
+    assert ck["epoch"] == 1 and ck["device"] == "cpu" and len(ck["log"]) == 2
 
     # a checkpoint for other data is refused
     with pytest.raises(RuntimeError, match="another data set"):
@@ -158,6 +175,10 @@ def test_tiny_train_resume_and_encoder_file(tmp_path):
 
     # encoder file: weights_only loadable, hash checked, embeddings normalised and deterministic
     digest = ssl.save_encoder(tmp_path / "enc.pt", full, meta={"size": 32})
+    # two runs with the same seed -> byte-identical encoder files
+    assert ssl.save_encoder(tmp_path / "enc_b.pt", resumed, meta={"size": 32}) == digest
+    assert hashlib.sha256((tmp_path / "enc.pt").read_bytes()).digest() == \
+        hashlib.sha256((tmp_path / "enc_b.pt").read_bytes()).digest()
     blob = torch.load(tmp_path / "enc.pt", weights_only=True)
     assert blob["hash"] == digest and blob["meta"]["size"] == 32
     enc, info = ssl.load_encoder(tmp_path / "enc.pt")
@@ -175,3 +196,80 @@ def test_checkpoint_folder_keys():
     assert a == ssl.checkpoint_folder("ck", dict(TINY, device="cuda"), "d1")  # device: same trajectory
     assert a != ssl.checkpoint_folder("ck", dict(TINY, lr=0.1), "d1")
     assert a != ssl.checkpoint_folder("ck", TINY, "d2")
+
+
+_HOLDER = textwrap.dedent("""
+    import sys, time
+    from sharpgen import training
+    with training.folder_lock(sys.argv[1], "SimSiam training"):
+        print("locked", flush=True)
+        time.sleep(120)
+""")
+
+
+def test_checkpoint_folder_held_by_another_process_is_refused(tmp_path):
+    folder = tmp_path / "ck"
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(folder)], cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(training.CheckpointLockError) as exc:
+            ssl.train_simsiam(bipoles(16, 32), TINY, folder, log_csv=tmp_path / "log.csv")
+        assert f"host {socket.gethostname()}, pid {proc.pid}" in str(exc.value)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (tmp_path / "log.csv").exists() and not training.list_checkpoints(folder, "epoch")
+    ssl.train_simsiam(bipoles(16, 32), dict(TINY, epochs=1), folder)  # released with its holder
+
+
+def _count_host_syncs(monkeypatch) -> dict:
+    """Wrap the Tensor methods that copy to the host (a GPU sync) and count their calls."""
+    counts = {}
+    for name in ("item", "tolist", "cpu", "numpy", "__float__"):
+        orig = getattr(torch.Tensor, name)
+
+        def wrapper(self, *a, _orig=orig, _name=name, **k):
+            counts[_name] = counts.get(_name, 0) + 1
+            return _orig(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, wrapper)
+    return counts
+
+
+def test_no_per_step_host_sync(tmp_path, monkeypatch):
+    """The host copies per epoch do not grow with the number of steps (2 vs 6 per epoch): the
+    patches stay on the device and the per-step statistics are fetched once per epoch."""
+    torch.set_num_threads(1)
+    counts = {}
+    for n in (16, 48):
+        x = bipoles(n, 32, seed=1)
+        counts[n] = _count_host_syncs(monkeypatch)
+        ssl.train_simsiam(x, dict(TINY, epochs=1), tmp_path / f"ck{n}")
+        monkeypatch.undo()
+    assert counts[16].get("cpu", 0) >= 1  # the counting works (the per-epoch fetches)
+    assert counts[16] == counts[48], f"host syncs grow with the steps: {counts}"
+
+
+def test_gpu_job_without_cuda_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_STEP_GPUS", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(training.DeviceError, match=r"ssl.device is 'auto'.*SLURM_STEP_GPUS=0"):
+        ssl.train_simsiam(bipoles(16, 32), dict(TINY, device="auto"), tmp_path / "ck")
+    assert not (tmp_path / "ck").exists()
+
+
+def test_checkpoint_from_another_device_type_resumes_with_a_warning(tmp_path, caplog):
+    torch.set_num_threads(1)
+    x = bipoles(16, 32, seed=1)
+    ssl.train_simsiam(x, dict(TINY, epochs=1), tmp_path / "a")
+    path = tmp_path / "a" / "epoch_00000001.pt"
+    ck = torch.load(path, weights_only=True)
+    ck["device"] = "cuda"
+    torch.save(ck, path)
+    (tmp_path / "a" / "train_log.csv").unlink()  # the checkpoint's own log is authoritative
+    with caplog.at_level(logging.WARNING):
+        _, rows = ssl.train_simsiam(x, TINY, tmp_path / "a", log_csv=tmp_path / "a.csv")
+    assert f"resuming {path}, written on cuda, on cpu" in caplog.text
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert [r["epoch"] for r in csv.DictReader(open(tmp_path / "a.csv"))] == ["0", "1"]

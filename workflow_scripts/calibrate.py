@@ -1,6 +1,6 @@
 """Snakemake script for rule calibrate: traversals -> calibration.json (fits + request evaluation)."""
 
-from sharpgen.directions import run_calibrate
+from sharpgen.directions.calibrate import run_calibrate
 from sharpgen.logutil import setup_logging
 
 setup_logging(snakemake.log[0])  # noqa: F821

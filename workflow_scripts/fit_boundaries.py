@@ -1,6 +1,6 @@
 """Snakemake script for rule fit_boundaries: latents.parquet -> boundaries.npz + boundaries.json."""
 
-from sharpgen.directions import run_fit_boundaries
+from sharpgen.directions.boundaries import run_fit_boundaries
 from sharpgen.logutil import setup_logging
 
 setup_logging(snakemake.log[0])  # noqa: F821

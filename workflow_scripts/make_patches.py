@@ -1,7 +1,8 @@
 """Snakemake script for rule make_patches: records.tsv -> patches.zarr, patches.parquet, summary."""
 
+from sharpgen.data import read_manifest
 from sharpgen.logutil import setup_logging
-from sharpgen.patches import make_patches, read_manifest
+from sharpgen.patches import make_patches
 
 setup_logging(snakemake.log[0])  # noqa: F821
 sm = snakemake  # noqa: F821

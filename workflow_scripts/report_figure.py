@@ -6,17 +6,17 @@ the rule (e.g. ``param`` of fig_latent_map) are passed to the builder as keyword
 
 import logging
 
-from sharpgen import report
 from sharpgen.logutil import setup_logging
+from sharpgen.report import build
+from sharpgen.report.style import save_figure
 
 sm = snakemake  # noqa: F821
 setup_logging(sm.log[0])
 log = logging.getLogger("report_figure")
 name = sm.params.figure
-cfg = dict(sm.params.cfg)
 inputs = {k: str(v) for k, v in sm.input.items() if k != "code"}
-kwargs = {k: v for k, v in sm.wildcards.items()}
+kwargs = dict(sm.wildcards.items())
 log.info("figure %s%s from %s", name, f" {kwargs}" if kwargs else "", inputs)
-fig = report.FIGURES[name](inputs, cfg, **kwargs)
-report.save_figure(fig, sm.output.png, sm.output.pdf, dpi=int(cfg.get("dpi", 130)))
+fig = build(name, inputs, sm.params.cfg, **kwargs)
+save_figure(fig, sm.output.png, sm.output.pdf, dpi=int(sm.params.cfg["dpi"]))
 log.info("wrote %s and %s", sm.output.png, sm.output.pdf)

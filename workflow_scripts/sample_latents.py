@@ -9,8 +9,9 @@ run_sampling(
     sm.input.generator,
     sm.input.zarr,
     sm.input.table,
-    {**sm.params.sampling, "threads": sm.threads},
+    sm.params.sampling,
     latents_path=sm.output.latents,
     images_path=sm.output.images,
     quality_path=sm.output.quality,
+    threads=sm.threads,
 )

@@ -1,6 +1,5 @@
 """Snakemake script for rule synthesize: write the synthetic SHARP-like Br records + manifest."""
 
-import shutil
 from pathlib import Path
 
 from sharpgen.atomic import atomic_path

@@ -1,8 +1,8 @@
 """Snakemake script for rule synthetic_realism: figure + numbers comparing synthetic and real records."""
 
 from sharpgen.atomic import write_json
+from sharpgen.data import read_manifest
 from sharpgen.logutil import setup_logging
-from sharpgen.patches import read_manifest
 from sharpgen.realism import realism_figure
 
 setup_logging(snakemake.log[0])  # noqa: F821

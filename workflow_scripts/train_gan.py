@@ -2,7 +2,7 @@
 
 import logging
 
-from sharpgen.gan import GanConfig, read_patch_store, train_gan
+from sharpgen.gan.train import GanConfig, read_patch_store, train_gan
 from sharpgen.logutil import setup_logging
 
 setup_logging(snakemake.log[0])  # noqa: F821

@@ -1,10 +1,11 @@
-"""Snakemake script for rule traverse: generator + boundaries -> traversals.parquet + traversal_metrics.json."""
+"""Snakemake script for rule traverse: generator + boundaries -> traversals.parquet,
+traversal_metrics.json and the report's strips.npz."""
 
-from sharpgen.directions import run_traverse
+from sharpgen.directions.traverse import run_traverse
 from sharpgen.logutil import setup_logging
 
-setup_logging(snakemake.log[0])  # noqa: F821
 sm = snakemake  # noqa: F821
+setup_logging(sm.log[0])
 run_traverse(
     sm.input.generator,
     sm.input.boundaries,
@@ -13,5 +14,6 @@ run_traverse(
     sm.params.directions,
     sm.output.table,
     sm.output.metrics,
+    strips_out=sm.output.strips,
     threads=sm.threads,
 )

@@ -2,17 +2,73 @@
 
 Every writer in sharpgen writes to a temporary sibling and renames it into place; a rename on
 the same file system is atomic on POSIX, so readers see either the old file or the new one.
+A full disk (or exhausted quota) surfaces as :class:`DiskFullError` naming the folder instead
+of a bare ``[Errno 28]`` or torch's ``unexpected pos`` message.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
+
+#: torch's zip writer reports a failed write (e.g. ENOSPC when writing to a path) only as text
+_TORCH_WRITE_FAILED = re.compile(r"unexpected pos|file write failed|PytorchStreamWriter failed")
+
+
+class DiskFullError(OSError):
+    """No space (or quota) left where a file was being written; the message names the folder.
+    ``errno`` is ENOSPC or EDQUOT, ``filename`` the file being written."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+def _free_bytes(folder: Path) -> str:
+    """Free space of the file system holding ``folder``, as text (``?`` if unknown)."""
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:.1f} MiB"
+    except OSError:
+        return "?"
+
+
+def disk_full_error(path: str | os.PathLike, err: BaseException) -> DiskFullError | None:
+    """A :class:`DiskFullError` for ``err`` raised while writing ``path``, if ``err`` means the
+    disk or quota is full (OSError ENOSPC/EDQUOT, or torch's zip-writer failure), else None."""
+    if isinstance(err, DiskFullError):
+        return None
+    quota = isinstance(err, OSError) and err.errno == errno.EDQUOT
+    full = isinstance(err, OSError) and err.errno == errno.ENOSPC
+    torch_write = isinstance(err, RuntimeError) and _TORCH_WRITE_FAILED.search(str(err))
+    if not (quota or full or torch_write):
+        return None
+    path = Path(path)
+    what = "disk quota exceeded" if quota else "no space left"
+    new = DiskFullError(
+        errno.EDQUOT if quota else errno.ENOSPC,
+        f"{what} on {path.parent} while writing {path.name} (free now: "
+        f"{_free_bytes(path.parent)}; {type(err).__name__}: {str(err)[:200]}); free some space "
+        "or move the folder (results_dir / checkpoint_dir) to a larger file system, then rerun")
+    new.filename = str(path)
+    return new
+
+
+@contextlib.contextmanager
+def translate_disk_full(path: str | os.PathLike) -> Iterator[None]:
+    """Re-raise a disk-full error inside the block as :class:`DiskFullError` naming ``path``."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        new = disk_full_error(path, err)
+        if new is None:
+            raise
+        raise new from err
 
 
 @contextlib.contextmanager
@@ -20,7 +76,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path``.
 
     Works for files and directories (e.g. a Zarr store). On any exception the temporary is
-    removed and ``path`` is left untouched.
+    removed and ``path`` is left untouched; a full disk is re-raised as :class:`DiskFullError`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -33,12 +89,32 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
-        raise
+        new = disk_full_error(path, err)
+        if new is None:
+            raise
+        raise new from err
+
+
+def write_stream(path: str | os.PathLike, write: Callable[[BinaryIO], Any],
+                 suffix: str = "") -> None:
+    """Call ``write(fh)`` on a binary file handle whose file becomes ``path`` atomically and
+    durably (flushed and fsynced before the rename); a full disk raises :class:`DiskFullError`.
+
+    Writers that name something after the file they write to -- ``torch.save`` names the zip
+    archive inside a ``.pt`` file after it, which made identical weights saved through
+    :func:`atomic_path`'s random temporary name differ in bytes -- get a handle instead
+    (``sharpgen.training.write_torch``).
+    """
+    with atomic_path(path, suffix=suffix) as tmp:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

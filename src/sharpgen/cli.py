@@ -1,11 +1,12 @@
-"""``sharpgen`` command line: one argparse subcommand per feature.
+"""``sharpgen`` command line: every subcommand's options, in one place.
 
-Adding a subcommand (other modules): write ``register(subparsers)`` in your module, which calls
-``subparsers.add_parser(NAME, help=...)``, adds its options and ``set_defaults(func=run)`` where
-``run(args) -> int`` returns the exit status; then add one ``(NAME, "sharpgen.module:register")``
-entry to :data:`SUBCOMMANDS` below. Modules are imported lazily, only when their subcommand is
-registered (at parser construction); a subcommand whose module fails to import is still listed
-and reports that error when run, so it never breaks the other subcommands.
+Each subcommand has an ``add_<name>_parser(subparsers)`` function here; its ``func`` default is
+the ``run_*(args) -> int`` function of the module that does the work, imported only when that
+subcommand runs (so ``sharpgen params`` never imports torch):
+
+* ``params``   -> :func:`run_params` (below)
+* ``generate`` -> :func:`sharpgen.directions.generate.run_generate`
+* ``retrieve`` -> :func:`sharpgen.query.run_retrieve`
 """
 
 from __future__ import annotations
@@ -21,44 +22,57 @@ from typing import Callable, Sequence
 
 logger = logging.getLogger(__name__)
 
-#: (subcommand name, "module:function" that registers it on the subparsers object)
-SUBCOMMANDS: list[tuple[str, str]] = [
-    ("params", "sharpgen.cli:register_params"),
-    ("generate", "sharpgen.directions:add_generate_parser"),
-    ("retrieve", "sharpgen.retrieval:register"),
-]
+def _lazy(module: str, function: str) -> Callable:
+    """``args -> int`` that imports ``module`` only when the subcommand runs."""
 
+    def run(args) -> int:
+        return getattr(importlib.import_module(module), function)(args)
 
-def _resolve(spec: str) -> Callable:
-    mod, _, fn = spec.partition(":")
-    return getattr(importlib.import_module(mod), fn)
+    return run
 
 
 # --------------------------------------------------------------------------------------------
 # params
 # --------------------------------------------------------------------------------------------
+#: segments `sharpgen params` accepts by default: the radial field and the line-of-sight field
+PARAMS_SEGMENTS = ("Br", "magnetogram")
+#: JSOC keywords printed beside our values: (column, keyword, unit, what it is)
+PARAMS_HEADER_KEYS = (
+    ("r_value_hdr", "R_VALUE", "log10 Mx (JSOC)", "JSOC's R_VALUE keyword, computed by JSOC from the magnetogram segment"),
+    ("usflux_hdr", "USFLUX", "Mx", "JSOC's USFLUX keyword: Br over conf_disambig>=70 & bitmap>=30"),
+)
+
+
 def register_params(subparsers) -> None:
     p = subparsers.add_parser(
         "params",
-        help="print the physical parameters of SHARP Br FITS files",
+        help="print the physical parameters of SHARP Br or magnetogram FITS files",
         description=(
-            "Compute every sharpgen.physics parameter of each SHARP Br FITS file (RICE-compressed "
-            "JSOC exports are fine). Files that cannot be read are reported on stderr, the others "
-            "are still printed, and the exit status is 1 if any file failed."
+            "Compute every sharpgen.physics parameter of each SHARP Br (radial field) or "
+            "magnetogram (line-of-sight field) FITS file (RICE-compressed JSOC exports are fine), "
+            "and print them with the segment they were computed from and JSOC's own R_VALUE and "
+            "USFLUX keywords of the record (r_value_hdr, usflux_hdr). JSOC computes R_VALUE from "
+            "the magnetogram segment with the algorithm of our r_value, so the two agree on a "
+            "magnetogram file; on Br they differ (radial vs line-of-sight field). Files that "
+            "cannot be read are reported on stderr, the others are still printed, and the exit "
+            "status is 1 if any file failed."
         ),
     )
-    p.add_argument("files", nargs="+", type=Path, metavar="FILE.fits", help="SHARP Br segment files")
+    p.add_argument(
+        "files", nargs="+", type=Path, metavar="FILE.fits", help="SHARP Br or magnetogram segment files"
+    )
     p.add_argument(
         "--sharp-mask",
         action="store_true",
         help="restrict the sums to JSOC's mask conf_disambig>=70 & bitmap>=30 (sibling files found "
-        "by SHARP naming); a file without them is an error",
+        "by SHARP naming); a file without them is an error (r_value is never masked)",
     )
     p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
     p.add_argument(
         "--segment",
-        default="Br",
-        help="expected segment name in the file name (default Br; e.g. magnetogram)",
+        default=None,
+        help=f"segment the files must hold, from the JSOC file name (default: any of "
+        f"{', '.join(PARAMS_SEGMENTS)})",
     )
     p.set_defaults(func=run_params)
 
@@ -71,17 +85,31 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _read_params_record(path: Path, segments: tuple[str, ...]):
+    """read_sharp of one file, refusing a JSOC file name whose segment is not in ``segments``."""
+    from sharpgen.sharp_io import SharpReadError, parse_name, read_sharp
+
+    name = parse_name(path)
+    if name is not None and name["segment"] not in segments and path.is_file():
+        expected = " or ".join(repr(s) for s in segments)
+        raise SharpReadError(f"{path}: wrong segment {name['segment']!r} (expected {expected})")
+    return read_sharp(path, segment_check=None)
+
+
 def run_params(args) -> int:
     import pandas as pd
 
     from sharpgen.physics import PARAMETER_NAMES, PARAMETERS, compute_parameters
-    from sharpgen.sharp_io import SharpReadError, read_sharp, sharp_mask
+    from sharpgen.sharp_io import SharpReadError, header_float, sharp_mask
 
+    segments = (args.segment,) if args.segment else PARAMS_SEGMENTS
+    hdr_cols = [col for col, *_ in PARAMS_HEADER_KEYS]
+    columns = ["file", "harpnum", "t_rec", "noaa", "segment", *PARAMETER_NAMES, *hdr_cols]
     rows = []
     failed = 0
     for path in args.files:
         try:
-            rec = read_sharp(path, segment_check=args.segment)
+            rec = _read_params_record(path, segments)
             mask = None
             if args.sharp_mask:
                 mask = sharp_mask(path)
@@ -94,24 +122,92 @@ def run_params(args) -> int:
             print(f"sharpgen params: error: {' '.join(str(exc).split())}", file=sys.stderr)
             failed += 1
             continue
-        row = {"file": str(path), "harpnum": rec.harpnum, "t_rec": rec.t_rec, "noaa": rec.noaa}
+        row = {"file": str(path), "harpnum": rec.harpnum, "t_rec": rec.t_rec, "noaa": rec.noaa,
+               "segment": rec.segment or "unknown"}
         row.update({k: float(params[k]) for k in PARAMETER_NAMES})
+        row.update({col: header_float(rec.header, key) for col, key, *_ in PARAMS_HEADER_KEYS})
         rows.append(row)
 
+    units = {k: PARAMETERS[k].unit for k in PARAMETER_NAMES}
+    units.update({col: unit for col, _, unit, _ in PARAMS_HEADER_KEYS})
     out = sys.stdout
     if args.format == "json":
         clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
-        json.dump({"units": {k: PARAMETERS[k].unit for k in PARAMETER_NAMES}, "records": clean}, out, indent=2)
+        doc = {
+            "units": units,
+            "header_keywords": {col: what for col, _, _, what in PARAMS_HEADER_KEYS},
+            "records": clean,
+        }
+        json.dump(doc, out, indent=2)
         out.write("\n")
     elif args.format == "csv":
-        pd.DataFrame(rows, columns=["file", "harpnum", "t_rec", "noaa", *PARAMETER_NAMES]).to_csv(out, index=False)
+        pd.DataFrame(rows, columns=columns).to_csv(out, index=False)
     else:
         for r in rows:
-            out.write(f"{r['file']}\n  HARP {r['harpnum']}  T_REC {r['t_rec']}  NOAA {r['noaa']}\n")
+            out.write(
+                f"{r['file']}\n  HARP {r['harpnum']}  T_REC {r['t_rec']}  NOAA {r['noaa']}  "
+                f"segment {r['segment']} (the values below are computed from it)\n"
+            )
             for k in PARAMETER_NAMES:
-                out.write(f"  {k:<15s} {_fmt(r[k]):>14s}  {PARAMETERS[k].unit}\n")
+                out.write(f"  {k:<15s} {_fmt(r[k]):>14s}  {units[k]}\n")
+            for col, _, _, what in PARAMS_HEADER_KEYS:
+                out.write(f"  {col:<15s} {_fmt(r[col]):>14s}  {units[col]}  ({what})\n")
     out.flush()
     return 1 if failed else 0
+
+
+# --------------------------------------------------------------------------------------------
+# generate, retrieve
+# --------------------------------------------------------------------------------------------
+def add_generate_parser(subparsers) -> None:
+    """``sharpgen generate`` (runs :func:`sharpgen.directions.generate.run_generate`)."""
+    from sharpgen.parameters import PARAMETERS, REQUESTABLE
+
+    p = subparsers.add_parser(
+        "generate",
+        help="generate a magnetogram with a requested parameter value (latent-direction edit)",
+        description="Pick a base latent from --seed, move it along the calibrated direction of the "
+        "requested parameter (optionally holding others) and write a FITS file.",
+    )
+    g = p.add_mutually_exclusive_group(required=True)
+    for name in REQUESTABLE:  # the registry decides what can be requested
+        g.add_argument(f"--{name.replace('_', '-')}", dest=name, type=float, metavar="VALUE",
+                       help=f"requested {name} [{PARAMETERS[name].unit}]")
+    p.add_argument("--hold", action="append", default=[], metavar="PARAM",
+                   help="parameter(s) to hold (repeat or comma-separate)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the base latent")
+    p.add_argument("-o", "--output", required=True, help="output FITS path")
+    p.add_argument("--generator", default="results/gan/generator.pt", help="generator weights (default %(default)s)")
+    p.add_argument("--boundaries", default="results/directions/boundaries.npz", help="boundary normals (default %(default)s)")
+    p.add_argument("--calibration", default="results/directions/calibration.json", help="calibration (default %(default)s)")
+    p.add_argument("--device", default="cpu", help="torch device for the generator (default %(default)s)")
+    p.add_argument("--refine-steps", type=int, default=None, help="secant refinement steps (default: calibration's)")
+    p.add_argument("--tol", type=float, default=None, help="relative tolerance that stops refinement")
+    p.set_defaults(func=_lazy("sharpgen.directions.generate", "run_generate"))
+
+
+
+def add_retrieve_parser(subparsers) -> None:
+    """``sharpgen retrieve`` (runs :func:`sharpgen.query.run_retrieve`)."""
+    p = subparsers.add_parser(
+        "retrieve",
+        help="find the real SHARP records most similar to a patch (SimSiam embeddings)",
+        description=(
+            "Embed QUERY with the pipeline's trained SimSiam encoder and print the k most similar "
+            "real patches (cosine similarity of the l2-normalised embeddings, exact search). QUERY "
+            "is a SHARP Br record (.fits, cut like the patch store), a generated patch written by "
+            "`sharpgen generate` (.fits), or a .npy (S, S) patch already in [-1, 1]."
+        ),
+    )
+    p.add_argument("query", type=Path, metavar="QUERY.fits|.npy")
+    p.add_argument("-k", type=int, default=5, help="number of records to print (default 5)")
+    p.add_argument("--results", type=Path, default=Path("results"), help="results_dir of the pipeline (default results)")
+    p.add_argument("--encoder", type=Path, default=None, help="encoder file (default RESULTS/ssl/encoder.pt)")
+    p.add_argument("--embeddings", type=Path, default=None, help="embedding store (default RESULTS/ssl/embeddings.npz)")
+    p.add_argument("--table", type=Path, default=None, help="patch table (default RESULTS/data/patches.parquet)")
+    p.add_argument("--split", choices=("all", "train", "val", "test"), default="all", help="search only this split")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
+    p.set_defaults(func=_lazy("sharpgen.query", "run_retrieve"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,25 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name, spec in SUBCOMMANDS:
-        try:
-            _resolve(spec)(sub)
-        except Exception as exc:  # keep the other subcommands usable
-            _register_broken(sub, name, spec, exc)
+    register_params(sub)
+    add_generate_parser(sub)
+    add_retrieve_parser(sub)
     return parser
-
-
-def _register_broken(subparsers, name: str, spec: str, exc: Exception) -> None:
-    """A placeholder subcommand that explains why ``name`` is unavailable (exit status 1)."""
-    reason = f"{type(exc).__name__}: {exc}"
-    p = subparsers.add_parser(name, help=f"(unavailable: {reason})", add_help=True)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-
-    def run(_args) -> int:
-        print(f"sharpgen {name}: unavailable, registering {spec} failed ({reason})", file=sys.stderr)
-        return 1
-
-    p.set_defaults(func=run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

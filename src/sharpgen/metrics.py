@@ -1,10 +1,4 @@
-"""Headline numbers: image realism statistics and the single ``results/metrics.json``.
-
-Image statistics (used by the realism figure) take Br maps in Gauss, shape (N, S, S) or (S, S):
-
-* :func:`noise_sigma` -- robust pixel-noise estimate per image [G];
-* :func:`radial_power_spectrum` -- azimuthally averaged power spectrum per image [G^2];
-* :func:`mean_gradient` -- mean gradient magnitude per image [G / pixel].
+"""Headline numbers: the single ``results/metrics.json``.
 
 :func:`build_metrics` gathers every stage's summary (patch table, GAN quality, SVM boundaries,
 traversals, calibration, retrieval evaluation, benchmark timings) into one nested dict that is
@@ -20,86 +14,25 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from sharpgen.parameters import REQUESTABLE
+
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 METRICS_SCHEMA = REPO_ROOT / "rules" / "schemas" / "metrics.schema.yaml"
-# Parameters every per-parameter metric reports (Parquet column names).
-HEADLINE_PARAMS = ("tuf", "tpf", "tnf", "psep", "psep_robust", "r_paper", "r_value")
-RETRIEVAL_METHODS = ("simsiam", "physical_euclidean", "physical_mahalanobis", "random")
-
-_MAD_TO_SIGMA = 1.482602218505602  # sigma of a Gaussian = 1.4826 * MAD
-
-
-def _stack(images: np.ndarray) -> np.ndarray:
-    a = np.asarray(images, dtype=np.float64)
-    if a.ndim == 2:
-        a = a[None]
-    if a.ndim != 3:
-        raise ValueError(f"expected images of shape (N, S, S) or (S, S), got {a.shape}")
-    return np.nan_to_num(a, nan=0.0)
-
-
-def noise_sigma(images: np.ndarray) -> np.ndarray:
-    """Pixel-noise sigma [G] per image, shape (N,).
-
-    Robust estimator: 1.4826 * median absolute deviation of the horizontal first differences,
-    divided by sqrt(2) (the difference of two independent noisy pixels has variance 2 sigma^2).
-    Structured field (active-region gradients) occupies few pixels and barely moves the median.
-    Pairs involving a pixel that is exactly 0 or NaN (off-disk / masked pixels, stored as 0 in
-    the patch store) are ignored; an image without any valid pair gives NaN.
-    """
-    a = np.asarray(images, dtype=np.float64)
-    if a.ndim == 2:
-        a = a[None]
-    if a.ndim != 3:
-        raise ValueError(f"expected images of shape (N, S, S) or (S, S), got {a.shape}")
-    valid = np.isfinite(a) & (a != 0)
-    d = np.diff(a, axis=2)
-    ok = valid[:, :, 1:] & valid[:, :, :-1]
-    out = np.full(len(a), np.nan)
-    for i in range(len(a)):
-        di = d[i][ok[i]]
-        if di.size >= 2:
-            out[i] = _MAD_TO_SIGMA * np.median(np.abs(di - np.median(di))) / np.sqrt(2.0)
-    return out
-
-
-def radial_power_spectrum(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Azimuthally averaged power spectrum of each image.
-
-    Returns ``k`` (S//2 + 1,) wavenumbers [cycles / pixel] and ``power`` (N, S//2 + 1) [G^2]:
-    mean of |FFT(image - mean)|^2 / (H W) over annuli of integer radius in frequency-index units.
-    """
-    a = _stack(images)
-    n, h, w = a.shape
-    a = a - a.mean(axis=(1, 2), keepdims=True)
-    p2 = np.abs(np.fft.fft2(a)) ** 2 / (h * w)
-    fy = np.fft.fftfreq(h) * h
-    fx = np.fft.fftfreq(w) * w
-    r = np.rint(np.hypot(fy[:, None], fx[None, :])).astype(int)
-    nk = min(h, w) // 2 + 1
-    sel = r < nk
-    counts = np.bincount(r[sel], minlength=nk)
-    power = np.stack([np.bincount(r[sel], weights=p[sel], minlength=nk) for p in p2]) / counts
-    k = np.arange(nk) / min(h, w)
-    return k, power
-
-
-def mean_gradient(images: np.ndarray) -> np.ndarray:
-    """Mean gradient magnitude |grad B_r| [G / pixel] per image, shape (N,) (central differences)."""
-    a = _stack(images)
-    gy, gx = np.gradient(a, axis=(1, 2))
-    return np.hypot(gx, gy).mean(axis=(1, 2))
-
+# Parameters every per-parameter metric reports: the registry's requestable parameters.
+HEADLINE_PARAMS = REQUESTABLE
+#: retrieval methods in metrics.json: SimSiam, the physical-parameter ORACLES (they match on the
+#: very parameters they are scored on: an upper reference, not a competing method), random
+RETRIEVAL_METHODS = ("simsiam", "oracle_physical_euclidean", "oracle_physical_mahalanobis", "random")
 
 # --------------------------------------------------------------------------------------------
 # results/metrics.json
 # --------------------------------------------------------------------------------------------
 
 #: evaluation.json / matches.parquet method names -> metrics.json names
-METHOD_ALIASES = {"params_euclidean": "physical_euclidean",
-                  "params_mahalanobis": "physical_mahalanobis"}
+METHOD_ALIASES = {"params_euclidean": "oracle_physical_euclidean",
+                  "params_mahalanobis": "oracle_physical_mahalanobis"}
 
 
 def _num(v) -> float | None:
@@ -157,10 +90,17 @@ def svm_metrics(boundaries: Mapping) -> dict:
 
 
 def traversal_metrics(tm: Mapping) -> dict:
-    """``traversal``: median Spearman per direction (conditional keys like ``r_value|tuf``) and,
-    for conditional directions, the entanglement of each held parameter (cond. vs uncond.)."""
+    """``traversal``: per direction (conditional keys like ``r_value|tuf``) the median Spearman
+    of the target along its direction on the base's side of the polarity fold (``spearman``),
+    over the whole eps range across the fold (``spearman_full``), the fraction of the eps grid
+    beyond the fold (``frac_beyond_fold``), and for conditional directions the entanglement of
+    each held parameter (cond. vs uncond.)."""
     dirs = tm.get("directions", {})
-    out: dict[str, Any] = {"spearman": {k: _num(v.get("spearman_median")) for k, v in dirs.items()}}
+    out: dict[str, Any] = {
+        "spearman": {k: _num(v.get("spearman_median")) for k, v in dirs.items()},
+        "spearman_full": {k: _num(v.get("spearman_full_median", v.get("spearman_median"))) for k, v in dirs.items()},
+        "frac_beyond_fold": {k: _num(v.get("frac_beyond_fold", 0.0)) for k, v in dirs.items()},
+    }
     held = {}
     for k, v in dirs.items():
         for h, d in (v.get("held") or {}).items():
@@ -171,32 +111,61 @@ def traversal_metrics(tm: Mapping) -> dict:
 
 
 def calibration_metrics(cal: Mapping) -> dict:
-    """``calibration``: median (and 90th percentile) relative error of requests per direction."""
+    """``calibration`` per evaluated direction: ``median_rel_error`` is the error of the
+    calibrated step alone (the calibration's own accuracy, the headline);
+    ``median_rel_error_refined`` after up to ``refine_steps`` secant steps that re-measure the
+    generated image (what ``sharpgen generate`` delivers); ``refusal_rate`` of in-range requests
+    the fold / calibrated range could not serve; ``p90_rel_error`` (refined); slope R^2."""
     ev = cal.get("evaluation", {})
-    return {"median_rel_error": {k: _num(v.get("median_rel_error")) for k, v in ev.items()},
+    return {"median_rel_error": {k: _num(v.get("median_rel_error_calibrated_step")) for k, v in ev.items()},
+            "median_rel_error_refined": {k: _num(v.get("median_rel_error")) for k, v in ev.items()},
+            "refusal_rate": {k: _num(v.get("refusal_rate", v.get("n_refused", 0) / max(v.get("n_requests", 1), 1)))
+                             for k, v in ev.items()},
             "p90_rel_error": {k: _num(v.get("p90_rel_error")) for k, v in ev.items()},
             "slope_r2": {k: _num(v.get("r2")) for k, v in cal.get("directions", {}).items()}}
 
 
 def _corr_block(corr: Mapping) -> dict:
+    """{method: {param: stats}} -> {method: {pearson: {param}, spearman, pearson_raw, and for
+    log-valued parameters (r_value) <p>_pearson_all and <p>_zero_agreement}}."""
     out = {}
     for method, per_param in corr.items():
         m = METHOD_ALIASES.get(method, method)
-        out[m] = {"pearson": {p: _num(v.get("pearson")) for p, v in per_param.items()},
-                  "spearman": {p: _num(v.get("spearman")) for p, v in per_param.items()}}
+        block = {"pearson": {p: _num(v.get("pearson")) for p, v in per_param.items()},
+                 "spearman": {p: _num(v.get("spearman")) for p, v in per_param.items()},
+                 "pearson_raw": {p: _num(v.get("pearson_raw", v.get("pearson"))) for p, v in per_param.items()}}
+        for p, v in per_param.items():
+            if "zero_agreement" in v:
+                block[f"{p}_pearson_all"] = _num(v.get("pearson_all"))
+                block[f"{p}_zero_agreement"] = _num(v.get("zero_agreement"))
+        out[m] = block
     return out
 
 
 def retrieval_metrics(ev: Mapping) -> dict:
-    """``retrieval``: Pearson / Spearman of generated query vs top-1 match per method and
-    parameter; ``retrieval_real`` the same for augmented real queries, and self-retrieval rates."""
-    out: dict[str, Any] = {"retrieval": _corr_block(ev.get("generated", {}).get("correlations", {}))}
+    """``retrieval``: generated queries vs their top-1 real match per method, against the
+    held-out database (headline; ``database`` names it), with the same against every patch under
+    ``all_database``; ``retrieval_real`` the same for augmented real test queries;
+    ``self_retrieval`` rates; ``memorisation`` (generated vs held-out nearest-training
+    distances)."""
+    gen = ev.get("generated", {})
+    out: dict[str, Any] = {"retrieval": {"database": gen.get("database_split", "all"),
+                                         **_corr_block(gen.get("correlations", {}))}}
+    if "generated_all" in ev:
+        out["retrieval"]["all_database"] = _corr_block(ev["generated_all"].get("correlations", {}))
     if "real" in ev:
-        out["retrieval_real"] = _corr_block(ev["real"].get("correlations", {}))
+        out["retrieval_real"] = {"database": ev["real"].get("database_split"),
+                                 **_corr_block(ev["real"].get("correlations", {}))}
+        if "real_all" in ev:
+            out["retrieval_real"]["all_database"] = _corr_block(ev["real_all"].get("correlations", {}))
     sr = ev.get("self_retrieval")
     if sr:
         out["self_retrieval"] = {METHOD_ALIASES.get(m, m): {k: _num(x) for k, x in v.items()}
                                  for m, v in sr.items() if isinstance(v, Mapping)}
+    mem = ev.get("memorisation")
+    if mem:
+        out["memorisation"] = {space: {k: _num(x) for k, x in v.items()}
+                               for space, v in mem.items() if space not in ("closest_pairs", "distances")}
     return out
 
 

@@ -19,8 +19,11 @@ Every record of the manifest (``results/data/records.tsv``: ``path``, ``source``
   expected value. Every pixel then has the exact physical scale ``PixelScale.from_header(h, bin)``.
 
 Then Br is clipped to +-``clip_gauss`` and divided by it (values in [-1, 1]), NaN -> 0.
-Records that cannot be used are skipped with the reason logged and counted in the summary.
-Splits are assigned per HARPNUM (a region is never in two splits).
+Records that cannot be used are skipped with the reason logged and counted in the summary: the
+file checks of :func:`sharpgen.data.load_record`, then here a second file of a (HARPNUM, T_REC)
+already used (``duplicate``), crop padding above ``max_pad_fraction`` (``too_small``) and a NaN
+fraction above ``max_nan_fraction`` in the record, or in crop mode in the window (``nan_fraction``).
+Splits are assigned per HARPNUM (a region is never in two splits); the fractions must sum to 1.
 
 Shapes: patches (N, S, S) float32; per-patch scale arrays (N,) float64.
 """
@@ -29,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -39,74 +41,55 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from .config import split_fractions
+from .data import SKIP_REASONS, SkipRecord, load_record
 from .physics import PARAMETER_NAMES, PixelScale, compute_parameters
 
 logger = logging.getLogger(__name__)
 
-SERIES = "hmi.sharp_cea_720s"
-MANIFEST_COLUMNS = ("path", "source", "harpnum", "t_rec")
 CENTRE_THRESHOLD_G = 100.0
 SPLITS = ("train", "val", "test")
-
-#: reasons a record is skipped (keys of the summary's ``skipped``)
-SKIP_REASONS = (
-    "missing",          # file does not exist
-    "not_fits",         # not a FITS file
-    "wrong_series",     # not hmi.sharp_cea_720s (e.g. the CCD series hmi.sharp_720s)
-    "wrong_segment",    # a segment other than Br
-    "missing_segment",  # FITS file without image data
-    "unreadable",       # corrupt or truncated FITS, or unusable header
-    "quality",          # QUALITY flags set (outside patches.quality_mask)
-    "all_nan",          # no finite pixel
-    "nan_fraction",     # NaN fraction above patches.max_nan_fraction
-    "too_small",        # smaller than one bin
-)
 
 
 class PatchError(RuntimeError):
     """The patch stage cannot produce any output (e.g. zero usable records)."""
 
 
-class SkipRecord(Exception):
-    """A record is unusable; ``reason`` is one of :data:`SKIP_REASONS`."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
-
-
 @dataclass
 class PatchConfig:
-    """The ``patches`` config section (see config.yaml)."""
+    """The ``patches`` config section (defaults: the config schema, spelled out in config.yaml)."""
 
-    mode: str = "crop"
-    size: int = 128
-    bin: int = 2
-    clip_gauss: float = 1000.0
-    max_nan_fraction: float = 0.25
-    quality_mask: int = 0
-    split: Mapping[str, float] | None = None
+    mode: str
+    size: int
+    bin: int
+    clip_gauss: float
+    max_nan_fraction: float
+    max_pad_fraction: float
+    quality_mask: int
+    split: Mapping[str, float] | None
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> "PatchConfig":
-        known = {k: cfg[k] for k in ("mode", "size", "bin", "clip_gauss", "max_nan_fraction",
-                                     "quality_mask", "split") if k in cfg}
-        pc = cls(**known)
+        """From a (partial) ``patches`` section: schema defaults fill what is not given."""
+        from sharpgen.config import section
+
+        full = section("patches", cfg)
+        pc = cls(**{f: full[f] for f in ("mode", "size", "bin", "clip_gauss", "max_nan_fraction",
+                                         "max_pad_fraction", "quality_mask", "split")})
         if pc.mode not in ("crop", "resize"):
             raise ValueError(f"patches.mode must be 'crop' or 'resize', got {pc.mode!r}")
         if pc.size < 2 or pc.bin < 1 or pc.clip_gauss <= 0:
             raise ValueError(f"invalid patches config: size={pc.size}, bin={pc.bin}, clip_gauss={pc.clip_gauss}")
+        if not 0.0 <= pc.max_pad_fraction <= 1.0:
+            raise ValueError(f"patches.max_pad_fraction must be in [0, 1], got {pc.max_pad_fraction!r}")
+        split_fractions(pc.split)  # fail before any record is read
         return pc
 
     def split_fractions(self) -> dict[str, float]:
-        s = dict(self.split or {})
-        fr = {k: float(s.get(k, d)) for k, d in zip(SPLITS, (0.7, 0.15, 0.15))}
-        if sum(fr.values()) <= 0:
-            raise ValueError(f"patches.split fractions sum to 0: {fr}")
-        return fr
+        return split_fractions(self.split)
 
     def split_seed(self) -> int:
-        return int((self.split or {}).get("seed", 0))
+        return int(self.split["seed"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,90 +199,8 @@ def extract_patch(data: np.ndarray, scale: PixelScale, header, cfg: PatchConfig)
 
 
 # --------------------------------------------------------------------------------------------
-# records
+# splits
 # --------------------------------------------------------------------------------------------
-def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
-    """Read ``records.tsv``; error naming the file and the missing columns."""
-    df = pd.read_csv(path, sep="\t", dtype={"path": str, "source": str, "t_rec": str})
-    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
-    if missing:
-        raise PatchError(f"manifest {path} lacks column(s) {missing} (has {list(df.columns)})")
-    return df
-
-
-def local_manifest(pattern: str, root: str | Path = ".") -> pd.DataFrame:
-    """Manifest of local SHARP Br files matching the glob ``pattern`` (relative patterns are
-    taken from ``root``). HARPNUM and T_REC come from the JSOC file names
-    (``hmi.sharp_cea_720s.<HARPNUM>.<YYYYMMDD_HHMMSS>_TAI.Br.fits``); the files themselves are
-    checked by the patch stage, which skips bad ones with a reason. Raises FileNotFoundError
-    naming the pattern when nothing matches."""
-    import glob
-
-    from .sharp_io import parse_name
-
-    root = Path(root)
-    full = pattern if os.path.isabs(pattern) else str(root / pattern)
-    rows = []
-    for f in sorted(glob.glob(full)):
-        name = parse_name(f)
-        if name is None or name["segment"] != "Br":
-            logger.warning("ignoring %s: not a SHARP Br file name (<series>.<HARPNUM>."
-                           "<YYYYMMDD_HHMMSS>_TAI.Br.fits)", f)
-            continue
-        d, t = name["date"], name["time"]
-        rel = os.path.relpath(f, root) if not os.path.isabs(pattern) else f
-        rows.append({"path": rel, "source": "local", "harpnum": int(name["harpnum"]),
-                     "t_rec": f"{d[:4]}.{d[4:6]}.{d[6:]}_{t[:2]}:{t[2:4]}:{t[4:]}_TAI"})
-    if not rows:
-        raise FileNotFoundError(
-            f"data.local.glob {pattern!r} matches no SHARP Br FITS file (looked in "
-            f"{root.resolve()}); point it at files named hmi.sharp_cea_720s.<HARPNUM>."
-            "<YYYYMMDD_HHMMSS>_TAI.Br.fits")
-    logger.info("found %d local Br records of %d HARPs matching %s", len(rows),
-                len({r['harpnum'] for r in rows}), pattern)
-    return pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
-
-
-def _classify_read_error(msg: str) -> str:
-    m = msg.lower()
-    if "file not found" in m:
-        return "missing"
-    if "not a fits file" in m:
-        return "not_fits"
-    if "wrong segment" in m:
-        return "wrong_segment"
-    if "no image data" in m or "has no data" in m or "expected a 2-d image" in m:
-        return "missing_segment"
-    return "unreadable"
-
-
-def load_record(path: str | Path, quality_mask: int = 0):
-    """Read and check one Br record; returns a SharpRecord or raises :class:`SkipRecord`."""
-    from .sharp_io import SharpReadError, parse_name, read_sharp
-
-    path = Path(path)
-    if not path.exists():
-        raise SkipRecord("missing", f"{path}: file not found")
-    name = parse_name(path)
-    if name is not None and name["series"] != SERIES:
-        raise SkipRecord("wrong_series", f"{path}: series {name['series']!r} is not {SERIES!r}")
-    try:
-        rec = read_sharp(path, segment_check="Br")
-    except SharpReadError as exc:
-        raise SkipRecord(_classify_read_error(str(exc)), str(exc)) from None
-    ctype = str(rec.header.get("CTYPE1", "CRLN-CEA")).strip().upper()
-    if ctype != "CRLN-CEA":
-        raise SkipRecord("wrong_series", f"{path}: CTYPE1={ctype!r}, not a CEA (CRLN-CEA) map")
-    q = rec.header.get("QUALITY", 0)
-    try:
-        qi = int(q, 0) if isinstance(q, str) else int(q)
-    except (TypeError, ValueError):
-        raise SkipRecord("unreadable", f"{path}: QUALITY={q!r} is not an integer") from None
-    if qi & ~int(quality_mask):
-        raise SkipRecord("quality", f"{path}: QUALITY=0x{qi & 0xFFFFFFFF:08x} has flags outside mask 0x{quality_mask:x}")
-    return rec
-
-
 def assign_splits(harpnums, fractions: Mapping[str, float], seed: int = 0) -> dict[int, str]:
     """HARPNUM -> split. The sorted unique HARP numbers are permuted with ``seed`` and cut by the
     cumulative (normalised) fractions, so each region lands in exactly one split and the result
@@ -347,27 +248,41 @@ def build_patches(records: pd.DataFrame, cfg: PatchConfig, root: str | Path = ".
     root = Path(root)
     t0 = time.perf_counter()
     patches, rows, scales, skipped = [], [], [], []
+    done: dict[tuple[int, str], str] = {}  # (harpnum, t_rec) -> path of the patch made from it
     for rec_row in tqdm(records.itertuples(index=False), total=len(records), desc="patches",
                         disable=not progress):
         path = _resolve(str(rec_row.path), root)
         try:
             rec = load_record(path, cfg.quality_mask)
+            ident = (int(rec.harpnum if rec.harpnum >= 0 else rec_row.harpnum),
+                     rec.t_rec or str(rec_row.t_rec))
+            if ident in done:
+                raise SkipRecord("duplicate", f"{path}: HARP {ident[0]} {ident[1]} already gave a "
+                                 f"patch (from {done[ident]})")
+            record_nan = float(1.0 - np.isfinite(rec.data).mean())
             patch, pscale, nan_frac, pad = extract_patch(rec.data, rec.scale, rec.header, cfg)
-            if nan_frac > cfg.max_nan_fraction:
-                raise SkipRecord("nan_fraction", f"{path}: NaN fraction {nan_frac:.3f} > "
-                                 f"max_nan_fraction {cfg.max_nan_fraction}")
+            if pad > cfg.max_pad_fraction:
+                raise SkipRecord("too_small", f"{path}: record of {rec.data.shape[0]} x "
+                                 f"{rec.data.shape[1]} pixels fills only {1 - pad:.1%} of the "
+                                 f"{cfg.size} x {cfg.size} window: pad_fraction {pad:.3f} > "
+                                 f"max_pad_fraction {cfg.max_pad_fraction}")
+            if max(nan_frac, record_nan) > cfg.max_nan_fraction:
+                where = "" if cfg.mode == "resize" else f" ({nan_frac:.3f} in the patch window)"
+                raise SkipRecord("nan_fraction", f"{path}: NaN fraction {record_nan:.3f} of the "
+                                 f"record{where} > max_nan_fraction {cfg.max_nan_fraction}")
         except SkipRecord as exc:
             logger.warning("skipping record %s: %s (%s)", path, exc.reason, exc)
             skipped.append({"path": str(rec_row.path), "reason": exc.reason, "message": str(exc)})
             continue
+        done[ident] = str(rec_row.path)
         clipped = np.clip(np.nan_to_num(patch, nan=0.0), -cfg.clip_gauss, cfg.clip_gauss)
         patches.append((clipped / cfg.clip_gauss).astype(np.float32))
         scales.append((float(pscale.size_mm), float(pscale.area_cm2), float(pscale.size_arcsec)))
         rows.append({
             "source": str(rec_row.source),
             "path": str(rec_row.path),
-            "harpnum": int(rec.harpnum if rec.harpnum >= 0 else rec_row.harpnum),
-            "t_rec": rec.t_rec or str(rec_row.t_rec),
+            "harpnum": ident[0],
+            "t_rec": ident[1],
             "noaa": rec.noaa,
             "lon_fwt": header_float(rec.header, "LON_FWT"),
             "lat_fwt": header_float(rec.header, "LAT_FWT"),
@@ -488,31 +403,3 @@ def make_patches(records: pd.DataFrame, cfg: Mapping[str, Any] | PatchConfig, za
                 summary["n_patches"], pc.mode, pc.size, pc.size, summary["n_records"],
                 summary["n_skipped"], {k: v for k, v in summary["skipped"].items() if v})
     return summary
-
-
-# --------------------------------------------------------------------------------------------
-# readers for consumers
-# --------------------------------------------------------------------------------------------
-def patch_scale(attrs: Mapping[str, Any]) -> PixelScale:
-    """Nominal (median) pixel scale of a patch store from its attrs: the scale at which
-    generated images are measured."""
-    try:
-        return PixelScale(size_mm=float(attrs["pixel_size_mm"]), area_cm2=float(attrs["pixel_area_cm2"]),
-                          size_arcsec=float(attrs["pixel_size_arcsec"]))
-    except KeyError as exc:
-        raise KeyError(f"patch store attrs lack {exc} (written by an older sharpgen?)") from None
-
-
-def load_patches(zarr_path: str | Path) -> tuple[np.ndarray, dict, PixelScale]:
-    """Read a patch store: (patches (N, S, S) float32 in [-1, 1], attrs dict, per-patch
-    PixelScale with (N,) arrays)."""
-    import zarr
-
-    try:
-        g = zarr.open_group(str(zarr_path), mode="r")
-        arr = np.asarray(g["patches"][...], dtype=np.float32)
-        scale = PixelScale(*(np.asarray(g[k][...], dtype=np.float64)
-                             for k in ("pixel_size_mm", "pixel_area_cm2", "pixel_size_arcsec")))
-    except Exception as exc:
-        raise PatchError(f"cannot read patch store {zarr_path}: {type(exc).__name__}: {exc}") from exc
-    return arr, dict(g.attrs), scale

@@ -32,77 +32,35 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+# the parameter registry (names, units, fit space, polarity partners) lives in
+# sharpgen.parameters; PARAMETERS / PARAMETER_NAMES are re-exported here as the physics API
+from sharpgen.parameters import (  # noqa: F401
+    PARAMETER_NAMES,
+    PARAMETERS,
+    R_PAPER_DILATION,
+    ROBUST_GRID_MM,
+    ROBUST_SMOOTH_MM,
+    ROBUST_THRESHOLD_GAUSS,
+    STRONG_GAUSS,
+    ParamInfo,
+)
+from sharpgen.rvalue import (  # noqa: F401  (R_VALUE: JSOC's algorithm, in its own module)
+    R_VALUE_BIN_ARCSEC,
+    R_VALUE_HWIDTH,
+    R_VALUE_SIGMA,
+    _r_value_arrays,
+    groups as _groups,
+    r_value,
+    r_value_scale,
+)
+
 # --------------------------------------------------------------------------------------------
 # constants
 # --------------------------------------------------------------------------------------------
 RSUN_REF_M = 696_000_000.0  #: JSOC RSUN_REF [m]
 AU_M = 149_597_870_700.0  #: 1 astronomical unit [m]
 
-STRONG_GAUSS = 150.0  #: strong-field / polarity threshold of the paper and of R_VALUE [G]
-R_PAPER_DILATION = 7  #: r_paper: side of the square dilating each 150 G polarity mask [px]
-R_VALUE_BIN_ARCSEC = 2.0  #: R_VALUE: bin the map to about this pixel size [arcsec]
-R_VALUE_SIGMA = 10.0 / 2.3548  #: R_VALUE Gaussian sigma [binned px] (mbobra/SHARPs computeR)
-ROBUST_SMOOTH_MM = 2.0  #: psep_robust: Gaussian sigma of the smoothing [Mm]
-ROBUST_GRID_MM = 1.5  #: psep_robust: the map is first block-averaged to pixels of about this [Mm]
-ROBUST_THRESHOLD_GAUSS = 50.0  #: psep_robust: |smoothed B| threshold of a flux cluster [G]
 _SIGMA_QUANTUM_PX = 0.05  #: smoothing sigmas are rounded to this [px] so batches share kernels
-
-
-@dataclass(frozen=True)
-class ParamInfo:
-    """Unit and one-line definition of a parameter (column of every parameter table)."""
-
-    unit: str
-    description: str
-
-
-PARAMETERS: dict[str, ParamInfo] = {
-    "tuf": ParamInfo("Mx", "total unsigned flux: sum |B| * pixel area over valid (masked) pixels"),
-    "tpf": ParamInfo("Mx", "total positive flux: sum of B > 0 times pixel area"),
-    "tnf": ParamInfo("Mx", "total negative flux MAGNITUDE (>= 0): -sum of B < 0 times pixel area"),
-    "net_flux": ParamInfo("Mx", "signed net flux tpf - tnf"),
-    "flux_imbalance": ParamInfo("1", "|net_flux| / tuf (0 balanced, 1 unipolar)"),
-    "usflux_strong": ParamInfo("Mx", f"unsigned flux of pixels with |B| > {STRONG_GAUSS:g} G"),
-    "strong_frac": ParamInfo("1", f"fraction of valid pixels with |B| > {STRONG_GAUSS:g} G"),
-    "bmax": ParamInfo("G", "maximum |B| over valid pixels"),
-    "psep": ParamInfo(
-        "Mm",
-        f"polarity separation (paper): distance between the flux-weighted centroids of the "
-        f"B > +{STRONG_GAUSS:g} G and B < -{STRONG_GAUSS:g} G pixels; NaN if a polarity is empty",
-    ),
-    "psep_robust": ParamInfo(
-        "Mm",
-        f"robust polarity separation: B smoothed by a Gaussian of sigma {ROBUST_SMOOTH_MM:g} Mm; "
-        f"the connected cluster of smoothed B > +{ROBUST_THRESHOLD_GAUSS:g} G (resp. < -"
-        f"{ROBUST_THRESHOLD_GAUSS:g} G) carrying the most flux is the dominant positive (negative) "
-        "polarity; distance between their |smoothed B|-weighted centroids; NaN if none",
-    ),
-    "tilt_deg": ParamInfo(
-        "deg",
-        "tilt of the bipole axis joining the dominant clusters (psep_robust), measured from the "
-        "+x (westward) axis towards +y (north), folded into (-90, 90] so that it does not depend "
-        "on which polarity leads",
-    ),
-    "lead_sign": ParamInfo(
-        "1",
-        "sign of the leading (western, larger x) dominant cluster: +1 positive leads, -1 "
-        "negative leads, 0 if both centroids share x; NaN if a cluster is missing",
-    ),
-    "r_paper": ParamInfo(
-        "Mx",
-        f"paper's R: the B > +{STRONG_GAUSS:g} G and B < -{STRONG_GAUSS:g} G masks are each dilated "
-        f"by a {R_PAPER_DILATION}x{R_PAPER_DILATION} square; sum of |B| where the dilated masks "
-        "overlap, times pixel area",
-    ),
-    "r_value": ParamInfo(
-        "log10 Mx (JSOC)",
-        "Schrijver (2007) R as JSOC's R_VALUE / mbobra/SHARPs computeR: block-mean to ~2 arcsec, "
-        "150 G polarity masks dilated 3x3, overlap convolved with a Gaussian (sigma 10/2.3548 "
-        "binned px), log10 of sum(weight * |B binned| [G]); 0 where the sum < 1",
-    ),
-}
-
-PARAMETER_NAMES: tuple[str, ...] = tuple(PARAMETERS)
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,21 +194,6 @@ def _as_batch(br_gauss, mask) -> tuple[np.ndarray, np.ndarray]:
     return b, valid
 
 
-def _groups(values: np.ndarray) -> list[tuple[Any, np.ndarray | slice]]:
-    """[(value, indices)] for each distinct row/value (a handful per batch, usually one).
-
-    ``values`` is (N,) or (N, k); when all rows are equal (the usual case) the index is a slice.
-    """
-    values = np.asarray(values)
-    if values.shape[0] == 0:
-        return []
-    if (values == values[0]).all():
-        return [(values[0], slice(None))]
-    uniq, inv = np.unique(values, axis=0, return_inverse=True)
-    inv = inv.ravel()
-    return [(u, np.flatnonzero(inv == k)) for k, u in enumerate(uniq)]
-
-
 def _quantize_sigma(sigma_px: np.ndarray) -> np.ndarray:
     return np.maximum(np.round(sigma_px / _SIGMA_QUANTUM_PX) * _SIGMA_QUANTUM_PX, _SIGMA_QUANTUM_PX)
 
@@ -287,13 +230,6 @@ def _dilate_square(m: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def r_value_scale(size_arcsec):
-    """Block size (px, >= 1) that bins pixels of ``size_arcsec`` to ~2 arcsec, as computeR's
-    ``int(round(2.0 / cdelt1_arcsec))`` (round half to even); int for a scalar, else an array."""
-    s = np.maximum(1, np.round(R_VALUE_BIN_ARCSEC / np.asarray(size_arcsec, dtype=np.float64))).astype(np.int64)
-    return int(s) if s.ndim == 0 else s
-
-
 def _block_mean(b: np.ndarray, s: int) -> np.ndarray:
     """skimage-style block_reduce(mean) of (N,H,W) by s x s: zero-pad the end, NaN propagates."""
     if s == 1:
@@ -312,24 +248,6 @@ def _block_mean(b: np.ndarray, s: int) -> np.ndarray:
     return out  # strided adds: ~15x faster than reshape(...).mean(axis=(2, 4)) for small s
 
 
-def _computeR_offsets(ny1: int, nx1: int) -> tuple[int, int]:
-    """Shift of the 3x3 box in mbobra/SHARPs computeR.
-
-    computeR builds a full-size kernel whose 3x3 box starts at index round(n/2) (Python rounding)
-    while scipy centres kernels at n//2, so the dilation box covers offsets -(d+2)..-d with
-    d = round(n/2) - n//2 in {0, 1}. We reproduce it exactly with a small kernel.
-    """
-    return round(ny1 / 2) - ny1 // 2, round(nx1 / 2) - nx1 // 2
-
-
-def _computeR_kernel(dy: int, dx: int) -> np.ndarray:
-    """(1, 2dy+5, 2dx+5) kernel equal (for scipy.ndimage.convolve) to computeR's shifted box."""
-    k = np.zeros((1, 2 * dy + 5, 2 * dx + 5))
-    cy, cx = dy + 2, dx + 2
-    k[0, cy + dy : cy + dy + 3, cx + dx : cx + dx + 3] = 0.1111
-    return k
-
-
 @functools.lru_cache(maxsize=128)
 def _filter_matrix(length: int, kind: str, param: float, mode: str) -> np.ndarray:
     """(length, length) matrix M with ``M @ x`` == the 1-D scipy.ndimage filter of x.
@@ -342,33 +260,6 @@ def _filter_matrix(length: int, kind: str, param: float, mode: str) -> np.ndarra
     m = ndimage.gaussian_filter1d(np.eye(length), float(param), axis=0, mode=mode, cval=0.0)
     m.setflags(write=False)
     return m
-
-
-def _computeR_dilate(m: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """computeR's 3x3 box dilation of a (N,h,w) bool batch, scipy 'reflect' boundary.
-
-    Along an axis with offset d the output at i is any(m[i-d-2 .. i-d]) with indices mirrored
-    at the edges (numpy "symmetric" padding == scipy "reflect"), i.e. the OR of three shifted
-    slices of the front-padded array.
-    """
-    out = m
-    for axis, d in ((1, dy), (2, dx)):
-        length = out.shape[axis]
-        if length >= d + 2:  # mirrored front rows, as np.pad(..., mode="symmetric") (faster)
-            sl = [slice(None)] * 3
-            sl[axis] = slice(d + 1, None, -1)
-            p = np.concatenate([out[tuple(sl)], out], axis=axis)
-        else:
-            pad = [(0, 0)] * 3
-            pad[axis] = (d + 2, 0)
-            p = np.pad(out, pad, mode="symmetric")
-        sl = [slice(None)] * 3
-        res = None
-        for k in range(3):
-            sl[axis] = slice(k, k + length)
-            res = p[tuple(sl)].copy() if res is None else (res | p[tuple(sl)])
-        out = res
-    return out
 
 
 def _separable(x: np.ndarray, my: np.ndarray, mx: np.ndarray) -> np.ndarray:
@@ -421,57 +312,6 @@ def _separable_banded(x: np.ndarray, kind: str, param: float, mode: str) -> np.n
     out = np.empty((n, h, w))
     for r0, r1, c0, c1 in by:
         np.matmul(my[r0:r1, c0:c1], y[:, c0:c1], out=out[:, r0:r1])
-    return out
-
-
-def _r_value_batch(rim: np.ndarray) -> np.ndarray:
-    """R_VALUE of a batch of already-binned maps (N,h,w) in Gauss (NaN allowed).
-
-    Same steps as mbobra/SHARPs computeR: the (shifted) 3x3 box dilation of each polarity mask
-    is done with shifted ORs (see _computeR_dilate) and, since only the weighted sum is needed,
-    sum(G_y p1 G_x^T * |rim|) is evaluated as sum(p1 * G_y^T |rim| G_x) with BLAS matmuls.
-    """
-    n, ny1, nx1 = rim.shape
-    dy, dx = _computeR_offsets(ny1, nx1)
-    with np.errstate(invalid="ignore"):
-        p1 = _computeR_dilate(rim > STRONG_GAUSS, dy, dx)
-        p1 &= _computeR_dilate(rim < -STRONG_GAUSS, dy, dx)
-    gy = _filter_matrix(ny1, "gauss", R_VALUE_SIGMA, "reflect")
-    gx = _filter_matrix(nx1, "gauss", R_VALUE_SIGMA, "reflect")
-    s = np.zeros(n)
-    pix = np.flatnonzero(p1)  # overlap pixels (flat nonzero of bools is the fast one)
-    if pix.size:
-        k, rem = np.divmod(pix, ny1 * nx1)
-        i, j = np.divmod(rem, nx1)
-        # sum over the overlap pixels (k,i,j) of (gy^T a gx)[k,i,j] = gy[:,i] . (a_k gx)[:,j]:
-        # one flat GEMM for a gx, then a dot product per overlap pixel (p1 is sparse)
-        a = np.abs(rim)
-        a[np.isnan(a)] = 0.0
-        u = (a.reshape(n * ny1, nx1) @ gx).reshape(n, ny1, nx1)
-        s += np.bincount(k, weights=np.einsum("pr,rp->p", u[k, :, j], gy[:, i]), minlength=n)
-    with np.errstate(divide="ignore"):
-        return np.where(s < 1.0, 0.0, np.log10(np.maximum(s, 1e-300)))
-
-
-def r_value(br_gauss, scale: PixelScale) -> np.ndarray:
-    """R_VALUE (JSOC / mbobra/SHARPs computeR) of each map; shape (N,). No mask (as JSOC)."""
-    b = np.asarray(br_gauss, dtype=np.float64)
-    if b.ndim == 2:
-        b = b[None]
-    n = b.shape[0]
-    _, _, arcsec = scale.arrays(n)
-    return _r_value_arrays(b, arcsec)
-
-
-def _r_value_arrays(b: np.ndarray, arcsec: np.ndarray, coarse_cache: dict | None = None) -> np.ndarray:
-    """R_VALUE of (N,H,W) float64 maps with pixel sizes ``arcsec`` (N,). When the whole batch
-    shares one bin size s, its block mean is stored in ``coarse_cache[s]`` (if given) for reuse."""
-    out = np.empty(b.shape[0])
-    for s, idx in _groups(r_value_scale(arcsec)):
-        rim = _block_mean(b[idx], int(s))
-        if coarse_cache is not None and isinstance(idx, slice):
-            coarse_cache[int(s)] = rim
-        out[idx] = _r_value_batch(rim)
     return out
 
 
@@ -637,7 +477,7 @@ def _compute_parameters(b: np.ndarray, m: np.ndarray | None, scale: PixelScale) 
         sl = slice(lo, min(n, lo + step))
         bb, bz, _ = _valid_block(b, m, sl, known_valid=bool(allvalid[sl].all()))
         cache: dict = {}
-        cols["r_value"][sl] = _r_value_arrays(bb, arcsec[sl], cache)
+        cols["r_value"][sl] = _r_value_arrays(bb, arcsec[sl])
         (ryp, rxp), (ryn, rxn) = _dominant_clusters(bz, size_mm[sl], cache if bz is bb else None)
         cols["psep_robust"][sl] = np.hypot(ryp - ryn, rxp - rxn) * size_mm[sl]
         dx, dy = rxp - rxn, ryp - ryn  # negative -> positive
@@ -758,98 +598,3 @@ def _full_res_block(bz, nvalid, size_mm, area) -> dict[str, np.ndarray]:
         "psep": np.hypot(py - ny_, px - nx_) * size_mm,
         "r_paper": (np.multiply(absb, both, out=tmp).reshape(n, h * w) @ ones_hw) * area,
     }
-
-
-# --------------------------------------------------------------------------------------------
-# straightforward per-image reference (tests and benchmarks/bench_physics.py)
-# --------------------------------------------------------------------------------------------
-def _reference_one(b: np.ndarray, valid: np.ndarray, size_mm: float, area: float, arcsec: float) -> dict:
-    """All parameters of ONE (H,W) map, written plainly with per-image scipy calls."""
-    if not valid.any():
-        return {k: np.nan for k in PARAMETER_NAMES}
-    bz = np.where(valid, b, 0.0)
-    out: dict[str, float] = {}
-    out["tpf"] = float(bz[bz > 0].sum() * area)
-    out["tnf"] = float(-bz[bz < 0].sum() * area)
-    out["tuf"] = out["tpf"] + out["tnf"]
-    out["net_flux"] = out["tpf"] - out["tnf"]
-    out["flux_imbalance"] = abs(out["net_flux"]) / out["tuf"] if out["tuf"] > 0 else np.nan
-    strong = np.abs(bz) > STRONG_GAUSS
-    out["usflux_strong"] = float(np.abs(bz[strong]).sum() * area)
-    out["strong_frac"] = float(strong.sum() / valid.sum())
-    out["bmax"] = float(np.abs(bz).max())
-
-    def centroid(w):
-        return ndimage.center_of_mass(w) if w.sum() > 0 else (np.nan, np.nan)
-
-    py, px = centroid(np.where(bz > STRONG_GAUSS, bz, 0.0))
-    ny_, nx_ = centroid(np.where(bz < -STRONG_GAUSS, -bz, 0.0))
-    out["psep"] = float(np.hypot(py - ny_, px - nx_) * size_mm)
-
-    # psep_robust: block-average to ~ROBUST_GRID_MM, smooth, largest cluster per polarity
-    f = int(robust_grid_factor(size_mm))
-    sig = float(_quantize_sigma(np.array([ROBUST_SMOOTH_MM / (size_mm * f)]))[0])
-    hh, ww = -(-bz.shape[0] // f) * f, -(-bz.shape[1] // f) * f
-    padded = np.zeros((hh, ww))
-    padded[: bz.shape[0], : bz.shape[1]] = bz
-    coarse = padded.reshape(hh // f, f, ww // f, f).mean(axis=(1, 3))
-    sm = ndimage.gaussian_filter(coarse, sigma=sig, mode="constant", cval=0.0)
-    cents = []
-    for sign in (1.0, -1.0):
-        weight = sign * sm
-        lab, nlab = ndimage.label(weight > ROBUST_THRESHOLD_GAUSS, structure=np.ones((3, 3)))
-        if nlab == 0:
-            cents.append((np.nan, np.nan))
-            continue
-        fluxes = ndimage.sum_labels(weight, lab, index=np.arange(1, nlab + 1))
-        best = int(np.argmax(fluxes)) + 1
-        cy, cx = ndimage.center_of_mass(weight, lab, best)
-        cents.append(((cy + 0.5) * f - 0.5, (cx + 0.5) * f - 0.5))
-    (ryp, rxp), (ryn, rxn) = cents
-    out["psep_robust"] = float(np.hypot(ryp - ryn, rxp - rxn) * size_mm)
-    dx, dy = rxp - rxn, ryp - ryn
-    if np.isnan(dx):
-        out["tilt_deg"] = out["lead_sign"] = np.nan
-    else:
-        if dx < 0:
-            dx, dy = -dx, -dy
-        t = math.degrees(math.atan2(dy, dx))
-        out["tilt_deg"] = t + 180.0 if t <= -90.0 else t
-        out["lead_sign"] = float(np.sign(rxp - rxn))
-
-    fp = np.ones((R_PAPER_DILATION, R_PAPER_DILATION), dtype=bool)
-    both = ndimage.binary_dilation(bz > STRONG_GAUSS, structure=fp) & ndimage.binary_dilation(
-        bz < -STRONG_GAUSS, structure=fp
-    )
-    out["r_paper"] = float(np.abs(bz[both]).sum() * area)
-
-    # R_VALUE, step by step as mbobra/SHARPs computeR
-    s = r_value_scale(arcsec)
-    h, w = b.shape
-    padded = np.zeros((-(-h // s) * s, -(-w // s) * s))
-    padded[:h, :w] = b
-    rim = padded.reshape(padded.shape[0] // s, s, padded.shape[1] // s, s).mean(axis=(1, 3))
-    ny1, nx1 = rim.shape
-    k = _computeR_kernel(*_computeR_offsets(ny1, nx1))[0]
-    with np.errstate(invalid="ignore"):
-        p1p = ndimage.convolve((rim > STRONG_GAUSS).astype(float), k)
-        p1n = ndimage.convolve((rim < -STRONG_GAUSS).astype(float), k)
-    pmap = ndimage.gaussian_filter(((p1p > 0) & (p1n > 0)).astype(float), R_VALUE_SIGMA)
-    total = np.nansum(pmap * np.abs(rim))
-    out["r_value"] = 0.0 if total < 1.0 else math.log10(total)
-    return out
-
-
-def compute_parameters_reference(br_gauss, scale: PixelScale, mask=None) -> pd.DataFrame:
-    """Same result as :func:`compute_parameters`, computed one image at a time (slow reference)."""
-    b, valid = _as_batch(br_gauss, mask)
-    size_mm, area, arcsec = scale.arrays(b.shape[0])
-    rows = [
-        _reference_one(b[i], valid[i], size_mm[i], area[i], arcsec[i]) for i in range(b.shape[0])
-    ]
-    # r_value is unmasked (JSOC): recompute it on the raw map when a mask was given
-    if mask is not None:
-        for i, row in enumerate(rows):
-            if valid[i].any():
-                row["r_value"] = float(r_value(b[i], scale.select(i))[0])
-    return pd.DataFrame(rows, columns=list(PARAMETER_NAMES))

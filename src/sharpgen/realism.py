@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sharpgen.parameters import REALISM_TARGETS
+
 # --------------------------------------------------------------------------------------------
 HIST_EDGES_G = np.concatenate([[0.0], np.geomspace(5.0, 4000.0, 41)])
 PS_K_RANGE = (0.02, 0.2)  # cycles per native pixel fitted by the power-spectrum slope (5-50 px)
@@ -215,7 +217,6 @@ def realism_figure(real_paths, synth_paths, out_png: str | Path, out_pdf: str | 
             "n": int(len(df)),
             **{f"{c}_median": float(df[c].median()) for c in
                ("weak_sigma", "pixel_sigma", "ps_slope", "frac_gt_100", "frac_gt_1000", "bmax")},
-            **{f"{c}_range": [float(df[c].min()), float(df[c].max())] for c in
-               ("tuf", "psep", "r_paper", "r_value")},
+            **{f"{c}_range": [float(df[c].min()), float(df[c].max())] for c in REALISM_TARGETS},
         }
     return summary

@@ -6,34 +6,34 @@
 * :func:`topk_cosine` -- cosine top-k (rows l2-normalised), returns (indices, similarities).
 * :class:`ParamSpace` / :func:`param_neighbours` -- nearest neighbour in standardised
   physical-parameter space (Euclidean, or Mahalanobis via whitening), :func:`random_match`.
-* :func:`correlations`, :func:`evaluate_retrieval` -- query-vs-match Pearson/Spearman and
-  augmented self-retrieval rates, as written to results/retrieval/evaluation.json.
-* :func:`save_embeddings` / :func:`load_embeddings` -- the embedding store
-  (results/ssl/embeddings.npz: row ids, split, l2-normalised embeddings, the encoder's hash).
+* :func:`correlations`, :func:`run_evaluation` -- query-vs-match Pearson/Spearman and
+  augmented self-retrieval rates, as written to results/retrieval/evaluation.json (rule
+  evaluate_retrieval).
+
+The embedding store is written by the ssl stage (:mod:`sharpgen.embed`); the interactive
+``sharpgen retrieve`` command is :mod:`sharpgen.query`.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from sharpgen.atomic import atomic_path
+if TYPE_CHECKING:  # torch is imported where the top-k runs, not at module import
+    import torch
+
+from sharpgen.embed import EmbeddingStoreError, load_embeddings
+from sharpgen.parameters import LOG_VALUED, REQUESTABLE, is_log_fit, to_fit_space
+from sharpgen.seeds import int_seed, stream
 
 logger = logging.getLogger(__name__)
 
-#: Physical-parameter baseline space (documented in docs/retrieval.md): log10 of the three fluxes
-#: (they span orders of magnitude), the two polarity separations (Mm) and r_value (already log10).
-BASELINE_PARAMETERS = ("log_tuf", "log_tpf", "log_tnf", "psep", "psep_robust", "r_value")
-#: Parameters whose query-vs-match correlation is reported (paper table).
-EVAL_PARAMETERS = ("tuf", "tpf", "tnf", "psep", "psep_robust", "r_paper", "r_value")
-
-
-class EmbeddingStoreError(ValueError):
-    """An embedding store that does not fit the encoder or the patch table."""
+#: Parameters whose query-vs-match correlation is reported (paper table): the registry's headline.
+EVAL_PARAMETERS = REQUESTABLE
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,20 +169,16 @@ def topk_euclidean(queries: np.ndarray, database: np.ndarray, k: int = 5, subset
 # --------------------------------------------------------------------------------------------
 
 
-def baseline_features(table: pd.DataFrame, params: Sequence[str] = BASELINE_PARAMETERS) -> np.ndarray:
-    """(N, len(params)) float64 baseline features from a parameter table. ``log_X`` means
-    log10(max(|X|, 1 Mx)) of column X; other names are used as they are. Non-finite stays NaN."""
+def baseline_features(table: pd.DataFrame, params: Sequence[str]) -> np.ndarray:
+    """(N, len(params)) float64 baseline features from a parameter table, in fit space: for the
+    registry's log_fit parameters (fluxes) log10(max(|X|, 1 Mx)), so that a zero flux stays
+    finite; the value itself otherwise. Non-finite stays NaN."""
     cols = []
     for p in params:
-        if p.startswith("log_"):
-            name = p[4:]
-            if name not in table:
-                raise KeyError(f"baseline parameter {p!r} needs column {name!r}, not in the table")
-            cols.append(np.log10(np.maximum(np.abs(table[name].to_numpy(dtype=float)), 1.0)))
-        else:
-            if p not in table:
-                raise KeyError(f"baseline parameter {p!r} is not a column of the table")
-            cols.append(table[p].to_numpy(dtype=float))
+        if p not in table:
+            raise KeyError(f"baseline parameter {p!r} is not a column of the table")
+        v = table[p].to_numpy(dtype=float)
+        cols.append(np.log10(np.maximum(np.abs(v), 1.0)) if is_log_fit(p) else v)
     return np.stack(cols, axis=1)
 
 
@@ -241,66 +237,53 @@ def random_match(n_queries: int, n_database: int | np.ndarray, k: int = 1, seed:
 
 
 # --------------------------------------------------------------------------------------------
-# Embedding store
-# --------------------------------------------------------------------------------------------
-
-
-def save_embeddings(path: str | Path, embeddings: np.ndarray, rows: np.ndarray, splits: Sequence[str],
-                    encoder_hash: str) -> None:
-    """Write the embedding store (.npz) atomically: ``embeddings`` (N, d) float32 l2-normalised,
-    ``row`` (N,) int64 patch-table row ids, ``split`` (N,) str, ``encoder_hash`` str."""
-    emb = np.asarray(embeddings, dtype=np.float32)
-    if emb.ndim != 2 or len(emb) != len(rows) or len(rows) != len(splits):
-        raise ValueError(f"embedding store: inconsistent shapes {emb.shape}, {len(rows)} rows, {len(splits)} splits")
-    with atomic_path(path, suffix=".npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, embeddings=emb, row=np.asarray(rows, dtype=np.int64),
-                     split=np.asarray([str(s) for s in splits], dtype=str), encoder_hash=np.asarray(str(encoder_hash)))
-
-
-def load_embeddings(path: str | Path, encoder_hash: str | None = None) -> dict:
-    """Read the embedding store -> dict(embeddings, row, split, encoder_hash). If
-    ``encoder_hash`` is given and differs, raise :class:`EmbeddingStoreError`."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"embedding store not found: {path} (run `snakemake embed`)")
-    with np.load(path, allow_pickle=False) as z:
-        missing = {"embeddings", "row", "split", "encoder_hash"} - set(z.files)
-        if missing:
-            raise EmbeddingStoreError(f"{path} is not a sharpgen embedding store (missing {sorted(missing)})")
-        out = {k: z[k] for k in ("embeddings", "row", "split")}
-        out["encoder_hash"] = str(z["encoder_hash"])
-    if encoder_hash is not None and out["encoder_hash"] != encoder_hash:
-        raise EmbeddingStoreError(
-            f"embedding store {path} was made with encoder {out['encoder_hash']}, but the encoder "
-            f"in use is {encoder_hash}: re-run `snakemake embed` (or pass the matching files)")
-    return out
-
-
-# --------------------------------------------------------------------------------------------
 # Evaluation
 # --------------------------------------------------------------------------------------------
 
 
-def correlations(query: pd.DataFrame, match: pd.DataFrame, params: Sequence[str] = EVAL_PARAMETERS) -> dict:
-    """Pearson and Spearman correlation of query vs match per parameter, over rows where both
-    are finite: ``{param: {"pearson", "spearman", "n"}}`` (NaN when fewer than 3 pairs or
-    constant)."""
+def _pearson_spearman(a: np.ndarray, b: np.ndarray) -> tuple[float, float, int]:
     from scipy import stats
 
+    ok = np.isfinite(a) & np.isfinite(b)
+    n = int(ok.sum())
+    if n < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
+        return float("nan"), float("nan"), n
+    return float(stats.pearsonr(a[ok], b[ok])[0]), float(stats.spearmanr(a[ok], b[ok])[0]), n
+
+
+def correlations(query: pd.DataFrame, match: pd.DataFrame, params: Sequence[str] = EVAL_PARAMETERS) -> dict:
+    """Query vs match statistics per parameter: ``{param: {...}}`` with
+
+    * ``pearson``, ``spearman``, ``n``: in fit space (log10 for the registry's log_fit fluxes,
+      which span ~3 dex: on raw Mx a few large regions would dominate), over the pairs where
+      both values are defined -- finite, and for log-valued parameters (r_value) non-zero,
+      since JSOC stores "no R" as 0.0 in log space;
+    * ``pearson_raw``: Pearson on the physical values as stored, over finite pairs;
+    * for log-valued parameters also ``pearson_all`` (every finite pair, zeros included),
+      ``zero_agreement`` (fraction of finite pairs where query and match agree on R = 0 vs
+      R > 0) and ``n_nonzero``.
+
+    NaN where fewer than 3 pairs exist or a side is constant.
+    """
     out = {}
     for p in params:
         if p not in query or p not in match:
             continue
         a = query[p].to_numpy(dtype=float)
         b = match[p].to_numpy(dtype=float)
-        ok = np.isfinite(a) & np.isfinite(b)
-        n = int(ok.sum())
-        if n < 3 or np.ptp(a[ok]) == 0 or np.ptp(b[ok]) == 0:
-            out[p] = {"pearson": float("nan"), "spearman": float("nan"), "n": n}
-            continue
-        out[p] = {"pearson": float(stats.pearsonr(a[ok], b[ok])[0]),
-                  "spearman": float(stats.spearmanr(a[ok], b[ok])[0]), "n": n}
+        fa, fb = to_fit_space(p, a), to_fit_space(p, b)
+        log_valued = p in LOG_VALUED
+        if log_valued:  # "no R" is not a value: leave zeros out of the headline correlation
+            fa = np.where(fa != 0, fa, np.nan)
+            fb = np.where(fb != 0, fb, np.nan)
+        pr, sr, n = _pearson_spearman(fa, fb)
+        d = {"pearson": pr, "spearman": sr, "n": n, "pearson_raw": _pearson_spearman(a, b)[0]}
+        if log_valued:
+            fin = np.isfinite(a) & np.isfinite(b)
+            d["pearson_all"] = _pearson_spearman(a, b)[0]
+            d["zero_agreement"] = float(np.mean((a[fin] == 0) == (b[fin] == 0))) if fin.any() else float("nan")
+            d["n_nonzero"] = n
+        out[p] = d
     return out
 
 
@@ -326,7 +309,7 @@ def match_table(query_set: str, method: str, query_ids: np.ndarray, query_params
 
 def retrieve_all_methods(
     q_emb: np.ndarray, q_params: pd.DataFrame, db_emb: np.ndarray, db_table: pd.DataFrame,
-    subset: np.ndarray | None, k: int, seed: int, baseline_params: Sequence[str] = BASELINE_PARAMETERS,
+    subset: np.ndarray | None, k: int, seed: int, baseline_params: Sequence[str],
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Top-k database rows for every method: ``{"simsiam", "params_euclidean",
     "params_mahalanobis", "random"} -> (indices (Q, k), scores (Q, k))``. Scores: cosine for
@@ -359,75 +342,6 @@ def self_retrieval_rates(indices: np.ndarray, originals: np.ndarray, ks: Sequenc
 
 
 # --------------------------------------------------------------------------------------------
-# Stores (patch store, generated samples)
-# --------------------------------------------------------------------------------------------
-
-
-def open_patch_store(zarr_path: str | Path, table_path: str | Path | None = None):
-    """Open the patch store lazily -> (zarr array ``patches`` (N, S, S), attrs dict, table or
-    None). Checks that the table has one row per patch, in order (``row == 0..N-1``)."""
-    import zarr
-
-    zarr_path = Path(zarr_path)
-    if not zarr_path.exists():
-        raise FileNotFoundError(f"patch store not found: {zarr_path}")
-    g = zarr.open_group(str(zarr_path), mode="r")
-    if "patches" not in g:
-        raise ValueError(f"patch store {zarr_path} has no 'patches' array")
-    arr = g["patches"]
-    if arr.ndim != 3 or arr.shape[1] != arr.shape[2]:
-        raise ValueError(f"patch store {zarr_path}: 'patches' has shape {arr.shape}, expected (N, S, S)")
-    table = None
-    if table_path is not None:
-        table = pd.read_parquet(table_path)
-        if len(table) != arr.shape[0] or ("row" in table and not np.array_equal(table["row"].to_numpy(), np.arange(len(table)))):
-            raise ValueError(f"patch table {table_path} ({len(table)} rows) does not match patch store "
-                             f"{zarr_path} ({arr.shape[0]} patches, rows 0..N-1 in order)")
-    return arr, dict(g.attrs), table
-
-
-def read_rows(arr, rows: np.ndarray | None = None) -> np.ndarray:
-    """Rows of a zarr (N, S, S) array as float32 (all when ``rows`` is None)."""
-    if rows is None:
-        return np.asarray(arr[...], dtype=np.float32)
-    rows = np.asarray(rows, dtype=np.int64)
-    if len(rows) == 0:
-        return np.empty((0,) + tuple(arr.shape[1:]), dtype=np.float32)
-    order = np.argsort(rows)
-    data = np.asarray(arr.get_orthogonal_selection((rows[order], slice(None), slice(None))), dtype=np.float32)
-    out = np.empty_like(data)
-    out[order] = data
-    return out
-
-
-def store_scale(zarr_path: str | Path, rows: np.ndarray):
-    """physics.PixelScale of the patches ``rows`` from the store's per-patch scale arrays."""
-    import zarr
-
-    from sharpgen.physics import PixelScale
-
-    g = zarr.open_group(str(zarr_path), mode="r")
-    vals = []
-    for name in ("pixel_size_mm", "pixel_area_cm2", "pixel_size_arcsec"):
-        if name not in g:
-            raise ValueError(f"patch store {zarr_path} has no '{name}' array")
-        vals.append(np.asarray(g[name][...], dtype=np.float64)[rows])
-    return PixelScale(*vals)
-
-
-def split_rows(table: pd.DataFrame, split: str) -> np.ndarray | None:
-    """Row indices of ``split`` ("all" -> None = every row); error naming the split if empty."""
-    if split == "all":
-        return None
-    if "split" not in table:
-        raise ValueError("the patch table has no 'split' column")
-    rows = np.flatnonzero(table["split"].to_numpy() == split)
-    if len(rows) == 0:
-        raise ValueError(f"the patch table has no rows with split == {split!r}")
-    return rows
-
-
-# --------------------------------------------------------------------------------------------
 # Full evaluation (rule evaluate_retrieval)
 # --------------------------------------------------------------------------------------------
 
@@ -437,10 +351,10 @@ TARGET_PEARSON = {"tuf": 0.85, "r_value": 0.80, "psep": 0.50}
 
 
 def augment_numpy(x: np.ndarray, aug_cfg: Mapping[str, Any] | None, seed: int) -> np.ndarray:
-    """Seeded :func:`sharpgen.ssl.augment` of (N, S, S) patches -> (N, S, S) float32."""
+    """Seeded :func:`sharpgen.augment.augment` of (N, S, S) patches -> (N, S, S) float32."""
     import torch
 
-    from sharpgen.ssl import AugmentConfig, augment
+    from sharpgen.augment import AugmentConfig, augment
 
     gen = torch.Generator()
     gen.manual_seed(int(seed))
@@ -450,6 +364,11 @@ def augment_numpy(x: np.ndarray, aug_cfg: Mapping[str, Any] | None, seed: int) -
         xb = torch.from_numpy(np.ascontiguousarray(x[i:i + 256], dtype=np.float32))[:, None]
         out[i:i + len(xb)] = augment(xb, aug, gen)[:, 0].numpy()
     return out
+
+
+def _subset(store, split: str) -> np.ndarray | None:
+    """Database rows of ``split`` (None = every row, the fast path of the top-k search)."""
+    return None if split == "all" else store.rows(split)
 
 
 def _evaluate_queries(name, q_ids, q_emb, q_params, db_emb, table, subset, k, seed, base_params):
@@ -473,253 +392,110 @@ def run_evaluation(
     """The retrieval evaluation (config section ``retrieval``) -> (evaluation dict, matches table).
 
     1. ``n_generated_queries`` generated images (seeded subset) -> nearest real patch in
-       ``database_split`` by SimSiam cosine, by standardised-parameter Euclidean and
-       Mahalanobis distance, and at random; Pearson/Spearman of query vs match parameters.
+       ``database_split`` (headline ``generated``: by default ``heldout`` = val + test, the
+       patches neither the GAN nor SimSiam was trained on) and in every patch (``generated_all``)
+       by SimSiam cosine, by the physical-parameter oracles (standardised Euclidean and
+       Mahalanobis distance on the very parameters that are scored) and at random; query vs
+       match statistics per parameter (:func:`correlations`: fit space, r_value zeros apart).
     2. ``n_real_queries`` real ``real_query_split`` patches, augmented (``augment``), parameters
-       re-measured on the augmented patch -> nearest ``real_database_split`` patch; same stats.
+       re-measured on the augmented patch -> nearest ``real_database_split`` patch (``real``) and
+       nearest of all (``real_all``); same stats.
     3. The same augmented queries against every patch (which includes the originals): top-1 and
        top-5 rates of retrieving the original.
+    4. The memorisation check (:mod:`sharpgen.memorisation`).
     """
     import torch
-    import zarr
 
     from sharpgen import physics
+    from sharpgen.config import section
     from sharpgen.ssl import embed, load_encoder
+    from sharpgen.store import PatchStore, open_group, read_rows
 
+    cfg = section("retrieval", cfg)
     enc, info = load_encoder(encoder_path)
-    store = load_embeddings(embeddings_path, encoder_hash=info["hash"])
-    arr, attrs, table = open_patch_store(patches_zarr, patches_table)
-    if not np.array_equal(store["row"], np.arange(len(table))):
+    emb_store = load_embeddings(embeddings_path, encoder_hash=info["hash"])
+    store = PatchStore.open(patches_zarr, patches_table)
+    table = store.table
+    if not np.array_equal(emb_store["row"], np.arange(len(table))):
         raise EmbeddingStoreError(f"embedding store {embeddings_path} rows do not match the patch table {patches_table}")
-    db_emb = store["embeddings"]
-    size = int(arr.shape[1])
+    db_emb = emb_store["embeddings"]
+    size = store.size
     if int(info["meta"].get("size", size)) != size:
         raise ValueError(f"encoder {encoder_path} was trained on {info['meta'].get('size')} px patches, "
                          f"the patch store has {size} px")
-    k = int(cfg.get("k", 5))
-    seed = int(cfg.get("seed", 0))
-    base_params = tuple(cfg.get("baseline_parameters", BASELINE_PARAMETERS))
-    clip = float(attrs.get("clip_gauss", 1000.0))
+    k = int(cfg["k"])
+    seed = int(cfg["seed"])
+    base_params = tuple(cfg["baseline_parameters"])
+    clip = store.clip_gauss
     threads = torch.get_num_threads()
     frames: list[pd.DataFrame] = []
     out: dict[str, Any] = {"encoder_hash": info["hash"], "n_database": int(len(table)), "k": k,
                            "baseline_parameters": list(base_params), "paper_pearson": PAPER_PEARSON,
                            "target_pearson": TARGET_PEARSON, "threads": threads}
 
-    # 1. generated queries
-    gimg = zarr.open_group(str(generated_zarr), mode="r")["images"]
+    # 1. generated queries: headline against the patches neither network saw, and against all
+    gimg = open_group(generated_zarr, "images")["images"]
     if gimg.ndim != 3 or gimg.shape[1:] != (size, size):
         raise ValueError(f"generated images {generated_zarr} have shape {gimg.shape}, expected (N, {size}, {size})")
     lat = pd.read_parquet(latents_path)
     lat = lat[[c for c in lat.columns if c != "z"]]
     if len(lat) != gimg.shape[0]:
         raise ValueError(f"{latents_path} has {len(lat)} rows but {generated_zarr} has {gimg.shape[0]} images")
-    n_gen = min(int(cfg.get("n_generated_queries", 1000)), len(lat))
-    sel = np.sort(np.random.default_rng(seed).choice(len(lat), size=n_gen, replace=False))
+    n_gen = min(int(cfg["n_generated_queries"]), len(lat))
+    sel = np.sort(stream(seed, "retrieval_generated_queries").choice(len(lat), size=n_gen, replace=False))
     q_img = read_rows(gimg, sel)
     q_emb = embed(enc, q_img)
     q_par = lat.iloc[sel].reset_index(drop=True)
     q_ids = q_par["sample"].to_numpy() if "sample" in q_par else sel
-    db_split = str(cfg.get("database_split", "all"))
-    _, corr, fr = _evaluate_queries("generated", q_ids, q_emb, q_par, db_emb, table,
-                                    split_rows(table, db_split), k, seed, base_params)
-    frames += fr
-    out["generated"] = {"n_queries": n_gen, "database_split": db_split, "correlations": corr}
-    sims = fr[0]["score"].to_numpy()
-    out["generated"]["simsiam_top1_cosine"] = {"median": float(np.median(sims)), "min": float(sims.min()),
-                                               "max": float(sims.max())}
-    out["generated"]["targets_met"] = {p: bool(corr["simsiam"].get(p, {}).get("pearson", np.nan) >= t)
-                                       for p, t in TARGET_PEARSON.items()}
+    rseed = int_seed(seed, "retrieval_random_baseline")
+    for key, db_split in (("generated", str(cfg["database_split"])), ("generated_all", "all")):
+        if key == "generated_all" and db_split == cfg["database_split"]:
+            continue
+        _, corr, fr = _evaluate_queries("generated" if key == "generated" else "generated_all_database",
+                                        q_ids, q_emb, q_par, db_emb, table, _subset(store, db_split), k,
+                                        rseed, base_params)
+        frames += fr
+        sims = fr[0]["score"].to_numpy()
+        out[key] = {"n_queries": n_gen, "database_split": db_split,
+                    "n_database": int(len(table) if db_split == "all" else len(store.rows(db_split))),
+                    "correlations": corr,
+                    "simsiam_top1_cosine": {"median": float(np.median(sims)), "min": float(sims.min()),
+                                            "max": float(sims.max())}}
+    out["generated"]["targets_met"] = {p: bool(out["generated"]["correlations"]["simsiam"].get(p, {}).get(
+        "pearson", np.nan) >= t) for p, t in TARGET_PEARSON.items()}
 
-    # 2. + 3. augmented real queries
-    q_split = str(cfg.get("real_query_split", "test"))
-    rows_q = split_rows(table, q_split)
-    rows_q = np.arange(len(table)) if rows_q is None else rows_q
-    n_real = min(int(cfg.get("n_real_queries", 500)), len(rows_q))
-    rows_q = np.sort(np.random.default_rng(seed + 1).choice(rows_q, size=n_real, replace=False))
-    xa = augment_numpy(read_rows(arr, rows_q), cfg.get("augment"), seed + 2)
+    # 2. augmented real queries: headline against another held-out split (HARP-disjoint), and all
+    q_split = str(cfg["real_query_split"])
+    rows_q = store.rows(q_split)
+    n_real = min(int(cfg["n_real_queries"]), len(rows_q))
+    rows_q = np.sort(stream(seed, "retrieval_real_queries").choice(rows_q, size=n_real, replace=False))
+    xa = augment_numpy(store.read(rows_q), cfg["augment"], int_seed(seed, "retrieval_augment"))
     qa_emb = embed(enc, xa)
-    qa_par = physics.compute_parameters(clip * xa.astype(np.float64), store_scale(patches_zarr, rows_q))
+    # real patches are measured at their own pixel scale (as in patches.parquet)
+    qa_par = physics.compute_parameters(clip * xa.astype(np.float64), store.scale(rows_q))
     qa_par = qa_par.reset_index(drop=True)
-    r_db = str(cfg.get("real_database_split", "train"))
-    _, corr_r, fr = _evaluate_queries(f"real_{q_split}_augmented", rows_q, qa_emb, qa_par, db_emb, table,
-                                      split_rows(table, r_db), k, seed, base_params)
-    frames += fr
-    out["real"] = {"n_queries": n_real, "query_split": q_split, "database_split": r_db, "correlations": corr_r}
-    res_self = retrieve_all_methods(qa_emb, qa_par, db_emb, table, None, max(5, k), seed, base_params)
+    for key, r_db in (("real", str(cfg["real_database_split"])), ("real_all", "all")):
+        if key == "real_all" and r_db == cfg["real_database_split"]:
+            continue
+        _, corr_r, fr = _evaluate_queries(f"real_{q_split}_augmented" + ("" if key == "real" else "_all_database"),
+                                          rows_q, qa_emb, qa_par, db_emb, table, _subset(store, r_db), k, rseed,
+                                          base_params)
+        frames += fr
+        out[key] = {"n_queries": n_real, "query_split": q_split, "database_split": r_db, "correlations": corr_r}
+    # 3. the same augmented queries against every patch (which includes their originals)
+    res_self = retrieve_all_methods(qa_emb, qa_par, db_emb, table, None, max(5, k), rseed, base_params)
     harp = table["harpnum"].to_numpy() if "harpnum" in table else None
     out["self_retrieval"] = {"database_split": "all", "n_queries": n_real, "group": "harpnum",
                              **{m: self_retrieval_rates(i, rows_q, groups=harp) for m, (i, _) in res_self.items()}}
     # the parameters of the augmented query vs those of its own original (augmentation noise)
     out["real"]["augmentation_vs_original"] = correlations(qa_par, table.iloc[rows_q].reset_index(drop=True))
+
+    # 4. memorisation: generated images and held-out patches, each against the training patches
+    from sharpgen.memorisation import memorisation_check
+
+    train_rows = store.rows(str(cfg["train_split"]))
+    held_rows = store.rows(str(cfg["database_split"])) if cfg["database_split"] != "all" else store.rows("heldout")
+    out["memorisation"] = memorisation_check(
+        q_img, q_ids, store.read(train_rows), train_rows, store.read(held_rows),
+        gen_emb=q_emb, train_emb=db_emb[train_rows], held_emb=db_emb[held_rows], clip_gauss=clip)
     return out, pd.concat(frames, ignore_index=True)
-
-
-# --------------------------------------------------------------------------------------------
-# Interactive retrieval: `sharpgen retrieve QUERY.fits|.npy -k 5`
-# --------------------------------------------------------------------------------------------
-
-#: columns printed for each retrieved record
-SHOW_PARAMETERS = ("tuf", "tpf", "tnf", "psep", "psep_robust", "r_paper", "r_value")
-
-
-class QueryError(ValueError):
-    """A query file that cannot be turned into a patch of the encoder's size and scale."""
-
-
-def load_query(path: str | Path, meta: Mapping[str, Any]) -> np.ndarray:
-    """Query file -> (S, S) float32 patch in [-1, 1] as the encoder expects.
-
-    ``meta`` is the encoder's metadata (``size``, ``clip_gauss``, ``mode``, ``bin`` of the patch
-    store it was trained on). ``.npy``: an (S, S) (or (1, S, S)) array already in [-1, 1].
-    ``.fits``: a generated patch written by ``sharpgen generate`` (header CLIPG; (S, S) Br in
-    Gauss) or a SHARP Br record, cut with :func:`sharpgen.patches.extract_patch` in the store's
-    mode. Raises :class:`QueryError` naming the file and the problem.
-    """
-    path = Path(path)
-    size = int(meta.get("size", 0))
-    clip = float(meta.get("clip_gauss", 1000.0))
-    if not path.exists():
-        raise QueryError(f"query file not found: {path}")
-    suffix = "".join(path.suffixes[-2:]).lower() if path.suffix.lower() == ".gz" else path.suffix.lower()
-    if suffix == ".npy":
-        try:
-            x = np.load(path, allow_pickle=False)
-        except Exception as err:
-            raise QueryError(f"{path}: cannot read as a .npy array ({err})") from None
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim == 3 and x.shape[0] == 1:
-            x = x[0]
-        if x.shape != (size, size):
-            raise QueryError(f"{path}: query patch has shape {x.shape}, the encoder expects ({size}, {size})")
-        if not np.isfinite(x).all():
-            raise QueryError(f"{path}: query patch contains NaN/inf (store patches have NaN -> 0)")
-        if np.abs(x).max() > 1.0 + 1e-6:
-            raise QueryError(f"{path}: query values span [{x.min():.4g}, {x.max():.4g}], outside [-1, 1]: a "
-                             f".npy query must be Br / clip_gauss (clip_gauss = {clip:g} G), as in the patch store")
-        return x
-    if suffix not in (".fits", ".fit", ".fts", ".fits.gz"):
-        raise QueryError(f"{path}: unsupported query type {suffix!r} (use .fits or .npy)")
-    from astropy.io import fits
-
-    try:
-        with fits.open(path) as hdul:
-            hdr0 = hdul[0].header
-            generated = "CLIPG" in hdr0 or "ZSHA" in hdr0
-            data0 = None if hdul[0].data is None else np.asarray(hdul[0].data, dtype=np.float64)
-    except Exception as err:
-        raise QueryError(f"{path}: not a readable FITS file ({err})") from None
-    if generated:
-        if data0 is None or data0.shape != (size, size):
-            raise QueryError(f"{path}: generated patch has shape {None if data0 is None else data0.shape}, "
-                             f"the encoder expects ({size}, {size})")
-        g_clip = float(hdr0.get("CLIPG", clip))
-        return (np.clip(np.nan_to_num(data0), -g_clip, g_clip) / g_clip).astype(np.float32)
-    from sharpgen.patches import PatchConfig, SkipRecord, extract_patch
-    from sharpgen.sharp_io import SharpReadError, read_sharp
-
-    try:
-        rec = read_sharp(path, segment_check="Br")
-    except SharpReadError as err:
-        raise QueryError(f"{path}: neither a sharpgen generated patch (no CLIPG header) nor a readable "
-                         f"SHARP Br record: {err}") from None
-    pc = PatchConfig.from_mapping({"mode": meta.get("mode") or "crop", "size": size,
-                                   "bin": int(meta.get("bin", 1) or 1), "clip_gauss": clip})
-    try:
-        patch, _, _, _ = extract_patch(rec.data, rec.scale, rec.header, pc)
-    except SkipRecord as err:
-        raise QueryError(f"{path}: cannot cut a patch from the record: {err}") from None
-    return (np.clip(np.nan_to_num(patch), -clip, clip) / clip).astype(np.float32)
-
-
-def retrieve(query: np.ndarray, encoder_path: str | Path, embeddings_path: str | Path,
-             table_path: str | Path, k: int = 5, split: str = "all") -> pd.DataFrame:
-    """Top-k real records for one (S, S) query patch in [-1, 1]: the k patch-table rows, best
-    first, with ``rank`` (1..k), ``row`` and ``similarity`` (cosine) prepended. Raises
-    :class:`EmbeddingStoreError` if the store was made by another encoder or for another table."""
-    from sharpgen.ssl import embed, load_encoder
-
-    enc, info = load_encoder(encoder_path)
-    store = load_embeddings(embeddings_path, encoder_hash=info["hash"])
-    table = pd.read_parquet(table_path)
-    if len(table) != len(store["row"]):
-        raise EmbeddingStoreError(f"embedding store {embeddings_path} has {len(store['row'])} rows, the patch "
-                                  f"table {table_path} has {len(table)}: re-run `snakemake embed`")
-    size = int(info["meta"].get("size", query.shape[-1]))
-    if query.shape != (size, size):
-        raise QueryError(f"query patch has shape {query.shape}, the encoder expects ({size}, {size})")
-    q = embed(enc, query[None])
-    idx, sim = topk_cosine(q, store["embeddings"], k, subset=split_rows(table, split), normalized=True)
-    rows = store["row"][idx[0]]
-    out = table.iloc[rows].reset_index(drop=True).drop(columns=["row"], errors="ignore")
-    out.insert(0, "similarity", sim[0].astype(float))
-    out.insert(0, "row", rows)
-    out.insert(0, "rank", np.arange(1, len(rows) + 1))
-    return out
-
-
-def register(subparsers) -> None:
-    """Register ``sharpgen retrieve`` (see :mod:`sharpgen.cli`)."""
-    p = subparsers.add_parser(
-        "retrieve",
-        help="find the real SHARP records most similar to a patch (SimSiam embeddings)",
-        description=(
-            "Embed QUERY with the pipeline's trained SimSiam encoder and print the k most similar "
-            "real patches (cosine similarity of the l2-normalised embeddings, exact search). QUERY "
-            "is a SHARP Br record (.fits, cut like the patch store), a generated patch written by "
-            "`sharpgen generate` (.fits), or a .npy (S, S) patch already in [-1, 1]."
-        ),
-    )
-    p.add_argument("query", type=Path, metavar="QUERY.fits|.npy")
-    p.add_argument("-k", type=int, default=5, help="number of records to print (default 5)")
-    p.add_argument("--results", type=Path, default=Path("results"), help="results_dir of the pipeline (default results)")
-    p.add_argument("--encoder", type=Path, default=None, help="encoder file (default RESULTS/ssl/encoder.pt)")
-    p.add_argument("--embeddings", type=Path, default=None, help="embedding store (default RESULTS/ssl/embeddings.npz)")
-    p.add_argument("--table", type=Path, default=None, help="patch table (default RESULTS/data/patches.parquet)")
-    p.add_argument("--split", choices=("all", "train", "val", "test"), default="all", help="search only this split")
-    p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
-    p.set_defaults(func=run_retrieve)
-
-
-def run_retrieve(args) -> int:
-    import sys
-
-    from sharpgen.ssl import load_encoder
-
-    enc_path = args.encoder or args.results / "ssl" / "encoder.pt"
-    emb_path = args.embeddings or args.results / "ssl" / "embeddings.npz"
-    tab_path = args.table or args.results / "data" / "patches.parquet"
-    try:
-        if args.k < 1:
-            raise QueryError(f"-k must be >= 1, got {args.k}")
-        for p in (enc_path, emb_path, tab_path):
-            if not Path(p).exists():
-                raise FileNotFoundError(f"{p} not found (run the pipeline, or pass --results/--encoder/--embeddings/--table)")
-        _, info = load_encoder(enc_path)
-        query = load_query(args.query, info["meta"])
-        res = retrieve(query, enc_path, emb_path, tab_path, k=args.k, split=args.split)
-    except (QueryError, EmbeddingStoreError, FileNotFoundError, ValueError) as err:
-        print(f"sharpgen retrieve: error: {err}", file=sys.stderr)
-        return 2
-    cols = ["rank", "row", "harpnum", "t_rec", "split", "similarity"] + [p for p in SHOW_PARAMETERS if p in res]
-    cols = [c for c in cols if c in res]
-    res = res[cols]
-    if args.format == "csv":
-        res.to_csv(sys.stdout, index=False)
-    elif args.format == "json":
-        sys.stdout.write(res.to_json(orient="records", indent=2) + "\n")
-    else:
-        from sharpgen.physics import PARAMETERS
-
-        print(f"query {args.query}  (encoder {info['hash']}, {len(res)} nearest of split {args.split})")
-        head = f"{'rank':>4} {'row':>6} {'HARPNUM':>7} {'T_REC':<24} {'split':<5} {'sim':>6}"
-        units = {p: PARAMETERS[p].unit for p in SHOW_PARAMETERS if p in PARAMETERS}
-        head += "".join(f" {p + ' [' + units.get(p, '') + ']':>20}" for p in cols[6:])
-        print(head)
-        for r in res.itertuples(index=False):
-            d = r._asdict()
-            line = (f"{d['rank']:>4} {d['row']:>6} {str(d.get('harpnum', '')):>7} {str(d.get('t_rec', '')):<24} "
-                    f"{str(d.get('split', '')):<5} {d['similarity']:6.3f}")
-            line += "".join(f" {d[p]:20.4g}" for p in cols[6:])
-            print(line)
-    return 0

@@ -1,9 +1,9 @@
 """Latent sampling: draw z ~ N(0, I), generate Br maps, measure them, compare with real patches.
 
 * :func:`draw_latents` — (N, nz) float32 latents from a seeded numpy generator.
-* :func:`sample` — images (N, S, S) float32 in [-1, 1] and their physical parameters
-  (``sharpgen.physics.compute_parameters`` on ``clip_gauss * image`` at the patch store's pixel
-  scale, exactly how the real patches in patches.parquet were measured).
+* images (N, S, S) float32 in [-1, 1] and their physical parameters come from
+  :func:`sharpgen.measure.generate_and_measure` (``clip_gauss * image`` at the patch store's
+  pixel scale, exactly how the real patches in patches.parquet were measured).
 * :func:`write_latents` / :func:`write_images` — ``latents.parquet`` (``sample``, ``z`` as a
   fixed-size list<float32>[nz], one column per parameter) and ``generated.zarr`` (array
   ``images``).
@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from sharpgen.atomic import atomic_path
-from sharpgen.physics import PARAMETER_NAMES, PixelScale, compute_parameters
+from sharpgen.imagestats import mean_power_spectrum
+from sharpgen.parameters import PARAMETER_NAMES, REALISM_TARGETS
 
 logger = logging.getLogger(__name__)
 
-#: parameters whose normalised Wasserstein distance the default config must keep below this
-TARGET_PARAMETERS = ("tuf", "r_value", "r_paper")
+#: the registry's realism targets must keep their normalised Wasserstein distance below this
 TARGET_WASSERSTEIN = 0.25
 
 
@@ -37,43 +36,6 @@ def draw_latents(n: int, nz: int = 100, seed: int = 0) -> np.ndarray:
     if n < 1:
         raise ValueError(f"number of latents must be >= 1, got {n}")
     return np.random.default_rng(seed).standard_normal((n, nz), dtype=np.float32)
-
-
-def generated_scale(zarr_path: str | os.PathLike) -> PixelScale:
-    """Pixel scale assigned to generated maps: ``sharpgen.patches.patch_scale`` of the store's
-    attrs (the median per-patch scale; in crop mode all patches share it up to the Sun-Earth
-    distance). Raises ValueError naming the store when the attrs lack it."""
-    import zarr
-
-    from sharpgen.patches import patch_scale
-
-    try:
-        return patch_scale(dict(zarr.open_group(str(zarr_path), mode="r").attrs))
-    except Exception as err:
-        raise ValueError(f"patch store {zarr_path}: no pixel scale in its attributes "
-                         f"({type(err).__name__}: {err})") from err
-
-
-def sample(G, z: np.ndarray, scale: PixelScale, clip_gauss: float, batch_size: int = 256,
-           progress: bool = False) -> tuple[np.ndarray, pd.DataFrame]:
-    """Generate and measure: ``z`` (N, nz) -> (images (N, S, S) float32 in [-1, 1], params).
-
-    ``params`` has N rows and one column per ``PARAMETER_NAMES`` entry (physical units),
-    computed on ``clip_gauss * image`` at ``scale`` batch by batch.
-    """
-    from tqdm.auto import tqdm
-
-    from sharpgen.gan import generate
-
-    n = z.shape[0]
-    images = np.empty((n, G.size, G.size), dtype=np.float32)
-    parts = []
-    for i in tqdm(range(0, n, batch_size), disable=not progress, desc="sample", unit="batch"):
-        imgs = generate(G, z[i: i + batch_size], batch_size=batch_size)
-        images[i: i + len(imgs)] = imgs
-        parts.append(compute_parameters(imgs.astype(np.float64) * clip_gauss, scale))
-    params = pd.concat(parts, ignore_index=True)
-    return images, params
 
 
 def latents_table(z: np.ndarray, params: pd.DataFrame):
@@ -128,26 +90,6 @@ def write_images(path: str | os.PathLike, images: np.ndarray, attrs: dict | None
 # --------------------------------------------------------------------------------------------
 # quality
 # --------------------------------------------------------------------------------------------
-
-
-def radial_power_spectrum(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean azimuthally averaged power spectrum of (N, S, S) maps.
-
-    Returns (k (S/2,) in cycles per pixel, power (S/2,) in (input unit)^2, mean over maps),
-    for integer radii 1..S/2 of the 2-D FFT.
-    """
-    images = np.asarray(images, dtype=np.float64)
-    s = images.shape[-1]
-    p2 = np.zeros((s, s))
-    for i in range(0, images.shape[0], 256):
-        f = np.fft.fft2(images[i: i + 256])
-        p2 += (np.abs(f) ** 2).sum(axis=0)
-    p2 /= images.shape[0] * s * s
-    fy = np.fft.fftfreq(s) * s
-    r = np.rint(np.hypot(fy[:, None], fy[None, :])).astype(int)
-    radii = np.arange(1, s // 2 + 1)
-    power = np.array([p2[r == k].mean() for k in radii])
-    return radii / s, power
 
 
 def _dist_stats(real: np.ndarray, gen: np.ndarray) -> dict:
@@ -228,8 +170,8 @@ def quality_report(real_params: pd.DataFrame, gen_params: pd.DataFrame, real_ima
                                      "gen": float(np.mean(np.abs(gp) > thr))}
     report["pixels"] = px
 
-    k, pr = radial_power_spectrum(ri)
-    _, pg = radial_power_spectrum(gi)
+    k, pr = mean_power_spectrum(ri)
+    _, pg = mean_power_spectrum(gi)
     with np.errstate(divide="ignore", invalid="ignore"):
         lr = np.log10(pg / pr)
     thirds = np.array_split(np.arange(k.size), 3)
@@ -241,9 +183,9 @@ def quality_report(real_params: pd.DataFrame, gen_params: pd.DataFrame, real_ima
         "log10_ratio_high_k": float(np.nanmean(lr[thirds[2]])),
     }
     targets = {name: report["parameters"].get(name, {}).get("wasserstein_norm")
-               for name in TARGET_PARAMETERS}
+               for name in REALISM_TARGETS}
     report["targets"] = {
-        "parameters": list(TARGET_PARAMETERS), "wasserstein_norm_max": TARGET_WASSERSTEIN,
+        "parameters": list(REALISM_TARGETS), "wasserstein_norm_max": TARGET_WASSERSTEIN,
         "wasserstein_norm": targets,
         "pass": all(v is not None and v < TARGET_WASSERSTEIN for v in targets.values()),
     }
@@ -252,53 +194,45 @@ def quality_report(real_params: pd.DataFrame, gen_params: pd.DataFrame, real_ima
 
 def run_sampling(generator_path: str | os.PathLike, patches_zarr: str | os.PathLike,
                  patches_table: str | os.PathLike, cfg: dict, *, latents_path, images_path,
-                 quality_path, device: str = "cpu", progress: bool = True) -> dict:
+                 quality_path, device: str = "cpu", progress: bool = True, threads: int | None = None) -> dict:
     """The ``sample_latents`` stage: latents -> images + parameters -> the three outputs.
 
     ``cfg`` is the ``sampling`` config section (``n``, ``seed``, ``batch_size``,
-    ``real_split``, ``quality_images``). Returns the quality report.
+    ``real_split``, ``quality_images``; schema defaults fill the rest). Returns the quality report.
     """
     import torch
 
     from sharpgen.atomic import write_json
-    from sharpgen.gan import load_generator, read_patch_store
+    from sharpgen.config import section
+    from sharpgen.gan import load_generator
+    from sharpgen.measure import MeasurementContext, generate_and_measure
+    from sharpgen.store import PatchStore
 
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
+    cfg = section("sampling", cfg)
+    if threads:
+        torch.set_num_threads(int(threads))
     G = load_generator(generator_path, device=device)
-    real_images, attrs = read_patch_store(patches_zarr)
-    clip = float(attrs.get("clip_gauss", G.meta.get("clip_gauss", 1000.0)))
-    if real_images.shape[1] != G.size:
+    store = PatchStore.open(patches_zarr, patches_table)
+    if store.size != G.size:
         raise ValueError(f"generator {generator_path} makes {G.size}x{G.size} maps but patch "
-                         f"store {patches_zarr} holds {real_images.shape[1]}x{real_images.shape[1]}")
-    scale = generated_scale(patches_zarr)
+                         f"store {patches_zarr} holds {store.size}x{store.size}")
+    ctx = MeasurementContext.from_store(store)
     z = draw_latents(int(cfg["n"]), G.nz, int(cfg["seed"]))
-    images, params = sample(G, z, scale, clip, batch_size=int(cfg.get("batch_size", 256)),
-                            progress=progress)
+    images, params = generate_and_measure(G, z, ctx, batch_size=int(cfg["batch_size"]), progress=progress)
     write_latents(latents_path, z, params)
-    write_images(images_path, images, {"clip_gauss": clip, "seed": int(cfg["seed"]),
+    write_images(images_path, images, {"clip_gauss": ctx.clip_gauss, "seed": int(cfg["seed"]),
                                        "generator": str(generator_path)})
 
-    table = pd.read_parquet(patches_table)
-    split = cfg.get("real_split", "train")
-    if split != "all":
-        keep = (table["split"] == split).to_numpy()
-        if not keep.any():
-            raise ValueError(f"{patches_table} has no rows with split == {split!r}")
-        real_table = table.loc[keep]
-        real_images = real_images[real_table["row"].to_numpy()]
-    else:
-        real_table = table
-    report = quality_report(real_table, params, real_images, images, clip, real_label=split,
-                            max_images=int(cfg.get("quality_images", 1000)),
-                            seed=int(cfg["seed"]))
+    split = cfg["real_split"]
+    rows = store.rows(split)
+    report = quality_report(store.table.iloc[rows], params, store.read(rows), images, ctx.clip_gauss,
+                            real_label=split, max_images=int(cfg["quality_images"]), seed=int(cfg["seed"]))
     report["generator"] = {k: v for k, v in G.meta.items() if k in ("arch", "steps", "size",
                                                                    "weights", "config")}
-    report["pixel_scale"] = {"size_mm": scale.size_mm, "area_cm2": scale.area_cm2,
-                             "size_arcsec": scale.size_arcsec}
+    report["pixel_scale"] = {"size_mm": ctx.scale.size_mm, "area_cm2": ctx.scale.area_cm2,
+                             "size_arcsec": ctx.scale.size_arcsec}
     write_json(quality_path, report)
     t = report["targets"]["wasserstein_norm"]
-    logger.info("quality vs real (%s): normalised W tuf=%s r_value=%s r_paper=%s (pass=%s)",
-                split, *(None if t[k] is None else round(t[k], 3) for k in TARGET_PARAMETERS),
-                report["targets"]["pass"])
+    logger.info("quality vs real (%s): normalised W %s (pass=%s)", split,
+                {k: None if v is None else round(v, 3) for k, v in t.items()}, report["targets"]["pass"])
     return report

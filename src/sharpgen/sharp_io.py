@@ -71,6 +71,56 @@ def parse_name(path: str | Path) -> dict | None:
     return m.groupdict() if m else None
 
 
+#: segments whose values are magnetic field in Gauss (JSOC BUNIT 'Mx/cm^2')
+FIELD_SEGMENTS = ("Br", "Bp", "Bt", "Br_err", "Bp_err", "Bt_err", "magnetogram")
+_FIELD_UNITS = {"mx/cm^2", "mx/cm**2", "mx/cm2", "gauss", "g"}
+_T_REC_RE = re.compile(r"^(\d{4})\.(\d{2})\.(\d{2})_(\d{2}):(\d{2}):(\d{2})(?:\.\d+)?(?:_TAI)?$")
+
+
+def name_header_mismatches(path: str | Path, header: fits.Header) -> list[str]:
+    """Where a JSOC file name (``<series>.<HARPNUM>.<YYYYMMDD_HHMMSS>_TAI.<segment>.fits``)
+    contradicts the file's header; [] when they agree or the name is not a JSOC name.
+
+    Compared: HARPNUM; T_REC (to the second); the segment, where the header tells it: an explicit
+    ``SEGMENT`` keyword, and ``BUNIT``, which for a field segment (Br, Bp, Bt, ..., magnetogram)
+    must be a field unit (a bitmap, conf_disambig, continuum or Dopplergram file carries '', 'DN/s'
+    or 'cm/s'). JSOC headers do not name the segment and Br, Bp and Bt share BUNIT, so a Bp file of
+    the *same* record renamed ``.Br.fits`` cannot be told from the header alone; one of another
+    HARP or time is caught by HARPNUM / T_REC. Keywords missing from the header are not compared.
+    """
+    name = parse_name(path)
+    if name is None:
+        return []
+    out = []
+    h = header.get("HARPNUM")
+    if h is not None:
+        try:
+            hn = int(h)
+        except (TypeError, ValueError):
+            out.append(f"header HARPNUM {h!r} is not an integer (file name: {int(name['harpnum'])})")
+        else:
+            if hn != int(name["harpnum"]):
+                out.append(f"header HARPNUM {hn} != file name's {int(name['harpnum'])}")
+    t = header.get("T_REC")
+    if t is not None:
+        m = _T_REC_RE.match(str(t).strip())
+        want = name["date"] + name["time"]
+        if m is None:
+            out.append(f"header T_REC {t!r} is not a JSOC time (file name: {name['date']}_{name['time']}_TAI)")
+        elif "".join(m.groups()) != want:
+            out.append(f"header T_REC {str(t).strip()} != file name's {name['date']}_{name['time']}_TAI")
+    seg = header.get("SEGMENT")
+    if isinstance(seg, str) and seg.strip() and seg.strip() != name["segment"]:
+        out.append(f"header SEGMENT {seg.strip()!r} != file name's {name['segment']!r}")
+    unit = header.get("BUNIT")
+    if name["segment"] in FIELD_SEGMENTS and unit is not None \
+            and str(unit).strip().lower() not in _FIELD_UNITS:
+        out.append(f"header BUNIT {str(unit).strip()!r} is not a magnetic field unit, so this is not "
+                   f"a {name['segment']} file (bitmap/conf_disambig: '', continuum: 'DN/s', "
+                   "Dopplergram: 'cm/s')")
+    return out
+
+
 def _parse_raw_value(raw: str):
     """Parse the value field of a card astropy could not parse (``nan``, ``2.7e+22``, ``'x'``)."""
     text = raw.strip()

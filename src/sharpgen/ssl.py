@@ -14,19 +14,18 @@ l2-normalised (unitless).
   ``affine_grid`` + ``grid_sample`` call, a per-sample Gaussian blur in one grouped conv, and an
   optional polarity flip (Br -> -Br).
 * :func:`train_simsiam` -- SGD + cosine schedule, per-epoch collapse monitoring
-  (:func:`collapse_stats`, :func:`check_collapse`), atomic per-epoch checkpoints and resume.
+  (:func:`collapse_stats`, :func:`check_collapse`), atomic per-epoch checkpoints and resume in a
+  locked checkpoint folder (the shared machinery of :mod:`sharpgen.training`).
 * :func:`save_encoder` / :func:`load_encoder` / :func:`embed` -- the trained encoder file
   (loadable with ``torch.load(weights_only=True)``) and batched embedding.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -35,7 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sharpgen.atomic import atomic_path
+from sharpgen import training
+from sharpgen.augment import AugmentConfig, augment  # noqa: F401  (the SimSiam views)
+from sharpgen.config import section
 
 logger = logging.getLogger(__name__)
 
@@ -188,14 +189,15 @@ ARCH_KEYS = ("width", "depth", "proj_hidden", "dim", "pred_hidden", "input_trans
 
 
 def arch_from_config(cfg: Mapping[str, Any]) -> dict:
-    """The architecture keys of the ``ssl`` config section (defaults: paper ResNet18)."""
+    """The architecture keys of the ``ssl`` config section (schema defaults fill the rest)."""
+    cfg = section("ssl", cfg)
     return {
-        "width": int(cfg.get("width", 64)),
-        "depth": [int(d) for d in cfg.get("depth", [2, 2, 2, 2])],
-        "proj_hidden": int(cfg.get("proj_hidden", 512)),
-        "dim": int(cfg.get("dim", 100)),
-        "pred_hidden": int(cfg.get("pred_hidden", 128)),
-        "input_transform": str(cfg.get("input_transform", "identity")),
+        "width": int(cfg["width"]),
+        "depth": [int(d) for d in cfg["depth"]],
+        "proj_hidden": int(cfg["proj_hidden"]),
+        "dim": int(cfg["dim"]),
+        "pred_hidden": int(cfg["pred_hidden"]),
+        "input_transform": str(cfg["input_transform"]),
     }
 
 
@@ -207,96 +209,14 @@ def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch
 
 
 # --------------------------------------------------------------------------------------------
-# Augmentations (batched, on the training device)
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Augmentation ranges. ``translate_px`` is in pixels at S=128 and scales with S."""
-
-    rotation_deg: float = 20.0
-    translate_px: float = 10.0
-    zoom: tuple[float, float] = (0.8, 1.2)
-    hflip: bool = True
-    vflip: bool = True
-    blur_sigma_px: tuple[float, float] = (0.0, 1.0)
-    polarity_flip: bool = False
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any] | None) -> "AugmentConfig":
-        cfg = dict(cfg or {})
-        kw: dict[str, Any] = {}
-        for key in ("rotation_deg", "translate_px"):
-            if key in cfg:
-                kw[key] = float(cfg[key])
-        for key in ("zoom", "blur_sigma_px"):
-            if key in cfg:
-                lo, hi = (float(v) for v in cfg[key])
-                if lo > hi:
-                    raise ValueError(f"ssl augment {key}: lower bound {lo} > upper bound {hi}")
-                kw[key] = (lo, hi)
-        for key in ("hflip", "vflip", "polarity_flip"):
-            if key in cfg:
-                kw[key] = bool(cfg[key])
-        return cls(**kw)
-
-
-def _uniform(n: int, lo: float, hi: float, gen: torch.Generator, device) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(n, generator=gen, device=device)
-
-
-def augment(x: torch.Tensor, aug: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    """Random view of a batch ``x`` (B, 1, S, S) in [-1, 1] -> (B, 1, S, S).
-
-    One affine_grid/grid_sample call (bilinear, zero padding = no field) applies per-sample
-    rotation U(-r, r) deg, translation U(-t, t) px (t scaled by S/128), zoom U(z0, z1)
-    (> 1 magnifies) and independent horizontal/vertical flips with probability 1/2; then one
-    grouped conv applies a Gaussian blur with sigma ~ U(s0, s1) px per sample (S/128 scaled);
-    then (optional) the sign of Br is flipped with probability 1/2. Random numbers come from
-    ``gen`` (on x's device), so a fixed generator seed gives identical views.
-    """
-    if x.ndim != 4 or x.shape[1] != 1:
-        raise ValueError(f"augment expects (B, 1, S, S), got {tuple(x.shape)}")
-    b, _, h, w = x.shape
-    dev = x.device
-    scale_px = w / 128.0
-    ang = _uniform(b, -aug.rotation_deg, aug.rotation_deg, gen, dev) * (math.pi / 180.0)
-    zoom = _uniform(b, aug.zoom[0], aug.zoom[1], gen, dev)
-    t = aug.translate_px * scale_px
-    # translation in normalised coords (align_corners=False: 2 / size per pixel)
-    tx = _uniform(b, -t, t, gen, dev) * (2.0 / w)
-    ty = _uniform(b, -t, t, gen, dev) * (2.0 / h)
-    fx = torch.where(torch.rand(b, generator=gen, device=dev) < 0.5, -1.0, 1.0) if aug.hflip else torch.ones(b, device=dev)
-    fy = torch.where(torch.rand(b, generator=gen, device=dev) < 0.5, -1.0, 1.0) if aug.vflip else torch.ones(b, device=dev)
-    cos, sin = torch.cos(ang) / zoom, torch.sin(ang) / zoom
-    # output pixel p samples input at A p + t: rotation by ang, zoom (A scaled by 1/zoom), flips
-    theta = torch.stack([
-        torch.stack([cos * fx, -sin * fy, tx], dim=1),
-        torch.stack([sin * fx, cos * fy, ty], dim=1),
-    ], dim=1).to(x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-    s0, s1 = aug.blur_sigma_px
-    if s1 > 0:
-        sigma = _uniform(b, s0, s1, gen, dev) * scale_px
-        radius = max(1, int(math.ceil(3 * s1 * scale_px)))
-        r = torch.arange(-radius, radius + 1, device=dev, dtype=x.dtype)
-        k1 = torch.exp(-0.5 * (r[None, :] / sigma.clamp_min(1e-3)[:, None].to(x.dtype)) ** 2)
-        k1 = k1 / k1.sum(dim=1, keepdim=True)  # sigma -> 0 gives a delta kernel
-        k2 = (k1[:, :, None] * k1[:, None, :])[:, None]  # (B, 1, k, k)
-        out = F.conv2d(out.reshape(1, b, h, w), k2, padding=radius, groups=b).reshape(b, 1, h, w)
-
-    if aug.polarity_flip:
-        sign = torch.where(torch.rand(b, generator=gen, device=dev) < 0.5, -1.0, 1.0).to(x.dtype)
-        out = out * sign[:, None, None, None]
-    return out.clamp_(-1.0, 1.0)
-
-
-# --------------------------------------------------------------------------------------------
 # Collapse monitoring
 # --------------------------------------------------------------------------------------------
+
+
+def _normalized_std_t(z: torch.Tensor) -> torch.Tensor:
+    """:func:`normalized_std` of ``z`` (N, d) as a 0-d float32 tensor on ``z``'s device (no
+    host sync)."""
+    return F.normalize(z.float(), dim=1).std(dim=0).mean()
 
 
 def normalized_std(z: torch.Tensor | np.ndarray) -> float:
@@ -304,9 +224,8 @@ def normalized_std(z: torch.Tensor | np.ndarray) -> float:
 
     0 for a collapsed representation; about 1/sqrt(d) for a healthy one (SimSiam paper fig. 2).
     """
-    z = torch.as_tensor(np.asarray(z) if not isinstance(z, torch.Tensor) else z).float()
-    zn = F.normalize(z, dim=1)
-    return float(zn.std(dim=0).mean())
+    z = torch.as_tensor(np.asarray(z) if not isinstance(z, torch.Tensor) else z)
+    return float(_normalized_std_t(z))
 
 
 def effective_rank(z: torch.Tensor | np.ndarray, center: bool = True) -> float:
@@ -370,28 +289,65 @@ def _state_hash(state: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA if available else CPU; ``cuda`` without CUDA is an error."""
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("ssl.device is 'cuda' but CUDA is not available (use auto or cpu)")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 #: ssl keys that do not change the training trajectory (left out of the checkpoint hash)
 NON_TRAJECTORY = ("device", "embed_batch_size", "collapse")
+#: checkpoints kept per folder: ``epoch_<finished epochs, 8 digits>.pt``
+KEEP_CHECKPOINTS = 2
+#: keys every SimSiam checkpoint holds (a file without them is treated as corrupt)
+CHECKPOINT_KEYS = ("model", "optimizer", "epoch", "log", "n_train", "arch")
 
 
 def checkpoint_folder(root: str | Path, cfg: Mapping[str, Any], data_id: str = "") -> Path:
     """``root/<12-hex hash>`` of the trajectory-defining ``ssl`` keys and the training data id."""
-    from sharpgen.config import section_hash
-
     traj = {k: v for k, v in dict(cfg).items() if k not in NON_TRAJECTORY}
-    return Path(root) / section_hash(traj, {"data": data_id})
+    return training.checkpoint_folder(root, traj, {"data": data_id})
 
 
 LOG_COLUMNS = ("epoch", "lr", "loss", "std_z", "std_p", "monitor_std", "monitor_effective_rank", "seconds")
+
+
+def _optimizer(model: SimSiam, cfg: Mapping[str, Any]) -> torch.optim.SGD:
+    """SGD with momentum and weight decay; the predictor's group is flagged ``fix_lr``."""
+    groups = [
+        {"params": model.encoder.parameters(), "fix_lr": False},
+        {"params": model.predictor.parameters(), "fix_lr": bool(cfg["fix_predictor_lr"])},
+    ]
+    return torch.optim.SGD(groups, lr=float(cfg["lr"]), momentum=float(cfg["momentum"]),
+                           weight_decay=float(cfg["weight_decay"]))
+
+
+def _resume(model: SimSiam, opt: torch.optim.Optimizer, folder: Path, epochs: int, n: int,
+            device: torch.device) -> tuple[int, list[dict]]:
+    """Load the newest readable checkpoint of ``folder`` into ``model``/``opt``; return
+    (first epoch to run, log rows so far) -- (0, []) when starting anew."""
+    found = training.find_resume_checkpoint(folder, epochs, required=CHECKPOINT_KEYS, prefix="epoch")
+    if found is None:
+        return 0, []
+    _, path, state = found
+    training.check_meta(path, {"n_train": state["n_train"], "arch": state["arch"]},
+                        {"n_train": n, "arch": model.arch})
+    model.load_state_dict(state["model"])
+    training.load_optimizer_state(opt, state["optimizer"])
+    training.warn_device_change(state.get("device"), device, path)
+    logger.info("resuming SimSiam from %s after epoch %d", path, int(state["epoch"]))
+    return int(state["epoch"]) + 1, [dict(r) for r in state["log"]]
+
+
+def _check_epoch_collapse(row: Mapping[str, float], emb: torch.Tensor, healthy: float, epoch: int,
+                          min_std_ratio: float, min_erank: float) -> None:
+    """Raise :class:`CollapseError` when the training-mode std of the l2-normalised predictor
+    (the sharper signal: the projector's last BN keeps z's std up unless the features are
+    constant) or projector output < ``min_std_ratio * healthy``, or the eval-mode effective rank
+    of ``emb`` < ``min_erank``."""
+    floor = min_std_ratio * healthy
+    for name in ("std_p", "std_z"):
+        if not row[name] >= floor:
+            raise CollapseError(
+                f"SimSiam representation collapsed at epoch {epoch}: std of the l2-normalised "
+                f"{'predictor' if name == 'std_p' else 'projector'} output {row[name]:.4g} < "
+                f"{min_std_ratio} x 1/sqrt(d) = {floor:.4g} (healthy ~ {healthy:.4g}); "
+                "try a lower lr, a larger batch or another seed (thresholds: ssl.collapse)")
+    check_collapse(emb, 0.0, min_erank, epoch=epoch)
 
 
 def train_simsiam(
@@ -401,139 +357,105 @@ def train_simsiam(
     log_csv: str | Path | None = None,
     device: str | torch.device = "auto",
     progress: Callable[[dict], None] | None = None,
+    threads: int | None = None,
 ) -> tuple[SimSiam, list[dict]]:
-    """Train SimSiam on ``patches`` (N, S, S) float32 in [-1, 1].
+    """Train SimSiam on ``patches`` (N, S, S) float32 in [-1, 1]; return the model (eval mode,
+    on CPU) and the per-epoch log rows.
 
-    ``cfg`` is the ``ssl`` config section (see config.yaml). Every epoch ends with an atomic
-    checkpoint ``checkpoint_dir/last.pt`` (model, optimiser, epoch, log) and, if given, an
-    atomic rewrite of ``log_csv``; a rerun with the same folder resumes after the last finished
-    epoch. The per-epoch random streams are seeded by (seed, epoch), so a resumed run equals an
-    uninterrupted one on CPU. Raises :class:`CollapseError` when the representation collapses
+    ``cfg`` is the ``ssl`` config section; ``device`` other than ``auto`` overrides
+    ``cfg["device"]``; ``threads`` sets torch's CPU threads. The folder ``checkpoint_dir`` is
+    locked for the whole run. Every epoch ends with an atomic checkpoint
+    ``epoch_<finished epochs>.pt`` (the newest two kept) and a row of the live log
+    ``train_log.csv`` there (rewritten from the checkpoint's log on resume), copied to
+    ``log_csv`` at the end; a rerun resumes after the last finished epoch, bit-identically on
+    the same device (random streams seeded per (seed, epoch)). Patches and per-step statistics
+    stay on the device (one host transfer per epoch). Raises :class:`CollapseError` on collapse
     (thresholds ``cfg["collapse"]``, checked from epoch ``warmup_epochs`` on, 0-based).
-
-    Returns the model (eval mode, on CPU) and the per-epoch log rows.
     """
     x_all = np.asarray(patches, dtype=np.float32)
     if x_all.ndim != 3 or x_all.shape[1] != x_all.shape[2]:
         raise ValueError(f"SimSiam training needs patches of shape (N, S, S), got {x_all.shape}")
     n = len(x_all)
-    bs = int(cfg.get("batch_size", 64))
     if n < 2:
         raise ValueError(f"SimSiam training needs at least 2 training patches, got {n}")
-    bs = min(bs, n)
-    epochs = int(cfg.get("epochs", 10))
-    seed = int(cfg.get("seed", 0))
-    dev = pick_device(str(cfg.get("device", "auto"))) if device == "auto" else torch.device(device)
-    aug = AugmentConfig.from_config(cfg.get("augment"))
-    col = dict(cfg.get("collapse") or {})
-    min_std_ratio = float(col.get("min_std_ratio", 0.1))
-    min_erank = float(col.get("min_effective_rank", 2.0))
-    warmup = int(col.get("warmup_epochs", 1))
-    n_monitor = min(n, int(col.get("monitor_samples", 512)))
-
-    torch.manual_seed(seed)
-    model = SimSiam(arch_from_config(cfg)).to(dev)
-    base_lr = float(cfg.get("lr", 0.0125))
-    fix_pred = bool(cfg.get("fix_predictor_lr", True))
-    groups = [
-        {"params": model.encoder.parameters(), "fix_lr": False},
-        {"params": model.predictor.parameters(), "fix_lr": fix_pred},
-    ]
-    opt = torch.optim.SGD(groups, lr=base_lr, momentum=float(cfg.get("momentum", 0.9)),
-                          weight_decay=float(cfg.get("weight_decay", 1e-4)))
+    cfg = section("ssl", cfg)
+    bs = min(int(cfg["batch_size"]), n)
+    epochs = int(cfg["epochs"])
+    seed = int(cfg["seed"])
+    aug = AugmentConfig.from_config(cfg["augment"])
+    col = cfg["collapse"]
+    min_std_ratio, min_erank = float(col["min_std_ratio"]), float(col["min_effective_rank"])
+    warmup = int(col["warmup_epochs"])
+    n_monitor = min(n, int(col["monitor_samples"]))
+    dev = training.setup_device(str(cfg["device"]) if str(device) == "auto" else str(device),
+                                key="ssl.device", threads=threads, log=logger)
+    base_lr = float(cfg["lr"])
     steps_per_epoch = n // bs  # drop_last: BN needs > 1 sample, and equal batches
     total_steps = max(1, epochs * steps_per_epoch)
+    folder = Path(checkpoint_dir)
 
-    ckpt_dir = Path(checkpoint_dir)
-    ckpt = ckpt_dir / "last.pt"
-    start_epoch, log_rows = 0, []
-    if ckpt.exists():
-        state = torch.load(ckpt, map_location=dev, weights_only=True)
-        if state.get("n_train") != n or state.get("arch") != model.arch:
-            raise RuntimeError(
-                f"SimSiam checkpoint {ckpt} was written for another data set or architecture "
-                f"(n_train {state.get('n_train')} vs {n}); delete the folder to start over")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start_epoch = int(state["epoch"]) + 1
-        log_rows = [dict(r) for r in state["log"]]
-        logger.info("resuming SimSiam from %s after epoch %d", ckpt, start_epoch - 1)
+    with training.folder_lock(folder, what="SimSiam training"):
+        torch.manual_seed(seed)
+        model = SimSiam(arch_from_config(cfg)).to(dev)
+        opt = _optimizer(model, cfg)
+        start_epoch, log_rows = _resume(model, opt, folder, epochs, n, dev)
+        log = training.CsvLog(folder / "train_log.csv", LOG_COLUMNS, key="epoch")
+        log.rewrite(log_rows)  # the checkpoint's log (up to the resumed epoch) is authoritative
+        x_dev = torch.from_numpy(x_all)[:, None].to(dev)  # the training patches, on the device once
+        mon_idx = np.random.default_rng(seed + 7).choice(n, size=n_monitor, replace=False)
+        x_mon = x_dev.index_select(0, torch.from_numpy(np.sort(mon_idx)).to(dev))
 
-    mon_idx = np.random.default_rng(seed + 7).choice(n, size=n_monitor, replace=False)
-    x_mon = torch.from_numpy(x_all[np.sort(mon_idx)])[:, None]
-
-    for epoch in range(start_epoch, epochs):
-        t0 = time.perf_counter()
-        model.train()
-        gen = torch.Generator(device=dev)
-        gen.manual_seed(seed * 100_003 + epoch)
-        order = np.random.default_rng([seed, epoch]).permutation(n)
-        losses, std_z, std_p = [], [], []
-        for it in range(steps_per_epoch):
-            step = epoch * steps_per_epoch + it
-            lr = base_lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
-            for g in opt.param_groups:
-                g["lr"] = base_lr if g["fix_lr"] else lr
-            xb = torch.from_numpy(x_all[order[it * bs:(it + 1) * bs]])[:, None].to(dev)
-            v1, v2 = augment(xb, aug, gen), augment(xb, aug, gen)
-            p1, p2, z1, z2 = model(v1, v2)
-            loss = simsiam_loss(p1, p2, z1, z2)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
+        for epoch in range(start_epoch, epochs):
+            t0 = time.perf_counter()
+            model.train()
+            gen = torch.Generator(device=dev).manual_seed(seed * 100_003 + epoch)
+            order = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(n)).to(dev)
+            stats = torch.empty(3, steps_per_epoch, device=dev)  # loss, std(z1), std(p1) per step
+            for it in range(steps_per_epoch):
+                step = epoch * steps_per_epoch + it
+                lr = base_lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+                for g in opt.param_groups:
+                    g["lr"] = base_lr if g["fix_lr"] else lr
+                xb = x_dev.index_select(0, order[it * bs:(it + 1) * bs])
+                v1, v2 = augment(xb, aug, gen), augment(xb, aug, gen)
+                p1, p2, z1, z2 = model(v1, v2)
+                loss = simsiam_loss(p1, p2, z1, z2)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                with torch.no_grad():  # stays on the device: no host sync per step
+                    stats[0, it] = loss.detach()
+                    stats[1, it] = _normalized_std_t(z1.detach())
+                    stats[2, it] = _normalized_std_t(p1.detach())
+            model.eval()
             with torch.no_grad():
-                std_z.append(normalized_std(z1.detach().cpu()))
-                std_p.append(normalized_std(p1.detach().cpu()))
-        model.eval()
-        with torch.no_grad():
-            emb = torch.cat([model.encoder.embed(x_mon[i:i + 256].to(dev)).cpu()
-                             for i in range(0, len(x_mon), 256)])
-        st = collapse_stats(emb)
-        row = {
-            "epoch": epoch, "lr": lr, "loss": float(np.mean(losses)),
-            "std_z": float(np.mean(std_z)), "std_p": float(np.mean(std_p)),
-            "monitor_std": st["std"], "monitor_effective_rank": st["effective_rank"],
-            "seconds": time.perf_counter() - t0,
-        }
-        log_rows.append(row)
-        logger.info("ssl epoch %d/%d loss %.4f std(z) %.4f std(p) %.4f monitor std %.4f "
-                    "(healthy %.4f) eff.rank %.2f  %.1fs", epoch + 1, epochs, row["loss"], row["std_z"],
-                    row["std_p"], row["monitor_std"], st["std_healthy"], row["monitor_effective_rank"],
-                    row["seconds"])
+                emb = torch.cat([model.encoder.embed(x_mon[i:i + 256]).cpu()
+                                 for i in range(0, len(x_mon), 256)])
+            st = collapse_stats(emb)
+            per_step = stats.double().cpu().numpy()  # one transfer per epoch
+            row = {
+                "epoch": epoch, "lr": lr, "loss": float(np.mean(per_step[0])),
+                "std_z": float(np.mean(per_step[1])), "std_p": float(np.mean(per_step[2])),
+                "monitor_std": st["std"], "monitor_effective_rank": st["effective_rank"],
+                "seconds": time.perf_counter() - t0,
+            }
+            log_rows.append(row)
+            log.append(row)
+            logger.info("ssl epoch %d/%d loss %.4f std(z) %.4f std(p) %.4f monitor std %.4f "
+                        "(healthy %.4f) eff.rank %.2f  %.1fs", epoch + 1, epochs, row["loss"], row["std_z"],
+                        row["std_p"], row["monitor_std"], st["std_healthy"], row["monitor_effective_rank"],
+                        row["seconds"])
+            if epoch >= warmup:
+                _check_epoch_collapse(row, emb, st["std_healthy"], epoch, min_std_ratio, min_erank)
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                     "log": log_rows, "n_train": n, "arch": model.arch, "device": dev.type}
+            training.save_checkpoint(folder, epoch + 1, state, keep=KEEP_CHECKPOINTS, prefix="epoch")
+            if progress is not None:
+                progress(row)
         if log_csv is not None:
-            write_log_csv(log_csv, log_rows)
-        # collapse: the training-mode std of the l2-normalised predictor and projector outputs
-        # (-> 0 on collapse; the projector's final BN keeps z's std up unless the features are
-        # exactly constant, so p is the sharper signal) and the eval-mode effective rank
-        floor = min_std_ratio * st["std_healthy"]
-        for name in ("std_p", "std_z"):
-            if epoch >= warmup and not row[name] >= floor:
-                raise CollapseError(
-                    f"SimSiam representation collapsed at epoch {epoch}: std of the l2-normalised "
-                    f"{'predictor' if name == 'std_p' else 'projector'} output {row[name]:.4g} < "
-                    f"{min_std_ratio} x 1/sqrt(d) = {floor:.4g} (healthy ~ {st['std_healthy']:.4g}); "
-                    "try a lower lr, a larger batch or another seed (thresholds: ssl.collapse)")
-        if epoch >= warmup:
-            check_collapse(emb, 0.0, min_erank, epoch=epoch)
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(ckpt, suffix=".pt") as tmp:
-            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                        "log": log_rows, "n_train": n, "arch": model.arch}, tmp)
-        if progress is not None:
-            progress(row)
+            log.publish(log_csv)
     model.eval()
     return model.cpu(), log_rows
-
-
-def write_log_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write the training log (one row per epoch, columns :data:`LOG_COLUMNS`) atomically."""
-    with atomic_path(path, suffix=".csv") as tmp:
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(LOG_COLUMNS))
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: r[k] for k in LOG_COLUMNS})
 
 
 # --------------------------------------------------------------------------------------------
@@ -545,14 +467,13 @@ def save_encoder(path: str | Path, model: SimSiam, meta: Mapping[str, Any] | Non
     """Write the encoder (backbone + projector) state dict + metadata atomically; return its hash.
 
     The file holds only tensors, strings and numbers, so ``torch.load(path, weights_only=True)``
-    loads it. ``meta`` (e.g. patch size, clip_gauss, patch mode) is stored alongside.
+    loads it; identical weights and metadata give a byte-identical file. ``meta`` (e.g. patch size, clip_gauss, patch mode) is stored alongside.
     """
     state = {k: v.detach().cpu() for k, v in model.encoder.state_dict().items()}
     digest = _state_hash(state)
     obj = {"format": ENCODER_FORMAT, "state_dict": state, "arch": dict(model.arch),
            "hash": digest, "meta": dict(meta or {})}
-    with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(obj, tmp)
+    training.write_torch(path, obj)  # through a file handle: identical weights -> identical bytes
     return digest
 
 

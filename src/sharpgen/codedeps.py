@@ -1,0 +1,123 @@
+"""Which sharpgen source files a workflow script depends on: the import closure.
+
+Each Snakemake rule declares the ``src/sharpgen`` files its script imports (directly or through
+other sharpgen modules, including imports inside functions) as inputs, so that editing a module
+reruns exactly the rules that use it. :func:`code_closure` computes that set by parsing the
+sources with :mod:`ast` (nothing is imported or executed).
+"""
+
+from __future__ import annotations
+
+import ast
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable
+
+PACKAGE = "sharpgen"
+
+
+def module_file(src: Path, module: str) -> Path | None:
+    """'sharpgen.directions.traverse' -> src/sharpgen/directions/traverse.py (or a package's
+    __init__.py); None when it is not a sharpgen source file."""
+    parts = module.split(".")
+    if parts[0] != PACKAGE:
+        return None
+    base = src.joinpath(*parts)
+    if base.with_suffix(".py").is_file():
+        return base.with_suffix(".py")
+    if (base / "__init__.py").is_file():
+        return base / "__init__.py"
+    return None
+
+
+def _module_name(src: Path, path: Path) -> str:
+    rel = path.relative_to(src).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _top_level_nodes(tree: ast.AST):
+    """Nodes outside function and class bodies (what runs when the module is imported)."""
+    stack = list(ast.iter_child_nodes(tree))
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            continue
+        yield node
+        stack.extend(ast.iter_child_nodes(node))
+
+
+def imported_modules(path: Path, src: Path, top_only: bool = False) -> set[str]:
+    """Dotted names of the sharpgen modules ``path`` imports: anywhere in the file, or with
+    ``top_only`` only at module level (what importing it runs)."""
+    tree = ast.parse(Path(path).read_text(), filename=str(path))
+    try:
+        here = _module_name(src, Path(path))
+        is_pkg = Path(path).name == "__init__.py"
+    except ValueError:  # a workflow script outside src/
+        here, is_pkg = "", False
+    out: set[str] = set()
+    for node in (_top_level_nodes(tree) if top_only else ast.walk(tree)):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative import inside the package
+                base = here.split(".") if is_pkg else here.split(".")[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            out.add(mod)
+            out.update(f"{mod}.{a.name}" for a in node.names)  # `from pkg import submodule`
+    return {m for m in out if m.split(".")[0] == PACKAGE}
+
+
+def module_files(src: Path, modules: Iterable[str]) -> set[Path]:
+    """Source files run by importing ``modules``: importing a.b.c imports a and a.b too."""
+    out = set()
+    for m in modules:
+        parts = m.split(".")
+        for i in range(1, len(parts) + 1):
+            mf = module_file(src, ".".join(parts[:i]))
+            if mf is not None:
+                out.add(mf)
+    return out
+
+
+@lru_cache(maxsize=None)
+def _closure(src: str, start: tuple[str, ...], top_only_after_start: bool = False) -> tuple[str, ...]:
+    srcp = Path(src)
+    todo = [Path(p) for p in start]
+    first = set(todo)
+    seen: set[Path] = set()
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        mods = imported_modules(f, srcp, top_only=top_only_after_start and f not in first)
+        for m in mods:
+            parts = m.split(".")
+            for i in range(1, len(parts) + 1):  # importing a.b.c imports a and a.b too
+                mf = module_file(srcp, ".".join(parts[:i]))
+                if mf is not None and mf not in seen:
+                    todo.append(mf)
+    return tuple(sorted(str(p) for p in seen if srcp in p.parents))
+
+
+def code_closure(files: Iterable[str | Path] = (), modules: Iterable[str] = (),
+                 src: str | Path = "src", top_only_after_start: bool = False) -> list[str]:
+    """Sorted sharpgen source files (paths as ``<src>/sharpgen/...``) that the given scripts /
+    source files and dotted ``modules`` import, transitively, themselves included.
+    ``top_only_after_start``: follow only module-level imports beyond the given files (what
+    actually runs when they are imported; imports inside functions are other code paths)."""
+    srcp = Path(src)
+    start = [Path(f) for f in files]
+    for m in modules:
+        mf = module_file(srcp, m)
+        if mf is None:
+            raise ValueError(f"{m} is not a module under {srcp}")
+        start.append(mf)
+    return list(_closure(str(srcp), tuple(str(p) for p in start), top_only_after_start))

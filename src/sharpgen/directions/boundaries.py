@@ -1,0 +1,359 @@
+"""Stage ``fit_boundaries``: one linear boundary per parameter in latent space (InterFaceGAN).
+
+rules/directions.smk (fit_boundaries) -> workflow_scripts/fit_boundaries.py -> here.
+
+For each parameter ``p`` the generated samples are labelled by a median split (the paper) or by
+the top / bottom ``fraction`` (:func:`make_labels`), a linear classifier is fitted in ``z``
+(:func:`train_boundary`) and its unit normal ``n_p`` (D,) is the latent direction of ``p``.
+With ``fold: lead_sign`` the polarity fold ``u`` is fitted first (:func:`fit_polarity_fold`) and
+polarity-even parameters are fitted on folded latents (see :mod:`sharpgen.directions`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+from sharpgen.directions.config import DirectionsConfig, directions_config
+from sharpgen.directions.geometry import (
+    FOLD_PARAMETER,
+    Boundaries,
+    DirectionError,
+    fold_latents,
+    folded_values,
+)
+from sharpgen.parameters import POLARITY_PARTNER, is_log_fit, to_fit_space
+
+logger = logging.getLogger(__name__)
+
+
+def make_labels(values, name: str, mode: str = "median", fraction: float = 0.3):
+    """Binary labels for one parameter.
+
+    values: (N,) physical values (NaN allowed; NaN rows are not used).
+    mode "median": label 1 where value > median of the finite values (all finite rows kept);
+    mode "fraction": label 1 for the top ``fraction``, 0 for the bottom ``fraction``, the
+    middle is dropped.
+    Returns ``(keep (N,) bool, labels (N,) int8)``; labels are meaningful where ``keep``.
+    Raises :class:`DirectionError` naming the parameter when all values are NaN, the values are
+    constant, or a class has fewer than 2 members.
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    finite = np.isfinite(v)
+    if not finite.any():
+        raise DirectionError(f"parameter {name!r}: all {v.size} values are NaN/inf, cannot label samples")
+    fv = v[finite]
+    if np.ptp(fv) == 0:
+        raise DirectionError(
+            f"parameter {name!r} is constant ({fv[0]:g} in all {fv.size} finite samples), cannot label samples"
+        )
+    if mode == "median":
+        thr = float(np.median(fv))
+        keep = finite.copy()
+        labels = (v > thr).astype(np.int8)
+    elif mode == "fraction":
+        if not 0 < fraction <= 0.5:
+            raise DirectionError(f"parameter {name!r}: label fraction must be in (0, 0.5], got {fraction}")
+        lo, hi = np.quantile(fv, [fraction, 1.0 - fraction])
+        if lo >= hi:
+            raise DirectionError(
+                f"parameter {name!r}: top/bottom {fraction:.0%} quantiles coincide ({lo:g}), too many ties to label"
+            )
+        keep = finite & ((v <= lo) | (v >= hi))
+        labels = (v >= hi).astype(np.int8)
+    else:
+        raise DirectionError(f"unknown label mode {mode!r} (median | fraction)")
+    n1 = int(labels[keep].sum())
+    n0 = int(keep.sum()) - n1
+    if min(n0, n1) < 2:
+        raise DirectionError(
+            f"parameter {name!r}: degenerate labels ({n0} low / {n1} high samples), too many tied values"
+        )
+    return keep, labels
+
+
+def _classifier(kind: str, C: float, seed: int):
+    if kind == "linear_svc":
+        from sklearn.svm import LinearSVC
+
+        return LinearSVC(C=C, dual="auto", max_iter=20000, random_state=seed)
+    if kind == "logistic":
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression(C=C, max_iter=5000)
+    raise DirectionError(f"unknown classifier {kind!r} (linear_svc | logistic)")
+
+
+def train_boundary(latent_codes, labels, *, classifier: str = "linear_svc", C: float = 1.0,
+                   val_fraction: float = 0.2, seed: int = 0, name: str = "?") -> dict:
+    """Fit a linear boundary separating ``labels`` in latent space.
+
+    latent_codes: (N, D) float; labels: (N,) in {0, 1}.
+    Stratified train/validation split (``val_fraction`` of the rows held out), then a linear
+    classifier (LinearSVC by default; z ~ N(0, I) needs no standardisation).
+    Returns a dict with ``normal`` (D,) unit vector pointing towards label 1, ``intercept``
+    (float, so that the boundary is ``normal @ z + intercept = 0``), ``train_accuracy``,
+    ``val_accuracy``, ``n_train``, ``n_val`` and the ``val_index`` (row indices held out).
+    """
+    from sklearn.model_selection import train_test_split
+
+    X = np.asarray(latent_codes, dtype=np.float64)
+    y = np.asarray(labels).astype(int).ravel()
+    if X.ndim != 2 or X.shape[0] != y.shape[0]:
+        raise DirectionError(f"parameter {name!r}: latent codes {X.shape} and labels {y.shape} do not match")
+    idx = np.arange(X.shape[0])
+    tr, va = train_test_split(idx, test_size=val_fraction, stratify=y, random_state=seed)
+    clf = _classifier(classifier, C, seed)
+    clf.fit(X[tr], y[tr])
+    w = np.asarray(clf.coef_, dtype=np.float64).ravel()
+    b = float(np.ravel(clf.intercept_)[0])
+    norm = float(np.linalg.norm(w))
+    if not np.isfinite(norm) or norm == 0:
+        raise DirectionError(f"parameter {name!r}: the classifier found no direction (zero weight vector)")
+    return {
+        "normal": w / norm,
+        "intercept": b / norm,
+        "train_accuracy": float(clf.score(X[tr], y[tr])),
+        "val_accuracy": float(clf.score(X[va], y[va])),
+        "n_train": int(tr.size),
+        "n_val": int(va.size),
+        "val_index": va,
+    }
+
+
+def regression_direction(latent_codes, target, val_index=None) -> dict:
+    """Least-squares fit ``target ~ z @ coef + c``; returns unit ``direction`` (D,) and R^2.
+
+    latent_codes: (N, D); target: (N,) (fit space, e.g. log10 flux), finite.
+    R^2 is reported on ``val_index`` rows (fit on the others) when given, else in-sample.
+    """
+    from sklearn.linear_model import LinearRegression
+
+    X = np.asarray(latent_codes, dtype=np.float64)
+    t = np.asarray(target, dtype=np.float64).ravel()
+    mask = np.ones(len(t), bool)
+    if val_index is not None:
+        mask[np.asarray(val_index)] = False
+    reg = LinearRegression().fit(X[mask], t[mask])
+    r2 = reg.score(X[~mask], t[~mask]) if (~mask).sum() > 1 else reg.score(X, t)
+    coef = np.asarray(reg.coef_, dtype=np.float64)
+    return {"direction": coef / np.linalg.norm(coef), "r2": float(r2), "slope_per_unit_z": float(np.linalg.norm(coef))}
+
+
+def _fit_one(Z, values, name, cfg: DirectionsConfig) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Labels + boundary for one parameter on latents Z (N, D) -> (boundary, keep, labels)."""
+    keep, labels = make_labels(values, name, cfg.labels, cfg.fraction)
+    b = train_boundary(Z[keep], labels[keep], classifier=cfg.classifier, C=cfg.C,
+                       val_fraction=cfg.val_fraction, seed=cfg.seed, name=name)
+    return b, keep, labels
+
+
+def fit_polarity_fold(latents, table: pd.DataFrame, cfg) -> tuple[np.ndarray | None, dict]:
+    """Fold direction u: unit normal of a linear boundary between lead_sign = +1 and -1 samples.
+
+    latents: (N, D); table: N rows with a ``lead_sign`` column (+1 / -1, NaN or 0 where there is
+    no bipole). Returns ``(u (D,) or None, info)``; u is None (no folding, reason in ``info``)
+    when the column is missing, fewer than 20 samples of a sign exist, or the boundary's
+    validation accuracy is below ``cfg.fold_min_accuracy``: then the latent does not encode the
+    polarity order linearly and reflecting across it would mix unrelated samples.
+    """
+    cfg = directions_config(cfg)
+    info: dict = {"mode": "lead_sign", "parameter": FOLD_PARAMETER}
+    if FOLD_PARAMETER not in table.columns:
+        info["reason"] = f"the latent table has no {FOLD_PARAMETER!r} column"
+        return None, info
+    s = table[FOLD_PARAMETER].to_numpy(dtype=np.float64)
+    keep = np.isfinite(s) & (s != 0)
+    n_pos, n_neg = int((s[keep] > 0).sum()), int((s[keep] < 0).sum())
+    info.update(n_positive=n_pos, n_negative=n_neg)
+    if min(n_pos, n_neg) < 20:
+        info["reason"] = f"too few samples of one leading polarity ({n_pos} +1 / {n_neg} -1)"
+        return None, info
+    b = train_boundary(np.asarray(latents, dtype=np.float64)[keep], (s[keep] > 0).astype(int),
+                       classifier=cfg.classifier, C=cfg.C, val_fraction=cfg.val_fraction,
+                       seed=cfg.seed, name=FOLD_PARAMETER)
+    info.update(val_accuracy=b["val_accuracy"], intercept=b["intercept"])
+    if b["val_accuracy"] < cfg.fold_min_accuracy:
+        info["reason"] = (f"{FOLD_PARAMETER} boundary validation accuracy {b['val_accuracy']:.3f} < "
+                          f"fold_min_accuracy {cfg.fold_min_accuracy:g}: the latent does not encode "
+                          "the polarity order linearly")
+        return None, info
+    return b["normal"], info
+
+
+def fit_boundaries(latents, table: pd.DataFrame, cfg) -> tuple[dict, dict]:
+    """Fit one boundary (and one regression direction) per configured parameter.
+
+    latents: (N, D); table: N rows with one column per parameter (physical units).
+    cfg: the ``directions`` section (mapping or :class:`DirectionsConfig`).
+    With ``fold: lead_sign`` the polarity fold u is fitted first (:func:`fit_polarity_fold`) and
+    the boundaries of polarity-even parameters (registry partners) are fitted on folded latents
+    with partner-swapped values (:func:`folded_values`); their unfolded (paper) accuracy is
+    reported beside it. Regressions are in fit space (log10 for the registry's log_fit fluxes).
+    Returns ``(arrays, summary)``: arrays = {"names": (P,) str, "normals": (P, D),
+    "intercepts": (P,), "val_accuracy": (P,), "regression_directions": (P, D), "folded": (P,)
+    bool, "fold_normal": (D,) (zeros without a fold)}; summary = JSON-able per-parameter dict
+    (accuracies, class sizes, threshold, regression R^2 and its cosine with the normal) plus
+    ``_fold`` (how the fold was fitted, or why there is none) and ``_normal_cosines``.
+    """
+    cfg = directions_config(cfg)
+    Z = np.asarray(latents, dtype=np.float64)
+    params = list(cfg.parameters)
+    for p in params:
+        if p not in table.columns:
+            raise DirectionError(f"parameter {p!r} is not a column of the latent table ({list(table.columns)})")
+    if cfg.fold == "lead_sign":
+        fold, fold_info = fit_polarity_fold(Z, table, cfg)
+        if fold is None:
+            logger.warning("no polarity fold: %s", fold_info["reason"])
+        else:
+            logger.info("polarity fold: lead_sign boundary val accuracy %.3f", fold_info["val_accuracy"])
+    elif cfg.fold == "none":
+        fold, fold_info = None, {"mode": "none"}
+    else:
+        raise DirectionError(f"unknown directions.fold {cfg.fold!r} (none | lead_sign)")
+    Zf, negative = fold_latents(Z, fold)
+    fold_info["n_reflected"] = int(negative.sum())
+    names, normals, intercepts, accs, regs, folded = [], [], [], [], [], []
+    summary: dict = {}
+    for p in params:
+        # TPF/TNF are folded only together: a reflected base needs its partner's normal
+        is_folded = fold is not None and POLARITY_PARTNER.get(p) in params
+        values = folded_values(table, p, negative) if is_folded else table[p].to_numpy(dtype=np.float64)
+        Zp = Zf if is_folded else Z
+        b, keep, labels = _fit_one(Zp, values, p, cfg)
+        y = to_fit_space(p, values)
+        ok = np.isfinite(y)
+        reg_val = np.flatnonzero(np.isin(np.flatnonzero(ok), np.flatnonzero(keep)[b["val_index"]]))
+        reg = regression_direction(Zp[ok], y[ok], val_index=reg_val)
+        cos = float(reg["direction"] @ b["normal"])
+        unfolded_acc = (_fit_one(Z, table[p].to_numpy(dtype=np.float64), p, cfg)[0]["val_accuracy"]
+                        if is_folded else b["val_accuracy"])
+        logger.info(
+            "%s: val accuracy %.3f%s (train %.3f, n=%d/%d), regression R2 %.3f, cos(regression, normal) %.3f",
+            p, b["val_accuracy"], f" folded, {unfolded_acc:.3f} unfolded" if is_folded else "",
+            b["train_accuracy"], b["n_train"], b["n_val"], reg["r2"], cos,
+        )
+        names.append(p)
+        normals.append(b["normal"])
+        intercepts.append(b["intercept"])
+        accs.append(b["val_accuracy"])
+        regs.append(reg["direction"])
+        folded.append(is_folded)
+        summary[p] = {
+            "val_accuracy": b["val_accuracy"],
+            "val_accuracy_unfolded": unfolded_acc,
+            "folded": bool(is_folded),
+            "train_accuracy": b["train_accuracy"],
+            "n_train": b["n_train"],
+            "n_val": b["n_val"],
+            "n_high": int(labels[keep].sum()),
+            "n_low": int(keep.sum() - labels[keep].sum()),
+            "median": float(np.nanmedian(values)),
+            "intercept": b["intercept"],
+            "fit_space": "log10" if is_log_fit(p) else "identity",
+            "regression_r2": reg["r2"],
+            "regression_cosine": cos,
+        }
+    N = np.array(normals)
+    summary["_normal_cosines"] = {a: {b: float(N[i] @ N[j]) for j, b in enumerate(names)} for i, a in enumerate(names)}
+    summary["_fold"] = fold_info
+    arrays = {
+        "names": np.array(names),
+        "normals": N,
+        "intercepts": np.array(intercepts),
+        "val_accuracy": np.array(accs),
+        "regression_directions": np.array(regs),
+        "folded": np.array(folded, dtype=bool),
+        "fold_normal": np.zeros(Z.shape[1]) if fold is None else np.asarray(fold, dtype=np.float64),
+    }
+    return arrays, summary
+
+
+# --------------------------------------------------------------------------------------------
+# storage
+# --------------------------------------------------------------------------------------------
+
+
+def save_boundaries(npz_path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write the arrays of :func:`fit_boundaries` to ``npz_path`` atomically."""
+    from sharpgen.atomic import atomic_path
+
+    with atomic_path(npz_path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+
+
+def load_boundaries(npz_path) -> dict[str, np.ndarray]:
+    """boundaries.npz -> {parameter name: unit normal (D,)} (as fitted; see :func:`load_direction_field`)."""
+    with np.load(npz_path) as f:
+        return {str(n): np.asarray(v, dtype=np.float64) for n, v in zip(f["names"], f["normals"])}
+
+
+def load_boundary(npz_path, param: str) -> tuple[np.ndarray, float, float]:
+    """(unit normal (D,), intercept, validation accuracy) of ``param`` from boundaries.npz."""
+    with np.load(npz_path) as f:
+        names = [str(x) for x in f["names"]]
+        if param not in names:
+            raise DirectionError(f"{npz_path}: no boundary for parameter {param!r} (has {names})")
+        i = names.index(param)
+        acc = float(f["val_accuracy"][i]) if "val_accuracy" in f.files else float("nan")
+        return np.asarray(f["normals"][i], dtype=float), float(f["intercepts"][i]), acc
+
+
+def load_direction_field(npz_path) -> Boundaries:
+    """boundaries.npz -> :class:`Boundaries` (normals + polarity fold; files without the fold
+    arrays, or with a zero fold normal, give no fold)."""
+    with np.load(npz_path) as f:
+        names = [str(n) for n in f["names"]]
+        normals = {n: np.asarray(v, dtype=np.float64) for n, v in zip(names, f["normals"])}
+        fold = np.asarray(f["fold_normal"], dtype=np.float64) if "fold_normal" in f.files else None
+        folded = [n for n, k in zip(names, f["folded"]) if k] if "folded" in f.files else []
+    if fold is None or not np.any(fold):
+        return Boundaries(normals)
+    return Boundaries(normals, fold / np.linalg.norm(fold), frozenset(folded))
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def latents_from_table(table: pd.DataFrame) -> np.ndarray:
+    """The ``z`` column (list<float32>[D] per row) -> (N, D) float64."""
+    if "z" not in table.columns:
+        raise DirectionError("latent table has no 'z' column")
+    return np.stack([np.asarray(v, dtype=np.float64) for v in table["z"].to_numpy()])
+
+
+def run_fit_boundaries(latents_path, cfg, npz_out, json_out) -> dict:
+    """Stage fit_boundaries: latents.parquet -> boundaries.npz + boundaries.json."""
+    from sharpgen.atomic import write_json
+
+    cfg = directions_config(cfg)
+    table = pd.read_parquet(latents_path)
+    Z = latents_from_table(table)
+    arrays, summary = fit_boundaries(Z, table, cfg)
+    save_boundaries(npz_out, arrays)
+    summary = {
+        "parameters": summary,
+        "n_samples": int(len(table)),
+        "latent_dim": int(Z.shape[1]),
+        "labels": cfg.labels,
+        "classifier": cfg.classifier,
+        "fold": summary.pop("_fold"),
+        "targets": {
+            "tuf_val_accuracy_ge_0.90": bool(summary.get("tuf", {}).get("val_accuracy", 0) >= 0.90),
+            "r_value_val_accuracy_ge_0.85": bool(summary.get("r_value", {}).get("val_accuracy", 0) >= 0.85),
+            "r_paper_val_accuracy_ge_0.85": bool(summary.get("r_paper", {}).get("val_accuracy", 0) >= 0.85),
+        },
+    }
+    write_json(json_out, summary)
+    return summary

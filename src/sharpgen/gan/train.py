@@ -1,0 +1,470 @@
+"""Stage "gan": train the generator (rules/gan.smk -> workflow_scripts/train_gan.py -> here).
+
+Training (:func:`train_gan`, one loop read top to bottom) keeps the whole patch store in memory
+as one tensor on the training device, draws batches with a seeded ``torch.Generator``, logs losses
+and throughput to a CSV file, writes sample grids, and checkpoints everything needed to resume
+bit-for-bit (networks, optimisers, EMA, RNG states, step) atomically under
+``<checkpoint_root>/<hash>/``, which it locks for its whole life. Device selection, the lock,
+checkpoint files, RNG state and the CSV log are the shared machinery of :mod:`sharpgen.training`.
+The networks and losses are in :mod:`sharpgen.gan.model`.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from sharpgen import training
+from sharpgen.atomic import atomic_path
+from sharpgen.training import list_checkpoints  # noqa: F401  (re-exported: tests, callers)
+
+from sharpgen.gan.model import (  # noqa: F401
+    ARCHITECTURES,
+    GanError,
+    build_discriminator,
+    build_generator,
+    d_loss_fn,
+    diff_augment,
+    g_loss_fn,
+    generate,
+    load_generator,
+    PaperDiscriminator,
+    _check_size,
+)
+
+logger = logging.getLogger("sharpgen.gan")
+
+FORMAT_VERSION = 2
+
+
+CSV_COLUMNS = ("step", "d_loss", "g_loss", "d_real", "d_fake", "images_per_s", "elapsed_s")
+
+
+class PatchStoreError(GanError, ValueError):
+    """The patch store is missing, empty or corrupt (the message names it)."""
+
+
+class CheckpointMismatchError(GanError, training.CheckpointMismatchError):
+    """A checkpoint was written for another architecture, configuration or data set."""
+
+
+class DivergenceError(GanError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class GanConfig:
+    """The ``gan`` config section (defaults and meaning of each key: the config schema,
+    rules/schemas/config.schema.yaml, spelled out in config.yaml)."""
+
+    arch: str
+    nz: int
+    steps: int
+    batch_size: int
+    lr_g: float
+    lr_d: float
+    betas: tuple[float, float]
+    ema_decay: float                  # stable only
+    augment_translation: float        # stable only: max shift, fraction of S
+    augment_cutout: float             # stable only: cutout square side, fraction of S
+    split: str                        # train | all
+    seed: int
+    device: str                       # auto | cpu | cuda
+    log_every: int
+    sample_every: int
+    checkpoint_every: int
+    keep_checkpoints: int
+
+    # keys that do not change the training trajectory (left out of the checkpoint hash, so
+    # raising `steps` or changing the logging cadence resumes from existing checkpoints)
+    NON_TRAJECTORY = ("steps", "device", "log_every", "sample_every", "checkpoint_every",
+                      "keep_checkpoints")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "GanConfig":
+        """From a (partial) ``gan`` section: schema defaults fill what is not given."""
+        from sharpgen.config import ConfigError, section, typed
+
+        try:
+            cfg = typed(cls, section("gan", d))
+        except ConfigError as err:
+            raise ValueError(str(err).replace("unknown config key(s)", "unknown gan config key(s)")) from None
+        object.__setattr__(cfg, "betas", tuple(float(b) for b in cfg.betas))
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"gan.arch {self.arch!r} is not one of {list(ARCHITECTURES)}")
+        if self.split not in ("train", "all"):
+            raise ValueError(f"gan.split {self.split!r} is not 'train' or 'all'")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"gan.device {self.device!r} is not auto|cpu|cuda")
+        for k in ("nz", "steps", "batch_size", "log_every", "sample_every", "checkpoint_every",
+                  "keep_checkpoints"):
+            if int(getattr(self, k)) < 1:
+                raise ValueError(f"gan.{k} must be >= 1, got {getattr(self, k)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"gan.ema_decay must be in [0, 1), got {self.ema_decay}")
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(d["betas"])
+        return d
+
+    def trajectory_dict(self) -> dict:
+        d = self.as_dict()
+        for k in self.NON_TRAJECTORY:
+            d.pop(k)
+        return d
+
+
+def read_patch_store(zarr_path: str | os.PathLike, table_path: str | os.PathLike | None = None,
+                     split: str = "all") -> tuple[np.ndarray, dict]:
+    """The training patches: ``((N, S, S) float32 in [-1, 1], store attrs)`` of ``split``, read
+    with the one patch-store reader (:class:`sharpgen.store.PatchStore`) and checked (finite,
+    within [-1, 1]). Raises :class:`PatchStoreError` naming the store and the problem."""
+    from sharpgen.store import PatchStore, StoreError
+
+    try:
+        store = PatchStore.open(zarr_path, table_path)
+        rows = None if split == "all" else store.rows(split)
+        return store.read(rows, check=True), store.attrs
+    except StoreError as err:
+        raise PatchStoreError(str(err)) from None
+
+
+def checkpoint_folder(root: str | os.PathLike, cfg: GanConfig, size: int, n_images: int,
+                      data_id: str = "") -> Path:
+    """``root/<12-hex hash>`` of the trajectory-defining config keys and the training data."""
+    return training.checkpoint_folder(root, cfg.trajectory_dict(),
+                                      {"size": size, "n": n_images, "data": data_id})
+
+
+def _meta(cfg: GanConfig, size: int, n_images: int, data_id: str) -> dict:
+    return {"format": FORMAT_VERSION, "arch": cfg.arch, "size": int(size), "nz": int(cfg.nz),
+            "n_images": int(n_images), "data_id": str(data_id),
+            "trajectory": cfg.trajectory_dict()}
+
+
+def check_checkpoint_meta(path: Path, meta: dict, expected: dict) -> None:
+    """Refuse a checkpoint written for another architecture / config / data set."""
+    training.check_meta(path, meta, expected, error=CheckpointMismatchError)
+
+
+def save_grid_png(path: str | os.PathLike, images: np.ndarray, clip_gauss: float,
+                  title: str = "") -> None:
+    """Square grid of (N, S, S) images in [-1, 1] as a PNG in Gauss, colour map centred on 0 G."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = images.shape[0]
+    cols = int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    vmax = 0.5 * clip_gauss
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols + 0.8, 1.6 * rows + 0.3),
+                             squeeze=False)
+    im = None
+    for i, ax in enumerate(axes.ravel()):
+        ax.set_axis_off()
+        if i < n:
+            im = ax.imshow(images[i] * clip_gauss, cmap="RdBu_r", vmin=-vmax, vmax=vmax,
+                           origin="lower", interpolation="nearest")
+    if im is not None:
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="Br [G]")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
+    plt.close(fig)
+
+
+#: channels_last: required for fast cuDNN convolutions, and measured 1.3-1.8x faster with
+#: oneDNN on this project's CPU too (benchmarks/bench_gan.py --channels-last-cpu)
+MEMORY_FORMAT = torch.channels_last
+
+
+#: keys every GAN checkpoint holds (a file without them is treated as corrupt)
+CHECKPOINT_KEYS = ("meta", "step", "G", "D", "ema", "opt_g", "opt_d", "rng")
+
+
+@dataclass
+class _Run:
+    """What a checkpoint holds: networks, EMA of G (stable only), optimisers, the generator
+    drawing batches, latents and augmentations (on the training device), finished steps and the
+    training time so far."""
+
+    G: nn.Module
+    D: nn.Module
+    ema: nn.Module | None
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    gen: torch.Generator
+    step: int = 0
+    elapsed_s: float = 0.0
+
+
+def _build_run(cfg: GanConfig, size: int, device: torch.device) -> _Run:
+    """Fresh G and D (weights seeded by ``cfg.seed``, channels_last on ``device``), the EMA copy,
+    Adam optimisers and the training generator (seed ``cfg.seed + 1``)."""
+    torch.manual_seed(cfg.seed)
+    G = build_generator(cfg.arch, size, cfg.nz).to(device, memory_format=MEMORY_FORMAT)
+    D = build_discriminator(cfg.arch, size).to(device, memory_format=MEMORY_FORMAT)
+    ema = (copy.deepcopy(G).eval().requires_grad_(False)
+           if cfg.arch == "stable" and cfg.ema_decay > 0 else None)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    return _Run(G, D, ema, opt_g, opt_d, gen)
+
+
+def _checkpoint_state(run: _Run, meta: dict, device: torch.device) -> dict:
+    """The checkpoint dict of ``run`` (tensors stay where they are; loading maps to the CPU)."""
+    return {"meta": meta, "step": run.step, "device": device.type,
+            "G": run.G.state_dict(), "D": run.D.state_dict(),
+            "ema": run.ema.state_dict() if run.ema is not None else None,
+            "opt_g": run.opt_g.state_dict(), "opt_d": run.opt_d.state_dict(),
+            "rng": training.rng_state(device, {"gen": run.gen}),
+            "extra": {"elapsed_s": run.elapsed_s}}
+
+
+def _resume(run: _Run, folder: Path, cfg: GanConfig, meta: dict,
+            device: torch.device) -> Path | None:
+    """Load the newest readable checkpoint in ``folder`` at a step <= ``cfg.steps`` into
+    ``run`` (refusing one from another run); return its path, None when starting anew."""
+    found = training.find_resume_checkpoint(folder, cfg.steps, required=CHECKPOINT_KEYS)
+    if found is None:
+        logger.info("starting a new run in %s", folder)
+        return None
+    _, path, ck = found
+    check_checkpoint_meta(path, ck.get("meta", {}), meta)
+    run.G.load_state_dict(ck["G"])
+    run.D.load_state_dict(ck["D"])
+    if run.ema is not None:
+        run.ema.load_state_dict(ck["ema"])
+    training.load_optimizer_state(run.opt_g, ck["opt_g"])
+    training.load_optimizer_state(run.opt_d, ck["opt_d"])
+    run.step = int(ck["step"])
+    run.elapsed_s = float(ck.get("extra", {}).get("elapsed_s", 0.0))
+    training.restore_rng_state(ck["rng"], device, {"gen": run.gen}, seed=cfg.seed + 1,
+                               step=run.step, source=path)
+    logger.info("resumed from %s (step %d of %d)", path, run.step, cfg.steps)
+    return path
+
+
+def _ema_update(ema: nn.Module, G: nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for pe, p in zip(ema.parameters(), G.parameters()):
+            pe.lerp_(p, 1.0 - decay)
+
+
+def _check_finite(sums: torch.Tensor, step: int, d_loss: torch.Tensor, g_loss: torch.Tensor,
+                  last_good: Path | None) -> None:
+    """Raise :class:`DivergenceError` if the window sums (4,) of the losses are not finite (a
+    host sync on CUDA)."""
+    if all(math.isfinite(v) for v in sums.tolist()):
+        return
+    raise DivergenceError(
+        f"GAN training diverged: non-finite loss by step {step} (d_loss={d_loss.item():.4g}, "
+        f"g_loss={g_loss.item():.4g}); the last good checkpoint {last_good or '(none yet)'} is "
+        "kept; lower gan.lr_d/lr_g or use gan.arch: stable")
+
+
+def _log_row(step: int, means: list[float], images_per_s: float, elapsed_s: float) -> dict:
+    """One CSV row (:data:`CSV_COLUMNS`) from the window means (d_loss, g_loss, d_real, d_fake)."""
+    return {"step": step, "d_loss": f"{means[0]:.6g}", "g_loss": f"{means[1]:.6g}",
+            "d_real": f"{means[2]:.6g}", "d_fake": f"{means[3]:.6g}",
+            "images_per_s": f"{images_per_s:.4g}", "elapsed_s": f"{elapsed_s:.2f}"}
+
+
+def _sample_grid(net: nn.Module, z_fixed: torch.Tensor, autocast, path: Path,
+                 clip_gauss: float, title: str) -> None:
+    """PNG grid of ``net(z_fixed)`` ((16, nz) on the device) in eval mode, then back."""
+    was = net.training
+    net.eval()
+    with torch.no_grad(), autocast:
+        imgs = net(z_fixed).float()[:, 0].cpu().numpy()
+    net.train(was)
+    save_grid_png(path, imgs, clip_gauss, title=title)
+
+
+def _write_outputs(run: _Run, cfg: GanConfig, size: int, clip_gauss: float, data_id: str,
+                   generator_path, log: training.CsvLog, log_csv, grid_dir: Path,
+                   samples_dir) -> None:
+    """generator.pt (EMA or G weights as CPU float32, byte-reproducible), the CSV log and the
+    sample grids, each atomically."""
+    final = run.ema if run.ema is not None else run.G
+    blob = {"format": FORMAT_VERSION, "arch": cfg.arch, "size": int(size), "nz": int(cfg.nz),
+            "config": cfg.as_dict(), "clip_gauss": float(clip_gauss), "steps": int(run.step),
+            "weights": "ema" if run.ema is not None else "generator", "data_id": str(data_id),
+            "state_dict": {k: v.detach().float().cpu().contiguous()
+                           for k, v in final.state_dict().items()}}
+    training.write_torch(generator_path, blob)
+    log.publish(log_csv)
+    if samples_dir is not None:
+        with atomic_path(samples_dir) as tmp:
+            tmp.mkdir()
+            for png in sorted(grid_dir.glob("step_*.png")):
+                shutil.copyfile(png, tmp / png.name)
+
+
+def train_step(G: nn.Module, D: nn.Module, real: torch.Tensor, z: torch.Tensor, arch: str,
+               aug=None, autocast=None, opt_g: torch.optim.Optimizer | None = None,
+               opt_d: torch.optim.Optimizer | None = None):
+    """One discriminator step and one generator step on the same fake batch.
+
+    ``real`` (B, 1, S, S), ``z`` (B, nz). D's weights are frozen during the generator step (no
+    wasted weight gradients). Returns (d_loss, g_loss, real_logit, fake_logit), not detached.
+    """
+    aug = aug or (lambda x: x)
+    autocast = autocast or torch.autocast("cpu", enabled=False)
+    with autocast:
+        fake = G(z)
+        real_logit = D(aug(real))
+        fake_logit = D(aug(fake.detach()))
+        d_loss = d_loss_fn(arch, real_logit, fake_logit)
+    if opt_d is not None:
+        opt_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    if opt_d is not None:
+        opt_d.step()
+    D.requires_grad_(False)
+    try:
+        with autocast:
+            g_loss = g_loss_fn(arch, D(aug(fake)))
+        if opt_g is not None:
+            opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        if opt_g is not None:
+            opt_g.step()
+    finally:
+        D.requires_grad_(True)
+    return d_loss, g_loss, real_logit, fake_logit
+
+
+def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: str | os.PathLike,
+              generator_path: str | os.PathLike, log_csv: str | os.PathLike,
+              samples_dir: str | os.PathLike | None = None, clip_gauss: float = 1000.0,
+              data_id: str = "", threads: int | None = None, progress: bool = True,
+              max_steps_this_run: int | None = None) -> dict:
+    """Train on ``patches`` (N, S, S) float32 in [-1, 1]; write generator.pt, the CSV log, grids.
+
+    Holds an exclusive lock on ``checkpoint_root/<hash>`` while it runs and resumes from the
+    newest readable checkpoint there. ``max_steps_this_run`` (tests only) stops early after that
+    many steps without writing the final outputs. Returns a summary dict (steps, seconds,
+    images/s, checkpoint folder).
+    """
+    from tqdm.auto import tqdm
+
+    cfg = GanConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
+    cfg.check()
+    patches = np.asarray(patches, dtype=np.float32)
+    if patches.ndim != 3 or patches.shape[0] == 0:
+        raise PatchStoreError(f"training patches must be (N, S, S) with N > 0, got {patches.shape}")
+    n_img, size, bs = patches.shape[0], patches.shape[1], cfg.batch_size
+    _check_size(size)
+    device = training.setup_device(cfg.device, key="gan.device", threads=threads, log=logger)
+    folder = checkpoint_folder(checkpoint_root, cfg, size, n_img, data_id)
+    meta = _meta(cfg, size, n_img, data_id)
+    with training.folder_lock(folder, what=f"GAN training ({cfg.arch})"):
+        # ---- state: fresh, or the newest readable checkpoint; the live CSV log to match ------
+        run = _build_run(cfg, size, device)
+        last_good = _resume(run, folder, cfg, meta, device)
+        log = training.CsvLog(folder / "train_log.csv", CSV_COLUMNS, key="step")
+        log.restart(run.step)
+        # ---- data on the device once; fixed latents for the sample grids ----------------------
+        data = torch.from_numpy(patches).unsqueeze(1).to(device)
+        data = data.contiguous(memory_format=MEMORY_FORMAT)
+        z_fixed = torch.randn(16, cfg.nz, generator=torch.Generator().manual_seed(cfg.seed + 2))
+        z_fixed = z_fixed.to(device)
+        autocast = training.autocast(device)  # bf16 on GPUs with compute capability >= 8.0
+        aug = (partial(diff_augment, gen=run.gen, translation=cfg.augment_translation,
+                       cutout=cfg.augment_cutout) if cfg.arch == "stable" else None)
+        end = cfg.steps if max_steps_this_run is None else min(cfg.steps,
+                                                               run.step + max_steps_this_run)
+        acc = torch.zeros(4, device=device)  # window sums: d_loss, g_loss, D(real), D(fake)
+        elapsed0, t_start, n_win = run.elapsed_s, time.perf_counter(), 0
+        t_win = t_start
+        run.G.train()
+        run.D.train()
+        # ---- training loop ------------------------------------------------------------------
+        with tqdm(total=cfg.steps, initial=run.step, disable=not progress, unit="step",
+                  desc=f"gan[{cfg.arch}]", dynamic_ncols=True) as bar:
+            while run.step < end:
+                idx = torch.randint(0, n_img, (bs,), generator=run.gen, device=device)
+                real = data.index_select(0, idx)
+                z = torch.randn(bs, cfg.nz, generator=run.gen, device=device)
+                d_loss, g_loss, real_logit, fake_logit = train_step(
+                    run.G, run.D, real, z, cfg.arch, aug, autocast, run.opt_g, run.opt_d)
+                if run.ema is not None:
+                    decay = min(cfg.ema_decay, (1.0 + run.step) / (10.0 + run.step))
+                    _ema_update(run.ema, run.G, decay)
+                run.step += 1
+                n_win += 1
+                acc += torch.stack([d_loss.detach(), g_loss.detach(),
+                                    real_logit.detach().float().mean(),
+                                    fake_logit.detach().float().mean()])
+                at_log = run.step % cfg.log_every == 0 or run.step == cfg.steps
+                at_ckpt = run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps
+                # free on the CPU; on CUDA the check waits for the GPU, so only when needed
+                if device.type != "cuda" or at_log or at_ckpt or run.step == end:
+                    _check_finite(acc, run.step, d_loss, g_loss, last_good)
+                if at_log:
+                    now = time.perf_counter()
+                    row = _log_row(run.step, (acc / n_win).tolist(),
+                                   n_win * bs / max(now - t_win, 1e-9), elapsed0 + now - t_start)
+                    log.append(row)
+                    bar.set_postfix(d=row["d_loss"], g=row["g_loss"], ips=row["images_per_s"])
+                    acc.zero_()
+                    t_win, n_win = time.perf_counter(), 0
+                if run.step % cfg.sample_every == 0 or run.step == cfg.steps:
+                    _sample_grid(run.ema if run.ema is not None else run.G, z_fixed, autocast,
+                                 folder / "grids" / f"step_{run.step:08d}.png", clip_gauss,
+                                 f"{cfg.arch} step {run.step}")
+                if at_ckpt:  # only after the loss check: a checkpoint is always a good one
+                    run.elapsed_s = elapsed0 + time.perf_counter() - t_start
+                    last_good = training.save_checkpoint(
+                        folder, run.step, _checkpoint_state(run, meta, device),
+                        keep=cfg.keep_checkpoints)
+                bar.update(1)
+        # ---- final outputs ------------------------------------------------------------------
+        elapsed = elapsed0 + time.perf_counter() - t_start
+        summary = {"steps": run.step, "seconds": elapsed, "checkpoint_folder": str(folder),
+                   "images_per_s": run.step * bs / max(elapsed, 1e-9)}
+        if run.step < cfg.steps:  # stopped early on purpose (tests)
+            return summary
+        _write_outputs(run, cfg, size, clip_gauss, data_id, generator_path, log, log_csv,
+                       folder / "grids", samples_dir)
+    logger.info("trained %s GAN: %d steps in %.1f s (%.1f images/s); wrote %s", cfg.arch,
+                run.step, elapsed, summary["images_per_s"], generator_path)
+    return summary
+
+
+def training_flops_per_step(arch: str, size: int, batch_size: int, nz: int = 100) -> float:
+    """FLOPs of one training step (D step + G step), counted with FlopCounterMode on the meta
+    device (convolutions, matmuls and their backward passes; elementwise ops not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        G = build_generator(arch, size, nz)
+        D = PaperDiscriminator(size, mbstd=arch == "stable")  # SN adds only O(params) work
+        z = torch.randn(batch_size, nz)
+        real = torch.randn(batch_size, 1, size, size)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        train_step(G, D, real, z, arch)
+    return float(counter.get_total_flops())
