@@ -29,7 +29,8 @@ $(STAMP): pyproject.toml $(LOCK)
 
 # Refresh requirements.lock: resolve pyproject.toml (+ extras) in a throw-away venv next to the
 # torch build of TORCH_SPEC and freeze it. torch itself stays out of the lock (TORCH_SPEC / the
-# user's CUDA build decides it). Commit the result.
+# user's CUDA build decides it); then pin the conda envs (envs/*.yaml) to the same versions.
+# Commit the result.
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/python -m pip install --quiet --upgrade pip
@@ -37,9 +38,10 @@ lock:
 	.lock-venv/bin/python -m pip install --quiet ".[$(EXTRAS)]"
 	{ echo "# Exact versions for \`make\` (pip constraints). Made by \`make lock\` with $$(.lock-venv/bin/python --version)"; \
 	  echo "# and $(or $(TORCH_SPEC),the installed torch); torch itself is chosen by TORCH_SPEC (see Makefile)."; \
-	  .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v -i -E '^(sharpgen|torch|pip|setuptools|wheel)=='; } > requirements.lock.tmp
+	  .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v -i -E '^(sharpgen|torch|pip|setuptools|wheel)( |==|@)'; } > requirements.lock.tmp
 	mv requirements.lock.tmp requirements.lock
 	rm -rf .lock-venv
+	$(PYTHON) envs/pin.py --lock requirements.lock --torch "$(patsubst torch==%,%,$(or $(TORCH_SPEC),torch==2.13.0))"
 
 run: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --resources gpu=1 --workflow-profile profiles/default $(SNAKE_ARGS)
@@ -52,8 +54,13 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# benchmarks/bench_scale.py runs with BENCH_SCALE_ARGS (default --quick: N = 100-400, a few
+# minutes); `make bench BENCH_SCALE_ARGS=` runs the full 1k/4k/16k records (about an hour)
+BENCH_SCALE_ARGS ?= --quick
 bench: $(STAMP)
-	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	for b in benchmarks/bench_*.py; do echo "== $$b"; \
+	  case $$b in *bench_scale.py) args="$(BENCH_SCALE_ARGS)";; *) args=;; esac; \
+	  $(BIN)/python $$b $$args || exit 1; done
 
 dag: $(STAMP)
 	$(BIN)/snakemake --rulegraph | dot -Tpng > results/rulegraph.png

@@ -5,6 +5,7 @@ from snakemake.utils import min_version
 
 min_version("8.20")
 
+
 configfile: "config.yaml"
 
 
@@ -16,10 +17,11 @@ include: "rules/sampling.smk"
 include: "rules/directions.smk"
 include: "rules/ssl.smk"
 include: "rules/retrieval.smk"
+include: "rules/invert.smk"
 include: "rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         get_final_output(),
-    default_target: True

@@ -1,20 +1,22 @@
-"""Throughput of the vectorised parameter engine vs a straightforward per-image reference.
+"""Throughput of the compiled parameter engine vs a straightforward per-image reference.
 
 Both compute every parameter of :data:`sharpgen.physics.PARAMETER_NAMES` on the same batch of
 128x128 Br patches (Gauss) at the default patch pixel scale (0.03 deg CEA binned 2x):
 
-* vectorised: ``sharpgen.physics.compute_parameters`` (whole-batch numpy / scipy.ndimage calls,
-  processed in cache-sized blocks of maps);
+* engine: ``sharpgen.physics.compute_parameters`` (numba kernels, one fused pass per map and
+  stage, the loop over maps compiled too);
 * reference: ``sharpgen.physics_reference.compute_parameters_reference`` (a Python loop over images, one
   scipy call per operation and image: center_of_mass, binary_dilation, label/sum_labels, ...).
 
 The patches are random crops (random flips, 90-degree rotations, added 10 G noise) of the real
 SHARP Br maps in ../shared/data/sharp binned 2x; without that folder, synthetic multi-blob active
-regions. The script checks that both give the same values, then prints maps/s of each (best of
-``--repeats`` runs, CPU process time and wall time, BLAS limited to one thread) and their ratio,
-then a wall-time line with the BLAS thread pools at their defaults.
+regions. The script checks that both give the same values, then times them on one thread (BLAS
+and numba), interleaved: each of ``--repeats`` rounds runs the engine and the reference back to
+back, so both see the same machine load; it prints maps/s of each (median CPU process time and
+wall time over the rounds) and the median of the per-round ratios. The engine's first call
+(compilation, or loading numba's on-disk cache) is timed separately.
 
-    .venv/bin/python benchmarks/bench_physics.py [--n 256] [--size 128] [--repeats 3] [--json out.json]
+    .venv/bin/python benchmarks/bench_physics.py [--n 256] [--size 128] [--repeats 5] [--json out.json]
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ def synthetic_patches(n: int, size: int, rng: np.random.Generator) -> np.ndarray
 
 
 def _single_thread():
+    """BLAS (used by the reference's scipy calls) on one thread; the engine is single-threaded."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - scikit-learn brings it
@@ -100,23 +103,21 @@ def _single_thread():
     return threadpool_limits(limits=1)
 
 
-def timed(fn, repeats: int) -> tuple[float, float, object]:
-    """Best (process CPU s, wall s) of ``repeats`` calls, and the last result."""
-    best_cpu = best_wall = float("inf")
-    res = None
-    for _ in range(repeats):
-        c0, w0 = time.process_time(), time.perf_counter()
-        res = fn()
-        best_cpu = min(best_cpu, time.process_time() - c0)
-        best_wall = min(best_wall, time.perf_counter() - w0)
-    return best_cpu, best_wall, res
+def timed(fn) -> tuple[float, float, object]:
+    """(process CPU s, wall s, result) of one call."""
+    c0, w0 = time.process_time(), time.perf_counter()
+    res = fn()
+    return time.process_time() - c0, time.perf_counter() - w0, res
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=256, help="patches per batch")
     ap.add_argument("--size", type=int, default=128, help="patch side [px]")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved rounds (engine, reference)")
+    ap.add_argument("--ref-n", type=int, default=None,
+                    help="patches the reference times per round (default: all; fewer is quicker, "
+                         "the rate is per map either way)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
@@ -128,52 +129,57 @@ def main(argv=None) -> int:
         patches = synthetic_patches(args.n, args.size, rng)
         source = "synthetic bipolar regions"
     scale = PixelScale.cea(0.03, bin_factor=2)
+    n = args.n
+    nref = min(n, args.ref_n or n)
 
-    # one core for both (BLAS threads would otherwise inflate CPU time and make wall time
-    # depend on the machine's load); warm-up, then best-of-N timing of each
     with _single_thread():
-        compute_parameters(patches[:8], scale)
-        compute_parameters_reference(patches[:8], scale)
-        v_cpu, v_wall, fast = timed(lambda: compute_parameters(patches, scale), args.repeats)
-        r_cpu, r_wall, ref = timed(lambda: compute_parameters_reference(patches, scale), args.repeats)
-    # the same with the BLAS thread pools at their defaults (informational: on a shared 2-core
-    # machine this is usually no faster; the speed-up above is the single-threaded one)
-    vm_cpu, vm_wall, _ = timed(lambda: compute_parameters(patches, scale), args.repeats)
-    rm_cpu, rm_wall, _ = timed(lambda: compute_parameters_reference(patches, scale), args.repeats)
+        first_cpu, first_wall, _ = timed(lambda: compute_parameters(patches[:2], scale))
+        compute_parameters_reference(patches[:2], scale)
+        fast = compute_parameters(patches, scale)
+        ref = compute_parameters_reference(patches, scale)
+        rounds = []
+        for _ in range(args.repeats):
+            e_cpu, e_wall, _ = timed(lambda: compute_parameters(patches, scale))
+            r_cpu, r_wall, _ = timed(lambda: compute_parameters_reference(patches[:nref], scale))
+            rounds.append((e_cpu / n, e_wall / n, r_cpu / nref, r_wall / nref))
+    per = np.array(rounds)  # seconds per map: engine cpu, engine wall, reference cpu, reference wall
 
     a, b = fast.to_numpy(), ref.to_numpy()
     both_nan = np.isnan(a) & np.isnan(b)
     rel = np.where(both_nan, 0.0, np.abs(a - b) / np.maximum(np.abs(b), 1e-300))
     worst = {k: float(np.nanmax(rel[:, j])) for j, k in enumerate(PARAMETER_NAMES)}
-    if not (np.array_equal(np.isnan(a), np.isnan(b)) and max(worst.values()) < 1e-8):
-        print(f"MISMATCH between vectorised and reference results: {worst}", file=sys.stderr)
+    if not (np.array_equal(np.isnan(a), np.isnan(b)) and max(worst.values()) < 1e-9):
+        print(f"MISMATCH between engine and reference results: {worst}", file=sys.stderr)
         return 1
 
-    n = args.n
+    med = np.median(per, axis=0)
+    ratio_cpu = per[:, 2] / per[:, 0]
+    ratio_wall = per[:, 3] / per[:, 1]
     res = {
         "patches": n,
         "size": args.size,
         "source": source,
         "parameters": list(PARAMETER_NAMES),
-        "vectorised_maps_per_s_cpu": n / v_cpu,
-        "reference_maps_per_s_cpu": n / r_cpu,
-        "vectorised_maps_per_s_wall": n / v_wall,
-        "reference_maps_per_s_wall": n / r_wall,
-        "speedup_cpu": r_cpu / v_cpu,
-        "speedup_wall": r_wall / v_wall,
+        "repeats": args.repeats,
+        "engine_maps_per_s_cpu": 1.0 / med[0],
+        "reference_maps_per_s_cpu": 1.0 / med[2],
+        "engine_maps_per_s_wall": 1.0 / med[1],
+        "reference_maps_per_s_wall": 1.0 / med[3],
+        "speedup_cpu": float(np.median(ratio_cpu)),
+        "speedup_cpu_range": [float(ratio_cpu.min()), float(ratio_cpu.max())],
+        "speedup_wall": float(np.median(ratio_wall)),
+        "first_call_s_wall": first_wall,
         "max_rel_diff": max(worst.values()),
-        "multithreaded_vectorised_maps_per_s_wall": n / vm_wall,
-        "multithreaded_reference_maps_per_s_wall": n / rm_wall,
-        "multithreaded_speedup_wall": rm_wall / vm_wall,
     }
-    print(f"physics parameters: {n} patches {args.size}x{args.size} ({source}), {len(PARAMETER_NAMES)} parameters")
-    print(f"  vectorised  {res['vectorised_maps_per_s_cpu']:9.1f} maps/s CPU  {res['vectorised_maps_per_s_wall']:9.1f} maps/s wall")
-    print(f"  reference   {res['reference_maps_per_s_cpu']:9.1f} maps/s CPU  {res['reference_maps_per_s_wall']:9.1f} maps/s wall")
-    print(f"  speed-up    {res['speedup_cpu']:9.2f} x CPU      {res['speedup_wall']:9.2f} x wall")
-    print(
-        f"  multi-threaded BLAS (wall): vectorised {n / vm_wall:.1f} maps/s, reference "
-        f"{n / rm_wall:.1f} maps/s, {rm_wall / vm_wall:.2f} x"
-    )
+    print(f"physics parameters: {n} patches {args.size}x{args.size} ({source}), {len(PARAMETER_NAMES)} parameters, "
+          f"one thread, {args.repeats} interleaved rounds (medians)")
+    print(f"  engine      {res['engine_maps_per_s_cpu']:9.1f} maps/s CPU  {res['engine_maps_per_s_wall']:9.1f} maps/s wall"
+          f"  ({1e6 * med[0]:.1f} us/map CPU)")
+    print(f"  reference   {res['reference_maps_per_s_cpu']:9.1f} maps/s CPU  {res['reference_maps_per_s_wall']:9.1f} maps/s wall"
+          f"  ({1e6 * med[2]:.1f} us/map CPU)")
+    print(f"  speed-up    {res['speedup_cpu']:9.2f} x CPU      {res['speedup_wall']:9.2f} x wall"
+          f"   (per-round CPU ratios {ratio_cpu.min():.1f}-{ratio_cpu.max():.1f})")
+    print(f"  engine's first call (compile or load numba's cache): {first_wall:.2f} s wall")
     print(f"  results agree: max relative difference {res['max_rel_diff']:.1e}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

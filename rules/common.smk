@@ -21,7 +21,11 @@ HAVE_DOT = shutil.which("dot") is not None
 # data.local.glob: one glob or a list of globs, relative to the working directory
 _LOCAL_GLOBS = config["data"]["local"]["glob"]
 LOCAL_BR = sorted(
-    {f for g in ([_LOCAL_GLOBS] if isinstance(_LOCAL_GLOBS, str) else _LOCAL_GLOBS) for f in glob.glob(g)}
+    {
+        f
+        for g in ([_LOCAL_GLOBS] if isinstance(_LOCAL_GLOBS, str) else _LOCAL_GLOBS)
+        for f in glob.glob(g)
+    }
 )
 
 
@@ -39,7 +43,7 @@ def BENCH(rule_name):
 
 
 def CODE(*items):
-    """The src/sharpgen files a rule depends on: the import closure (sharpgen.codedeps) of its
+    """The src/sharpgen files a rule depends on, i.e. the import closure (sharpgen.codedeps) of its
     workflow script(s) ("name.py", under workflow_scripts/) and of sharpgen modules ("name" or
     "package.module"), declared as inputs so that editing a module reruns exactly the rules
     that import it, directly or not."""
@@ -64,5 +68,14 @@ def get_final_output(wildcards=None):
     out = FIGURE_FILES() + [R("metrics.json")]
     if config["data"]["source"] == "synthetic" and LOCAL_BR:
         out += [R("figures/synthetic_realism.png"), R("figures/synthetic_realism.pdf")]
+    # without real records in ../shared/data (REAL_RECORD_FILES: rules/retrieval.smk) there is
+    # no real-record retrieval to draw
+    if not REAL_RECORD_FILES:
+        out = [f for f in out if not Path(f).name.startswith("real_records.")]
+    # the synthetic population vs the JSOC keyword tables (KEYWORD_TABLES: rules/data.smk)
+    if config["data"]["source"] == "synthetic" and KEYWORD_TABLES:
+        out += [
+            R("figures/realism_population.png"),
+            R("figures/realism_population.pdf"),
+        ]
     return out
-

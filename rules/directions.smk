@@ -11,8 +11,6 @@ rule fit_boundaries:
     output:
         npz=R("directions/boundaries.npz"),
         json=R("directions/boundaries.json"),
-    params:
-        directions=config["directions"],
     log:
         LOG("fit_boundaries"),
     benchmark:
@@ -23,6 +21,8 @@ rule fit_boundaries:
     resources:
         mem_mb=2000,
         runtime=20,
+    params:
+        directions=config["directions"],
     script:
         "../workflow_scripts/fit_boundaries.py"
 
@@ -38,8 +38,6 @@ rule traverse:
         table=R("directions/traversals.parquet"),
         metrics=R("directions/traversal_metrics.json"),
         strips=R("directions/strips.npz"),
-    params:
-        directions=config["directions"],
     log:
         LOG("traverse"),
     benchmark:
@@ -51,6 +49,8 @@ rule traverse:
         gpu=1,
         mem_mb=4000,
         runtime=60,
+    params:
+        directions=config["directions"],
     script:
         "../workflow_scripts/traverse.py"
 
@@ -64,8 +64,6 @@ rule calibrate:
         code=CODE("calibrate.py"),
     output:
         calibration=R("directions/calibration.json"),
-    params:
-        directions=config["directions"],
     log:
         LOG("calibrate"),
     benchmark:
@@ -77,6 +75,7 @@ rule calibrate:
         gpu=1,
         mem_mb=4000,
         runtime=60,
+    params:
+        directions=config["directions"],
     script:
         "../workflow_scripts/calibrate.py"
-

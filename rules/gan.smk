@@ -13,9 +13,6 @@ rule train_gan:
         generator=R("gan/generator.pt"),
         log_csv=R("gan/train_log.csv"),
         grids=directory(R("gan/samples")),
-    params:
-        gan=config["gan"],
-        checkpoint_root=f"{CHECKPOINTS}/gan",
     log:
         LOG("train_gan"),
     benchmark:
@@ -27,6 +24,8 @@ rule train_gan:
         gpu=1,
         mem_mb=4000,
         runtime=60,
+    params:
+        gan=config["gan"],
+        checkpoint_root=f"{CHECKPOINTS}/gan",
     script:
         "../workflow_scripts/train_gan.py"
-

@@ -5,15 +5,13 @@
 
 
 rule make_patches:
+    input:
+        manifest=R("data/records.tsv"),
+        code=CODE("make_patches.py"),
     output:
         zarr=directory(R("data/patches.zarr")),
         table=R("data/patches.parquet"),
         summary=R("data/patches_summary.json"),
-    input:
-        manifest=R("data/records.tsv"),
-        code=CODE("make_patches.py"),
-    params:
-        cfg=config["patches"],
     log:
         LOG("make_patches"),
     benchmark:
@@ -21,5 +19,7 @@ rule make_patches:
     conda:
         "../envs/data.yaml"
     threads: 2
+    params:
+        cfg=config["patches"],
     script:
         "../workflow_scripts/make_patches.py"

@@ -15,52 +15,95 @@ FIG = R("figures")
 CAPTIONS = "report/captions"
 
 
+# the front page of `snakemake --report`: what the pipeline does, with this run's settings
+report: "report/workflow.rst"
+
+
 # figure name -> (inputs {name: path}, report category); the code inputs are the import closure
 # of report_figure.py and of the figure's module (sharpgen.report.FIGURES)
 _FIGURES = {
     "samples": (
-        {"patches": R("data/patches.zarr"), "table": R("data/patches.parquet"),
-         "generated": R("samples/generated.zarr")},
-        "1. Data and GAN"),
+        {
+            "patches": R("data/patches.zarr"),
+            "table": R("data/patches.parquet"),
+            "generated": R("samples/generated.zarr"),
+        },
+        "1. Data and GAN",
+    ),
     "parameters": (
-        {"table": R("data/patches.parquet"), "latents": R("samples/latents.parquet"),
-         "quality": R("samples/quality.json")},
-        "1. Data and GAN"),
+        {
+            "table": R("data/patches.parquet"),
+            "latents": R("samples/latents.parquet"),
+            "quality": R("samples/quality.json"),
+        },
+        "1. Data and GAN",
+    ),
     "realism": (
-        {"patches": R("data/patches.zarr"), "table": R("data/patches.parquet"),
-         "generated": R("samples/generated.zarr")},
-        "1. Data and GAN"),
-    "training_gan": (
-        {"log": R("gan/train_log.csv")},
-        "1. Data and GAN"),
+        {
+            "patches": R("data/patches.zarr"),
+            "table": R("data/patches.parquet"),
+            "generated": R("samples/generated.zarr"),
+        },
+        "1. Data and GAN",
+    ),
+    "training_gan": ({"log": R("gan/train_log.csv")}, "1. Data and GAN"),
     "svm_accuracy": (
         {"boundaries_json": R("directions/boundaries.json")},
-        "2. Latent directions"),
-    "traversals": (
-        {"strips": R("directions/strips.npz")},
-        "2. Latent directions"),
+        "2. Latent directions",
+    ),
+    "traversals": ({"strips": R("directions/strips.npz")}, "2. Latent directions"),
     "entanglement": (
         {"traversal_metrics": R("directions/traversal_metrics.json")},
-        "2. Latent directions"),
+        "2. Latent directions",
+    ),
     "calibration": (
-        {"traversals": R("directions/traversals.parquet"),
-         "calibration": R("directions/calibration.json")},
-        "2. Latent directions"),
-    "training_ssl": (
-        {"log": R("ssl/train_log.csv")},
-        "3. Retrieval"),
+        {
+            "traversals": R("directions/traversals.parquet"),
+            "calibration": R("directions/calibration.json"),
+        },
+        "2. Latent directions",
+    ),
+    "training_ssl": ({"log": R("ssl/train_log.csv")}, "3. Retrieval"),
     "retrieval_examples": (
-        {"matches": R("retrieval/matches.parquet"), "patches": R("data/patches.zarr"),
-         "table": R("data/patches.parquet"), "generated": R("samples/generated.zarr")},
-        "3. Retrieval"),
+        {
+            "matches": R("retrieval/matches.parquet"),
+            "patches": R("data/patches.zarr"),
+            "table": R("data/patches.parquet"),
+            "generated": R("samples/generated.zarr"),
+        },
+        "3. Retrieval",
+    ),
     "retrieval_scatter": (
-        {"matches": R("retrieval/matches.parquet"),
-         "evaluation": R("retrieval/evaluation.json")},
-        "3. Retrieval"),
+        {
+            "matches": R("retrieval/matches.parquet"),
+            "evaluation": R("retrieval/evaluation.json"),
+        },
+        "3. Retrieval",
+    ),
     "memorisation": (
-        {"evaluation": R("retrieval/evaluation.json"), "patches": R("data/patches.zarr"),
-         "generated": R("samples/generated.zarr")},
-        "3. Retrieval"),
+        {
+            "evaluation": R("retrieval/evaluation.json"),
+            "patches": R("data/patches.zarr"),
+            "generated": R("samples/generated.zarr"),
+        },
+        "3. Retrieval",
+    ),
+    # only in `all` when ../shared/data has real records (REAL_RECORD_FILES: retrieval.smk)
+    "real_records": (
+        {
+            "summary": R("retrieval/real_records.json"),
+            "real_patches": R("retrieval/real_records.npz"),
+        },
+        "3. Retrieval",
+    ),
+    "inversion": (
+        {
+            "reconstructions": R("invert/reconstructions.npz"),
+            "inversions": R("invert/inversions.parquet"),
+            "inversion": R("invert/inversion.json"),
+        },
+        "3. Retrieval",
+    ),
 }
 
 for _name, (_inputs, _category) in _FIGURES.items():
@@ -72,11 +115,12 @@ for _name, (_inputs, _category) in _FIGURES.items():
             **_inputs,
             code=CODE("report_figure.py", f"report.{_FIGURE_BUILDERS[_name][0]}"),
         output:
-            png=report(f"{FIG}/{_name}.png", caption=f"{CAPTIONS}/{_name}.rst", category=_category),
+            png=report(
+                f"{FIG}/{_name}.png",
+                caption=f"{CAPTIONS}/{_name}.rst",
+                category=_category,
+            ),
             pdf=f"{FIG}/{_name}.pdf",
-        params:
-            figure=_name,
-            cfg=REPORT,
         log:
             LOG(f"fig_{_name}"),
         benchmark:
@@ -87,6 +131,9 @@ for _name, (_inputs, _category) in _FIGURES.items():
         resources:
             mem_mb=2000,
             runtime=10,
+        params:
+            figure=_name,
+            cfg=REPORT,
         script:
             "../workflow_scripts/report_figure.py"
 
@@ -99,24 +146,28 @@ rule fig_latent_map:
         boundaries=R("directions/boundaries.npz"),
         code=CODE("report_figure.py", "report.directions"),
     output:
-        png=report(f"{FIG}/latent_map_{{param}}.png", caption=f"{CAPTIONS}/latent_map.rst",
-                   category="2. Latent directions", subcategory="latent maps"),
+        png=report(
+            f"{FIG}/latent_map_{{param}}.png",
+            caption=f"{CAPTIONS}/latent_map.rst",
+            category="2. Latent directions",
+            subcategory="latent maps",
+        ),
         pdf=f"{FIG}/latent_map_{{param}}.pdf",
-    wildcard_constraints:
-        param="[a-z_]+",
-    params:
-        figure="latent_map",
-        cfg=REPORT,
     log:
         LOG("fig_latent_map_{param}"),
     benchmark:
         BENCH("fig_latent_map_{param}")
+    wildcard_constraints:
+        param="[a-z_]+",
     conda:
         "../envs/report.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        figure="latent_map",
+        cfg=REPORT,
     script:
         "../workflow_scripts/report_figure.py"
 
@@ -129,16 +180,19 @@ if HAVE_DOT:
         input:
             workflow.main_snakefile,
             "config.yaml",
-            [f"rules/{f}" for f in sorted(os.listdir(Path(workflow.basedir) / "rules")) if f.endswith(".smk")],
+            [
+                f"rules/{f}"
+                for f in sorted(os.listdir(Path(workflow.basedir) / "rules"))
+                if f.endswith(".smk")
+            ],
         output:
-            png=report(f"{FIG}/pipeline.png", caption=f"{CAPTIONS}/pipeline.rst",
-                       category="4. Pipeline"),
+            png=report(
+                f"{FIG}/pipeline.png",
+                caption=f"{CAPTIONS}/pipeline.rst",
+                category="4. Pipeline",
+            ),
             pdf=f"{FIG}/pipeline.pdf",
             dot=f"{FIG}/pipeline.dot",
-        params:
-            config=config,
-            snakefile=str(workflow.main_snakefile),
-            snakemake=str(Path(sys.executable).with_name("snakemake")),
         log:
             LOG("fig_pipeline"),
         benchmark:
@@ -149,42 +203,52 @@ if HAVE_DOT:
         resources:
             mem_mb=1000,
             runtime=5,
+        params:
+            config=config,
+            # the first input is the main Snakefile (a function of the input: --lint clean)
+            snakefile=lambda w, input: str(input[0]),
+            snakemake=str(Path(sys.executable).with_name("snakemake")),
         script:
             "../workflow_scripts/pipeline_graph.py"
 
 else:
-    logger.warning("report: graphviz `dot` not found: pipeline schematic left out "
-                   "(install graphviz, or run `snakemake --rulegraph` to get the graph as text)")
+    logger.warning(
+        "report: graphviz `dot` not found: pipeline schematic left out "
+        "(install graphviz, or run `snakemake --rulegraph` to get the graph as text)"
+    )
 
 
 # metrics.json: every headline number; it waits for every other final target so that all the
 # benchmark files it reads exist (it cannot read its own).
-def _metrics_targets(wildcards):
-    return [t for t in get_final_output() if t != R("metrics.json")]
-
-
-def _benchmark_patterns(wildcards):
-    return {r.name: str(r.benchmark) for r in workflow.rules
-            if r.benchmark and r.name not in ("all", "metrics")}
+# optional sections of metrics.json: the synthetic population and the real-record retrieval,
+# when their rules are in the DAG (rules/data.smk, rules/retrieval.smk)
+_OPTIONAL_METRICS = {}
+if config["data"]["source"] == "synthetic" and KEYWORD_TABLES:
+    _OPTIONAL_METRICS["realism_population"] = R("data/realism_population.json")
+if REAL_RECORD_FILES:
+    _OPTIONAL_METRICS["real_records"] = R("retrieval/real_records.json")
 
 
 rule metrics:
     input:
+        **_OPTIONAL_METRICS,
         table=R("data/patches.parquet"),
         quality=R("samples/quality.json"),
         boundaries=R("directions/boundaries.json"),
         traversal=R("directions/traversal_metrics.json"),
         calibration=R("directions/calibration.json"),
         retrieval=R("retrieval/evaluation.json"),
+        inversion=R("invert/inversion.json"),
         ssl_log=R("ssl/train_log.csv"),
-        targets=_metrics_targets,
+        targets=lambda wildcards: [
+            t for t in get_final_output() if t != R("metrics.json")
+        ],
         code=CODE("metrics.py"),
         schema=str(BASEDIR / "rules" / "schemas" / "metrics.schema.yaml"),
     output:
-        metrics=report(R("metrics.json"), caption=f"{CAPTIONS}/metrics.rst", category="5. Metrics"),
-    params:
-        benchmarks=_benchmark_patterns,
-        direction_params=config["directions"]["parameters"],
+        metrics=report(
+            R("metrics.json"), caption=f"{CAPTIONS}/metrics.rst", category="5. Metrics"
+        ),
     log:
         LOG("metrics"),
     benchmark:
@@ -195,11 +259,22 @@ rule metrics:
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        benchmarks=lambda wildcards: {
+            r.name: str(r.benchmark)
+            for r in workflow.rules
+            if r.benchmark and r.name not in ("all", "metrics")
+        },
+        direction_params=config["directions"]["parameters"],
     script:
         "../workflow_scripts/metrics.py"
 
 
-
 # Figure jobs take seconds: run them in the main Snakemake process even under SLURM (the
 # `localrules:` directive takes literal names only; this is the call it compiles to).
-workflow.localrules("fig_latent_map", "fig_pipeline", "metrics", *[f"fig_{n}" for n in _FIGURES])
+workflow.localrules(
+    "fig_latent_map",
+    "metrics",
+    *[f"fig_{n}" for n in _FIGURES],
+    *(["fig_pipeline"] if HAVE_DOT else []),
+)

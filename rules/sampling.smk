@@ -12,8 +12,6 @@ rule sample_latents:
         latents=R("samples/latents.parquet"),
         images=directory(R("samples/generated.zarr")),
         quality=R("samples/quality.json"),
-    params:
-        sampling=config["sampling"],
     log:
         LOG("sample_latents"),
     benchmark:
@@ -24,6 +22,7 @@ rule sample_latents:
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        sampling=config["sampling"],
     script:
         "../workflow_scripts/sample_latents.py"
-

@@ -13,9 +13,6 @@ rule train_ssl:
     output:
         encoder=R("ssl/encoder.pt"),
         log_csv=R("ssl/train_log.csv"),
-    params:
-        cfg=config["ssl"],
-        checkpoint_root=f"{CHECKPOINTS}/ssl",
     log:
         LOG("train_ssl"),
     benchmark:
@@ -27,6 +24,9 @@ rule train_ssl:
         gpu=1,
         mem_mb=4000,
         runtime=60,
+    params:
+        cfg=config["ssl"],
+        checkpoint_root=f"{CHECKPOINTS}/ssl",
     script:
         "../workflow_scripts/train_ssl.py"
 
@@ -39,8 +39,6 @@ rule embed:
         code=CODE("embed.py"),
     output:
         embeddings=R("ssl/embeddings.npz"),
-    params:
-        cfg=config["ssl"],
     log:
         LOG("embed"),
     benchmark:
@@ -51,6 +49,7 @@ rule embed:
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        cfg=config["ssl"],
     script:
         "../workflow_scripts/embed.py"
-

@@ -405,8 +405,20 @@ def test_calibration_and_requests(traversal, standin):
     e = ev["tuf|block"]
     assert e["n_solved"] >= 25
     assert e["median_rel_error"] < 0.05 < e["median_rel_offset_from_base"]
-    assert e["median_rel_error"] <= e["median_rel_error_calibrated_step"] + 1e-12
+    assert e["median_rel_error_calibrated_step"] < 0.15  # the calibration alone is usable
+    assert e["refusal_rate"] == pytest.approx(1 - e["n_solved"] / 30)
     assert e["median_abs_change_held_fit_space"]["block"] < 0.02
+    # re-measuring helps where the calibrated step missed: per request, the secant steps bring
+    # the error below the calibrated step's for (nearly) every request that missed the tolerance
+    rng = np.random.default_rng(5)
+    zb = rng.standard_normal((20, D))
+    y0 = np.log10(render(zb.astype(np.float32))["tuf"].to_numpy())
+    req = 10 ** (y0 + rng.uniform(-0.5, 0.5, 20) * cal["slope"])
+    res = dr.solve_requests(lambda z: render(z)["tuf"].to_numpy(), zb, vectors["tuf|block"], req, cal,
+                            refine_steps=2, tol=0.01)
+    missed = res["in_range"] & (res["rel_error_first"] > 0.01)
+    assert missed.sum() >= 3
+    assert np.mean(res["rel_error"][missed] < res["rel_error_first"][missed]) >= 0.8
 
     # an explicit request far outside the calibrated eps range is not solved
     z = dr.latent_from_seed(0, D)[None, :]
@@ -488,8 +500,9 @@ def test_cli_generate_standin(standin, planted, tmp_path, monkeypatch):
         meas = physics.compute_parameters(hdul[0].data.astype(np.float64), sc)
         assert meas["tuf"][0] == pytest.approx(h["HIERARCH MEAS TUF"], rel=1e-5)
 
+    # a request that cannot be served is a runtime error: exit 1, one line, no file
     rc = cli.main(["generate", "--tuf", f"{hi * 1e3:.3e}", "-o", str(tmp_path / "bad.fits"), *common])
-    assert rc == 2 and not (tmp_path / "bad.fits").exists()
+    assert rc == 1 and not (tmp_path / "bad.fits").exists()
 
 
 # ------------------------------------------------------------------------------- Snakemake rules
@@ -542,7 +555,15 @@ def test_directions_rules_end_to_end(repo_root, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     b = json.loads((res / "directions" / "boundaries.json").read_text())
-    assert set(b["parameters"]) >= {"tuf", "tpf", "tnf"} and 0 <= b["parameters"]["tuf"]["val_accuracy"] <= 1
+    assert set(b["parameters"]) >= {"tuf", "tpf", "tnf"}
+    # the rule's numbers are fit_boundaries' on the same latents with the config's settings
+    # (the script adds no logic; an untrained generator gives no particular accuracy to check)
+    lat = pd.read_parquet(res / "samples" / "latents.parquet")
+    _, direct = dr.fit_boundaries(dr.latents_from_table(lat), lat,
+                                  {"parameters": ["tuf", "tpf", "tnf"], "conditional": []})
+    for p in ("tuf", "tpf", "tnf"):
+        assert b["parameters"][p]["val_accuracy"] == pytest.approx(direct[p]["val_accuracy"])
+        assert b["parameters"][p]["n_val"] == direct[p]["n_val"] == 60
     m = json.loads((res / "directions" / "traversal_metrics.json").read_text())
     assert set(m["directions"]) == {"tuf", "tpf", "tnf", "tuf|tpf"}
     assert "image units" in m["units"]  # resize mode: not physical

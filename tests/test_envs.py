@@ -70,26 +70,32 @@ def test_env_files_exist():
     assert {"data", "torch", "report"} <= names, f"envs/ has {sorted(names)}"
 
 
+def _lock() -> dict[str, str]:
+    out = {}
+    for line in (REPO_ROOT / "requirements.lock").read_text().splitlines():
+        m = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([^\s;]+)", line.strip())
+        if m:
+            out[canonicalize_name(m.group(1))] = m.group(2)
+    return out
+
+
 @pytest.mark.parametrize("env", ENV_FILES, ids=lambda p: p.name)
-def test_env_matches_pyproject(env):
-    """Every package of the env is a pyproject dependency, with the same version bounds."""
-    pyproject = _pyproject()
+def test_env_is_pinned_to_the_lock(env):
+    """Every package of the env is a pyproject dependency, pinned (==) to the exact version of
+    requirements.lock (torch: the Makefile's TORCH_SPEC), which satisfies pyproject's range:
+    `--sdm conda` runs and `make` runs use the same versions (`make lock` re-pins envs/)."""
+    pyproject, lock = _pyproject(), _lock()
+    torch_spec = re.search(r"^TORCH_SPEC \?= torch==(\S+)", (REPO_ROOT / "Makefile").read_text(), re.M).group(1)
     pkgs = _env_packages(env)
     assert pkgs, f"{env.name} lists no packages"
     for name, spec in pkgs.items():
         assert name in pyproject, f"{env.name}: {name} is not a pyproject.toml dependency"
-        assert spec == pyproject[name], (
-            f"{env.name}: {name}{spec} but pyproject.toml says {name}{pyproject[name]}"
-        )
-
-
-def test_envs_cover_pyproject():
-    """Together the envs provide every runtime dependency of pyproject.toml."""
-    covered = set()
-    for env in ENV_FILES:
-        covered |= set(_env_packages(env))
-    missing = set(_pyproject()) - covered - PYPROJECT_ONLY
-    assert not missing, f"no env provides {sorted(missing)}"
+        pins = [s for s in spec if s.operator == "=="]
+        assert len(pins) == 1 and len(spec) == 1, f"{env.name}: {name}{spec} is not an exact pin"
+        version = pins[0].version
+        assert version == (torch_spec if name == "torch" else lock.get(name)), (
+            f"{env.name}: {name}=={version} but the lock says {lock.get(name)} (run `make lock`)")
+        assert pyproject[name].contains(version), f"{env.name}: {name}=={version} outside pyproject's {pyproject[name]}"
 
 
 RULES, _ = su.load_rules(REPO_ROOT, [su.TINY])
@@ -110,3 +116,14 @@ def test_rule_names_an_env_that_covers_its_imports(rule):
     needed = {canonicalize_name(IMPORT_TO_PYPI.get(n, n)) for n in su.third_party_imports(files)}
     missing = needed - set(_env_packages(env)) - PYPROJECT_ONLY
     assert not missing, f"rule {rule} imports {sorted(missing)} but {env.name} lacks them"
+
+
+def test_lock_file_is_plain_exact_pins():
+    """requirements.lock is pip constraints: only `name==version` lines (a `sharpgen @ file://...`
+    line from `pip freeze` made every clean-clone install fail with ResolutionImpossible)."""
+    for n, line in enumerate((REPO_ROOT / "requirements.lock").read_text().splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        assert re.fullmatch(r"[A-Za-z0-9_.\-]+==[^\s;@]+", line.strip()), (
+            f"requirements.lock:{n}: {line!r} is not an exact `name==version` pin (run `make lock`)")
+        assert not line.lower().startswith(("sharpgen", "torch==")), f"requirements.lock:{n}: {line!r} must not be locked"

@@ -269,7 +269,8 @@ def tree(tmp_path_factory):
     with open(root / "strips.npz", "wb") as fh:
         np.savez(fh, **strips)
     cal = dr.build_calibration(trav, {**dcfg, "calibration": {"n_bootstrap": 5}}, ctx.to_dict())
-    cal["evaluation"] = {k: {"median_rel_error": 0.05, "p90_rel_error": 0.2} for k in cal["directions"]}
+    cal["evaluation"] = {k: {"median_rel_error": 0.05, "median_rel_error_calibrated_step": 0.08,
+                             "refusal_rate": 0.1, "p90_rel_error": 0.2} for k in cal["directions"]}
     write_json(root / "calibration.json", cal)
 
     # retrieval: matches of every method for 6 generated queries
@@ -287,6 +288,31 @@ def tree(tmp_path_factory):
     held = np.flatnonzero(table["split"] != "train")
     mem = memorisation_check(images[:10], np.arange(10), real[tr_rows], tr_rows, real[held], clip_gauss=clip, n_pairs=3)
     write_json(root / "evaluation.json", {"generated": {"correlations": corr}, "memorisation": mem})
+    # inversion (rule invert_real) of the held-out patches, without an encoder: pixel + prior
+    from sharpgen.invert.stage import run_invert_real
+
+    run_invert_real(root / "generator.pt", None, root / "patches.zarr", root / "patches.parquet",
+                    root / "generated.zarr", root / "latents.parquet",
+                    {"n_patches": 6, "steps": 3, "restarts": 1, "init": "random", "device": "cpu"},
+                    root / "inversion.json", root / "inversions.parquet", root / "reconstructions.npz")
+
+    # real-record retrieval (rule real_records) with a seeded untrained encoder, when
+    # ../shared/data has real records
+    from sharpgen import embed as embed_mod
+    from sharpgen import ssl as ssl_mod
+    from sharpgen.real_records import real_record_files, run_real_records, write_outputs
+
+    if real_record_files():
+        torch.manual_seed(0)
+        model = ssl_mod.SimSiam({"width": 4, "depth": [1, 1], "proj_hidden": 16, "dim": 8, "pred_hidden": 8})
+        ssl_mod.save_encoder(root / "encoder.pt", model, {"size": S, "clip_gauss": clip, "mode": "crop"})
+        embed_mod.run_embed(root / "encoder.pt", root / "patches.zarr", root / "patches.parquet",
+                            root / "embeddings.npz", device="cpu")
+        rr, arrays = run_real_records(root / "encoder.pt", root / "embeddings.npz", root / "patches.zarr",
+                                      root / "patches.parquet", root / "generated.zarr", root / "latents.parquet",
+                                      real_record_files(), {"mode": "crop", "size": S, "bin": 8, "clip_gauss": clip},
+                                      {"n_generated_queries": 12, "k": 3})
+        write_outputs(rr, arrays, root / "real_records.json", root / "real_records.npz")
 
     pd.DataFrame({"step": np.arange(0, 60, 2), "d_loss": rng.random(30), "g_loss": rng.random(30),
                   "d_real": rng.random(30), "d_fake": rng.random(30),
@@ -312,16 +338,59 @@ def _inputs(root):
             "traversal_metrics": root / "traversal_metrics.json",
             "traversals": root / "traversals.parquet", "calibration": root / "calibration.json",
             "matches": root / "matches.parquet", "strips": root / "strips.npz",
-            "evaluation": root / "evaluation.json"}
+            "evaluation": root / "evaluation.json", "reconstructions": root / "reconstructions.npz",
+            "inversions": root / "inversions.parquet", "inversion": root / "inversion.json",
+            "summary": root / "real_records.json", "real_patches": root / "real_records.npz"}
+
+
+def _n_images(fig):
+    return sum(len(ax.get_images()) for ax in fig.axes)
+
+
+#: what each figure must show on the tiny tree (CFG: 2x2 grids, 2 examples, latent map 4x3,
+#: strips: 2 directions x 3 steps; 4 calibrated directions; 3 closest memorisation pairs)
+EXPECTED_IMAGES = {"samples": 2 * 2 * 2, "inversion": 2 * 6, "traversals": 2 * 3, "retrieval_examples": 2 * (1 + 3),
+                   "entanglement": 2, "memorisation": 2 * 3}
 
 
 @pytest.mark.parametrize("name", sorted(set(report.FIGURES) - {"training_gan", "training_ssl"}))
-def test_every_builder_makes_a_figure(tree, name, tmp_path):
+def test_every_builder_makes_its_figure(tree, name, tmp_path):
+    """Each builder draws what its caption promises from the tree's data (counts of panels,
+    images and labelled values), and saves a PNG + PDF that reopen."""
+    import matplotlib.image as mpimg
+
     kw = {"param": "tuf"} if name == "latent_map" else {}
+    if name == "real_records" and not (tree / "real_records.json").exists():
+        pytest.skip("no real SHARP records in ../shared/data (rule real_records is left out too)")
     fig = report.build(name, _inputs(tree), CFG, **kw)
-    assert isinstance(fig, Figure) and fig.axes
+    assert isinstance(fig, Figure)
+    texts = " ".join(t.get_text() for ax in fig.axes for t in ax.texts) + " ".join(
+        ax.get_title() + ax.get_xlabel() + ax.get_ylabel() for ax in fig.axes)
+    if name in EXPECTED_IMAGES:
+        assert _n_images(fig) == EXPECTED_IMAGES[name], (name, _n_images(fig))
+    if name == "parameters":
+        drawn = [ax for ax in fig.axes if ax.patches]
+        legends = [t.get_text() for ax in drawn if ax.get_legend() for t in ax.get_legend().get_texts()]
+        assert len(drawn) == 8 and legends and all("n=" in t for t in legends)
+    elif name == "latent_map":
+        assert 0 < _n_images(fig) <= 4 * 3 and "tuf" in texts
+    elif name == "retrieval_scatter":
+        assert "r = " in texts and "R = 0 agreement" in texts  # r_value panels say how zeros count
+        assert sum(1 for ax in fig.axes if ax.get_title()) == 4  # one title per method column
+    elif name == "svm_accuracy":
+        table = fig.axes[0].tables[0]
+        labels = {c.get_text().get_text() for (r, c_), c in table.get_celld().items() if c_ == -1}
+        assert labels == {"tuf", "tpf", "tnf"}
+    elif name == "calibration":
+        assert sum(1 for ax in fig.axes if ax.lines) == 4 and "calibrated step" in texts
+    elif name == "realism":
+        assert sum(1 for ax in fig.axes if ax.lines or ax.patches) >= 3
+    elif name == "memorisation":
+        assert "nearest training patch" in texts and "ratio of medians" in texts
     R.save_figure(fig, tmp_path / f"{name}.png", tmp_path / f"{name}.pdf", dpi=40)
-    assert (tmp_path / f"{name}.png").stat().st_size > 1000
+    png = mpimg.imread(tmp_path / f"{name}.png")
+    assert png.ndim == 3 and png.shape[0] > 50 and png.std() > 0.01  # not blank
+    assert (tmp_path / f"{name}.pdf").read_bytes()[:5] == b"%PDF-"
 
 
 def test_training_builders(tree):
@@ -331,11 +400,26 @@ def test_training_builders(tree):
 
 
 def test_traversal_annotations_are_measured_values(tree):
+    """Every strip image is labelled with the value measured on that very image: re-measure the
+    stored strip images and compare with the numbers printed under them."""
+    import re
+
+    from sharpgen.measure import MeasurementContext, measure
+    from sharpgen.store import PatchStore
+
     fig = report.build("traversals", _inputs(tree), CFG)
     labels = [ax.get_xlabel() for ax in fig.axes if ax.get_images()]
     assert len(labels) == 6
-    assert all(lab.startswith("tuf=") and lab.endswith("Mx") for lab in labels[:3])
-    assert all("\ntpf=" in lab for lab in labels[3:])  # conditional row also shows the held value
+    with np.load(tree / "strips.npz") as f:
+        images = f["images"]
+    ctx = MeasurementContext.from_store(PatchStore.open(tree / "patches.zarr"))
+    for i, lab in enumerate(labels):
+        m = measure(images[i // 3, i % 3][None], ctx).iloc[0]
+        shown = dict(re.findall(r"(\w+)=([-+0-9.e]+)", lab))
+        assert float(shown["tuf"]) == pytest.approx(m["tuf"], rel=6e-3)  # printed to 3 digits
+        if i >= 3:  # the conditional row also shows the held value
+            assert float(shown["tpf"]) == pytest.approx(m["tpf"], rel=6e-3)
+    assert all(lab.endswith("Mx") or "\n" in lab for lab in labels)
 
 
 def test_retrieval_examples_label_records(tree):

@@ -58,6 +58,11 @@ def test_quality_report_identical_and_shifted():
     assert rep["targets"]["pass"] is False
     assert 0.4 < rep["power_spectrum"]["log10_ratio_low_k"] < 0.61
     assert rep["pixels"]["frac_abs_gt_150G"]["gen"] > rep["pixels"]["frac_abs_gt_150G"]["real"]
+    # the worst spectrum bin: at least the rms and the low-k mean
+    ps = rep["power_spectrum"]
+    assert ps["log10_ratio_max_abs"] >= max(ps["log10_ratio_rms"], ps["log10_ratio_low_k"])
+    assert ps["k_of_max_abs"] in ps["k_cycles_per_pixel"]
+    assert same["power_spectrum"]["log10_ratio_max_abs"] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_power_spectrum_of_white_noise_is_flat():
@@ -117,3 +122,27 @@ def test_generator_size_mismatch_is_refused(tmp_path):
         sampling.run_sampling(tmp_path / "g.pt", zpath, tpath, {"n": 4, "seed": 0},
                               latents_path=tmp_path / "a", images_path=tmp_path / "b",
                               quality_path=tmp_path / "c", progress=False)
+
+
+def test_metrics_sections_for_c2st_and_normal_cosines():
+    """gan.c2st_accuracy and the directions section (normal cosines beside the parameter
+    correlations) of metrics.json, validated by the schema."""
+    from sharpgen import metrics
+
+    names = ["tuf", "psep", "r_value"]
+    cos = {a: {b: 1.0 if a == b else 0.9 for b in names} for a in names}
+    pear = {a: {b: 1.0 if a == b else 0.5 for b in names} for a in names}
+    pear["tuf"]["psep"] = pear["psep"]["tuf"] = 0.85
+    boundaries = {"latent_space": "w", "parameters": {"_normal_cosines": cos,
+                  "_parameter_correlations": {"pearson": pear, "spearman": pear}}}
+    d = metrics.directions_metrics(boundaries)
+    assert d["latent_space"] == "w" and d["normal_cosine"]["tuf"]["psep"] == 0.9
+    assert d["parameter_correlation"]["psep"]["r_value"] == 0.5
+    assert d["cosine_minus_correlation_max_abs"] == pytest.approx(0.4)
+    g = metrics.gan_metrics({"parameters": {}, "c2st": {"accuracy": 0.61}})
+    assert g["c2st_accuracy"] == 0.61
+    assert metrics.gan_metrics({"parameters": {}, "c2st": {"accuracy": None}})["c2st_accuracy"] is None
+    schema = metrics.load_schema()
+    metrics.validate_metrics({"directions": d}, schema, stages=[])
+    with pytest.raises(ValueError, match="latent_space"):
+        metrics.validate_metrics({"directions": {**d, "latent_space": "x"}}, schema, stages=[])

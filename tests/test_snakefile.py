@@ -98,3 +98,61 @@ def test_yaml_syntax_error_in_an_overlay(repo_root, tmp_path):
 
     with pytest.raises(yaml.YAMLError, match=re.escape(f'in "{path}", line 3, column 7')):
         load_config(repo_root / "config.yaml", path)
+
+
+# ------------------------------------------------------------------------------- lint, format, report
+
+
+def test_snakefmt_check(repo_root):
+    """The Snakefile and rules/*.smk are formatted as snakefmt writes them (fix: run
+    `.venv/bin/snakefmt Snakefile rules/`)."""
+    snakefmt = Path(sys.executable).with_name("snakefmt")
+    if not snakefmt.exists():
+        pytest.skip("snakefmt is not installed (pip install -e '.[test]')")
+    proc = subprocess.run([str(snakefmt), "--check", "Snakefile", "rules/"], cwd=repo_root,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+
+
+def test_snakemake_lint_is_clean(repo_root):
+    """`snakemake --lint` reports nothing (and no warning about rules named in localrules that
+    do not exist, e.g. fig_pipeline without graphviz)."""
+    proc = subprocess.run([str(SNAKEMAKE), "--lint", "--cores", "1"], cwd=repo_root,
+                          capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "Lints for" not in out and "not present in the Snakefile" not in out, out[-3000:]
+
+
+def test_report_front_page_renders_with_the_config(repo_root):
+    """`snakemake --report` renders rules/report/workflow.rst as a Jinja template (with
+    ``snakemake.config``) and then as reStructuredText; both steps work on the default config
+    and the tiny overlay without an undefined key or a docutils warning."""
+    import jinja2
+    from docutils.core import publish_parts
+
+    from sharpgen.config import load_config
+
+    text = (repo_root / "rules" / "report" / "workflow.rst").read_text()
+    for overlays in ((), (repo_root / "tests" / "configs" / "tiny.yaml",)):
+        cfg = load_config(repo_root / "config.yaml", *overlays)
+
+        class Snakemake:
+            config = cfg
+
+        rst = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(text).render(snakemake=Snakemake)
+        html = publish_parts(rst, writer="html",  # as snakemake.report does (writer_name)
+                             settings_overrides={"halt_level": 2, "report_level": 2})["html_body"]
+        assert "Pipeline" in html and f"mode <tt class=\"docutils literal\">{cfg['patches']['mode']}</tt>" in html
+        assert ", ".join(cfg["directions"]["parameters"]) in html
+
+
+def test_report_front_page_is_registered(repo_root):
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, ResourceSettings
+
+    with SnakemakeApi() as api:
+        wf = api.workflow(resource_settings=ResourceSettings(cores=1), config_settings=ConfigSettings(),
+                          snakefile=repo_root / "Snakefile", workdir=repo_root)
+        text = wf._workflow.report_text
+    assert text is not None and str(text.get_path_or_uri(secret_free=True)).endswith("rules/report/workflow.rst")

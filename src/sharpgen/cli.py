@@ -7,6 +7,12 @@ subcommand runs (so ``sharpgen params`` never imports torch):
 * ``params``   -> :func:`run_params` (below)
 * ``generate`` -> :func:`sharpgen.directions.generate.run_generate`
 * ``retrieve`` -> :func:`sharpgen.query.run_retrieve`
+
+Exit status: 0 on success, 1 for a runtime error (a missing or unusable file, a request that
+cannot be served), 2 for a usage error (argparse: unknown option, invalid value). :func:`main`
+prints an expected error -- an OSError or an exception class of sharpgen -- as one line
+``sharpgen <command>: error: <message>``; anything else as one ``internal error`` line, with the
+traceback under ``-v``. ``python -m sharpgen`` is the same command.
 """
 
 from __future__ import annotations
@@ -17,10 +23,56 @@ import json
 import logging
 import math
 import sys
+import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
+from sharpgen import __version__
+
 logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------------
+# option types: a bad value is a usage error (exit 2, argparse's message), never a traceback
+# --------------------------------------------------------------------------------------------
+def _int_at_least(lo: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {v}")
+        if v > 2**63 - 1:
+            raise argparse.ArgumentTypeError(f"must be < 2**63, got {v}")
+        return v
+
+    parse.__name__ = f"integer >= {lo}"
+    return parse
+
+
+def _finite_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    v = _finite_float(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return v
+
+
+#: options every subcommand also accepts after its name (``sharpgen generate -v ...``)
+_COMMON = argparse.ArgumentParser(add_help=False)
+_COMMON.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                     help="log at DEBUG level and show the traceback of an error")
+
 
 def _lazy(module: str, function: str) -> Callable:
     """``args -> int`` that imports ``module`` only when the subcommand runs."""
@@ -46,6 +98,7 @@ PARAMS_HEADER_KEYS = (
 def register_params(subparsers) -> None:
     p = subparsers.add_parser(
         "params",
+        parents=[_COMMON],
         help="print the physical parameters of SHARP Br or magnetogram FITS files",
         description=(
             "Compute every sharpgen.physics parameter of each SHARP Br (radial field) or "
@@ -67,7 +120,8 @@ def register_params(subparsers) -> None:
         help="restrict the sums to JSOC's mask conf_disambig>=70 & bitmap>=30 (sibling files found "
         "by SHARP naming); a file without them is an error (r_value is never masked)",
     )
-    p.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                   help="output format (default %(default)s)")
     p.add_argument(
         "--segment",
         default=None,
@@ -165,24 +219,31 @@ def add_generate_parser(subparsers) -> None:
 
     p = subparsers.add_parser(
         "generate",
+        parents=[_COMMON],
         help="generate a magnetogram with a requested parameter value (latent-direction edit)",
         description="Pick a base latent from --seed, move it along the calibrated direction of the "
-        "requested parameter (optionally holding others) and write a FITS file.",
+        "requested parameter (optionally holding others) and write a FITS file: Br in Gauss with a "
+        "Carrington CEA WCS (nominal date and position) and the latent and measurements in the "
+        "header. Exit status 1 when the request cannot be served (the message says why).",
     )
     g = p.add_mutually_exclusive_group(required=True)
     for name in REQUESTABLE:  # the registry decides what can be requested
-        g.add_argument(f"--{name.replace('_', '-')}", dest=name, type=float, metavar="VALUE",
+        g.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_finite_float, metavar="VALUE",
                        help=f"requested {name} [{PARAMETERS[name].unit}]")
     p.add_argument("--hold", action="append", default=[], metavar="PARAM",
                    help="parameter(s) to hold (repeat or comma-separate)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the base latent")
-    p.add_argument("-o", "--output", required=True, help="output FITS path")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, metavar="N",
+                   help="seed of the base latent, >= 0 (default %(default)s)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.fits",
+                   help="output FITS path; its folder must exist")
     p.add_argument("--generator", default="results/gan/generator.pt", help="generator weights (default %(default)s)")
     p.add_argument("--boundaries", default="results/directions/boundaries.npz", help="boundary normals (default %(default)s)")
     p.add_argument("--calibration", default="results/directions/calibration.json", help="calibration (default %(default)s)")
     p.add_argument("--device", default="cpu", help="torch device for the generator (default %(default)s)")
-    p.add_argument("--refine-steps", type=int, default=None, help="secant refinement steps (default: calibration's)")
-    p.add_argument("--tol", type=float, default=None, help="relative tolerance that stops refinement")
+    p.add_argument("--refine-steps", type=_int_at_least(0), default=None, metavar="N",
+                   help="secant refinement steps (default: the calibration's)")
+    p.add_argument("--tol", type=_positive_float, default=None, metavar="REL",
+                   help="relative tolerance that stops refinement (default: the calibration's)")
     p.set_defaults(func=_lazy("sharpgen.directions.generate", "run_generate"))
 
 
@@ -191,6 +252,7 @@ def add_retrieve_parser(subparsers) -> None:
     """``sharpgen retrieve`` (runs :func:`sharpgen.query.run_retrieve`)."""
     p = subparsers.add_parser(
         "retrieve",
+        parents=[_COMMON],
         help="find the real SHARP records most similar to a patch (SimSiam embeddings)",
         description=(
             "Embed QUERY with the pipeline's trained SimSiam encoder and print the k most similar "
@@ -199,40 +261,145 @@ def add_retrieve_parser(subparsers) -> None:
             "`sharpgen generate` (.fits), or a .npy (S, S) patch already in [-1, 1]."
         ),
     )
-    p.add_argument("query", type=Path, metavar="QUERY.fits|.npy")
-    p.add_argument("-k", type=int, default=5, help="number of records to print (default 5)")
+    p.add_argument("query", type=Path, metavar="QUERY.fits|.npy",
+                   help="SHARP Br record, `sharpgen generate` output, or (S, S) .npy patch in [-1, 1]")
+    p.add_argument("-k", type=_int_at_least(1), default=5, metavar="K",
+                   help="number of records to print (default %(default)s)")
     p.add_argument("--results", type=Path, default=Path("results"), help="results_dir of the pipeline (default results)")
     p.add_argument("--encoder", type=Path, default=None, help="encoder file (default RESULTS/ssl/encoder.pt)")
     p.add_argument("--embeddings", type=Path, default=None, help="embedding store (default RESULTS/ssl/embeddings.npz)")
     p.add_argument("--table", type=Path, default=None, help="patch table (default RESULTS/data/patches.parquet)")
-    p.add_argument("--split", choices=("all", "train", "val", "test"), default="all", help="search only this split")
-    p.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
+    p.add_argument("--split", choices=("all", "train", "val", "test"), default="all",
+                   help="search only this split (default %(default)s)")
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table",
+                   help="output format (default %(default)s)")
     p.set_defaults(func=_lazy("sharpgen.query", "run_retrieve"))
+
+
+def add_edit_parser(subparsers) -> None:
+    """``sharpgen edit`` (runs :func:`sharpgen.invert.edit.run_edit`)."""
+    from sharpgen.parameters import PARAMETERS, REQUESTABLE
+
+    p = subparsers.add_parser(
+        "edit",
+        parents=[_COMMON],
+        help="edit a real patch: invert it into the GAN, move it along a calibrated direction",
+        description="Cut REAL.fits like the patch store (a SHARP Br record, or a FITS file written by "
+        "sharpgen generate / edit), find the latent code whose generated image matches it (pixel + "
+        "SimSiam feature loss + prior), move that code along the calibrated direction of the requested "
+        "parameter (optionally holding others) and write the edited patch as FITS with the input's "
+        "WCS and the parameters measured before and after. Refused (exit status 1, with the numbers): "
+        "an inversion whose relative pixel error exceeds --max-error, an uncalibrated direction, a "
+        "value outside the calibrated range or out of reach from this patch.",
+    )
+    p.add_argument("input", type=Path, metavar="REAL.fits", help="SHARP Br record or sharpgen FITS patch")
+    g = p.add_mutually_exclusive_group(required=True)
+    for name in REQUESTABLE:
+        g.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="VALUE|xF",
+                       help=f"requested {name} [{PARAMETERS[name].unit}], or xF: F times the input's value")
+    p.add_argument("--hold", action="append", default=[], metavar="PARAM",
+                   help="parameter(s) to hold (repeat or comma-separate)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.fits", help="output FITS path; its folder must exist")
+    p.add_argument("--results", type=Path, default=Path("results"), help="results_dir of the pipeline (default results)")
+    for what in ("generator", "boundaries", "calibration", "encoder"):
+        p.add_argument(f"--{what}", type=Path, default=None, help=f"{what} file (default: under --results)")
+    p.add_argument("--steps", type=_int_at_least(0), default=None, metavar="N", help="inversion steps (default: invert.steps)")
+    p.add_argument("--restarts", type=_int_at_least(1), default=None, metavar="N",
+                   help="inversion starts (default: invert.restarts)")
+    p.add_argument("--seed", type=_int_at_least(0), default=None, metavar="N", help="inversion seed (default: invert.seed)")
+    p.add_argument("--max-error", type=_positive_float, default=None, metavar="REL",
+                   help="largest relative pixel error ||G(c*) - x|| / ||x|| accepted (default: invert.max_rel_error)")
+    p.add_argument("--refine-steps", type=_int_at_least(0), default=None, metavar="N",
+                   help="secant refinement steps (default: the calibration's)")
+    p.add_argument("--keep-residual", action="store_true",
+                   help="add the input's detail the generator did not reproduce (input - G(c*)) back to the edit")
+    p.add_argument("--device", default="cpu", help="torch device (default %(default)s)")
+    p.set_defaults(func=_lazy("sharpgen.invert.edit", "run_edit"))
+
+
+def add_explore_parser(subparsers) -> None:
+    """``sharpgen explore`` (runs :func:`sharpgen.explore.server.run_explore`)."""
+    p = subparsers.add_parser(
+        "explore",
+        parents=[_COMMON],
+        help="serve an interactive explorer of the latent directions on http://127.0.0.1",
+        description="Serve a page on http://127.0.0.1:PORT/ (this machine only, offline): sliders for every "
+        "calibrated direction in physical units, a seed, the generated patch with its measured parameters, the "
+        "nearest real patches, and an upload that inverts a FITS patch so the sliders edit it.",
+    )
+    p.add_argument("--results", type=Path, default=Path("results"), help="results_dir of the pipeline (default results)")
+    p.add_argument("--port", type=_int_at_least(0), default=8765, help="port on 127.0.0.1; 0 = any free one (default %(default)s)")
+    p.add_argument("-k", type=_int_at_least(1), default=5, metavar="K", help="nearest real patches shown (default %(default)s)")
+    p.add_argument("--device", default="cpu", help="torch device (default %(default)s)")
+    p.add_argument("--threads", type=_int_at_least(1), default=None, metavar="N",
+                   help="torch threads for inverting uploads (default: torch's)")
+    p.add_argument("--render-threads", type=_int_at_least(1), default=1, metavar="N",
+                   help="torch threads for each view (default %(default)s: one patch is fastest on one thread)")
+    p.set_defaults(func=_lazy("sharpgen.explore.server", "run_explore"))
 
 
 # --------------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sharpgen", description="SHARP magnetogram generation tools")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = argparse.ArgumentParser(
+        prog="sharpgen", description="SHARP magnetogram generation tools",
+        epilog="Exit status: 0 success, 1 runtime error (message on stderr), 2 usage error.")
+    parser.add_argument("-V", "--version", action="version", version=f"sharpgen {__version__}",
+                        help="print the version and exit")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log at DEBUG level and show the traceback of an error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                help="`sharpgen COMMAND -h` lists the options of a command")
     sub.required = True
     register_params(sub)
     add_generate_parser(sub)
     add_retrieve_parser(sub)
+    add_edit_parser(sub)
+    add_explore_parser(sub)
     return parser
 
 
+def expected_error(err: BaseException) -> bool:
+    """True for errors a user can fix from the message alone: files (OSError, incl.
+    :class:`sharpgen.atomic.DiskFullError`) and sharpgen's own exception classes (bad inputs,
+    requests out of range, unusable weights)."""
+    return isinstance(err, OSError) or type(err).__module__.split(".")[0] == "sharpgen"
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    if isinstance(err, KeyError) and len(err.args) == 1:  # str(KeyError) is just the quoted key
+        text = f"missing key {err.args[0]!r}"
+    return text or type(err).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (the ``sharpgen`` entry point exits with it)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    verbose = bool(getattr(args, "verbose", False))
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
+        level=logging.DEBUG if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    return int(args.func(args) or 0)
+    prog = f"sharpgen {args.command}"
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 -- the one place that turns errors into exit status 1
+        if expected_error(err):
+            logger.debug("traceback of the error below", exc_info=True)
+            print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+        else:
+            if verbose:
+                traceback.print_exc(file=sys.stderr)
+            hint = "" if verbose else " (rerun with -v for the traceback)"
+            print(f"{prog}: internal error: {type(err).__name__}: {_one_line(err)}{hint}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -69,9 +69,16 @@ def run_embed(encoder_path, patches_zarr, patches_table, embeddings_out, batch_s
     if int(info["meta"].get("size", store.size)) != store.size:
         raise ValueError(f"encoder {encoder_path} expects {info['meta']['size']} px patches, "
                          f"the store {patches_zarr} has {store.size} px")
+    # the store is read ``chunk`` patches at a time (128 MB of 128x128 float32 at most) and each
+    # chunk's embeddings go straight into the (N, d) result: memory is the embedding matrix plus
+    # one chunk, whatever N
     chunk = max(batch_size, 2048)
-    emb = np.concatenate([embed(enc, store.read(np.arange(i, min(i + chunk, store.n))), batch_size=batch_size)
-                          for i in range(0, store.n, chunk)])
+    emb = None
+    for i in range(0, store.n, chunk):
+        e = embed(enc, store.read(np.arange(i, min(i + chunk, store.n))), batch_size=batch_size)
+        if emb is None:
+            emb = np.empty((store.n, e.shape[1]), dtype=np.float32)
+        emb[i : i + len(e)] = e
     save_embeddings(embeddings_out, emb, np.arange(store.n), store.table["split"].astype(str).to_numpy(),
                     info["hash"])
     logger.info("embedded %d patches (dim %d) with encoder %s -> %s", *emb.shape, info["hash"], embeddings_out)

@@ -1,10 +1,12 @@
-"""Logging set-up shared by the workflow scripts and the CLI."""
+"""Logging set-up shared by the workflow scripts and the CLI, and the progress-bar convention."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
+from typing import Iterable, Iterator
 
 FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -41,3 +43,34 @@ def _log_uncaught(exc_type, exc, tb) -> None:
                                            exc_info=(exc_type, exc, tb))
     for h in logging.getLogger().handlers:
         h.flush()
+
+
+# --------------------------------------------------------------------------------------------
+# progress bars
+# --------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def progress_bar(iterable: Iterable | None = None, *, enabled: bool = True, **kwargs) -> Iterator:
+    """A tqdm bar shown only on a terminal, with log records routed around it.
+
+    ``disable=None`` (tqdm's own test): the bar is off when its stream (stderr) is not a TTY, so
+    SLURM output files, Snakemake rule logs and pipes get no bar updates at all; ``enabled=False``
+    turns it off everywhere. While a bar is shown, console log handlers write through
+    ``tqdm.write`` (:func:`tqdm.contrib.logging.logging_redirect_tqdm`), so log lines appear
+    above the bar instead of breaking it; file handlers (the rule's log) are left alone.
+    Yields the bar (iterate over it, or call ``update``).
+    """
+    from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with tqdm(iterable, disable=None if enabled else True, **kwargs) as bar:
+        if bar.disable:  # no bar: leave the handlers as they are
+            yield bar
+        else:
+            with logging_redirect_tqdm():
+                yield bar
+
+
+def track(iterable: Iterable, *, enabled: bool = True, **kwargs) -> Iterator:
+    """Iterate over ``iterable`` with a :func:`progress_bar` (terminal only)."""
+    with progress_bar(iterable, enabled=enabled, **kwargs) as bar:
+        yield from bar

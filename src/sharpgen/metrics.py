@@ -47,18 +47,23 @@ def _num(v) -> float | None:
 
 
 def data_metrics(table: pd.DataFrame) -> dict:
-    """``data``: number of patches per split (+ total) and distinct HARPs."""
+    """``data``: number of patches per split (+ total), distinct HARPs and patches per data
+    source (``synthetic`` / ``local`` / ``jsoc``: what "real" means in every other number)."""
     counts = table["split"].value_counts() if "split" in table.columns else pd.Series(dtype=int)
     n = {str(k): int(v) for k, v in counts.items()}
     n["total"] = int(len(table))
     out = {"n_patches": n}
     if "harpnum" in table.columns:
         out["n_harps"] = int(table["harpnum"].nunique())
+    if "source" in table.columns:  # synthetic / local / jsoc: what the "real" side of every number is
+        out["source"] = {str(k): int(v) for k, v in table["source"].value_counts().items()}
     return out
 
 
 def gan_metrics(quality: Mapping) -> dict:
-    """``gan``: normalised Wasserstein and KS per parameter, pixel and spectrum summaries."""
+    """``gan``: normalised Wasserstein and KS per parameter, pixel and spectrum summaries, and
+    the held-out accuracy of the classifier two-sample test (``c2st_accuracy``, fixed protocol
+    of :mod:`sharpgen.c2st`; null when the real split is too small for it)."""
     params = quality.get("parameters", {})
     out: dict[str, Any] = {
         "wasserstein_norm": {p: _num(v.get("wasserstein_norm")) for p, v in params.items()},
@@ -74,6 +79,35 @@ def gan_metrics(quality: Mapping) -> dict:
                                              if k.startswith("log10_ratio_")}
     if "real" in quality:
         out["real_split"] = quality["real"].get("split")
+    if "c2st" in quality:
+        out["c2st_accuracy"] = _num(quality["c2st"].get("accuracy"))
+    return out
+
+
+def directions_metrics(boundaries: Mapping) -> dict:
+    """``directions``: the latent the boundaries live in, the cosine between every pair of
+    boundary normals (``normal_cosine``) beside the correlation of the two parameters among the
+    generated samples (``parameter_correlation``: Pearson in fit space -- log10 fluxes -- on
+    the values the boundaries were fitted on, over samples where both are defined, r_value = 0
+    ("no R") left out; ``parameter_correlation_spearman``), and the
+    largest |cosine - correlation| over the pairs (for parameters linear in an isotropic latent
+    the two agree)."""
+    params = boundaries.get("parameters", {})
+    cos = params.get("_normal_cosines", {})
+    corr = params.get("_parameter_correlations", {})
+
+    def matrix(m: Mapping) -> dict:
+        return {a: {b: _num(v) for b, v in row.items()} for a, row in m.items()}
+
+    out: dict[str, Any] = {"latent_space": boundaries.get("latent_space", "z"),
+                           "normal_cosine": matrix(cos)}
+    if corr:
+        pear = matrix(corr.get("pearson", {}))
+        out["parameter_correlation"] = pear
+        out["parameter_correlation_spearman"] = matrix(corr.get("spearman", {}))
+        devs = [abs(c - pear[a][b]) for a, row in out["normal_cosine"].items() for b, c in row.items()
+                if a != b and c is not None and pear.get(a, {}).get(b) is not None]
+        out["cosine_minus_correlation_max_abs"] = max(devs) if devs else None
     return out
 
 
@@ -169,6 +203,65 @@ def retrieval_metrics(ev: Mapping) -> dict:
     return out
 
 
+def inversion_metrics(summary: Mapping) -> dict:
+    """``inversion`` (invert/inversion.json): held-out real patches vs their GAN reconstructions
+    -- Pearson / Spearman per parameter in fit space (r_value where both are non-zero), pixel
+    errors (relative L2 and RMS in G), SimSiam cosine, the share within the edit bound."""
+    corr = summary.get("correlations", {})
+    px = summary.get("pixel", {})
+    return {"n_patches": int(summary.get("n_patches", 0)), "space": summary.get("space"),
+            "pearson": {p: _num(v.get("pearson")) for p, v in corr.items()},
+            "spearman": {p: _num(v.get("spearman")) for p, v in corr.items()},
+            "rel_error_median": _num(px.get("rel_error_median")),
+            "rel_error_p90": _num(px.get("rel_error_p90")),
+            "rms_gauss_median": _num(px.get("rms_gauss_median")),
+            "feature_cos_median": _num(px.get("feature_cos_median")),
+            "max_rel_error": _num(summary.get("max_rel_error")),
+            "frac_within_bound": _num(summary.get("frac_within_bound")),
+            "seconds_per_patch": _num(summary.get("seconds_per_patch"))}
+
+
+def realism_population_metrics(rp: Mapping) -> dict:
+    """``realism_population`` (data/realism_population.json, :mod:`sharpgen.realism_population`):
+    the synthetic records' JSOC keywords against the real keyword tables -- KS distances of log10
+    USFLUX and of the non-zero R_VALUEs (vs the hmi.sharp_720s table and the line-of-sight
+    table), of AREA / AREA_ACR, the fractions with R_VALUE = 0, the KS a real sample of the
+    synthetic set's size scores (``ks_noise_*_p95``) and the sample sizes."""
+    ks, zero = rp.get("ks", {}), rp.get("zero_fraction", {})
+    noise, n = rp.get("noise_floor", {}), rp.get("n", {})
+    out = {f"ks_{k}": _num(v) for k, v in ks.items()}
+    out.update({f"zero_fraction_{k}": _num(v) for k, v in zero.items()})
+    out.update({f"ks_noise_{k[3:]}": _num(v) for k, v in noise.items() if k.startswith("ks_")})
+    out.update({f"n_{k}": _num(n.get(k)) for k in ("synthetic_selected", "real_720s", "real_los") if k in n})
+    return out
+
+
+def real_records_metrics(rr: Mapping) -> dict:
+    """``real_records`` (retrieval/real_records.json, :mod:`sharpgen.real_records`): generated
+    queries against the real SHARP records of ../shared/data -- top-1 cosine medians (to the
+    real records, to synthetic held-out subsets of the same size, of the real records and of
+    held-out synthetic patches to the synthetic training set), query-vs-match Pearson (fit space)
+    per method over the real records and for SimSiam over the synthetic subsets, how often
+    SimSiam's top-1 is the physical oracle's (chance: 1 / n), real-to-real same-HARP top-1."""
+    cos = rr.get("cosine", {})
+    sub = rr.get("synthetic_subsets", {})
+    selfr = rr.get("real_self_retrieval", {})
+    out: dict[str, Any] = {"n_real_records": _num(rr.get("n_real_records")),
+                           "n_queries": _num(rr.get("n_queries"))}
+    out.update({f"cosine_{k}_median": _num(v.get("median")) for k, v in cos.items()})
+    out["pearson"] = {METHOD_ALIASES.get(m, m): {p: _num(v.get("pearson")) for p, v in c.items()}
+                      for m, c in rr.get("correlations", {}).items()}
+    out["pearson"]["simsiam_synthetic_subsets"] = {p: _num(v) for p, v in
+                                                   sub.get("simsiam_pearson_median", {}).items()}
+    out.update({"oracle_agreement_top1": _num(rr.get("oracle_agreement_top1")),
+                "oracle_agreement_top1_synthetic_subsets": _num(sub.get("oracle_agreement_top1")),
+                "chance_top1": _num(rr.get("chance_top1")),
+                "real_same_harp_top1": _num(selfr.get("same_harp_top1")),
+                "real_same_harp_chance": _num(selfr.get("chance")),
+                "max_top1_share": _num(rr.get("hubness", {}).get("max_top1_share"))})
+    return out
+
+
 def ssl_metrics(log: pd.DataFrame) -> dict:
     """``ssl``: last-epoch loss and collapse monitors of the SimSiam training log."""
     last = log.iloc[-1]
@@ -203,13 +296,16 @@ def read_benchmarks(patterns: Mapping[str, str]) -> dict[str, float]:
 def build_metrics(*, table: pd.DataFrame | None = None, quality: Mapping | None = None,
                   boundaries: Mapping | None = None, traversal: Mapping | None = None,
                   calibration: Mapping | None = None, retrieval: Mapping | None = None,
-                  ssl_log: pd.DataFrame | None = None, timings: Mapping[str, float] | None = None
-                  ) -> dict:
+                  ssl_log: pd.DataFrame | None = None, timings: Mapping[str, float] | None = None,
+                  inversion: Mapping | None = None, realism_population: Mapping | None = None,
+                  real_records: Mapping | None = None) -> dict:
     """Assemble metrics.json from the stage summaries that exist (None = stage absent).
 
     table: patches.parquet; quality: samples/quality.json; boundaries: directions/boundaries.json;
     traversal: directions/traversal_metrics.json; calibration: directions/calibration.json;
-    retrieval: retrieval/evaluation.json; ssl_log: ssl/train_log.csv; timings: {rule: seconds}.
+    retrieval: retrieval/evaluation.json; ssl_log: ssl/train_log.csv; timings: {rule: seconds};
+    inversion: invert/inversion.json; realism_population: data/realism_population.json;
+    real_records: retrieval/real_records.json.
     """
     m: dict[str, Any] = {}
     if table is not None:
@@ -218,6 +314,7 @@ def build_metrics(*, table: pd.DataFrame | None = None, quality: Mapping | None 
         m["gan"] = gan_metrics(quality)
     if boundaries is not None:
         m["svm"] = svm_metrics(boundaries)
+        m["directions"] = directions_metrics(boundaries)
     if traversal is not None:
         m["traversal"] = traversal_metrics(traversal)
     if calibration is not None:
@@ -226,6 +323,12 @@ def build_metrics(*, table: pd.DataFrame | None = None, quality: Mapping | None 
         m.update(retrieval_metrics(retrieval))
     if ssl_log is not None and len(ssl_log):
         m["ssl"] = ssl_metrics(ssl_log)
+    if inversion is not None:
+        m["inversion"] = inversion_metrics(inversion)
+    if realism_population is not None:
+        m["realism_population"] = realism_population_metrics(realism_population)
+    if real_records is not None:
+        m["real_records"] = real_records_metrics(real_records)
     m["timing"] = {k: float(v) for k, v in (timings or {}).items()}
     if timings:
         m["timing_total_s"] = float(sum(timings.values()))
@@ -289,3 +392,48 @@ def null_keys(metrics: Mapping, prefix: str = "") -> list[str]:
         elif v is None or (isinstance(v, float) and not np.isfinite(v)):
             out.append(path)
     return out
+
+
+#: stage sections metrics.json must hold when their stage is in the workflow
+STAGE_SECTIONS = ("data", "gan", "svm", "traversal", "calibration", "retrieval")
+
+
+def load_inputs(paths: Mapping[str, str]) -> dict[str, Any]:
+    """Rule inputs -> the keyword arguments of :func:`build_metrics`: ``table`` (Parquet),
+    ``ssl_log`` (CSV) and every other keyword that build_metrics accepts from its JSON file.
+    Inputs build_metrics does not know (code, schema, targets) are ignored."""
+    import inspect
+    import json
+
+    accepted = set(inspect.signature(build_metrics).parameters) - {"timings"}
+    out: dict[str, Any] = {}
+    for key, path in paths.items():
+        if key not in accepted:
+            continue
+        if key == "table":
+            out[key] = pd.read_parquet(path)
+        elif key == "ssl_log":
+            out[key] = pd.read_csv(path)
+        else:
+            out[key] = json.loads(Path(path).read_text())
+    return out
+
+
+def run_metrics(paths: Mapping[str, str], benchmarks: Mapping[str, str], schema, out_path,
+                direction_params: Sequence[str] | None = None) -> dict:
+    """Rule metrics: stage summaries + benchmark files -> validated results/metrics.json."""
+    from sharpgen.atomic import write_json
+
+    m = build_metrics(**load_inputs(paths), timings=read_benchmarks(benchmarks))
+    present = [k for k in (*STAGE_SECTIONS, "timing") if k in m]
+    missing = sorted(set(STAGE_SECTIONS) - set(present))
+    if missing:
+        logger.warning("metrics.json has no section for %s (stage not in the workflow)", missing)
+    validate_metrics(m, schema, stages=present, direction_params=direction_params)
+    nulls = null_keys(m)
+    if nulls:
+        logger.warning("undefined (null) values in metrics.json: %s", nulls)
+    write_json(out_path, m)
+    logger.info("wrote %s (%d timing entries, total %.1f s)", out_path, len(m["timing"]),
+                m.get("timing_total_s", 0.0))
+    return m

@@ -196,3 +196,7 @@ def fit_space_label(name: str, mode: str = "crop") -> str:
     """Axis label of a parameter in fit space: 'log10 tuf [Mx]' or 'psep [Mm]'."""
     unit = unit_of(name, mode)
     return f"log10 {name} [{unit}]" if is_log_fit(name) else f"{name} [{unit}]"
+
+#: the three parameters the paper reports retrieval correlations for (TUF, PSEP, R): the
+#: headline columns of the report's retrieval tables
+HEADLINE: tuple[str, ...] = ("tuf", "psep", "r_value")

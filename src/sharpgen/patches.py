@@ -43,7 +43,7 @@ import pandas as pd
 
 from .config import split_fractions
 from .data import SKIP_REASONS, SkipRecord, load_record
-from .physics import PARAMETER_NAMES, PixelScale, compute_parameters
+from .physics import PARAMETER_NAMES, PixelScale, parameter_array
 
 logger = logging.getLogger(__name__)
 
@@ -226,6 +226,39 @@ def assign_splits(harpnums, fractions: Mapping[str, float], seed: int = 0) -> di
     return out
 
 
+def t_rec_to_utc(t_rec) -> pd.Series:
+    """JSOC T_REC strings (``YYYY.MM.DD_hh:mm:ss_TAI``, :func:`sharpgen.config.parse_tai`) ->
+    UTC timestamps (datetime64[ns, UTC]); TAI - UTC (34 s in 2010, 35 s from 2012-07, 36 s from
+    2015-07, 37 s from 2017) comes from astropy's leap-second table; an instant inside a leap
+    second (23:59:60.x UTC) becomes 00:00:00.x of the next day. A value that is not a TAI time
+    gives NaT (logged once with the count)."""
+    from astropy.time import Time
+
+    from .config import parse_tai
+
+    values = pd.Series(t_rec, dtype=object).reset_index(drop=True)
+    parsed = {}
+    for v in values.dropna().unique():
+        try:
+            parsed[v] = parse_tai(str(v))
+        except ValueError:
+            pass
+    bad = values[values.notna() & ~values.isin(list(parsed))]
+    if len(bad) or values.isna().any():
+        logger.warning("%d T_REC value(s) are not JSOC TAI times (e.g. %r): t_rec_utc left empty there",
+                       int(len(bad) + values.isna().sum()), None if bad.empty else bad.iloc[0])
+    out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
+    if parsed:
+        keys = list(parsed)
+        f = Time(list(parsed.values()), scale="tai").utc.ymdhms  # seconds 60.x inside a leap second
+        utc = (pd.to_datetime({k: f[k] for k in ("year", "month", "day", "hour", "minute")}, utc=True)
+               + pd.to_timedelta(np.round(f["second"], 6), unit="s"))
+        out = values.map(dict(zip(keys, utc))).astype("datetime64[ns, UTC]")
+    if isinstance(t_rec, pd.Series):
+        out.index = t_rec.index
+    return out
+
+
 def _resolve(path: str, root: Path) -> Path:
     p = Path(path)
     return p if p.is_absolute() else root / p
@@ -234,13 +267,28 @@ def _resolve(path: str, root: Path) -> Path:
 # --------------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------------
+#: patches are extracted, measured and handed on (to the Zarr store) this many at a time: the
+#: store's chunk length along the patch axis, so a stream writes every chunk once
+STREAM_CHUNK = 64
+
+
 def build_patches(records: pd.DataFrame, cfg: PatchConfig, root: str | Path = ".",
                   progress: bool = True):
     """Extract the patches of ``records`` (manifest rows) in memory.
 
     Returns (patches (N, S, S) float32 in [-1, 1], table DataFrame (N rows, contract columns),
-    summary dict). Raises :class:`PatchError` if no record is usable.
+    summary dict). Raises :class:`PatchError` if no record is usable. :func:`make_patches`
+    streams the same patches into the store instead (:class:`PatchStream`), chunk by chunk.
     """
+    chunks: list[np.ndarray] = []
+    table, summary = _build(records, cfg, root, progress, chunks.append)
+    return np.concatenate(chunks), table, summary
+
+
+def _build(records: pd.DataFrame, cfg: PatchConfig, root: str | Path, progress: bool, emit):
+    """Extract the patches of ``records`` and hand them to ``emit`` in order, ``STREAM_CHUNK``
+    at a time ((k, S, S) float32 in [-1, 1]); each chunk's parameters are measured before it is
+    handed on, so no more than one chunk of patches is held here. Returns (table, summary)."""
     from tqdm import tqdm
 
     from .sharp_io import header_float
@@ -248,6 +296,20 @@ def build_patches(records: pd.DataFrame, cfg: PatchConfig, root: str | Path = ".
     root = Path(root)
     t0 = time.perf_counter()
     patches, rows, scales, skipped = [], [], [], []
+    params: list[np.ndarray] = []
+    n_clipped = n_pixels = 0
+
+    def flush():
+        nonlocal n_clipped, n_pixels
+        arr = np.stack(patches)
+        sc = np.asarray(scales[len(scales) - len(patches):], dtype=np.float64)
+        scale = PixelScale(size_mm=sc[:, 0], area_cm2=sc[:, 1], size_arcsec=sc[:, 2])
+        params.append(parameter_array(cfg.clip_gauss * arr.astype(np.float64), scale))
+        n_clipped += int(np.count_nonzero(np.abs(arr) >= 1.0))
+        n_pixels += arr.size
+        patches.clear()
+        emit(arr)
+
     done: dict[tuple[int, str], str] = {}  # (harpnum, t_rec) -> path of the patch made from it
     for rec_row in tqdm(records.itertuples(index=False), total=len(records), desc="patches",
                         disable=not progress):
@@ -278,6 +340,8 @@ def build_patches(records: pd.DataFrame, cfg: PatchConfig, root: str | Path = ".
         clipped = np.clip(np.nan_to_num(patch, nan=0.0), -cfg.clip_gauss, cfg.clip_gauss)
         patches.append((clipped / cfg.clip_gauss).astype(np.float32))
         scales.append((float(pscale.size_mm), float(pscale.area_cm2), float(pscale.size_arcsec)))
+        if len(patches) == STREAM_CHUNK:
+            flush()
         rows.append({
             "source": str(rec_row.source),
             "path": str(rec_row.path),
@@ -293,23 +357,24 @@ def build_patches(records: pd.DataFrame, cfg: PatchConfig, root: str | Path = ".
         })
     n_records = len(records)
     reasons = Counter(s["reason"] for s in skipped)
-    if not patches:
+    if not scales:
         detail = "; ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "manifest is empty"
         raise PatchError(f"no usable record among {n_records} in the manifest ({detail})")
-    arr = np.stack(patches)
+    if patches:
+        flush()
     sc = np.asarray(scales, dtype=np.float64)
     table = pd.DataFrame(rows)
     table.insert(0, "row", np.arange(len(table), dtype=np.int64))
     table["noaa"] = table["noaa"].astype("Int64")
+    table.insert(table.columns.get_loc("t_rec") + 1, "t_rec_utc", t_rec_to_utc(table["t_rec"]))
     table["pixel_size_mm"] = sc[:, 0]
     table["pixel_area_cm2"] = sc[:, 1]
     table["pixel_size_arcsec"] = sc[:, 2]
     split_of = assign_splits(table["harpnum"], cfg.split_fractions(), cfg.split_seed())
     table["split"] = table["harpnum"].map(split_of).astype(str)
-    scale = PixelScale(size_mm=sc[:, 0], area_cm2=sc[:, 1], size_arcsec=sc[:, 2])
-    params = compute_parameters(cfg.clip_gauss * arr.astype(np.float64), scale)
-    for name in PARAMETER_NAMES:
-        table[name] = params[name].to_numpy()
+    params = np.concatenate(params)
+    for j, name in enumerate(PARAMETER_NAMES):
+        table[name] = params[:, j]
     per_split = {
         s: {"patches": int((table["split"] == s).sum()),
             "harps": int(table.loc[table["split"] == s, "harpnum"].nunique())}
@@ -327,10 +392,10 @@ def build_patches(records: pd.DataFrame, cfg: PatchConfig, root: str | Path = ".
         "size": int(cfg.size),
         "bin": int(cfg.bin),
         "clip_gauss": float(cfg.clip_gauss),
-        "clipped_fraction": float((np.abs(arr) >= 1.0).mean()),
+        "clipped_fraction": float(n_clipped / n_pixels),
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    return arr, table, summary
+    return table, summary
 
 
 def store_attrs(cfg: PatchConfig, table: pd.DataFrame, config_hash: str) -> dict:
@@ -353,18 +418,96 @@ def store_attrs(cfg: PatchConfig, table: pd.DataFrame, config_hash: str) -> dict
     }
 
 
-def write_store(zarr_path: str | Path, arr: np.ndarray, table: pd.DataFrame, attrs: dict) -> None:
-    """Write the Zarr v3 group at ``zarr_path`` (must not exist yet: callers write to a temp path)."""
+#: units of the per-patch scale arrays of the store (CF ``units`` attributes)
+SCALE_UNITS = {"pixel_size_mm": "Mm", "pixel_area_cm2": "cm2", "pixel_size_arcsec": "arcsec"}
+
+
+def store_array_metadata(name: str, clip_gauss: float) -> dict:
+    """``create_array`` keywords of the store's array ``name``: zarr v3 ``dimension_names``
+    (``patch``, ``y``, ``x``) and CF attributes, so ``xarray.open_zarr(store)`` names the
+    dimensions and decodes ``patches`` to Gauss (``scale_factor`` = clip_gauss, ``units`` G).
+    Readers of the raw array (:class:`sharpgen.store.PatchStore`) still get values in [-1, 1]."""
+    if name == "patches":
+        return {"dimension_names": ("patch", "y", "x"),
+                "attributes": {"units": "G", "scale_factor": float(clip_gauss),
+                               "long_name": "radial magnetic field Br (stored as Br / clip_gauss, "
+                                            "clipped to [-1, 1]; NaN -> 0)"}}
+    return {"dimension_names": ("patch",),
+            "attributes": {"units": SCALE_UNITS[name], "long_name": name.replace("_", " ")}}
+
+
+class PatchStream:
+    """Writes patches into a new Zarr v3 group as they come, ``STREAM_CHUNK`` per chunk, so the
+    store is never held in memory: :meth:`append` (k, S, S) float32 arrays in order, then
+    :func:`write_store` with the stream finishes the group. The result is byte-identical to
+    :func:`write_store` of all patches at once (same chunk shape ``(min(STREAM_CHUNK, N), S, S)``: the
+    array is created when the first full chunk is ready, or at the end for fewer patches)."""
+
+    def __init__(self, zarr_path: str | Path, size: int, clip_gauss: float):
+        self.path = Path(zarr_path)
+        self.size = int(size)
+        self.clip_gauss = float(clip_gauss)
+        self.n = 0  # patches written to the array
+        self._pending: list[np.ndarray] = []
+        self._group = None
+        self._array = None
+
+    def append(self, arr: np.ndarray) -> None:
+        self._pending.append(np.asarray(arr, dtype=np.float32))
+        if sum(len(a) for a in self._pending) >= STREAM_CHUNK:
+            self._write(final=False)
+
+    def _write(self, final: bool) -> None:
+        import zarr
+
+        buf = np.concatenate(self._pending) if self._pending else np.empty((0, self.size, self.size), np.float32)
+        k = len(buf) if final else len(buf) // STREAM_CHUNK * STREAM_CHUNK
+        if self._array is None:
+            if k == 0:
+                return
+            chunk = STREAM_CHUNK if (k >= STREAM_CHUNK or not final) else k
+            self._group = zarr.open_group(str(self.path), mode="w", zarr_format=3)
+            self._array = self._group.create_array(
+                "patches", shape=(0, self.size, self.size), chunks=(chunk, self.size, self.size),
+                dtype="float32", **store_array_metadata("patches", self.clip_gauss))
+        if k:
+            self._array.resize((self.n + k, self.size, self.size))
+            self._array[self.n : self.n + k] = buf[:k]
+            self.n += k
+        self._pending = [buf[k:]] if k < len(buf) else []
+
+    def finish(self):
+        """Write what is left; returns the open group (patches array complete)."""
+        self._write(final=True)
+        if self._group is None:
+            raise PatchError("no patch was written to the store")
+        return self._group
+
+
+def write_store(zarr_path: str | Path, arr, table: pd.DataFrame, attrs: dict) -> None:
+    """Write the Zarr v3 group at ``zarr_path`` (must not exist yet: callers write to a temp path).
+    ``arr``: the (N, S, S) patches, or the :class:`PatchStream` that has been writing them to
+    ``zarr_path`` (the rest of the group is written here)."""
     import zarr
 
-    n, s, _ = arr.shape
-    g = zarr.open_group(str(zarr_path), mode="w", zarr_format=3)
-    a = g.create_array("patches", shape=arr.shape, chunks=(min(64, n), s, s), dtype="float32")
-    a[...] = arr
+    from .atomic import consolidate_zarr
+
+    clip = float(attrs["clip_gauss"])
+    if isinstance(arr, PatchStream):
+        g = arr.finish()
+        n = arr.n
+    else:
+        n, s, _ = arr.shape
+        g = zarr.open_group(str(zarr_path), mode="w", zarr_format=3)
+        a = g.create_array("patches", shape=arr.shape, chunks=(min(STREAM_CHUNK, n), s, s), dtype="float32",
+                           **store_array_metadata("patches", clip))
+        a[...] = arr
     for name in ("pixel_size_mm", "pixel_area_cm2", "pixel_size_arcsec"):
         v = table[name].to_numpy(dtype=np.float64)
-        g.create_array(name, shape=v.shape, chunks=(max(n, 1),), dtype="float64")[...] = v
+        g.create_array(name, shape=v.shape, chunks=(max(n, 1),), dtype="float64",
+                       **store_array_metadata(name, clip))[...] = v
     g.attrs.update(attrs)
+    consolidate_zarr(zarr_path)  # the last write: xarray.open_zarr opens it without a warning
 
 
 def _json_clean(o: Any) -> Any:
@@ -386,18 +529,22 @@ def make_patches(records: pd.DataFrame, cfg: Mapping[str, Any] | PatchConfig, za
     any point leaves none of them behind, nor any temporary). Returns the summary."""
     import json
 
-    from .atomic import atomic_path
+    from .atomic import atomic_path, dataframe_to_parquet
     from .config import section_hash
 
     pc = cfg if isinstance(cfg, PatchConfig) else PatchConfig.from_mapping(cfg)
     raw_cfg = dict(cfg) if not isinstance(cfg, PatchConfig) else pc.__dict__
-    arr, table, summary = build_patches(records, pc, root=root, progress=progress)
-    attrs = store_attrs(pc, table, section_hash(raw_cfg))
     with atomic_path(zarr_path, suffix=".zarr") as tz, \
             atomic_path(table_path, suffix=".parquet") as tp, \
             atomic_path(summary_path, suffix=".json") as ts:
-        write_store(tz, arr, table, attrs)
-        table.to_parquet(tp, index=False)
+        # patches go to the (temporary) store as they are made, one chunk at a time
+        stream = PatchStream(tz, pc.size, pc.clip_gauss)
+        table, summary = _build(records, pc, root, progress, stream.append)
+        attrs = store_attrs(pc, table, section_hash(raw_cfg))
+        write_store(tz, stream, table, attrs)
+        dataframe_to_parquet(table, tp, metadata={
+            "patch_mode": pc.mode, "clip_gauss": float(pc.clip_gauss), "bin": int(pc.bin),
+            "size": int(pc.size), "config_hash": attrs["config_hash"]})
         ts.write_text(json.dumps(_json_clean(summary), indent=2, sort_keys=True, allow_nan=False) + "\n")
     logger.info("wrote %d patches (%s mode, %dx%d) from %d records, %d skipped %s",
                 summary["n_patches"], pc.mode, pc.size, pc.size, summary["n_records"],

@@ -122,6 +122,9 @@ def retrieve(query: np.ndarray, encoder_path: str | Path, embeddings_path: str |
 
 
 def run_retrieve(args) -> int:
+    """``sharpgen retrieve`` (options: :func:`sharpgen.cli.add_retrieve_parser`). Returns the exit
+    status: 0, or 1 with a one-line message on stderr for a query or result file that cannot be
+    used (usage errors, e.g. ``-k 0``, are argparse's exit 2)."""
     import sys
 
     from sharpgen.ssl import load_encoder
@@ -138,9 +141,9 @@ def run_retrieve(args) -> int:
         _, info = load_encoder(enc_path)
         query = load_query(args.query, info["meta"])
         res = retrieve(query, enc_path, emb_path, tab_path, k=args.k, split=args.split)
-    except (QueryError, EmbeddingStoreError, FileNotFoundError, ValueError) as err:
-        print(f"sharpgen retrieve: error: {err}", file=sys.stderr)
-        return 2
+    except (QueryError, EmbeddingStoreError, OSError, ValueError) as err:  # runtime errors: exit 1
+        print(f"sharpgen retrieve: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
     cols = ["rank", "row", "harpnum", "t_rec", "split", "similarity"] + [p for p in SHOW_PARAMETERS if p in res]
     cols = [c for c in cols if c in res]
     res = res[cols]

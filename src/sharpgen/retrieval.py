@@ -406,8 +406,8 @@ def run_evaluation(
     """
     import torch
 
-    from sharpgen import physics
     from sharpgen.config import section
+    from sharpgen.measure import MeasurementContext, measure
     from sharpgen.ssl import embed, load_encoder
     from sharpgen.store import PatchStore, open_group, read_rows
 
@@ -430,6 +430,7 @@ def run_evaluation(
     threads = torch.get_num_threads()
     frames: list[pd.DataFrame] = []
     out: dict[str, Any] = {"encoder_hash": info["hash"], "n_database": int(len(table)), "k": k,
+                           "patch_mode": store.mode, "clip_gauss": clip,
                            "baseline_parameters": list(base_params), "paper_pearson": PAPER_PEARSON,
                            "target_pearson": TARGET_PEARSON, "threads": threads}
 
@@ -472,7 +473,7 @@ def run_evaluation(
     xa = augment_numpy(store.read(rows_q), cfg["augment"], int_seed(seed, "retrieval_augment"))
     qa_emb = embed(enc, xa)
     # real patches are measured at their own pixel scale (as in patches.parquet)
-    qa_par = physics.compute_parameters(clip * xa.astype(np.float64), store.scale(rows_q))
+    qa_par = measure(xa, MeasurementContext(store.clip_gauss, store.mode, store.size, store.scale(rows_q)))
     qa_par = qa_par.reset_index(drop=True)
     for key, r_db in (("real", str(cfg["real_database_split"])), ("real_all", "all")):
         if key == "real_all" and r_db == cfg["real_database_split"]:
@@ -499,3 +500,29 @@ def run_evaluation(
         q_img, q_ids, store.read(train_rows), train_rows, store.read(held_rows),
         gen_emb=q_emb, train_emb=db_emb[train_rows], held_emb=db_emb[held_rows], clip_gauss=clip)
     return out, pd.concat(frames, ignore_index=True)
+
+
+def run_evaluate_retrieval(encoder_path, embeddings_path, patches_zarr, patches_table, generated_zarr,
+                           latents_path, cfg: Mapping[str, Any], evaluation_out, matches_out,
+                           threads: int | None = None) -> dict:
+    """Rule evaluate_retrieval: :func:`run_evaluation` -> evaluation.json + matches.parquet."""
+    import json
+
+    import torch
+
+    from sharpgen.atomic import write_json, write_parquet
+
+    if threads:
+        torch.set_num_threads(max(1, int(threads)))
+    result, matches = run_evaluation(encoder_path, embeddings_path, patches_zarr, patches_table,
+                                     generated_zarr, latents_path, cfg)
+    write_parquet(matches_out, matches, metadata={"patch_mode": result["patch_mode"],
+                                                  "clip_gauss": result["clip_gauss"]})
+    write_json(evaluation_out, result)
+    for qset in ("generated", "real"):
+        for method, corr in result[qset]["correlations"].items():
+            logger.info("%s (database %s) %s Pearson, fit space: %s", qset, result[qset]["database_split"],
+                        method, json.dumps({p: round(v["pearson"], 3) for p, v in corr.items()}))
+    logger.info("memorisation: %s", json.dumps({k: v for k, v in result["memorisation"].items()
+                                                if k not in ("closest_pairs", "distances")}))
+    return result

@@ -38,8 +38,9 @@ def draw_latents(n: int, nz: int = 100, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, nz), dtype=np.float32)
 
 
-def latents_table(z: np.ndarray, params: pd.DataFrame):
-    """pyarrow Table: ``sample`` int64, ``z`` fixed-size list<float32>[nz], parameter columns."""
+def latents_table(z: np.ndarray, params: pd.DataFrame, w: np.ndarray | None = None):
+    """pyarrow Table: ``sample`` int64, ``z`` fixed-size list<float32>[nz], optionally ``w``
+    (whitened W codes of a mapping generator, list<float32>[w_dim]), parameter columns."""
     import pyarrow as pa
 
     z = np.ascontiguousarray(z, dtype=np.float32)
@@ -48,43 +49,69 @@ def latents_table(z: np.ndarray, params: pd.DataFrame):
         raise ValueError(f"{len(params)} parameter rows for {n} latents")
     cols = {"sample": pa.array(np.arange(n, dtype=np.int64)),
             "z": pa.FixedSizeListArray.from_arrays(pa.array(z.ravel(), type=pa.float32()), nz)}
+    if w is not None:
+        w = np.ascontiguousarray(w, dtype=np.float32)
+        if w.ndim != 2 or w.shape[0] != n:
+            raise ValueError(f"W codes {w.shape} do not match {n} latents")
+        cols["w"] = pa.FixedSizeListArray.from_arrays(pa.array(w.ravel(), type=pa.float32()), w.shape[1])
     for name in PARAMETER_NAMES:
         cols[name] = pa.array(params[name].to_numpy(dtype=np.float64))
     return pa.table(cols)
 
 
-def write_latents(path: str | os.PathLike, z: np.ndarray, params: pd.DataFrame) -> None:
-    """Write ``latents.parquet`` atomically."""
+def write_latents(path: str | os.PathLike, z: np.ndarray, params: pd.DataFrame,
+                  metadata: dict | None = None, w: np.ndarray | None = None) -> None:
+    """Write ``latents.parquet`` atomically, with the registry's unit of every parameter column
+    and file metadata (:func:`sharpgen.atomic.parquet_metadata`; ``metadata`` adds keys such as
+    the patch mode and clip)."""
     import pyarrow.parquet as pq
 
-    table = latents_table(z, params)
+    from sharpgen.atomic import with_parquet_metadata
+
+    table = with_parquet_metadata(latents_table(z, params, w), metadata)
     with atomic_path(path, suffix=".parquet") as tmp:
         pq.write_table(table, tmp)
 
 
-def read_latents(path: str | os.PathLike) -> tuple[np.ndarray, pd.DataFrame]:
-    """(z (N, nz) float32, DataFrame with ``sample`` and the parameter columns)."""
+def read_latents(path: str | os.PathLike, space: str = "z") -> tuple[np.ndarray, pd.DataFrame]:
+    """(latents (N, D) float32, DataFrame with ``sample`` and the parameter columns).
+
+    ``space``: ``"z"`` (default) or ``"w"`` -- the whitened W codes a generator with a mapping
+    network wrote (the latent of boundaries fitted in W: ``Boundaries.space``)."""
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
-    zcol = table.column("z").combine_chunks()
-    nz = zcol.type.list_size
-    z = zcol.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, nz)
-    return z, table.drop(["z"]).to_pandas()
+    if space not in table.column_names:
+        raise ValueError(f"{path} has no {space!r} latent column")
+    col = table.column(space).combine_chunks()
+    dim = col.type.list_size
+    codes = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
+    return codes, table.drop([c for c in ("z", "w") if c in table.column_names]).to_pandas()
 
 
 def write_images(path: str | os.PathLike, images: np.ndarray, attrs: dict | None = None) -> None:
-    """``generated.zarr``: array ``images`` (N, S, S) float32 in [-1, 1], chunks (64, S, S)."""
+    """``generated.zarr`` (Zarr v3): array ``images`` (N, S, S) float32 in [-1, 1], chunks
+    (64, S, S), dimensions ``sample``, ``y``, ``x``. With ``clip_gauss`` in ``attrs`` the array
+    carries CF ``scale_factor`` = clip_gauss and ``units`` G, so ``xarray.open_zarr(path)``
+    decodes it to Gauss (consolidated metadata: no fallback warning)."""
     import zarr
+
+    from sharpgen.atomic import consolidate_zarr
 
     images = np.asarray(images, dtype=np.float32)
     n, s, _ = images.shape
+    attrs = dict(attrs or {})
+    meta = {"long_name": "generated radial magnetic field Br (stored as Br / clip_gauss, in [-1, 1])"}
+    if attrs.get("clip_gauss") is not None:
+        meta.update(units="G", scale_factor=float(attrs["clip_gauss"]))
     with atomic_path(path) as tmp:
-        g = zarr.open_group(str(tmp), mode="w")
+        g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         arr = g.create_array("images", shape=images.shape, dtype="float32",
-                             chunks=(min(64, n), s, s))
+                             chunks=(min(64, n), s, s), dimension_names=("sample", "y", "x"),
+                             attributes=meta)
         arr[...] = images
-        g.attrs.update({"n": int(n), "size": int(s), **(attrs or {})})
+        g.attrs.update({"n": int(n), "size": int(s), **attrs})
+        consolidate_zarr(tmp)
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,6 +205,9 @@ def quality_report(real_params: pd.DataFrame, gen_params: pd.DataFrame, real_ima
     report["power_spectrum"] = {
         "k_cycles_per_pixel": k.tolist(), "real_gauss2": pr.tolist(), "gen_gauss2": pg.tolist(),
         "log10_ratio_rms": float(np.sqrt(np.nanmean(lr ** 2))),
+        # the worst bin: |log10(gen/real)| and its wavenumber
+        "log10_ratio_max_abs": float(np.nanmax(np.abs(lr))),
+        "k_of_max_abs": float(k[int(np.nanargmax(np.abs(lr)))]),
         "log10_ratio_low_k": float(np.nanmean(lr[thirds[0]])),
         "log10_ratio_mid_k": float(np.nanmean(lr[thirds[1]])),
         "log10_ratio_high_k": float(np.nanmean(lr[thirds[2]])),
@@ -192,6 +222,23 @@ def quality_report(real_params: pd.DataFrame, gen_params: pd.DataFrame, real_ima
     return report
 
 
+def run_c2st(store, rows, images: np.ndarray, seed: int = 0, threads: int | None = None) -> dict:
+    """The fixed-protocol classifier two-sample test (:func:`sharpgen.c2st.c2st`) of the real
+    patches ``rows`` of ``store`` (grouped by HARP: frames of one region share a fold) against
+    the generated ``images``. Too few real patches or HARPs for the protocol (tiny test stores)
+    give ``accuracy: None`` and the reason instead of an error."""
+    from sharpgen.c2st import C2stError, c2st
+
+    rows = np.asarray(rows)
+    harps = (store.table["harpnum"].to_numpy()[rows] if "harpnum" in store.table.columns
+             else np.arange(rows.size))
+    try:
+        return c2st(store.read(rows), images, real_groups=harps, seed=seed, threads=threads)
+    except C2stError as err:
+        logger.warning("no C2ST: %s", err)
+        return {"accuracy": None, "reason": str(err)}
+
+
 def run_sampling(generator_path: str | os.PathLike, patches_zarr: str | os.PathLike,
                  patches_table: str | os.PathLike, cfg: dict, *, latents_path, images_path,
                  quality_path, device: str = "cpu", progress: bool = True, threads: int | None = None) -> dict:
@@ -204,7 +251,7 @@ def run_sampling(generator_path: str | os.PathLike, patches_zarr: str | os.PathL
 
     from sharpgen.atomic import write_json
     from sharpgen.config import section
-    from sharpgen.gan import load_generator
+    from sharpgen.gan import latent_codes, latent_space, load_generator
     from sharpgen.measure import MeasurementContext, generate_and_measure
     from sharpgen.store import PatchStore
 
@@ -219,7 +266,12 @@ def run_sampling(generator_path: str | os.PathLike, patches_zarr: str | os.PathL
     ctx = MeasurementContext.from_store(store)
     z = draw_latents(int(cfg["n"]), G.nz, int(cfg["seed"]))
     images, params = generate_and_measure(G, z, ctx, batch_size=int(cfg["batch_size"]), progress=progress)
-    write_latents(latents_path, z, params)
+    # a generator with a mapping network: its whitened W codes too (where directions are fitted)
+    w = latent_codes(G, z) if latent_space(G) == "w" else None
+    write_latents(latents_path, z, params, {"patch_mode": ctx.mode, "clip_gauss": ctx.clip_gauss,
+                                            "patches_config_hash": store.attrs.get("config_hash"),
+                                            "seed": int(cfg["seed"]), "generator": str(generator_path)},
+                  w=w)
     write_images(images_path, images, {"clip_gauss": ctx.clip_gauss, "seed": int(cfg["seed"]),
                                        "generator": str(generator_path)})
 
@@ -229,6 +281,7 @@ def run_sampling(generator_path: str | os.PathLike, patches_zarr: str | os.PathL
                             real_label=split, max_images=int(cfg["quality_images"]), seed=int(cfg["seed"]))
     report["generator"] = {k: v for k, v in G.meta.items() if k in ("arch", "steps", "size",
                                                                    "weights", "config")}
+    report["c2st"] = run_c2st(store, rows, images, seed=int(cfg["seed"]), threads=threads)
     report["pixel_scale"] = {"size_mm": ctx.scale.size_mm, "area_cm2": ctx.scale.area_cm2,
                              "size_arcsec": ctx.scale.size_arcsec}
     write_json(quality_path, report)

@@ -37,6 +37,7 @@ from torch import nn
 from sharpgen import training
 from sharpgen.augment import AugmentConfig, augment  # noqa: F401  (the SimSiam views)
 from sharpgen.config import section
+from sharpgen.logutil import track
 
 logger = logging.getLogger(__name__)
 
@@ -411,7 +412,8 @@ def train_simsiam(
             gen = torch.Generator(device=dev).manual_seed(seed * 100_003 + epoch)
             order = torch.from_numpy(np.random.default_rng([seed, epoch]).permutation(n)).to(dev)
             stats = torch.empty(3, steps_per_epoch, device=dev)  # loss, std(z1), std(p1) per step
-            for it in range(steps_per_epoch):
+            for it in track(range(steps_per_epoch), desc=f"simsiam epoch {epoch + 1}/{epochs}", unit="step",
+                            leave=False, dynamic_ncols=True):  # terminal only; one log line per epoch
                 step = epoch * steps_per_epoch + it
                 lr = base_lr * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
                 for g in opt.param_groups:

@@ -26,7 +26,7 @@ from sharpgen.directions.geometry import (
     fold_latents,
     folded_values,
 )
-from sharpgen.parameters import POLARITY_PARTNER, is_log_fit, to_fit_space
+from sharpgen.parameters import LOG_VALUED, POLARITY_PARTNER, is_log_fit, to_fit_space
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +219,7 @@ def fit_boundaries(latents, table: pd.DataFrame, cfg) -> tuple[dict, dict]:
     Zf, negative = fold_latents(Z, fold)
     fold_info["n_reflected"] = int(negative.sum())
     names, normals, intercepts, accs, regs, folded = [], [], [], [], [], []
+    fit_values: dict[str, np.ndarray] = {}
     summary: dict = {}
     for p in params:
         # TPF/TNF are folded only together: a reflected base needs its partner's normal
@@ -227,6 +228,7 @@ def fit_boundaries(latents, table: pd.DataFrame, cfg) -> tuple[dict, dict]:
         Zp = Zf if is_folded else Z
         b, keep, labels = _fit_one(Zp, values, p, cfg)
         y = to_fit_space(p, values)
+        fit_values[p] = y
         ok = np.isfinite(y)
         reg_val = np.flatnonzero(np.isin(np.flatnonzero(ok), np.flatnonzero(keep)[b["val_index"]]))
         reg = regression_direction(Zp[ok], y[ok], val_index=reg_val)
@@ -261,6 +263,7 @@ def fit_boundaries(latents, table: pd.DataFrame, cfg) -> tuple[dict, dict]:
         }
     N = np.array(normals)
     summary["_normal_cosines"] = {a: {b: float(N[i] @ N[j]) for j, b in enumerate(names)} for i, a in enumerate(names)}
+    summary["_parameter_correlations"] = parameter_correlations(fit_values)
     summary["_fold"] = fold_info
     arrays = {
         "names": np.array(names),
@@ -272,6 +275,37 @@ def fit_boundaries(latents, table: pd.DataFrame, cfg) -> tuple[dict, dict]:
         "fold_normal": np.zeros(Z.shape[1]) if fold is None else np.asarray(fold, dtype=np.float64),
     }
     return arrays, summary
+
+
+def parameter_correlations(values: Mapping[str, np.ndarray]) -> dict:
+    """Pearson and Spearman correlation of every pair of parameters among the samples, in fit
+    space (log10 for the registry's log_fit fluxes) and with the values the boundaries were fitted
+    on (partner-swapped on reflected rows for folded TPF/TNF), over the rows where both are
+    defined: finite, and non-zero for the registry's log-valued parameters (JSOC stores "no R" as
+    R_VALUE = 0, not a point of the log scale; the retrieval correlations do the same):
+    ``{"pearson": {a: {b: r}}, "spearman": {...}}``. For parameters linear in an isotropic
+    latent (z, or whitened W) the Pearson correlation equals the cosine of the boundary normals."""
+    from scipy.stats import spearmanr
+
+    names = list(values)
+    out: dict = {"pearson": {a: {} for a in names}, "spearman": {a: {} for a in names}}
+
+    def defined(name):
+        v = np.asarray(values[name], float)
+        return np.isfinite(v) & ((v != 0) if name in LOG_VALUED else True)
+
+    for i, a in enumerate(names):
+        for b in names[i:]:
+            x, y = np.asarray(values[a], float), np.asarray(values[b], float)
+            ok = defined(a) & defined(b)
+            if ok.sum() > 2 and np.ptp(x[ok]) > 0 and np.ptp(y[ok]) > 0:
+                r = float(np.corrcoef(x[ok], y[ok])[0, 1])
+                rho = float(spearmanr(x[ok], y[ok])[0])
+            else:
+                r = rho = float("nan")
+            for kind, v in (("pearson", r), ("spearman", rho)):
+                out[kind][a][b] = out[kind][b][a] = v
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,16 +340,17 @@ def load_boundary(npz_path, param: str) -> tuple[np.ndarray, float, float]:
 
 
 def load_direction_field(npz_path) -> Boundaries:
-    """boundaries.npz -> :class:`Boundaries` (normals + polarity fold; files without the fold
-    arrays, or with a zero fold normal, give no fold)."""
+    """boundaries.npz -> :class:`Boundaries` (normals + polarity fold + latent space; files
+    without the fold arrays, or with a zero fold normal, give no fold; without ``space``, z)."""
     with np.load(npz_path) as f:
         names = [str(n) for n in f["names"]]
         normals = {n: np.asarray(v, dtype=np.float64) for n, v in zip(names, f["normals"])}
         fold = np.asarray(f["fold_normal"], dtype=np.float64) if "fold_normal" in f.files else None
         folded = [n for n, k in zip(names, f["folded"]) if k] if "folded" in f.files else []
+        space = str(f["space"]) if "space" in f.files else "z"
     if fold is None or not np.any(fold):
-        return Boundaries(normals)
-    return Boundaries(normals, fold / np.linalg.norm(fold), frozenset(folded))
+        return Boundaries(normals, space=space)
+    return Boundaries(normals, fold / np.linalg.norm(fold), frozenset(folded), space=space)
 
 
 def file_sha256(path) -> str:
@@ -326,11 +361,25 @@ def file_sha256(path) -> str:
     return h.hexdigest()
 
 
-def latents_from_table(table: pd.DataFrame) -> np.ndarray:
-    """The ``z`` column (list<float32>[D] per row) -> (N, D) float64."""
-    if "z" not in table.columns:
-        raise DirectionError("latent table has no 'z' column")
-    return np.stack([np.asarray(v, dtype=np.float64) for v in table["z"].to_numpy()])
+def latents_from_table(table: pd.DataFrame, space: str = "z") -> np.ndarray:
+    """The ``z`` column (or ``w``: whitened W codes, for ``space="w"``; list<float32>[D] per
+    row) -> (N, D) float64."""
+    if space not in table.columns:
+        raise DirectionError(f"latent table has no {space!r} column")
+    return np.stack([np.asarray(v, dtype=np.float64) for v in table[space].to_numpy()])
+
+
+def resolve_space(requested: str, columns) -> str:
+    """``directions.space`` -> ``"z"`` or ``"w"``: ``auto`` is W when the latent table has a
+    ``w`` column (a generator with a mapping network wrote it), z otherwise."""
+    if requested == "auto":
+        return "w" if "w" in columns else "z"
+    if requested not in ("z", "w"):
+        raise DirectionError(f"unknown directions.space {requested!r} (auto | z | w)")
+    if requested not in columns:
+        raise DirectionError(f"directions.space: {requested} but the latent table has no {requested!r} column "
+                             "(W codes exist only for a generator with a mapping network, gan.arch: mapping)")
+    return requested
 
 
 def run_fit_boundaries(latents_path, cfg, npz_out, json_out) -> dict:
@@ -339,13 +388,17 @@ def run_fit_boundaries(latents_path, cfg, npz_out, json_out) -> dict:
 
     cfg = directions_config(cfg)
     table = pd.read_parquet(latents_path)
-    Z = latents_from_table(table)
+    space = resolve_space(cfg.space, table.columns)
+    Z = latents_from_table(table, space)
+    logger.info("fitting boundaries in %s", "whitened W" if space == "w" else "z")
     arrays, summary = fit_boundaries(Z, table, cfg)
+    arrays["space"] = np.array(space)
     save_boundaries(npz_out, arrays)
     summary = {
         "parameters": summary,
         "n_samples": int(len(table)),
         "latent_dim": int(Z.shape[1]),
+        "latent_space": space,
         "labels": cfg.labels,
         "classifier": cfg.classifier,
         "fold": summary.pop("_fold"),

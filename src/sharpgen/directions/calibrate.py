@@ -22,7 +22,7 @@ from sharpgen.directions.boundaries import file_sha256, load_direction_field
 from sharpgen.directions.config import directions_config
 from sharpgen.directions.geometry import DirectionError, DirectionSpec, direction_rows, latent_from_seed
 from sharpgen.directions.traverse import pivot, within_fold
-from sharpgen.measure import MeasurementContext, Renderer, make_renderer
+from sharpgen.measure import MeasurementContext, Renderer, make_renderer, space_codes
 from sharpgen.seeds import int_seed
 from sharpgen.parameters import LOG_FIT, REQUESTABLE, from_fit_space, is_log_fit, relative_error, to_fit_space, unit_of
 
@@ -165,13 +165,15 @@ def seed_range(cal: Mapping, y0: float, eps_bounds=None) -> tuple[float, float]:
 
 def evaluate_requests(render: Renderer, vectors: Mapping, calibrations: Mapping[str, Mapping], dim: int, *,
                       n_requests: int = 200, seed: int = 0, refine_steps: int = 2, tol: float = 0.02,
-                      margin: float = 0.05, bounds: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None
-                      ) -> dict:
+                      margin: float = 0.05, bounds: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
+                      to_codes: Callable[[np.ndarray], np.ndarray] | None = None) -> dict:
     """Achieved relative error over random in-range requests, per calibrated direction.
 
     vectors: direction key -> unit (D,) or a callable mapping base latents (N, D) to one unit
     direction per base (N, D) (:meth:`Boundaries.per_base`); bounds: optional direction key ->
-    callable mapping base latents (N, D) to their eps range (N, 2) (:meth:`Boundaries.eps_bounds`).
+    callable mapping base latents (N, D) to their eps range (N, 2) (:meth:`Boundaries.eps_bounds`);
+    to_codes: optional map of the seeded z (N, dim) to the latent space the directions live in
+    (whitened W: :func:`sharpgen.measure.space_codes`).
     For each direction: ``n_requests`` random seeds give base latents (:func:`latent_from_seed`);
     the requested value is drawn uniformly (in fit space) inside the range reachable from that
     base (calibrated eps range, shrunk by ``margin`` at each end) intersected with the global
@@ -186,6 +188,8 @@ def evaluate_requests(render: Renderer, vectors: Mapping, calibrations: Mapping[
         spec = DirectionSpec.parse(key)
         seeds = rng.integers(0, 2**31 - 1, n_requests)
         Zb = np.stack([latent_from_seed(s, dim) for s in seeds]).astype(np.float64)
+        if to_codes is not None:
+            Zb = np.asarray(to_codes(Zb), dtype=np.float64)
         base_df = render(Zb.astype(np.float32))
         y0 = to_fit_space(spec.target, base_df[spec.target])
         lim = bounds[key](Zb) if bounds is not None and key in bounds else np.tile([-np.inf, np.inf], (n_requests, 1))
@@ -302,10 +306,11 @@ def run_calibrate(traversals_path, metrics_path, generator_path, boundaries_path
     bounds = {k: (lambda Z, _s=DirectionSpec.parse(k): field.eps_bounds(_s, Z)) for k in keys}
     G = load_generator(generator_path, device=device)
     render = make_renderer(G, MeasurementContext.from_dict(ctx_dict), list(cfg.parameters),
-                           batch_size=cfg.traversal.batch_size)
+                           batch_size=cfg.traversal.batch_size, space=field.space)
     cal["evaluation"] = evaluate_requests(
-        render, vectors, {k: cal["directions"][k] for k in keys}, field.dim,
-        n_requests=cc.n_requests, seed=int_seed(cfg.seed, "calibration_requests"), refine_steps=cc.refine_steps, tol=cc.tol, bounds=bounds)
+        render, vectors, {k: cal["directions"][k] for k in keys}, G.nz,
+        n_requests=cc.n_requests, seed=int_seed(cfg.seed, "calibration_requests"), refine_steps=cc.refine_steps, tol=cc.tol, bounds=bounds,
+        to_codes=lambda Z: space_codes(G, Z, field.space))
     cal["targets"] = {f"{k}_median_rel_error_lt_0.10": bool(np.nan_to_num(v["median_rel_error"], nan=1.0) < 0.10)
                       for k, v in cal["evaluation"].items()}
     cal["targets"].update({f"{k}_median_rel_error_lt_0.10": False for k in skipped})

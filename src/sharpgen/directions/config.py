@@ -45,6 +45,7 @@ class DirectionsConfig:
     seed: int
     fold: str
     fold_min_accuracy: float
+    space: str                        # auto | z | w (whitened W of a mapping generator)
     conditional: tuple[Any, ...]
     traversal: TraversalConfig
     strips: StripsConfig

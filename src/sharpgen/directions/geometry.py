@@ -187,7 +187,9 @@ class Boundaries:
     """Fitted boundary normals plus the optional polarity fold.
 
     normals: parameter -> unit (D,) normal, fitted on folded latents for the parameters in
-    ``folded``; fold: unit (D,) u or None; folded: names fitted on folded latents.
+    ``folded``; fold: unit (D,) u or None; folded: names fitted on folded latents; space: the
+    latent they live in, ``"z"`` or ``"w"`` (whitened W codes of a mapping generator:
+    :func:`sharpgen.measure.space_codes` maps seeded z there, the renderers take the codes).
     A base latent z with ``z.u >= 0`` moves along the normals as fitted; one with ``z.u < 0``
     along the reflected normal of the polarity partner, ``H n_partner`` (:meth:`side_normals`).
     """
@@ -195,6 +197,7 @@ class Boundaries:
     normals: Mapping[str, np.ndarray]
     fold: np.ndarray | None = None
     folded: frozenset = frozenset()
+    space: str = "z"
 
     @property
     def dim(self) -> int:

@@ -27,7 +27,7 @@ from sharpgen.directions.geometry import (
     direction_specs,
     latent_from_seed,
 )
-from sharpgen.measure import MeasurementContext, Renderer, make_renderer, measure
+from sharpgen.measure import MeasurementContext, Renderer, make_renderer, measure, space_codes
 from sharpgen.parameters import to_fit_space
 from sharpgen.seeds import stream
 
@@ -176,19 +176,20 @@ def make_strips(G, field: Boundaries, ctx: MeasurementContext, keys: Sequence[st
     Returns arrays for strips.npz: ``keys`` (K,), ``eps`` (E,), ``images`` (K, E, S, S) float32
     in [-1, 1], ``beyond_fold`` (K, E) bool, ``parameters`` (P,) names, ``values`` (K, E, P)
     float64 (physical units), ``clip_gauss``, ``base_reflected`` (the base is on the reflected
-    side of the polarity fold), ``has_fold``, ``seed``.
+    side of the polarity fold), ``has_fold``, ``seed``. The base is drawn in z and mapped to
+    the field's latent space (whitened W for boundaries fitted in W).
     """
     from sharpgen.gan import generate
 
     eps = np.linspace(-float(eps_max), float(eps_max), int(n_steps))
-    z0 = latent_from_seed(seed, field.dim).astype(np.float64)
+    z0 = space_codes(G, latent_from_seed(seed, G.nz)[None, :], field.space)[0]
     images, values, beyond = [], [], []
     names = None
     for key in keys:
         spec = DirectionSpec.parse(key)
         v = field.per_base(spec, z0[None, :])[0]
         z = (z0[None, :] + eps[:, None] * v[None, :]).astype(np.float32)
-        imgs = generate(G, z)
+        imgs = generate(G, z, space=field.space)
         meas = measure(imgs, ctx)
         names = list(meas.columns)
         images.append(imgs)
@@ -221,8 +222,10 @@ def run_traverse(generator_path, boundaries_path, latents_path, patches_zarr, cf
         raise DirectionError(f"{boundaries_path}: {err}") from None
     ctx = MeasurementContext.from_store(PatchStore.open(patches_zarr))
     G = load_generator(generator_path, device=device)
-    render = make_renderer(G, ctx, params, batch_size=tc.batch_size)
-    base = stream(cfg.seed, "traversal_bases").standard_normal((tc.n_base, field.dim))
+    render = make_renderer(G, ctx, params, batch_size=tc.batch_size, space=field.space)
+    # bases drawn in z; in W mapped to whitened W codes (the space the boundaries live in)
+    base = space_codes(G, stream(cfg.seed, "traversal_bases").standard_normal((tc.n_base, G.nz)),
+                       field.space)
     vectors = {s.key: field.per_base(s, base) for s in specs}
     bounds = {s.key: field.eps_bounds(s, base) for s in specs}
     eps = eps_grid(tc.eps_max, tc.n_eps)
@@ -234,6 +237,7 @@ def run_traverse(generator_path, boundaries_path, latents_path, patches_zarr, cf
         "std_fit_space": std,
         "eps": eps.tolist(),
         "n_base": int(base.shape[0]),
+        "latent_space": field.space,
         "measurement": ctx.to_dict(),
         "units": ctx.units,
         # cosines between the directions of a base on the positive side of the fold
@@ -254,7 +258,7 @@ def run_traverse(generator_path, boundaries_path, latents_path, patches_zarr, cf
         with atomic_path(strips_out, suffix=".npz") as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **strips)
-    write_parquet(parquet_out, df)
+    write_parquet(parquet_out, df, metadata={"patch_mode": ctx.mode, "clip_gauss": ctx.clip_gauss})
     write_json(metrics_out, out)
     for k, m in metrics.items():
         logger.info("%s: median Spearman %.3f; entanglement %s", k, m["spearman_median"],

@@ -1,14 +1,18 @@
 """Stage "gan": the generator of SHARP Br patches.
 
-* :mod:`.model` -- the networks (the published ``paper`` pair and the ``stable`` training of the
-  same nets), their losses, DiffAugment, loading a trained generator and generating images;
+* :mod:`.model` -- the networks (the published ``paper`` pair, the ``stable`` training of the
+  same nets and the ``mapping`` generator with an intermediate latent W), their losses,
+  DiffAugment, loading a trained generator and generating images (from z or whitened W codes);
 * :mod:`.train` -- the training loop (rules/gan.smk -> workflow_scripts/train_gan.py ->
-  :func:`.train.train_gan`), its config, checkpoints and outputs.
+  :func:`.train.train_gan`), its config, the lazy R1 / path-length regularisers, checkpoints and
+  outputs.
 """
 
 from sharpgen.gan.model import (  # noqa: F401
     ARCHITECTURES,
+    STABLE_RECIPE,
     GanError,
+    MappingGenerator,
     PaperDiscriminator,
     PaperGenerator,
     StableGenerator,
@@ -18,6 +22,8 @@ from sharpgen.gan.model import (  # noqa: F401
     diff_augment,
     g_loss_fn,
     generate,
+    latent_codes,
+    latent_space,
     load_generator,
     minibatch_std,
 )
@@ -32,6 +38,8 @@ from sharpgen.gan.train import (  # noqa: F401
     check_checkpoint_meta,
     checkpoint_folder,
     list_checkpoints,
+    path_length_step,
+    r1_step,
     read_patch_store,
     save_grid_png,
     train_gan,

@@ -1,6 +1,7 @@
-"""GAN networks for SHARP Br patches: the published model and a stabilised variant (same nets).
+"""GAN networks for SHARP Br patches: the published model, a stabilised variant (same nets) and
+a mapping-network generator with an intermediate latent space W.
 
-Two architectures (config ``gan.arch``):
+Three architectures (config ``gan.arch``):
 
 ``paper``
     Chatterjee, Munoz-Jaramillo & Malanushenko (2025): generator Linear(nz -> 64 x s0 x s0) +
@@ -17,6 +18,16 @@ Two architectures (config ``gan.arch``):
     brightness/contrast/saturation), and an exponential moving average (EMA) of the generator
     weights, which is what ``generator.pt`` stores.
 
+``mapping``
+    Trained like ``stable`` (same discriminator and recipe), with a StyleGAN2-like generator
+    (:class:`MappingGenerator`): a mapping MLP z -> w (``gan.mapping_layers`` layers, learning rate
+    scaled by ``gan.mapping_lr_mult``), and a synthesis network w -> image built from
+    resize + 3x3 convolutions (bilinear upsampling: no transposed convolutions, hence no
+    checkerboard), each convolution modulated by w and demodulated (Karras et al. 2020), with a
+    single-channel skip output summed over resolutions and a tanh at the end. The directions
+    stage works in *whitened* W (:meth:`MappingGenerator.codes`): ``v = (w - mean) W^-1/2``,
+    statistics fixed when training ends, so that v is zero-mean with identity covariance like z.
+
 Images are float32 ``(B, 1, S, S)`` in [-1, 1] (Br / clip_gauss); latents are ``(B, nz)`` float32
 drawn from N(0, I). S is any power of two >= 32.
 
@@ -25,6 +36,7 @@ The training loop is :mod:`sharpgen.gan.train`.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -33,7 +45,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ARCHITECTURES = ("paper", "stable")
+ARCHITECTURES = ("paper", "stable", "mapping")
+#: architectures trained with the stable recipe (spectral norm, hinge, DiffAugment, EMA)
+STABLE_RECIPE = ("stable", "mapping")
+#: default synthesis widths of the mapping generator at S/8, S/4, S/2 and S
+MAPPING_CHANNELS = (64, 64, 32, 16)
+#: latents used to fix the statistics of W (mean, covariance) when training ends
+W_STATS_SAMPLES = 20000
+#: seed of the fixed noise projections of the mapping generator (part of the architecture)
+NOISE_SEED = 20250205
 
 
 class GanError(RuntimeError):
@@ -87,6 +107,166 @@ class StableGenerator(nn.Module):
         return torch.tanh(self.up3(x))
 
 
+class MappingNetwork(nn.Module):
+    """z (B, nz) -> w (B, w_dim): second-moment normalisation of z, then ``layers`` x
+    (Linear + LeakyReLU(0.2)); He-initialised so that the scale of w does not shrink with depth."""
+
+    def __init__(self, nz: int, w_dim: int, layers: int):
+        super().__init__()
+        if layers < 1:
+            raise ValueError(f"mapping network needs >= 1 layer, got {layers}")
+        self.layers = nn.ModuleList(nn.Linear(nz if i == 0 else w_dim, w_dim) for i in range(layers))
+        for lin in self.layers:
+            nn.init.kaiming_normal_(lin.weight, a=0.2, nonlinearity="leaky_relu")
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = z * torch.rsqrt(z.float().square().mean(1, keepdim=True) + 1e-8).to(z.dtype)
+        for lin in self.layers:
+            x = F.leaky_relu(lin(x), 0.2)
+        return x
+
+
+class ModulatedConv(nn.Module):
+    """k x k convolution whose input channels are scaled per sample by an affine map of w, with
+    optional demodulation (output scaled to unit expected variance): StyleGAN2's modulated
+    convolution in its non-grouped form (scale input, convolve, scale output), which is exact
+    and runs as one ordinary convolution."""
+
+    def __init__(self, cin: int, cout: int, k: int, w_dim: int, demodulate: bool = True):
+        super().__init__()
+        self.k, self.demodulate = k, demodulate
+        self.weight = nn.Parameter(torch.randn(cout, cin, k, k) / math.sqrt(cin * k * k))
+        self.bias = nn.Parameter(torch.zeros(cout))
+        self.affine = nn.Linear(w_dim, cin)
+        nn.init.ones_(self.affine.bias)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        s = self.affine(w)                                           # (B, cin)
+        x = F.conv2d(x * s[:, :, None, None].to(x.dtype), self.weight, padding=self.k // 2)
+        if self.demodulate:
+            d = torch.rsqrt(s.float().square() @ self.weight.float().square().sum((2, 3)).T + 1e-8)
+            x = x * d[:, :, None, None].to(x.dtype)                  # (B, cout)
+        return x + self.bias[None, :, None, None].to(x.dtype)
+
+
+class MappingGenerator(nn.Module):
+    """z (B, nz) -> image (B, 1, S, S) in [-1, 1] through an intermediate latent w (B, w_dim).
+
+    ``mapping`` (:class:`MappingNetwork`) z -> w; ``synthesis(w)``: Linear(w -> C0 x S/8 x S/8)
+    + LeakyReLU, a 3x3 conv at S/8, then three blocks of bilinear x2 upsampling + 3x3 conv +
+    LeakyReLU (widths ``channels`` at S/8, S/4, S/2, S); every resolution adds a 1x1
+    single-channel output to the bilinearly upsampled running image (skip architecture); tanh at
+    the end. ``w_dim = nz``. The convolutions at S/8 and S/4 (the layout of the region) are
+    modulated by w (:class:`ModulatedConv`); those at S/2 and S (texture) are plain: per-sample
+    modulation of the large feature maps cost more CPU time than the convolutions themselves
+    (measured: 3x the stable generator's step time with every layer modulated).
+
+    ``noise=True``: the S/2 and S convolutions get one extra input channel, a pixel-scale
+    "noise" map that is a *deterministic* function of w: ``P_r (w / rms(w)) / sqrt(w_dim)``
+    reshaped to r x r, with a fixed Gaussian projection ``P_r`` (r^2, w_dim) drawn from a fixed
+    seed (not stored: rebuilt identically on load). Per pixel it is ~N(0, 1) and white across
+    pixels, so the generator has the raw material for HMI-like noise and plage granulation
+    (StyleGAN's noise inputs), while the image stays a function of the latent (traversals,
+    measurements and W codes stay reproducible).
+    Whitened W: buffers ``w_mean`` (w_dim,), ``w_white`` and ``w_color`` (w_dim, w_dim) (the
+    symmetric inverse / square root of the covariance of w), set by :meth:`fit_w_statistics`
+    when training ends. :meth:`codes` z -> v, :meth:`from_codes` v -> image; before the
+    statistics are fitted both are the identity on w.
+    """
+
+    latent_space = "w"
+
+    def __init__(self, nz: int = 100, size: int = 128, mapping_layers: int = 4,
+                 channels: tuple[int, ...] | list[int] = MAPPING_CHANNELS, noise: bool = True):
+        super().__init__()
+        _check_size(size)
+        channels = tuple(int(c) for c in channels)
+        if len(channels) != 4 or min(channels) < 1:
+            raise ValueError(f"mapping generator needs 4 positive widths (S/8, S/4, S/2, S), got {channels}")
+        self.nz, self.size, self.s0, self.w_dim = nz, size, size // 8, nz
+        self.channels, self.noise = channels, bool(noise)
+        self.mapping = MappingNetwork(nz, self.w_dim, mapping_layers)
+        self.fc = nn.Linear(self.w_dim, channels[0] * self.s0 * self.s0)
+        self.conv0 = ModulatedConv(channels[0], channels[0], 3, self.w_dim)
+        extra = 1 if self.noise else 0
+        self.convs = nn.ModuleList(
+            ModulatedConv(channels[i], channels[i + 1], 3, self.w_dim) if i == 0
+            else nn.Conv2d(channels[i] + extra, channels[i + 1], 3, padding=1) for i in range(3))
+        if self.noise:  # fixed projections w -> pixel-scale maps at S/2 and S (not in state_dict)
+            gen = torch.Generator().manual_seed(NOISE_SEED)
+            default = torch.empty(0).device  # "meta" under torch.device("meta") (FLOP counting)
+            for r in (size // 2, size):
+                proj = torch.randn(r * r, self.w_dim, generator=gen, device="cpu")
+                self.register_buffer(f"noise_proj_{r}", proj.to(default), persistent=False)
+        self.to_img = nn.ModuleList(
+            ModulatedConv(c, 1, 1, self.w_dim, demodulate=False) if i < 2 else nn.Conv2d(c, 1, 1)
+            for i, c in enumerate(channels))
+        self.register_buffer("w_mean", torch.zeros(self.w_dim))
+        self.register_buffer("w_white", torch.eye(self.w_dim))
+        self.register_buffer("w_color", torch.eye(self.w_dim))
+
+    def synthesis(self, w: torch.Tensor) -> torch.Tensor:
+        c0 = self.channels[0]
+        x = F.leaky_relu(self.fc(w), 0.2).view(-1, c0, self.s0, self.s0)
+        x = F.leaky_relu(self.conv0(x, w), 0.2)
+        img = self.to_img[0](x, w)
+        for i, (conv, to_img) in enumerate(zip(self.convs, self.to_img[1:])):
+            styled = i == 0
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+            if not styled and self.noise:
+                x = torch.cat([x, self.noise_map(w, x.shape[-1]).to(x.dtype)], dim=1)
+            x = F.leaky_relu(conv(x, w) if styled else conv(x), 0.2)
+            img = (F.interpolate(img, scale_factor=2, mode="bilinear", align_corners=False)
+                   + (to_img(x, w) if styled else to_img(x)))
+        return torch.tanh(img)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.synthesis(self.mapping(z))
+
+    def noise_map(self, w: torch.Tensor, r: int) -> torch.Tensor:
+        """The deterministic pixel-scale map (B, 1, r, r) of w, ~N(0, 1) per pixel."""
+        proj = getattr(self, f"noise_proj_{r}")
+        wn = w.float() * torch.rsqrt(w.float().square().mean(1, keepdim=True) + 1e-8)
+        return (wn @ proj.T / math.sqrt(self.w_dim)).view(-1, 1, r, r)
+
+    # ---- whitened W ------------------------------------------------------------------------
+    def codes(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, nz) -> whitened w codes v (B, w_dim)."""
+        return (self.mapping(z) - self.w_mean) @ self.w_white
+
+    def from_codes(self, v: torch.Tensor) -> torch.Tensor:
+        """Whitened codes v (B, w_dim) -> image (B, 1, S, S)."""
+        return self.synthesis(v @ self.w_color + self.w_mean)
+
+    @torch.no_grad()
+    def fit_w_statistics(self, n: int = W_STATS_SAMPLES, seed: int = 0, batch: int = 2048,
+                         rel_floor: float = 1e-6) -> dict:
+        """Set ``w_mean`` / ``w_white`` / ``w_color`` from the w of ``n`` seeded latents
+        (``torch.Generator().manual_seed(seed)`` on the CPU; covariance in float64,
+        eigenvalues floored at ``rel_floor`` x the largest). Returns a summary (eigenvalue
+        range, effective rank)."""
+        dev = self.w_mean.device
+        gen = torch.Generator().manual_seed(int(seed))
+        ws = []
+        for i in range(0, n, batch):
+            z = torch.randn(min(batch, n - i), self.nz, generator=gen)
+            ws.append(self.mapping(z.to(dev)).double().cpu())
+        w = torch.cat(ws)
+        mean = w.mean(0)
+        cov = torch.cov((w - mean).T)
+        lam, vec = torch.linalg.eigh(cov)
+        lam = lam.clamp_min(float(lam.max()) * rel_floor)
+        white = (vec * lam.rsqrt()) @ vec.T
+        color = (vec * lam.sqrt()) @ vec.T
+        self.w_mean.copy_(mean.float())
+        self.w_white.copy_(white.float())
+        self.w_color.copy_(color.float())
+        p = lam / lam.sum()
+        return {"n": int(n), "eig_min": float(lam.min()), "eig_max": float(lam.max()),
+                "effective_rank": float(torch.exp(-(p * p.log()).sum()))}
+
+
 class PaperDiscriminator(nn.Module):
     """image (B, 1, S, S) -> logit (B,); optional spectral normalisation on every layer."""
 
@@ -125,9 +305,16 @@ def minibatch_std(x: torch.Tensor, group: int = 4) -> torch.Tensor:
     return torch.cat([x, y], dim=1)
 
 
-def build_generator(arch: str, size: int, nz: int = 100) -> nn.Module:
+def build_generator(arch: str, size: int, nz: int = 100, mapping_layers: int = 4,
+                    channels: tuple[int, ...] | list[int] = MAPPING_CHANNELS,
+                    noise: bool = True) -> nn.Module:
+    """The generator of ``arch``; ``mapping_layers``, ``channels`` and ``noise`` only for
+    ``mapping``."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown GAN architecture {arch!r}; known: {list(ARCHITECTURES)}")
+    if arch == "mapping":
+        return MappingGenerator(nz=nz, size=size, mapping_layers=mapping_layers, channels=channels,
+                                noise=noise)
     if arch == "stable":
         return StableGenerator(nz=nz, size=size)
     return PaperGenerator(nz=nz, size=size)
@@ -136,13 +323,19 @@ def build_generator(arch: str, size: int, nz: int = 100) -> nn.Module:
 def build_discriminator(arch: str, size: int) -> nn.Module:
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown GAN architecture {arch!r}; known: {list(ARCHITECTURES)}")
-    stable = arch == "stable"
+    stable = arch in STABLE_RECIPE
     return PaperDiscriminator(size=size, spectral_norm=stable, mbstd=stable)
+
+
+def latent_space(G: nn.Module) -> str:
+    """``"w"`` for a generator with a mapping network (directions work in whitened W), else
+    ``"z"``."""
+    return getattr(G, "latent_space", "z")
 
 
 def d_loss_fn(arch: str, real_logit: torch.Tensor, fake_logit: torch.Tensor) -> torch.Tensor:
     real_logit, fake_logit = real_logit.float(), fake_logit.float()
-    if arch == "stable":  # hinge
+    if arch in STABLE_RECIPE:  # hinge
         return F.relu(1.0 - real_logit).mean() + F.relu(1.0 + fake_logit).mean()
     return (F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit))
             + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit)))
@@ -150,7 +343,7 @@ def d_loss_fn(arch: str, real_logit: torch.Tensor, fake_logit: torch.Tensor) -> 
 
 def g_loss_fn(arch: str, fake_logit: torch.Tensor) -> torch.Tensor:
     fake_logit = fake_logit.float()
-    if arch == "stable":
+    if arch in STABLE_RECIPE:
         return -fake_logit.mean()
     # non-saturating: maximise log D(G(z))
     return F.binary_cross_entropy_with_logits(fake_logit, torch.ones_like(fake_logit))
@@ -192,7 +385,11 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") 
     path = Path(path)
     try:
         blob = torch.load(path, map_location=device, weights_only=True)
-        G = build_generator(blob["arch"], int(blob["size"]), int(blob["nz"]))
+        cfg = blob.get("config") or {}
+        G = build_generator(blob["arch"], int(blob["size"]), int(blob["nz"]),
+                            mapping_layers=int(cfg.get("mapping_layers", 4)),
+                            channels=cfg.get("mapping_channels", MAPPING_CHANNELS),
+                            noise=bool(cfg.get("mapping_noise", True)))
         G.load_state_dict(blob["state_dict"])
     except Exception as err:
         raise GanError(f"cannot load generator {path}: {type(err).__name__}: {err}") from err
@@ -202,14 +399,37 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") 
 
 
 @torch.no_grad()
-def generate(G: nn.Module, z: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Images for latents ``z`` (N, nz) -> (N, S, S) float32 in [-1, 1], in batches."""
+def generate(G: nn.Module, z: np.ndarray, batch_size: int = 256, space: str = "z") -> np.ndarray:
+    """Images for latents ``z`` (N, nz) -> (N, S, S) float32 in [-1, 1], in batches.
+
+    ``space="w"``: the rows are whitened W codes (:meth:`MappingGenerator.codes`) instead of z.
+    """
     z = np.asarray(z, dtype=np.float32)
-    if z.ndim != 2 or z.shape[1] != G.nz:
-        raise ValueError(f"z must have shape (N, {G.nz}), got {z.shape}")
+    if space not in ("z", "w"):
+        raise ValueError(f"latent space must be 'z' or 'w', got {space!r}")
+    if space == "w" and latent_space(G) != "w":
+        raise ValueError("W codes need a generator with a mapping network (gan.arch: mapping)")
+    dim = G.w_dim if space == "w" else G.nz
+    if z.ndim != 2 or z.shape[1] != dim:
+        raise ValueError(f"{space} must have shape (N, {dim}), got {z.shape}")
+    net = G.from_codes if space == "w" else G
     dev = next(G.parameters()).device
     out = np.empty((z.shape[0], G.size, G.size), dtype=np.float32)
     for i in range(0, z.shape[0], batch_size):
         zb = torch.from_numpy(z[i: i + batch_size]).to(dev)
-        out[i: i + batch_size] = G(zb)[:, 0].float().cpu().numpy()
+        out[i: i + batch_size] = net(zb)[:, 0].float().cpu().numpy()
+    return out
+
+
+@torch.no_grad()
+def latent_codes(G: nn.Module, z: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    """The latent codes the directions stage works in: whitened W codes (N, w_dim) for a
+    generator with a mapping network, z itself otherwise; float32."""
+    z = np.asarray(z, dtype=np.float32)
+    if latent_space(G) != "w":
+        return z.copy()
+    dev = next(G.parameters()).device
+    out = np.empty((z.shape[0], G.w_dim), dtype=np.float32)
+    for i in range(0, z.shape[0], batch_size):
+        out[i: i + batch_size] = G.codes(torch.from_numpy(z[i: i + batch_size]).to(dev)).float().cpu().numpy()
     return out

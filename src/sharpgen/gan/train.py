@@ -32,6 +32,7 @@ from sharpgen.training import list_checkpoints  # noqa: F401  (re-exported: test
 
 from sharpgen.gan.model import (  # noqa: F401
     ARCHITECTURES,
+    STABLE_RECIPE,
     GanError,
     build_discriminator,
     build_generator,
@@ -76,9 +77,17 @@ class GanConfig:
     lr_g: float
     lr_d: float
     betas: tuple[float, float]
-    ema_decay: float                  # stable only
-    augment_translation: float        # stable only: max shift, fraction of S
-    augment_cutout: float             # stable only: cutout square side, fraction of S
+    ema_decay: float                  # stable, mapping
+    augment_translation: float        # stable, mapping: max shift, fraction of S
+    augment_cutout: float             # stable, mapping: cutout square side, fraction of S
+    mapping_layers: int               # mapping: depth of the z -> w MLP
+    mapping_lr_mult: float            # mapping: learning rate of the MLP = lr_g x this
+    mapping_channels: tuple[int, ...]  # mapping: synthesis widths at S/8, S/4, S/2, S
+    mapping_noise: bool               # mapping: deterministic pixel-scale noise inputs from w
+    r1_gamma: float                   # R1 penalty weight on D(real) (0 = off)
+    r1_every: int                     # lazy R1: every N steps, weighted by N
+    pl_weight: float                  # path-length penalty weight on G (0 = off)
+    pl_every: int                     # lazy path-length regularisation: every N steps
     split: str                        # train | all
     seed: int
     device: str                       # auto | cpu | cuda
@@ -102,6 +111,7 @@ class GanConfig:
         except ConfigError as err:
             raise ValueError(str(err).replace("unknown config key(s)", "unknown gan config key(s)")) from None
         object.__setattr__(cfg, "betas", tuple(float(b) for b in cfg.betas))
+        object.__setattr__(cfg, "mapping_channels", tuple(int(c) for c in cfg.mapping_channels))
         cfg.check()
         return cfg
 
@@ -113,15 +123,21 @@ class GanConfig:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"gan.device {self.device!r} is not auto|cpu|cuda")
         for k in ("nz", "steps", "batch_size", "log_every", "sample_every", "checkpoint_every",
-                  "keep_checkpoints"):
+                  "keep_checkpoints", "mapping_layers", "r1_every", "pl_every"):
             if int(getattr(self, k)) < 1:
                 raise ValueError(f"gan.{k} must be >= 1, got {getattr(self, k)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"gan.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if len(self.mapping_channels) != 4 or min(self.mapping_channels) < 1:
+            raise ValueError(f"gan.mapping_channels must be 4 positive widths, got {list(self.mapping_channels)}")
+        for k in ("mapping_lr_mult", "r1_gamma", "pl_weight"):
+            if not float(getattr(self, k)) >= 0.0:
+                raise ValueError(f"gan.{k} must be >= 0, got {getattr(self, k)}")
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["betas"] = list(d["betas"])
+        d["mapping_channels"] = list(d["mapping_channels"])
         return d
 
     def trajectory_dict(self) -> dict:
@@ -204,9 +220,9 @@ CHECKPOINT_KEYS = ("meta", "step", "G", "D", "ema", "opt_g", "opt_d", "rng")
 
 @dataclass
 class _Run:
-    """What a checkpoint holds: networks, EMA of G (stable only), optimisers, the generator
-    drawing batches, latents and augmentations (on the training device), finished steps and the
-    training time so far."""
+    """What a checkpoint holds: networks, EMA of G (stable recipe), optimisers, the generator
+    drawing batches, latents and augmentations (on the training device), finished steps, the
+    training time so far and the running mean of the path lengths (path-length penalty)."""
 
     G: nn.Module
     D: nn.Module
@@ -216,17 +232,25 @@ class _Run:
     gen: torch.Generator
     step: int = 0
     elapsed_s: float = 0.0
+    pl_mean: float = 0.0
 
 
 def _build_run(cfg: GanConfig, size: int, device: torch.device) -> _Run:
     """Fresh G and D (weights seeded by ``cfg.seed``, channels_last on ``device``), the EMA copy,
     Adam optimisers and the training generator (seed ``cfg.seed + 1``)."""
     torch.manual_seed(cfg.seed)
-    G = build_generator(cfg.arch, size, cfg.nz).to(device, memory_format=MEMORY_FORMAT)
+    G = build_generator(cfg.arch, size, cfg.nz, mapping_layers=cfg.mapping_layers,
+                        channels=cfg.mapping_channels,
+                        noise=cfg.mapping_noise).to(device, memory_format=MEMORY_FORMAT)
     D = build_discriminator(cfg.arch, size).to(device, memory_format=MEMORY_FORMAT)
     ema = (copy.deepcopy(G).eval().requires_grad_(False)
-           if cfg.arch == "stable" and cfg.ema_decay > 0 else None)
-    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
+           if cfg.arch in STABLE_RECIPE and cfg.ema_decay > 0 else None)
+    mapping = list(G.mapping.parameters()) if hasattr(G, "mapping") else []
+    ids = {id(p) for p in mapping}
+    groups = [{"params": [p for p in G.parameters() if id(p) not in ids]}]
+    if mapping:  # StyleGAN's lower learning rate for the mapping network
+        groups.append({"params": mapping, "lr": cfg.lr_g * cfg.mapping_lr_mult})
+    opt_g = torch.optim.Adam(groups, lr=cfg.lr_g, betas=cfg.betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     return _Run(G, D, ema, opt_g, opt_d, gen)
@@ -239,7 +263,7 @@ def _checkpoint_state(run: _Run, meta: dict, device: torch.device) -> dict:
             "ema": run.ema.state_dict() if run.ema is not None else None,
             "opt_g": run.opt_g.state_dict(), "opt_d": run.opt_d.state_dict(),
             "rng": training.rng_state(device, {"gen": run.gen}),
-            "extra": {"elapsed_s": run.elapsed_s}}
+            "extra": {"elapsed_s": run.elapsed_s, "pl_mean": run.pl_mean}}
 
 
 def _resume(run: _Run, folder: Path, cfg: GanConfig, meta: dict,
@@ -260,6 +284,7 @@ def _resume(run: _Run, folder: Path, cfg: GanConfig, meta: dict,
     training.load_optimizer_state(run.opt_d, ck["opt_d"])
     run.step = int(ck["step"])
     run.elapsed_s = float(ck.get("extra", {}).get("elapsed_s", 0.0))
+    run.pl_mean = float(ck.get("extra", {}).get("pl_mean", 0.0))
     training.restore_rng_state(ck["rng"], device, {"gen": run.gen}, seed=cfg.seed + 1,
                                step=run.step, source=path)
     logger.info("resumed from %s (step %d of %d)", path, run.step, cfg.steps)
@@ -308,9 +333,16 @@ def _write_outputs(run: _Run, cfg: GanConfig, size: int, clip_gauss: float, data
     """generator.pt (EMA or G weights as CPU float32, byte-reproducible), the CSV log and the
     sample grids, each atomically."""
     final = run.ema if run.ema is not None else run.G
+    w_stats = None
+    if hasattr(final, "fit_w_statistics"):  # whitened W for the directions stage
+        final = copy.deepcopy(final)
+        w_stats = final.fit_w_statistics(seed=cfg.seed + 3)
+        logger.info("W statistics from %d latents: eigenvalues %.3g..%.3g, effective rank %.1f",
+                    w_stats["n"], w_stats["eig_min"], w_stats["eig_max"], w_stats["effective_rank"])
     blob = {"format": FORMAT_VERSION, "arch": cfg.arch, "size": int(size), "nz": int(cfg.nz),
             "config": cfg.as_dict(), "clip_gauss": float(clip_gauss), "steps": int(run.step),
             "weights": "ema" if run.ema is not None else "generator", "data_id": str(data_id),
+            "latent_space": getattr(final, "latent_space", "z"), "w_statistics": w_stats,
             "state_dict": {k: v.detach().float().cpu().contiguous()
                            for k, v in final.state_dict().items()}}
     training.write_torch(generator_path, blob)
@@ -356,6 +388,59 @@ def train_step(G: nn.Module, D: nn.Module, real: torch.Tensor, z: torch.Tensor, 
     return d_loss, g_loss, real_logit, fake_logit
 
 
+def r1_step(D: nn.Module, real: torch.Tensor, gamma: float, every: int, aug=None, autocast=None,
+            opt_d: torch.optim.Optimizer | None = None) -> torch.Tensor:
+    """Lazy R1 regularisation (Mescheder et al. 2018; StyleGAN2's lazy form): one D update on
+    ``gamma / 2 * E ||grad_x D(x)||^2 * every`` over the (augmented) real batch ``real``
+    (B, 1, S, S). Returns the penalty E||grad||^2 (detached)."""
+    aug = aug or (lambda x: x)
+    autocast = autocast or torch.autocast("cpu", enabled=False)
+    x = aug(real).detach().requires_grad_(True)
+    with autocast:
+        logits = D(x).float()
+    (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+    penalty = grad.float().square().sum(dim=(1, 2, 3)).mean()
+    if opt_d is not None:
+        opt_d.zero_grad(set_to_none=True)
+    (0.5 * gamma * every * penalty).backward()
+    if opt_d is not None:
+        opt_d.step()
+    return penalty.detach()
+
+
+def path_length_step(G: nn.Module, z: torch.Tensor, gen: torch.Generator, pl_mean: float,
+                     weight: float, every: int, decay: float = 0.01, autocast=None,
+                     opt_g: torch.optim.Optimizer | None = None) -> tuple[float, torch.Tensor]:
+    """Lazy path-length regularisation (Karras et al. 2020): penalise the deviation of
+    ``|J^T y|`` from its running mean ``pl_mean``, with J the Jacobian of the image w.r.t. w
+    (the mapping network's output; z for a generator without one) and y ~ N(0, I) / S image
+    noise drawn from ``gen``; one G update on ``weight * every * penalty``. Pushes a fixed-size
+    latent step to change the image by a fixed amount: a smoother, more linear latent.
+    Returns (new running mean, penalty (detached)). The first call (``pl_mean == 0``) starts the
+    running mean at the batch mean."""
+    autocast = autocast or torch.autocast("cpu", enabled=False)
+    with autocast:
+        if hasattr(G, "mapping"):
+            w = G.mapping(z)
+            img = G.synthesis(w).float()
+        else:
+            w = z.detach().requires_grad_(True)
+            img = G(w).float()
+    S = img.shape[-1]
+    y = torch.randn(img.shape, generator=gen, device=img.device) / S
+    (grad,) = torch.autograd.grad((img * y).sum(), w, create_graph=True)
+    lengths = grad.float().square().sum(dim=1).sqrt()
+    batch_mean = float(lengths.detach().mean())
+    pl_mean = batch_mean if pl_mean == 0.0 else pl_mean + decay * (batch_mean - pl_mean)
+    penalty = (lengths - pl_mean).square().mean()
+    if opt_g is not None:
+        opt_g.zero_grad(set_to_none=True)
+    (weight * every * penalty).backward()
+    if opt_g is not None:
+        opt_g.step()
+    return pl_mean, penalty.detach()
+
+
 def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: str | os.PathLike,
               generator_path: str | os.PathLike, log_csv: str | os.PathLike,
               samples_dir: str | os.PathLike | None = None, clip_gauss: float = 1000.0,
@@ -368,7 +453,7 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
     many steps without writing the final outputs. Returns a summary dict (steps, seconds,
     images/s, checkpoint folder).
     """
-    from tqdm.auto import tqdm
+    from sharpgen.logutil import progress_bar
 
     cfg = GanConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
     cfg.check()
@@ -393,7 +478,7 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
         z_fixed = z_fixed.to(device)
         autocast = training.autocast(device)  # bf16 on GPUs with compute capability >= 8.0
         aug = (partial(diff_augment, gen=run.gen, translation=cfg.augment_translation,
-                       cutout=cfg.augment_cutout) if cfg.arch == "stable" else None)
+                       cutout=cfg.augment_cutout) if cfg.arch in STABLE_RECIPE else None)
         end = cfg.steps if max_steps_this_run is None else min(cfg.steps,
                                                                run.step + max_steps_this_run)
         acc = torch.zeros(4, device=device)  # window sums: d_loss, g_loss, D(real), D(fake)
@@ -402,14 +487,21 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
         run.G.train()
         run.D.train()
         # ---- training loop ------------------------------------------------------------------
-        with tqdm(total=cfg.steps, initial=run.step, disable=not progress, unit="step",
-                  desc=f"gan[{cfg.arch}]", dynamic_ncols=True) as bar:
+        with progress_bar(total=cfg.steps, initial=run.step, enabled=progress, unit="step",
+                          desc=f"gan[{cfg.arch}]", dynamic_ncols=True) as bar:
             while run.step < end:
                 idx = torch.randint(0, n_img, (bs,), generator=run.gen, device=device)
                 real = data.index_select(0, idx)
                 z = torch.randn(bs, cfg.nz, generator=run.gen, device=device)
                 d_loss, g_loss, real_logit, fake_logit = train_step(
                     run.G, run.D, real, z, cfg.arch, aug, autocast, run.opt_g, run.opt_d)
+                if cfg.r1_gamma > 0 and run.step % cfg.r1_every == 0:  # lazy regularisers
+                    r1_step(run.D, real, cfg.r1_gamma, cfg.r1_every, aug, autocast, run.opt_d)
+                if cfg.pl_weight > 0 and run.step % cfg.pl_every == 0:
+                    z_pl = torch.randn(max(bs // 2, 1), cfg.nz, generator=run.gen, device=device)
+                    run.pl_mean, _ = path_length_step(run.G, z_pl, run.gen, run.pl_mean,
+                                                      cfg.pl_weight, cfg.pl_every,
+                                                      autocast=autocast, opt_g=run.opt_g)
                 if run.ema is not None:
                     decay = min(cfg.ema_decay, (1.0 + run.step) / (10.0 + run.step))
                     _ema_update(run.ema, run.G, decay)
@@ -429,6 +521,9 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
                                    n_win * bs / max(now - t_win, 1e-9), elapsed0 + now - t_start)
                     log.append(row)
                     bar.set_postfix(d=row["d_loss"], g=row["g_loss"], ips=row["images_per_s"])
+                    logger.info("step %d/%d d_loss %s g_loss %s D(real) %s D(fake) %s %s images/s",
+                                run.step, cfg.steps, row["d_loss"], row["g_loss"], row["d_real"],
+                                row["d_fake"], row["images_per_s"])
                     acc.zero_()
                     t_win, n_win = time.perf_counter(), 0
                 if run.step % cfg.sample_every == 0 or run.step == cfg.steps:
@@ -461,7 +556,7 @@ def training_flops_per_step(arch: str, size: int, batch_size: int, nz: int = 100
 
     with torch.device("meta"):
         G = build_generator(arch, size, nz)
-        D = PaperDiscriminator(size, mbstd=arch == "stable")  # SN adds only O(params) work
+        D = PaperDiscriminator(size, mbstd=arch in STABLE_RECIPE)  # SN adds only O(params) work
         z = torch.randn(batch_size, nz)
         real = torch.randn(batch_size, 1, size, size)
     counter = FlopCounterMode(display=False)

@@ -208,7 +208,7 @@ def download_files(
 
     Returns ({record: size in bytes} of the files downloaded, {record: error} of the failures).
     """
-    from tqdm.auto import tqdm
+    from sharpgen.logutil import progress_bar
 
     done: dict[str, int] = {}
     failed: dict[str, str] = {}
@@ -225,7 +225,7 @@ def download_files(
 
     with ThreadPoolExecutor(max_workers=max(1, n_workers), thread_name_prefix="jsoc-dl") as pool:
         futures = {pool.submit(_one, r, u, d): r for r, u, d in jobs}
-        with tqdm(total=len(jobs), desc="JSOC download", unit="file") as bar:
+        with progress_bar(total=len(jobs), desc="JSOC download", unit="file") as bar:
             for fut in as_completed(futures):
                 record = futures[fut]
                 try:

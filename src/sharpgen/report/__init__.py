@@ -5,6 +5,7 @@ rules/report.smk (fig_<name>) -> workflow_scripts/report_figure.py -> the module
 * :mod:`.data_gan` -- real vs generated patches, parameter distributions, image realism;
 * :mod:`.directions` -- latent maps, traversal strips, SVM table, entanglement, calibration;
 * :mod:`.retrieval` -- queries and their matches, query-vs-match scatter;
+* :mod:`.inversion` -- held-out patches beside their GAN reconstructions;
 * :mod:`.training` -- GAN and SimSiam training curves;
 * :mod:`.style` -- the shared look (colours, registry units, Br drawing, saving).
 
@@ -32,6 +33,8 @@ FIGURES: dict[str, tuple[str, str]] = {
     "retrieval_examples": ("retrieval", "build_retrieval_examples"),
     "retrieval_scatter": ("retrieval", "build_retrieval_scatter"),
     "memorisation": ("retrieval", "build_memorisation"),
+    "real_records": ("retrieval", "build_real_records"),
+    "inversion": ("inversion", "build_inversion"),
     "training_gan": ("training", "build_training_gan"),
     "training_ssl": ("training", "build_training_ssl"),
 }

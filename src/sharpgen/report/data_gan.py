@@ -23,6 +23,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from sharpgen import imagestats  # noqa: E402
 from sharpgen.parameters import DISTRIBUTION  # noqa: E402
 from sharpgen.report.style import (  # noqa: E402
+    source_name,
     GEN_COLOR,
     REAL_COLOR,
     br_colorbar,
@@ -44,10 +45,12 @@ def record_label(row, source: str | None = None) -> str:
 
 
 def fig_sample_grid(real_gauss: np.ndarray, gen_gauss: np.ndarray, n_rows: int = 4, n_cols: int = 4,
-                    seed: int = 0, real_labels: Sequence[str] | None = None) -> Figure:
-    """Side-by-side grids of randomly chosen real (left) and generated (right) patches.
+                    seed: int = 0, real_labels: Sequence[str] | None = None,
+                    real_title: str = "training-data patches") -> Figure:
+    """Side-by-side grids of randomly chosen data (left) and generated (right) patches.
 
-    real_gauss, gen_gauss: (N, S, S) Br [G]. ``real_labels`` (len N) are drawn under real patches.
+    real_gauss, gen_gauss: (N, S, S) Br [G]. ``real_labels`` (len N) are drawn under the data
+    patches; ``real_title`` names their source (synthetic data is never called real).
     One symmetric colour scale (0 G = mid grey) is shared by both grids.
     """
     n = n_rows * n_cols
@@ -57,7 +60,7 @@ def fig_sample_grid(real_gauss: np.ndarray, gen_gauss: np.ndarray, n_rows: int =
     fig = plt.figure(figsize=(2 * n_cols * 1.45 + 1.2, n_rows * 1.55 + 0.6), layout="constrained")
     left, right, cbf = fig.subfigures(1, 3, width_ratios=[n_cols, n_cols, 0.75], wspace=0.02)
     im = None
-    for sub, imgs, idx, title in ((left, real_gauss, ri, "real SHARP patches"),
+    for sub, imgs, idx, title in ((left, real_gauss, ri, real_title),
                                   (right, gen_gauss, gi, "generated (GAN) patches")):
         axes = sub.subplots(n_rows, n_cols, squeeze=False)
         sub.suptitle(title, fontsize=11)
@@ -84,8 +87,10 @@ def build_samples(inp: Mapping, cfg: Mapping) -> Figure:
     gi = pick(image_count(inp["generated"]), rows_n * cols_n, seed + 1)
     real = store.read(ri, gauss=True)
     gen = read_images(inp["generated"], gi) * np.float32(store.clip_gauss)
-    labels = [record_label(r) for _, r in table.set_index("row").loc[ri].reset_index().iterrows()]
-    return fig_sample_grid(real, gen, rows_n, cols_n, seed=seed, real_labels=labels)
+    rows = table.set_index("row").loc[ri].reset_index()
+    labels = [record_label(r, r.get("source")) for _, r in rows.iterrows()]
+    return fig_sample_grid(real, gen, rows_n, cols_n, seed=seed, real_labels=labels,
+                           real_title=f"{source_name(table)} patches")
 
 
 def fig_parameter_distributions(real: pd.DataFrame, gen: pd.DataFrame, params: Sequence[str],
@@ -156,7 +161,7 @@ def build_parameters(inp: Mapping, cfg: Mapping) -> Figure:
     gen = pd.read_parquet(inp["latents"], columns=[p for p in DISTRIBUTION if p in have])
     scores = quality.get("parameters", {})
     fig = fig_parameter_distributions(real, gen, DISTRIBUTION, scores=scores)
-    suptitle(fig, f"Physical parameters: real ({split} split) vs generated")
+    suptitle(fig, f"Physical parameters: {source_name(real)} patches ({split} split) vs generated")
     return fig
 
 

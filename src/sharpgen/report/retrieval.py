@@ -17,8 +17,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from sharpgen.parameters import REQUESTABLE, polarity_even  # noqa: E402
+from sharpgen.parameters import HEADLINE, REQUESTABLE, polarity_even  # noqa: E402
 from sharpgen.report.style import (  # noqa: E402
+    source_name,
     GEN_COLOR,
     METHOD_LABELS,
     REAL_COLOR,
@@ -55,8 +56,10 @@ def read_matches(path, query_set: str | None) -> pd.DataFrame:
 
 def fig_retrieval_examples(queries_gauss: np.ndarray, matches_gauss: Mapping[str, np.ndarray],
                            match_labels: Mapping[str, Sequence[str]],
-                           query_labels: Sequence[str] | None = None) -> Figure:
-    """Generated queries (first column) and the real record each method retrieves for them.
+                           query_labels: Sequence[str] | None = None,
+                           db_name: str = "real SHARP") -> Figure:
+    """Generated queries (first column) and the record each method retrieves for them from the
+    database (``db_name`` names its source: synthetic data is never called real).
 
     queries_gauss: (Q, S, S) [G]; matches_gauss: {method: (Q, S, S) [G]}; match_labels: {method:
     Q strings, e.g. "HARP 377\\n2011.02.15_00:00"}. One colour scale for the whole figure.
@@ -82,7 +85,7 @@ def fig_retrieval_examples(queries_gauss: np.ndarray, matches_gauss: Mapping[str
     for j, m in enumerate(methods, start=1):
         axes[0, j].set_title(METHOD_LABELS.get(m, m), fontsize=9)
     br_colorbar(fig, im, ax=axes, shrink=0.4, aspect=30)
-    suptitle(fig, "Retrieval: nearest real SHARP patch to a generated query")
+    suptitle(fig, f"Retrieval: nearest {db_name} patch to a generated query")
     return fig
 
 
@@ -113,7 +116,10 @@ def build_retrieval_examples(inp: Mapping, cfg: Mapping) -> Figure:
         d = df[df["method"] == m].drop_duplicates("query_id").set_index("query_id").loc[qids]
         matches[m] = store.read(d["match_row"].to_numpy(), gauss=True)
         labels[m] = [f"HARP {int(h)}\n{t}" for h, t in zip(d["match_harpnum"], d["match_t_rec"])]
-    return fig_retrieval_examples(queries, matches, labels, qlabels)
+    table = pd.read_parquet(inp["table"])
+    split = "+".join(sorted(map(str, df["match_split"].unique()))) if "match_split" in df and len(df) else ""
+    return fig_retrieval_examples(queries, matches, labels, qlabels,
+                                  db_name=f"{source_name(table)}" + (f" ({split} split)" if split else ""))
 
 
 def matches_long(df: pd.DataFrame, params: Sequence[str]) -> pd.DataFrame:
@@ -281,3 +287,103 @@ def build_memorisation(inp: Mapping, cfg: Mapping) -> Figure:
     labels = [f"#{p['generated']} vs row {p['train_row']}\n{p['rms_gauss']:.0f} G RMS" for p in pairs]
     return fig_memorisation(mem["distances"], {k: v for k, v in mem.items() if isinstance(v, dict) and "median_generated" in v},
                             gen, train, labels)
+
+
+# --------------------------------------------------------------------------------------------
+# generated queries against the real SHARP records of ../shared/data (rule real_records)
+# --------------------------------------------------------------------------------------------
+def fig_real_records(summary: Mapping, real_gauss: np.ndarray, queries_gauss: np.ndarray) -> Figure:
+    """Generated queries (top row) with their two nearest real SHARP records (cosine of the
+    SimSiam embeddings, below), the top-1 cosine distributions against like-for-like
+    references, and query vs top-1 real record log10 TUF (SimSiam and the physical oracle).
+
+    ``summary``: real_records.json (:mod:`sharpgen.real_records`); ``real_gauss``: the real
+    patches (N, S, S) [G]; ``queries_gauss``: the example queries (E, S, S) [G], in the order
+    of ``summary["examples"]``.
+    """
+    examples = summary["examples"]
+    recs = summary["records"]
+    n_ex = max(len(examples), 1)
+    n_match = min(2, max((len(e["matches"]) for e in examples), default=0))
+    fig = plt.figure(figsize=(max(1.9 * n_ex + 1.2, 13.0), 1.9 * (1 + n_match) + 4.2), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[1.9 * (1 + n_match), 4.0])
+    axes = top.subplots(1 + n_match, n_ex, squeeze=False)
+    vmax = symmetric_vmax(np.concatenate([queries_gauss.reshape(-1), real_gauss.reshape(-1)]))
+    im = None
+    for ax in axes.flat:
+        off(ax)
+    for j, e in enumerate(examples):
+        im = show_br(axes[0, j], queries_gauss[j], vmax)
+        axes[0, j].set_title(f"generated #{e['sample']}\nTUF {e.get('tuf', np.nan):.2g} Mx", fontsize=8)
+        for r, m in enumerate(e["matches"][:n_match]):
+            rec = recs[m["record"]]
+            show_br(axes[1 + r, j], real_gauss[m["record"]], vmax)
+            axes[1 + r, j].set_title(f"#{r + 1}: HARP {rec['harpnum']}, cos {m['cosine']:.3f}\n"
+                                     f"{str(rec['t_rec'])[:16]}, TUF {rec.get('tuf', np.nan):.2g}", fontsize=7)
+    axes[0, 0].set_ylabel("query", fontsize=8)
+    for r in range(n_match):
+        axes[1 + r, 0].set_ylabel(f"real match #{r + 1}", fontsize=8)
+    if im is not None:
+        br_colorbar(top, im, ax=axes, shrink=0.8)
+    ax_cos, ax_tab = bottom.subplots(1, 2, width_ratios=[1.1, 1.0])
+
+    cos = summary["cosine"]
+    ax = ax_cos
+    labels = {"generated_to_real_top1": f"generated -> {summary['n_real_records']} real records",
+              "generated_to_synthetic_subset_top1": f"generated -> {summary['synthetic_subsets']['size']} "
+                                                    "held-out synthetic (random subsets)",
+              "real_to_synthetic_train_top1": "real records -> synthetic training set",
+              "heldout_synthetic_to_train_top1": "held-out synthetic -> synthetic training set"}
+    for y, (key, lab) in enumerate(labels.items()):
+        d = cos.get(key, {})
+        if d.get("median") is None:
+            continue
+        color = REAL_COLOR if key.startswith("real") or key == "generated_to_real_top1" else GEN_COLOR
+        ax.errorbar(d["median"], y, xerr=[[d["median"] - d["p10"]], [d["p90"] - d["median"]]], fmt="o",
+                    color=color, capsize=4)
+        ax.text(d["median"], y + 0.22, f"{d['median']:.3f}", ha="center", fontsize=8)
+    ax.set_yticks(range(len(labels)), list(labels.values()), fontsize=8)
+    ax.set_ylim(-0.6, len(labels) - 0.4)
+    ax.invert_yaxis()
+    ax.set_xlabel("top-1 cosine similarity (median, 10-90 %)")
+    ax.set_title("nearest-neighbour similarity: real records against like-for-like synthetic references",
+                 fontsize=9)
+
+    ax = ax_tab
+    corr = summary.get("correlations", {})
+    rows = []
+    for method, key in (("SimSiam", "simsiam"), ("physical oracle", "params_euclidean"), ("random", "random")):
+        c = corr.get(key, {})
+        rows.append([method] + [c.get(p, {}).get("pearson") for p in HEADLINE])
+    sub = summary["synthetic_subsets"]["simsiam_pearson_median"]
+    rows.append(["SimSiam, synthetic subsets"] + [sub.get(p) for p in HEADLINE])
+    cells = [[r[0]] + [("-" if v is None or not np.isfinite(v) else f"{v:.2f}") for v in r[1:]] for r in rows]
+    ax.axis("off")
+    t = ax.table(cellText=cells, colLabels=["query vs top-1 Pearson", "log TUF", "PSEP", "R_VALUE"],
+                 loc="upper center", cellLoc="center", colWidths=[0.4, 0.2, 0.2, 0.2])
+    t.auto_set_font_size(False)
+    t.set_fontsize(8)
+    t.scale(1, 1.3)
+    ss = summary["real_self_retrieval"]
+    lines = [f"SimSiam top-1 = oracle top-1: {summary['oracle_agreement_top1']:.2f} "
+             f"(synthetic subsets {summary['synthetic_subsets']['oracle_agreement_top1']:.2f}, "
+             f"chance {summary['chance_top1']:.2f})",
+             f"most frequent top-1 record: {summary['hubness']['max_top1_share']:.0%} of queries; "
+             f"{summary['hubness']['n_distinct_top1']} of {summary['n_real_records']} records ever top-1"]
+    if ss.get("same_harp_top1") is not None:
+        lines.append(f"real -> other real records: same HARP at top-1 {ss['same_harp_top1']:.2f} "
+                     f"(chance {ss['chance']:.2f}, {ss['n_queries']} records)")
+    ax.text(0.5, 0.12, "\n".join(lines), ha="center", va="bottom", fontsize=8, transform=ax.transAxes)
+    suptitle(fig, f"{summary['n_queries']} generated queries against {summary['n_real_records']} real SHARP "
+                  f"Br records (../shared/data), SimSiam encoder trained on "
+                  f"{', '.join(summary.get('training_data_source') or ['?'])} patches", fontsize=10)
+    return fig
+
+
+def build_real_records(inp: Mapping, cfg: Mapping) -> Figure:
+    summary = json.loads(Path(inp["summary"]).read_text())
+    with np.load(inp["real_patches"]) as z:
+        clip = float(z["clip_gauss"])
+        real = z["real_patches"] * clip
+        queries = z["example_queries"] * clip
+    return fig_real_records(summary, real, queries)

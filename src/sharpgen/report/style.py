@@ -165,3 +165,16 @@ def fig_table(df: pd.DataFrame, title: str, fmt: str = "{:.3f}") -> Figure:
     t.scale(1, 1.35)
     ax.set_title(title)
     return fig
+
+
+#: how each data source is named on figures: synthetic records are never called real
+SOURCE_NAMES = {"synthetic": "synthetic SHARP-like", "jsoc": "real SHARP (JSOC)", "local": "real SHARP (local files)"}
+
+
+def source_name(table: pd.DataFrame | None) -> str:
+    """Name of the data source(s) of a patch table (its ``source`` column) for titles:
+    'synthetic SHARP-like', 'real SHARP (JSOC)', or a mix such as 'synthetic + real ...'."""
+    if table is None or "source" not in table.columns or table.empty:
+        return "SHARP (source not recorded)"
+    names = [SOURCE_NAMES.get(str(s), str(s)) for s in pd.unique(table["source"].astype(str))]
+    return " + ".join(sorted(names))

@@ -1,0 +1,213 @@
+"""Classifier two-sample test (C2ST): can a small CNN tell real Br patches from generated ones?
+
+Lopez-Paz & Oquab (2017): train a classifier to separate two samples; its held-out accuracy
+is ~0.5 when the distributions are the same and grows towards 1 as they differ. Here the
+samples are real patches (in the pipeline: the held-out val + test split, unseen by the GAN)
+and generated ones, both (N, S, S) float32 in [-1, 1] (Br / clip_gauss).
+
+The protocol is fixed (:data:`PROTOCOL`; nothing in it is configurable, so numbers from
+different runs and generators compare):
+
+* balanced classes: ``n = min(len(real), len(generated), max_per_class)`` images per class,
+  a seeded random subset of the larger side;
+* input: two channels, ``x`` and ``sign(x) sqrt(|x|)`` (the second lifts the weak-field texture
+  -- noise, plage -- that the linear one hides below a few per cent of the clip);
+* classifier (:class:`C2stNet`): four 3x3 stride-2 convolutions 2->8->16->32->64, each with
+  batch norm and ReLU, global average and max pooling, a linear layer to one logit (~25k
+  weights);
+* stratified, *grouped* ``folds``-fold cross-validation: images of one group (the frames of one
+  HARP: near-duplicates) always share a fold, otherwise the classifier recognises a region it
+  saw with its label in training and the accuracy exceeds 0.5 for identical distributions
+  (measured: real train vs real held-out patches, 0.82 ungrouped); for each fold a fresh network (seeded) is trained
+  for ``epochs`` epochs (Adam, lr 1e-3, weight decay 1e-4, batch 32, seeded shuffling, no
+  augmentation) on the other folds and predicts its fold; every image is predicted exactly once;
+* reported: the accuracy over all held-out predictions (``accuracy``), per fold, and the
+  one-sided binomial p-value of that many correct predictions under chance (0.5).
+
+Bit-reproducible on the CPU for a given torch version and thread count (seeded initialisation,
+shuffling and subsets; deterministic algorithms).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+#: the fixed protocol (see the module docstring); written into every result
+PROTOCOL = {
+    "classifier": "C2stNet: 4 x (conv3x3 s2 + BN + ReLU) 2-8-16-32-64, avg+max pool, linear",
+    "input": "x, sign(x) sqrt(|x|)",
+    "folds": 5,
+    "epochs": 15,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "weight_decay": 1e-4,
+    "max_per_class": 1000,
+    "augmentation": "none",
+}
+
+
+class C2stError(ValueError):
+    """Inputs a C2ST cannot run on (too few images, mismatched shapes)."""
+
+
+class C2stNet(nn.Module):
+    """(B, 2, S, S) -> logit (B,): four stride-2 conv + BN + ReLU blocks, avg + max pooling."""
+
+    def __init__(self, widths: tuple[int, ...] = (8, 16, 32, 64)):
+        super().__init__()
+        layers, cin = [], 2
+        for c in widths:
+            layers += [nn.Conv2d(cin, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c),
+                       nn.ReLU(inplace=True)]
+            cin = c
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(2 * cin, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x)
+        return self.head(torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)).squeeze(1)
+
+
+def c2st_input(images: np.ndarray) -> torch.Tensor:
+    """(N, S, S) in [-1, 1] -> (N, 2, S, S) float32: x and sign(x) sqrt(|x|)."""
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).unsqueeze(1)
+    return torch.cat([x, x.sign() * x.abs().sqrt()], dim=1)
+
+
+def stratified_folds(labels: np.ndarray, folds: int, rng: np.random.Generator,
+                     groups: np.ndarray | None = None) -> np.ndarray:
+    """(N,) {0, 1} labels -> (N,) fold index in 0..folds-1, each class spread evenly.
+
+    groups: optional (N,) group ids; all rows of a group (within a class) share a fold: groups in
+    a seeded random order each go to the fold of that class holding the fewest rows so far.
+    """
+    out = np.empty(labels.size, dtype=np.int64)
+    groups = np.arange(labels.size) if groups is None else np.asarray(groups)
+    for c in (0, 1):
+        idx = np.flatnonzero(labels == c)
+        ids, inverse = np.unique(groups[idx], return_inverse=True)
+        sizes = np.bincount(inverse)
+        load = np.zeros(folds, dtype=np.int64)
+        fold_of = np.empty(ids.size, dtype=np.int64)
+        for gi in rng.permutation(ids.size):
+            f = int(np.argmin(load))
+            fold_of[gi] = f
+            load[f] += sizes[gi]
+        out[idx] = fold_of[inverse]
+    return out
+
+
+def _train_and_predict(x_tr, y_tr, x_te, seed: int, epochs: int, batch: int, lr: float,
+                       wd: float) -> np.ndarray:
+    """Fresh seeded :class:`C2stNet` trained on (x_tr, y_tr); logits of x_te (numpy)."""
+    torch.manual_seed(seed)
+    net = C2stNet()
+    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=wd)
+    gen = torch.Generator().manual_seed(seed + 1)
+    n = x_tr.shape[0]
+    net.train()
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen)
+        for i in range(0, n, batch):
+            idx = perm[i: i + batch]
+            if idx.numel() < 2:  # batch norm needs two samples
+                continue
+            loss = F.binary_cross_entropy_with_logits(net(x_tr[idx]), y_tr[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    net.eval()
+    with torch.no_grad():
+        return torch.cat([net(x_te[i: i + 256]) for i in range(0, x_te.shape[0], 256)]).numpy()
+
+
+def c2st(real: np.ndarray, generated: np.ndarray, *, real_groups=None, generated_groups=None,
+         seed: int = 0,
+         folds: int = PROTOCOL["folds"], epochs: int = PROTOCOL["epochs"],
+         max_per_class: int = PROTOCOL["max_per_class"], threads: int | None = None) -> dict:
+    """Cross-validated accuracy of a small CNN telling ``real`` from ``generated``.
+
+    real, generated: (N, S, S) / (M, S, S) float32 in [-1, 1]; real_groups / generated_groups:
+    optional (N,) / (M,) group ids (e.g. HARP numbers: frames of one region are near-duplicates
+    and must not be split between training and test folds). ``folds``, ``epochs`` and
+    ``max_per_class`` default to the fixed :data:`PROTOCOL` (tests shrink them). Returns a JSON-able
+    dict: ``accuracy`` (all held-out predictions), ``fold_accuracy`` (list), ``accuracy_std``
+    (over folds), ``n_per_class``, ``p_value`` (one-sided binomial vs 0.5), ``auc``,
+    ``seconds`` and ``protocol``.
+    """
+    from scipy import stats
+
+    real = np.asarray(real, dtype=np.float32)
+    generated = np.asarray(generated, dtype=np.float32)
+    if real.ndim != 3 or generated.ndim != 3 or real.shape[1:] != generated.shape[1:]:
+        raise C2stError(f"C2ST needs two image stacks (N, S, S) of the same S, got {real.shape} and {generated.shape}")
+    n = min(real.shape[0], generated.shape[0], int(max_per_class))
+    if n < 2 * folds:
+        raise C2stError(f"C2ST needs >= {2 * folds} images per class for {folds} folds, got {n}")
+    rng = np.random.default_rng(seed)
+    ri = np.sort(rng.choice(real.shape[0], n, replace=False))
+    gi = np.sort(rng.choice(generated.shape[0], n, replace=False))
+    x = c2st_input(np.concatenate([real[ri], generated[gi]]))
+    y = np.concatenate([np.ones(n), np.zeros(n)]).astype(np.float32)
+
+    def group_ids(groups, rows, m, tag):
+        if groups is None:
+            return np.array([f"{tag}{i}" for i in rows])
+        groups = np.asarray(groups)
+        if groups.shape != (m,):
+            raise C2stError(f"{tag} groups must have shape ({m},), got {groups.shape}")
+        return np.array([f"{tag}{v}" for v in groups[rows]])
+
+    groups = np.concatenate([group_ids(real_groups, ri, real.shape[0], "r"),
+                             group_ids(generated_groups, gi, generated.shape[0], "g")])
+    fold = stratified_folds(y.astype(int), folds, rng, groups)
+    if any(np.unique(y[fold == k]).size < 2 for k in range(folds)):
+        raise C2stError(f"too few groups for {folds} folds with both classes in each")
+    yt = torch.from_numpy(y)
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    t0 = time.perf_counter()
+    logits = np.empty(2 * n, dtype=np.float32)
+    try:
+        for k in range(folds):
+            te, tr = np.flatnonzero(fold == k), np.flatnonzero(fold != k)
+            logits[te] = _train_and_predict(x[tr], yt[tr], x[te], seed=seed * 1000 + k, epochs=epochs,
+                                            batch=PROTOCOL["batch_size"], lr=PROTOCOL["lr"],
+                                            wd=PROTOCOL["weight_decay"])
+    finally:
+        torch.set_num_threads(old_threads)
+    correct = (logits > 0) == (y > 0.5)
+    fold_acc = [float(correct[fold == k].mean()) for k in range(folds)]
+    k_correct = int(correct.sum())
+    try:
+        from sklearn.metrics import roc_auc_score
+
+        auc = float(roc_auc_score(y, logits))
+    except ValueError:
+        auc = None
+    out = {
+        "accuracy": float(correct.mean()),
+        "fold_accuracy": fold_acc,
+        "accuracy_std": float(np.std(fold_acc)),
+        "auc": auc,
+        "n_per_class": int(n),
+        "n_groups": {"real": int(np.unique(groups[y > 0.5]).size),
+                     "generated": int(np.unique(groups[y < 0.5]).size)},
+        "n_correct": k_correct,
+        "p_value": float(stats.binomtest(k_correct, 2 * n, 0.5, alternative="greater").pvalue),
+        "seconds": float(time.perf_counter() - t0),
+        "protocol": {**PROTOCOL, "folds": int(folds), "epochs": int(epochs),
+                     "max_per_class": int(max_per_class), "seed": int(seed)},
+    }
+    logger.info("C2ST: accuracy %.3f (folds %s), n=%d per class, p=%.2g, %.0f s", out["accuracy"],
+                [round(a, 3) for a in fold_acc], n, out["p_value"], out["seconds"])
+    return out
