@@ -1,6 +1,7 @@
 # Shared helpers for every stage: config validation (schema defaults filled in), result paths,
 # code dependencies (import closures) and the final targets of the DAG.
 import glob
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -49,7 +50,11 @@ def CODE(*items):
     that import it, directly or not."""
     scripts = [BASEDIR / "workflow_scripts" / i for i in items if i.endswith(".py")]
     modules = [f"sharpgen.{i}" for i in items if not i.endswith(".py")]
-    return code_closure(scripts, modules, src=BASEDIR / "src")
+    # relative to the working directory: Snakemake records input paths as given, so absolute
+    # ones would rerun every rule of a project that was moved or copied elsewhere
+    return [
+        os.path.relpath(f) for f in code_closure(scripts, modules, src=BASEDIR / "src")
+    ]
 
 
 def FIGURE_FILES():
