@@ -83,6 +83,16 @@ def test_a_slider_moves_the_measured_tuf_its_way_fast(session):
     assert np.median(times) < 200.0, times
 
 
+def test_requests_at_the_ends_of_a_slider_refine_without_error(session):
+    """The slider's ends with refinement: when the secant steps push eps against its range the
+    same eps repeats; that must not divide by zero (it did for an edited upload in the browser
+    test: 'internal error: ZeroDivisionError')."""
+    info = _view(session)["sliders"]["tuf"]
+    for v in (info["min"], info["max"]):
+        view = _view(session, refine=5, tuf=float(v))
+        assert np.isfinite(view["measured"]["tuf"]) and view["measured"]["tuf"] > 0
+
+
 def test_bad_input_gets_a_message(session):
     from sharpgen.explore.session import ExploreError
 

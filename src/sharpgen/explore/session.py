@@ -240,6 +240,9 @@ class ExploreSession:
                                    f"[{cal['eps_min']:g}, {cal['eps_max']:g}])")
             info["value"] = v
             slope = float(cal["slope"])
+            if not (np.isfinite(slope) and slope != 0.0):
+                raise ExploreError(f"{target}: the calibrated slope of {spec.key!r} is {slope:g}: "
+                                   "this direction does not move it (see calibration.json)")
             eps = (float(to_fit_space(target, np.array([v]))[0]) - y0) / slope
             moves.append({"target": target, "value": v, "slope": slope, "range": r["eps"], "y0": y0,
                           "d": ed.field.per_base(spec, np.asarray(code, np.float64)[None])[0],
@@ -272,8 +275,8 @@ class ExploreSession:
                 if not (np.isfinite(y) and np.isfinite(y_req)):
                     continue
                 prev_eps, prev_y = m.get("prev", (0.0, m["y0"]))
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    sec = (y - prev_y) / (m["eps"] - prev_eps)
+                step = m["eps"] - prev_eps  # 0 when eps sits at its range's end (python floats)
+                sec = (y - prev_y) / step if step != 0.0 else float("nan")
                 usable = np.isfinite(sec) and np.sign(sec) == np.sign(m["slope"]) and abs(sec) > 0.2 * abs(m["slope"])
                 m["prev"] = (m["eps"], y)
                 m["eps"] = float(np.clip(m["eps"] + (y_req - y) / (sec if usable else m["slope"]), *m["range"]))
