@@ -75,9 +75,9 @@ def run_stage(stage: str, n: int, d: Path) -> dict:
     c0, w0 = time.process_time(), time.perf_counter()
     out: dict = {}
     if stage == "baseline":
-        from sharpgen import physics, rvalue
+        from sharpgen import physics_kernels, rvalue
 
-        physics._jit()
+        physics_kernels._jit()
         rvalue._jit()
     elif stage == "synthesize":
         from sharpgen.synthetic import synthesize

@@ -84,3 +84,19 @@ def test_patch_stage_memory_does_not_grow_with_n(tmp_path, records, monkeypatch)
     assert n == 48 and n_patches >= 40
     assert grow_memory >= 20 * patch_bytes, (grow_memory, n_patches)  # ~30 patches more
     assert grow_stream < 4 * patch_bytes, (grow_stream, n_patches)
+
+
+def test_bench_scale_stages_run(tmp_path):
+    """benchmarks/bench_scale.py (run by `make bench`) still runs against the package: its baseline
+    and data stages on a handful of records, each printing its JSON line."""
+    import json
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_scale.py"
+    for stage in ("baseline", "synthesize", "patches", "parameters"):
+        r = subprocess.run([sys.executable, str(bench), "--stage", stage, "--n", "8", "--dir", str(tmp_path)],
+                           capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, f"{stage}: {r.stderr[-2000:]}"
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        assert out["wall_s"] >= 0 and out["maxrss_mb"] > 0, (stage, out)
