@@ -51,7 +51,16 @@ def _top_level_nodes(tree: ast.AST):
 
 def imported_modules(path: Path, src: Path, top_only: bool = False) -> set[str]:
     """Dotted names of the sharpgen modules ``path`` imports: anywhere in the file, or with
-    ``top_only`` only at module level (what importing it runs)."""
+    ``top_only`` only at module level (what importing it runs). Each file is parsed once per
+    version (cached on its path and mtime): every rule's closure shares the same modules, and
+    parsing them again for each rule was most of the time of a `snakemake -n`."""
+    p = Path(path)
+    return set(_imported_modules(str(p), str(src), bool(top_only), p.stat().st_mtime_ns))
+
+
+@lru_cache(maxsize=None)
+def _imported_modules(path: str, src: str, top_only: bool, mtime_ns: int) -> frozenset[str]:
+    src = Path(src)
     tree = ast.parse(Path(path).read_text(), filename=str(path))
     try:
         here = _module_name(src, Path(path))
@@ -71,7 +80,7 @@ def imported_modules(path: Path, src: Path, top_only: bool = False) -> set[str]:
                 mod = node.module or ""
             out.add(mod)
             out.update(f"{mod}.{a.name}" for a in node.names)  # `from pkg import submodule`
-    return {m for m in out if m.split(".")[0] == PACKAGE}
+    return frozenset(m for m in out if m.split(".")[0] == PACKAGE)
 
 
 def module_files(src: Path, modules: Iterable[str]) -> set[Path]:
