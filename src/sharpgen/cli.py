@@ -166,11 +166,9 @@ def run_params(args) -> int:
             rec = _read_params_record(path, segments)
             mask = None
             if args.sharp_mask:
-                mask = sharp_mask(path)
+                mask = sharp_mask(path, rec.data.shape)
                 if mask is None:
                     raise SharpReadError(f"{path}: --sharp-mask needs the sibling conf_disambig and bitmap files")
-                if mask.shape != rec.data.shape:
-                    raise SharpReadError(f"{path}: mask shape {mask.shape} != image shape {rec.data.shape}")
             params = compute_parameters(rec.data, rec.scale, mask=mask).iloc[0]
         except SharpReadError as exc:
             print(f"sharpgen params: error: {' '.join(str(exc).split())}", file=sys.stderr)

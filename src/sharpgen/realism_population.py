@@ -100,11 +100,9 @@ def record_quantities(br_path: str | Path) -> dict:
     from .sharp_io import SharpReadError, find_segment, header_float, read_sharp, sharp_mask
 
     rec = read_sharp(br_path)
-    mask = sharp_mask(br_path)
+    mask = sharp_mask(br_path, rec.data.shape)
     if mask is None:
         raise SharpReadError(f"{br_path}: no bitmap / conf_disambig segment beside it")
-    if mask.shape != rec.data.shape:
-        raise SharpReadError(f"{br_path}: mask shape {mask.shape} != Br shape {rec.data.shape}")
     p = compute_parameters(rec.data, rec.scale, mask=mask).iloc[0]
     bitmap = read_sharp(find_segment(br_path, "bitmap"), segment_check="bitmap").data
     cdelt = header_float(rec.header, "CDELT1", 0.03)

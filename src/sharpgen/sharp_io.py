@@ -329,11 +329,12 @@ def find_segment(br_path: str | Path, segment: str) -> Path | None:
     return cand if cand.is_file() else None
 
 
-def sharp_mask(br_path: str | Path) -> np.ndarray | None:
+def sharp_mask(br_path: str | Path, shape: tuple[int, ...] | None = None) -> np.ndarray | None:
     """JSOC's vector-keyword pixel mask ``conf_disambig >= 70 & bitmap >= 30`` for ``br_path``.
 
     Returns a (H, W) bool array, or None when either sibling file is missing. Raises
-    SharpReadError when a sibling is unreadable or its shape differs from the Br image's.
+    SharpReadError when a sibling is unreadable, when the two siblings' shapes differ, or when
+    ``shape`` (the Br image's) is given and the mask's differs from it.
     """
     conf_p = find_segment(br_path, "conf_disambig")
     bit_p = find_segment(br_path, "bitmap")
@@ -343,5 +344,7 @@ def sharp_mask(br_path: str | Path) -> np.ndarray | None:
     bitmap = read_sharp(bit_p, segment_check="bitmap").data
     if conf.shape != bitmap.shape:
         raise SharpReadError(f"{br_path}: conf_disambig shape {conf.shape} != bitmap shape {bitmap.shape}")
+    if shape is not None and conf.shape != tuple(shape):
+        raise SharpReadError(f"{br_path}: mask shape {conf.shape} != image shape {tuple(shape)}")
     with np.errstate(invalid="ignore"):
         return (conf >= CONF_DISAMBIG_MIN) & (bitmap >= BITMAP_MIN)

@@ -68,16 +68,10 @@ def generate_request(render: Renderer, G, normals: "Boundaries | Mapping[str, np
     if int(seed) < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     spec = DirectionSpec(target, tuple(hold))
-    cals = calibration["directions"]
     mode = calibration.get("measurement", {}).get("mode", "crop")
     unit = unit_of(target, mode)
     field = as_boundaries(normals)
-    if spec.key not in cals:
-        raise DirectionError(f"direction {spec.key!r} is not calibrated; calibrated directions: "
-                             f"{sorted(cals)} ({uncalibrated_hint(spec, field.normals)})")
-    cal = cals[spec.key]
-    if not cal.get("calibrated", True):
-        raise DirectionError(f"direction {spec.key!r} could not be calibrated: {cal.get('reason', 'unknown reason')}")
+    cal = direction_calibration(calibration, spec, field.normals)
     glo, ghi = cal["range"]
     if not (glo <= value <= ghi):
         raise RequestOutOfRange(
@@ -114,6 +108,20 @@ def generate_request(render: Renderer, G, normals: "Boundaries | Mapping[str, np
         "base_measured": {k: float(v) for k, v in base_df.iloc[0].to_dict().items()},
         "unit": unit, "mode": mode, "cal": cal,
     }
+
+
+def direction_calibration(calibration: Mapping, spec: DirectionSpec, normals) -> dict:
+    """The calibration.json entry of ``spec``; DirectionError naming the calibrated directions
+    (and how to add this one) when it is absent, or the reason when its calibration failed."""
+    cals = calibration["directions"]
+    if spec.key not in cals:
+        calibrated = sorted(k for k, c in cals.items() if c.get("calibrated", True))
+        raise DirectionError(f"direction {spec.key!r} is not calibrated; calibrated directions: "
+                             f"{calibrated} ({uncalibrated_hint(spec, normals)})")
+    cal = cals[spec.key]
+    if not cal.get("calibrated", True):
+        raise DirectionError(f"direction {spec.key!r} could not be calibrated: {cal.get('reason', 'unknown reason')}")
+    return cal
 
 
 def uncalibrated_hint(spec: DirectionSpec, with_boundary) -> str:

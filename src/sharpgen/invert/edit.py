@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from sharpgen.directions.geometry import DirectionError, DirectionSpec, RequestOutOfRange
+from sharpgen.directions.geometry import DirectionSpec, RequestOutOfRange
 from sharpgen.invert.optimise import Inversion, InvertSettings, codes_from_z, invert, render_codes
 from sharpgen.parameters import LOG_VALUED, relative_error, to_fit_space, unit_of
 
@@ -200,17 +200,10 @@ class Editor:
 
     def direction(self, target: str, hold: Sequence[str] = ()) -> tuple[DirectionSpec, dict]:
         """(spec, calibration) of ``target`` holding ``hold``; DirectionError when uncalibrated."""
-        from sharpgen.directions.generate import uncalibrated_hint
+        from sharpgen.directions.generate import direction_calibration
 
         spec = DirectionSpec(target, tuple(hold))
-        cals = self.calibration["directions"]
-        if spec.key not in cals:
-            raise DirectionError(f"direction {spec.key!r} is not calibrated; calibrated directions: "
-                                 f"{sorted(self.calibrated())} ({uncalibrated_hint(spec, self.field.normals)})")
-        cal = cals[spec.key]
-        if not cal.get("calibrated", True):
-            raise DirectionError(f"direction {spec.key!r} could not be calibrated: {cal.get('reason', 'unknown')}")
-        return spec, cal
+        return spec, direction_calibration(self.calibration, spec, self.field.normals)
 
     def reach(self, spec: DirectionSpec, cal: Mapping, code: np.ndarray, y0: float) -> dict:
         """What ``code`` (fit-space target value ``y0``) can reach along ``spec``: eps range
