@@ -21,7 +21,7 @@ rule train_gan:
         "../envs/torch.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=int(config["gan"]["devices"]),  # one per data-parallel process (gan.devices)
         mem_mb=4000,
         runtime=60,
     params:

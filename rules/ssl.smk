@@ -21,7 +21,7 @@ rule train_ssl:
         "../envs/torch.yaml"
     threads: 2
     resources:
-        gpu=1,
+        gpu=int(config["ssl"]["devices"]),  # one per data-parallel process (ssl.devices)
         mem_mb=4000,
         runtime=60,
     params:

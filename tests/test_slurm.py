@@ -28,6 +28,8 @@ SETUP = REPO_ROOT / ".ci" / "slurm_setup.sh"
 SLURM_DIR = Path(os.environ.get("SHARPGEN_SLURM_DIR", "/tmp/sharpgen-slurm"))
 SLURM_CONF = SLURM_DIR / "slurm.conf"
 CPU_PART, GPU_PART = "ci_cpu", "ci_gpu"
+#: GPU rules whose GPU count comes from the config (gan/ssl.devices), not from the profile
+CONFIG_COUNTED = {"train_gan", "train_ssl"}
 TINY_REL = "tests/configs/tiny.yaml"
 RUN_TIMEOUT_S = 600
 
@@ -67,10 +69,15 @@ def test_profile_uses_the_slurm_executor_with_squeue_status():
 
 
 def test_profile_gpu_rules_match_the_rules():
-    """Rules declaring resources gpu=1 <=> profile entries with gpu: 1 on a GPU partition."""
+    """Rules declaring resources gpu=N <=> profile entries on a GPU partition with gpu: 1, or with
+    no gpu key where the count comes from the config (the training rules: gan/ssl.devices)."""
     prof = _profile()
     cpu_part = prof["default-resources"]["slurm_partition"]
-    profile_gpu = {n for n, res in prof["set-resources"].items() if res.get("gpu")}
+    for name in CONFIG_COUNTED:
+        assert "gpu" not in prof["set-resources"][name], (
+            f"{name}: a gpu key in the profile would override the rule's gpu=<devices>")
+    profile_gpu = {n for n, res in prof["set-resources"].items()
+                   if res.get("gpu") or n in CONFIG_COUNTED}
     rules_gpu = {n for n, r in JOB_RULES.items() if r.gpu}
     missing = rules_gpu - profile_gpu
     assert not missing, f"GPU rules without a GPU entry in profiles/slurm: {sorted(missing)}"
@@ -140,9 +147,9 @@ def _ci_profile(work: Path) -> str:
     prof["default-resources"]["slurm_partition"] = CPU_PART
     prof["default-resources"]["mem_mb"] = 500
     prof["default-resources"]["runtime"] = 10
-    for res in prof["set-resources"].values():
+    for name, res in prof["set-resources"].items():
         if "slurm_partition" in res:
-            res["slurm_partition"] = GPU_PART if res.get("gpu") else CPU_PART
+            res["slurm_partition"] = GPU_PART if res.get("gpu") or name in CONFIG_COUNTED else CPU_PART
         if "mem_mb" in res:
             res["mem_mb"] = 1000
         if "runtime" in res:

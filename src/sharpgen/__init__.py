@@ -7,7 +7,8 @@ Each rule runs one thin script that calls one module (``rules/<stage>.smk`` ->
 * data: ``synthesize`` -> :mod:`.synthetic`, ``ingest_local`` -> :mod:`.data`,
   ``download_jsoc`` -> :mod:`.jsoc`, ``synthetic_realism`` -> :mod:`.realism`
 * patches: ``make_patches`` -> :mod:`.patches` (read back through :mod:`.store`)
-* gan: ``train_gan`` -> :mod:`.gan` (shared training utilities: :mod:`.training`)
+* gan: ``train_gan`` -> :mod:`.gan` (shared training utilities: :mod:`.training`; several
+  devices: :mod:`.distributed`)
 * sampling: ``sample_latents`` -> :mod:`.sampling` (measurement: :mod:`.measure`)
 * directions: ``fit_boundaries`` / ``traverse`` / ``calibrate`` -> :mod:`.directions`
   (``.boundaries``, ``.traverse``, ``.calibrate``)

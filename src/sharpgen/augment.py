@@ -54,29 +54,42 @@ def _uniform(n: int, lo: float, hi: float, gen: torch.Generator, device) -> torc
     return lo + (hi - lo) * torch.rand(n, generator=gen, device=device)
 
 
-def augment(x: torch.Tensor, aug: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+def augment(x: torch.Tensor, aug: AugmentConfig, gen: torch.Generator,
+            rows: torch.Tensor | None = None, batch: int | None = None) -> torch.Tensor:
     """Random view of a batch ``x`` (B, 1, S, S) in [-1, 1] -> (B, 1, S, S).
 
     One affine_grid/grid_sample call (bilinear, zero padding = no field) applies per-sample
     rotation U(-r, r) deg, translation U(-t, t) px (t scaled by S/128), zoom U(z0, z1)
-    (> 1 magnifies) and independent horizontal/vertical flips with probability 1/2; then one
-    grouped conv applies a Gaussian blur with sigma ~ U(s0, s1) px per sample (S/128 scaled);
+    (> 1 magnifies) and independent horizontal/vertical flips with probability 1/2; then two
+    grouped 1-D convs apply a (separable) Gaussian blur with sigma ~ U(s0, s1) px per sample (S/128 scaled);
     then (optional) the sign of Br is flipped with probability 1/2. Random numbers come from
-    ``gen`` (on x's device), so a fixed generator seed gives identical views.
+    ``gen`` (on x's device), so a fixed generator seed gives identical views. Data-parallel
+    training passes ``rows`` (B,) and ``batch``: ``x`` holds these rows of a global batch of
+    ``batch``; every random number is drawn for the global batch and these rows kept, so N
+    processes see exactly the views one process would (:func:`sharpgen.distributed.shard_rows`).
     """
     if x.ndim != 4 or x.shape[1] != 1:
         raise ValueError(f"augment expects (B, 1, S, S), got {tuple(x.shape)}")
     b, _, h, w = x.shape
     dev = x.device
+    n = b if rows is None else int(batch if batch is not None else b)
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:  # (b,) U(lo, hi), this shard's rows
+        u = _uniform(n, lo, hi, gen, dev)
+        return u if rows is None else u.index_select(0, rows)
+
+    def sign() -> torch.Tensor:  # (b,) -1 or +1 with probability 1/2
+        return torch.where(uniform(0.0, 1.0) < 0.5, -1.0, 1.0)
+
     scale_px = w / 128.0
-    ang = _uniform(b, -aug.rotation_deg, aug.rotation_deg, gen, dev) * (math.pi / 180.0)
-    zoom = _uniform(b, aug.zoom[0], aug.zoom[1], gen, dev)
+    ang = uniform(-aug.rotation_deg, aug.rotation_deg) * (math.pi / 180.0)
+    zoom = uniform(aug.zoom[0], aug.zoom[1])
     t = aug.translate_px * scale_px
     # translation in normalised coords (align_corners=False: 2 / size per pixel)
-    tx = _uniform(b, -t, t, gen, dev) * (2.0 / w)
-    ty = _uniform(b, -t, t, gen, dev) * (2.0 / h)
-    fx = torch.where(torch.rand(b, generator=gen, device=dev) < 0.5, -1.0, 1.0) if aug.hflip else torch.ones(b, device=dev)
-    fy = torch.where(torch.rand(b, generator=gen, device=dev) < 0.5, -1.0, 1.0) if aug.vflip else torch.ones(b, device=dev)
+    tx = uniform(-t, t) * (2.0 / w)
+    ty = uniform(-t, t) * (2.0 / h)
+    fx = sign() if aug.hflip else torch.ones(b, device=dev)
+    fy = sign() if aug.vflip else torch.ones(b, device=dev)
     cos, sin = torch.cos(ang) / zoom, torch.sin(ang) / zoom
     # output pixel p samples input at A p + t: rotation by ang, zoom (A scaled by 1/zoom), flips
     theta = torch.stack([
@@ -88,15 +101,15 @@ def augment(x: torch.Tensor, aug: AugmentConfig, gen: torch.Generator) -> torch.
 
     s0, s1 = aug.blur_sigma_px
     if s1 > 0:
-        sigma = _uniform(b, s0, s1, gen, dev) * scale_px
+        sigma = uniform(s0, s1) * scale_px
         radius = max(1, int(math.ceil(3 * s1 * scale_px)))
         r = torch.arange(-radius, radius + 1, device=dev, dtype=x.dtype)
         k1 = torch.exp(-0.5 * (r[None, :] / sigma.clamp_min(1e-3)[:, None].to(x.dtype)) ** 2)
         k1 = k1 / k1.sum(dim=1, keepdim=True)  # sigma -> 0 gives a delta kernel
-        k2 = (k1[:, :, None] * k1[:, None, :])[:, None]  # (B, 1, k, k)
-        out = F.conv2d(out.reshape(1, b, h, w), k2, padding=radius, groups=b).reshape(b, 1, h, w)
+        # separable: a row pass then a column pass (2k instead of k^2 multiply-adds per pixel)
+        out = F.conv2d(out.reshape(1, b, h, w), k1[:, None, None, :], padding=(0, radius), groups=b)
+        out = F.conv2d(out, k1[:, None, :, None], padding=(radius, 0), groups=b).reshape(b, 1, h, w)
 
     if aug.polarity_flip:
-        sign = torch.where(torch.rand(b, generator=gen, device=dev) < 0.5, -1.0, 1.0).to(x.dtype)
-        out = out * sign[:, None, None, None]
+        out = out * sign().to(x.dtype)[:, None, None, None]
     return out.clamp_(-1.0, 1.0)

@@ -4,8 +4,8 @@
   same nets and the ``mapping`` generator with an intermediate latent W), their losses,
   DiffAugment, loading a trained generator and generating images (from z or whitened W codes);
 * :mod:`.train` -- the training loop (rules/gan.smk -> workflow_scripts/train_gan.py ->
-  :func:`.train.train_gan`), its config, the lazy R1 / path-length regularisers, checkpoints and
-  outputs.
+  :func:`.train.train_gan_stage` -> :func:`.train.train_gan`), its config, checkpoints, outputs;
+* :mod:`.steps` -- the update steps it runs: adversarial step, lazy R1 and path-length penalties.
 """
 
 from sharpgen.gan.model import (  # noqa: F401

@@ -300,7 +300,10 @@ def minibatch_std(x: torch.Tensor, group: int = 4) -> torch.Tensor:
     B, C, H, W = x.shape
     g = group if B % group == 0 else B
     y = x.float().view(g, -1, C, H, W)
-    y = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (B/g,)
+    # the variance over the group written out: Tensor.var over the leading axis of a
+    # channels_last view takes a slow strided path on the CPU (27 ms vs ~5 ms for (32, 64, 15, 15))
+    y = (y - y.mean(dim=0)).square().mean(dim=0)
+    y = (y + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (B/g,)
     y = y.repeat(g).view(B, 1, 1, 1).expand(B, 1, H, W).to(x.dtype)
     return torch.cat([x, y], dim=1)
 
@@ -350,18 +353,28 @@ def g_loss_fn(arch: str, fake_logit: torch.Tensor) -> torch.Tensor:
 
 
 def diff_augment(x: torch.Tensor, gen: torch.Generator, translation: float = 0.125,
-                 cutout: float = 0.25) -> torch.Tensor:
+                 cutout: float = 0.25, rows: torch.Tensor | None = None,
+                 batch: int | None = None) -> torch.Tensor:
     """Differentiable translation + cutout (Zhao et al. 2020) on (B, C, H, W); fill is 0 (0 G).
 
     Only geometric augmentations: pixel values are never rescaled, so the field strengths the
-    discriminator sees stay physical.
+    discriminator sees stay physical. Data-parallel training passes ``rows`` (B,) and
+    ``batch``: ``x`` holds these rows of a global batch of ``batch`` samples; the random shifts
+    and cutouts are drawn for the global batch and these rows kept, so N processes augment
+    exactly as one process would (:func:`sharpgen.distributed.shard_rows`).
     """
     B, C, H, W = x.shape
     dev = x.device
+    n_draw = B if rows is None else int(batch if batch is not None else B)
+
+    def draw(lo: int, hi: int, shape_tail: tuple[int, ...]) -> torch.Tensor:
+        r = torch.randint(lo, hi, (n_draw, *shape_tail), generator=gen, device=dev)
+        return r if rows is None else r.index_select(0, rows)
+
     if translation > 0:
         sh, sw = int(H * translation + 0.5), int(W * translation + 0.5)
-        ty = torch.randint(-sh, sh + 1, (B, 1, 1), generator=gen, device=dev)
-        tx = torch.randint(-sw, sw + 1, (B, 1, 1), generator=gen, device=dev)
+        ty = draw(-sh, sh + 1, (1, 1))
+        tx = draw(-sw, sw + 1, (1, 1))
         gy = (torch.arange(H, device=dev).view(1, H, 1) + ty + 1).clamp_(0, H + 1)
         gx = (torch.arange(W, device=dev).view(1, 1, W) + tx + 1).clamp_(0, W + 1)
         xp = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1)          # (B, H+2, W+2, C)
@@ -369,8 +382,8 @@ def diff_augment(x: torch.Tensor, gen: torch.Generator, translation: float = 0.1
         x = xp[b, gy, gx].permute(0, 3, 1, 2)
     if cutout > 0:
         ch, cw = int(H * cutout + 0.5), int(W * cutout + 0.5)
-        oy = torch.randint(0, H + (1 - ch % 2), (B, 1), generator=gen, device=dev) - ch // 2
-        ox = torch.randint(0, W + (1 - cw % 2), (B, 1), generator=gen, device=dev) - cw // 2
+        oy = draw(0, H + (1 - ch % 2), (1,)) - ch // 2
+        ox = draw(0, W + (1 - cw % 2), (1,)) - cw // 2
         ys = torch.arange(H, device=dev).view(1, H)
         xs = torch.arange(W, device=dev).view(1, W)
         in_y = (ys >= oy) & (ys < oy + ch)

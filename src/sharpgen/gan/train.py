@@ -26,10 +26,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from sharpgen import training
+from sharpgen import distributed, training
+from sharpgen.distributed import SINGLE, Dist
 from sharpgen.atomic import atomic_path
 from sharpgen.training import list_checkpoints  # noqa: F401  (re-exported: tests, callers)
 
+from sharpgen.gan.steps import (  # noqa: F401  (re-exported: tests, benchmarks)
+    path_length_step,
+    r1_step,
+    train_step,
+    training_flops_per_step,
+)
 from sharpgen.gan.model import (  # noqa: F401
     ARCHITECTURES,
     STABLE_RECIPE,
@@ -95,11 +102,13 @@ class GanConfig:
     sample_every: int
     checkpoint_every: int
     keep_checkpoints: int
+    devices: int                      # data-parallel processes (one per GPU; torchrun)
 
     # keys that do not change the training trajectory (left out of the checkpoint hash, so
-    # raising `steps` or changing the logging cadence resumes from existing checkpoints)
+    # raising `steps` or changing the logging cadence resumes from existing checkpoints; N
+    # processes follow the one-process trajectory, so `devices` may change between resumes)
     NON_TRAJECTORY = ("steps", "device", "log_every", "sample_every", "checkpoint_every",
-                      "keep_checkpoints")
+                      "keep_checkpoints", "devices")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "GanConfig":
@@ -123,7 +132,7 @@ class GanConfig:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"gan.device {self.device!r} is not auto|cpu|cuda")
         for k in ("nz", "steps", "batch_size", "log_every", "sample_every", "checkpoint_every",
-                  "keep_checkpoints", "mapping_layers", "r1_every", "pl_every"):
+                  "keep_checkpoints", "mapping_layers", "r1_every", "pl_every", "devices"):
             if int(getattr(self, k)) < 1:
                 raise ValueError(f"gan.{k} must be >= 1, got {getattr(self, k)}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -267,14 +276,18 @@ def _checkpoint_state(run: _Run, meta: dict, device: torch.device) -> dict:
 
 
 def _resume(run: _Run, folder: Path, cfg: GanConfig, meta: dict,
-            device: torch.device) -> Path | None:
+            device: torch.device, dist: Dist = SINGLE) -> Path | None:
     """Load the newest readable checkpoint in ``folder`` at a step <= ``cfg.steps`` into
-    ``run`` (refusing one from another run); return its path, None when starting anew."""
-    found = training.find_resume_checkpoint(folder, cfg.steps, required=CHECKPOINT_KEYS)
-    if found is None:
+    ``run`` (refusing one from another run); return its path, None when starting anew.
+    Data-parallel: rank 0 picks the checkpoint and every rank loads that one."""
+    found = (training.find_resume_checkpoint(folder, cfg.steps, required=CHECKPOINT_KEYS)
+             if dist.is_main else None)
+    chosen = distributed.broadcast_object(None if found is None else str(found[1]), dist)
+    if chosen is None:
         logger.info("starting a new run in %s", folder)
         return None
-    _, path, ck = found
+    path = Path(chosen)
+    ck = found[2] if found is not None else training.load_checkpoint(path)
     check_checkpoint_meta(path, ck.get("meta", {}), meta)
     run.G.load_state_dict(ck["G"])
     run.D.load_state_dict(ck["D"])
@@ -354,93 +367,6 @@ def _write_outputs(run: _Run, cfg: GanConfig, size: int, clip_gauss: float, data
                 shutil.copyfile(png, tmp / png.name)
 
 
-def train_step(G: nn.Module, D: nn.Module, real: torch.Tensor, z: torch.Tensor, arch: str,
-               aug=None, autocast=None, opt_g: torch.optim.Optimizer | None = None,
-               opt_d: torch.optim.Optimizer | None = None):
-    """One discriminator step and one generator step on the same fake batch.
-
-    ``real`` (B, 1, S, S), ``z`` (B, nz). D's weights are frozen during the generator step (no
-    wasted weight gradients). Returns (d_loss, g_loss, real_logit, fake_logit), not detached.
-    """
-    aug = aug or (lambda x: x)
-    autocast = autocast or torch.autocast("cpu", enabled=False)
-    with autocast:
-        fake = G(z)
-        real_logit = D(aug(real))
-        fake_logit = D(aug(fake.detach()))
-        d_loss = d_loss_fn(arch, real_logit, fake_logit)
-    if opt_d is not None:
-        opt_d.zero_grad(set_to_none=True)
-    d_loss.backward()
-    if opt_d is not None:
-        opt_d.step()
-    D.requires_grad_(False)
-    try:
-        with autocast:
-            g_loss = g_loss_fn(arch, D(aug(fake)))
-        if opt_g is not None:
-            opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        if opt_g is not None:
-            opt_g.step()
-    finally:
-        D.requires_grad_(True)
-    return d_loss, g_loss, real_logit, fake_logit
-
-
-def r1_step(D: nn.Module, real: torch.Tensor, gamma: float, every: int, aug=None, autocast=None,
-            opt_d: torch.optim.Optimizer | None = None) -> torch.Tensor:
-    """Lazy R1 regularisation (Mescheder et al. 2018; StyleGAN2's lazy form): one D update on
-    ``gamma / 2 * E ||grad_x D(x)||^2 * every`` over the (augmented) real batch ``real``
-    (B, 1, S, S). Returns the penalty E||grad||^2 (detached)."""
-    aug = aug or (lambda x: x)
-    autocast = autocast or torch.autocast("cpu", enabled=False)
-    x = aug(real).detach().requires_grad_(True)
-    with autocast:
-        logits = D(x).float()
-    (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
-    penalty = grad.float().square().sum(dim=(1, 2, 3)).mean()
-    if opt_d is not None:
-        opt_d.zero_grad(set_to_none=True)
-    (0.5 * gamma * every * penalty).backward()
-    if opt_d is not None:
-        opt_d.step()
-    return penalty.detach()
-
-
-def path_length_step(G: nn.Module, z: torch.Tensor, gen: torch.Generator, pl_mean: float,
-                     weight: float, every: int, decay: float = 0.01, autocast=None,
-                     opt_g: torch.optim.Optimizer | None = None) -> tuple[float, torch.Tensor]:
-    """Lazy path-length regularisation (Karras et al. 2020): penalise the deviation of
-    ``|J^T y|`` from its running mean ``pl_mean``, with J the Jacobian of the image w.r.t. w
-    (the mapping network's output; z for a generator without one) and y ~ N(0, I) / S image
-    noise drawn from ``gen``; one G update on ``weight * every * penalty``. Pushes a fixed-size
-    latent step to change the image by a fixed amount: a smoother, more linear latent.
-    Returns (new running mean, penalty (detached)). The first call (``pl_mean == 0``) starts the
-    running mean at the batch mean."""
-    autocast = autocast or torch.autocast("cpu", enabled=False)
-    with autocast:
-        if hasattr(G, "mapping"):
-            w = G.mapping(z)
-            img = G.synthesis(w).float()
-        else:
-            w = z.detach().requires_grad_(True)
-            img = G(w).float()
-    S = img.shape[-1]
-    y = torch.randn(img.shape, generator=gen, device=img.device) / S
-    (grad,) = torch.autograd.grad((img * y).sum(), w, create_graph=True)
-    lengths = grad.float().square().sum(dim=1).sqrt()
-    batch_mean = float(lengths.detach().mean())
-    pl_mean = batch_mean if pl_mean == 0.0 else pl_mean + decay * (batch_mean - pl_mean)
-    penalty = (lengths - pl_mean).square().mean()
-    if opt_g is not None:
-        opt_g.zero_grad(set_to_none=True)
-    (weight * every * penalty).backward()
-    if opt_g is not None:
-        opt_g.step()
-    return pl_mean, penalty.detach()
-
-
 def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: str | os.PathLike,
               generator_path: str | os.PathLike, log_csv: str | os.PathLike,
               samples_dir: str | os.PathLike | None = None, clip_gauss: float = 1000.0,
@@ -452,6 +378,12 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
     newest readable checkpoint there. ``max_steps_this_run`` (tests only) stops early after that
     many steps without writing the final outputs. Returns a summary dict (steps, seconds,
     images/s, checkpoint folder).
+
+    Under torchrun (``gan.devices`` > 1, :func:`train_gan_stage`) each process trains on its
+    shard of every global batch of ``batch_size`` (:func:`sharpgen.distributed.shard_rows`:
+    whole minibatch-std groups) with gradients averaged over the processes, so N processes
+    follow the one-process trajectory up to floating-point rounding; rank 0 alone locks the
+    folder and writes checkpoints, log, grids and outputs.
     """
     from sharpgen.logutil import progress_bar
 
@@ -462,15 +394,23 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
         raise PatchStoreError(f"training patches must be (N, S, S) with N > 0, got {patches.shape}")
     n_img, size, bs = patches.shape[0], patches.shape[1], cfg.batch_size
     _check_size(size)
-    device = training.setup_device(cfg.device, key="gan.device", threads=threads, log=logger)
+    dist, device = distributed.setup(cfg.device, key="gan.device", threads=threads, log=logger)
     folder = checkpoint_folder(checkpoint_root, cfg, size, n_img, data_id)
     meta = _meta(cfg, size, n_img, data_id)
-    with training.folder_lock(folder, what=f"GAN training ({cfg.arch})"):
+    main = dist.is_main
+    lock = training.folder_lock(folder, what=f"GAN training ({cfg.arch})")
+    with distributed.main_only(dist, lock):
         # ---- state: fresh, or the newest readable checkpoint; the live CSV log to match ------
         run = _build_run(cfg, size, device)
-        last_good = _resume(run, folder, cfg, meta, device)
-        log = training.CsvLog(folder / "train_log.csv", CSV_COLUMNS, key="step")
-        log.restart(run.step)
+        last_good = _resume(run, folder, cfg, meta, device, dist)
+        log = training.CsvLog(folder / "train_log.csv", CSV_COLUMNS, key="step") if main else None
+        if log is not None:
+            log.restart(run.step)
+        # this process's rows of each global batch (None: one process, all rows)
+        rows = distributed.shard_rows(bs, dist, group=4 if getattr(run.D, "mbstd", False) else 1,
+                                      device=device)
+        rows_pl = (distributed.shard_rows(max(bs // 2, 1), dist, device=device)
+                   if cfg.pl_weight > 0 else None)
         # ---- data on the device once; fixed latents for the sample grids ----------------------
         data = torch.from_numpy(patches).unsqueeze(1).to(device)
         data = data.contiguous(memory_format=MEMORY_FORMAT)
@@ -478,7 +418,8 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
         z_fixed = z_fixed.to(device)
         autocast = training.autocast(device)  # bf16 on GPUs with compute capability >= 8.0
         aug = (partial(diff_augment, gen=run.gen, translation=cfg.augment_translation,
-                       cutout=cfg.augment_cutout) if cfg.arch in STABLE_RECIPE else None)
+                       cutout=cfg.augment_cutout, rows=rows, batch=bs)
+               if cfg.arch in STABLE_RECIPE else None)
         end = cfg.steps if max_steps_this_run is None else min(cfg.steps,
                                                                run.step + max_steps_this_run)
         acc = torch.zeros(4, device=device)  # window sums: d_loss, g_loss, D(real), D(fake)
@@ -487,21 +428,24 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
         run.G.train()
         run.D.train()
         # ---- training loop ------------------------------------------------------------------
-        with progress_bar(total=cfg.steps, initial=run.step, enabled=progress, unit="step",
-                          desc=f"gan[{cfg.arch}]", dynamic_ncols=True) as bar:
+        with progress_bar(total=cfg.steps, initial=run.step, enabled=progress and main,
+                          unit="step", desc=f"gan[{cfg.arch}]", dynamic_ncols=True) as bar:
             while run.step < end:
+                # the global batch is drawn on every process; each keeps its rows
                 idx = torch.randint(0, n_img, (bs,), generator=run.gen, device=device)
-                real = data.index_select(0, idx)
-                z = torch.randn(bs, cfg.nz, generator=run.gen, device=device)
+                real = data.index_select(0, distributed.take(idx, rows))
+                z = distributed.take(torch.randn(bs, cfg.nz, generator=run.gen, device=device), rows)
                 d_loss, g_loss, real_logit, fake_logit = train_step(
-                    run.G, run.D, real, z, cfg.arch, aug, autocast, run.opt_g, run.opt_d)
+                    run.G, run.D, real, z, cfg.arch, aug, autocast, run.opt_g, run.opt_d, dist)
                 if cfg.r1_gamma > 0 and run.step % cfg.r1_every == 0:  # lazy regularisers
-                    r1_step(run.D, real, cfg.r1_gamma, cfg.r1_every, aug, autocast, run.opt_d)
+                    r1_step(run.D, real, cfg.r1_gamma, cfg.r1_every, aug, autocast, run.opt_d,
+                            dist)
                 if cfg.pl_weight > 0 and run.step % cfg.pl_every == 0:
                     z_pl = torch.randn(max(bs // 2, 1), cfg.nz, generator=run.gen, device=device)
-                    run.pl_mean, _ = path_length_step(run.G, z_pl, run.gen, run.pl_mean,
-                                                      cfg.pl_weight, cfg.pl_every,
-                                                      autocast=autocast, opt_g=run.opt_g)
+                    run.pl_mean, _ = path_length_step(
+                        run.G, distributed.take(z_pl, rows_pl), run.gen, run.pl_mean,
+                        cfg.pl_weight, cfg.pl_every, autocast=autocast, opt_g=run.opt_g,
+                        dist=dist, rows=rows_pl)
                 if run.ema is not None:
                     decay = min(cfg.ema_decay, (1.0 + run.step) / (10.0 + run.step))
                     _ema_update(run.ema, run.G, decay)
@@ -512,25 +456,28 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
                                     fake_logit.detach().float().mean()])
                 at_log = run.step % cfg.log_every == 0 or run.step == cfg.steps
                 at_ckpt = run.step % cfg.checkpoint_every == 0 or run.step == cfg.steps
-                # free on the CPU; on CUDA the check waits for the GPU, so only when needed
+                # free on the CPU; on CUDA the check waits for the GPU, so only when needed.
+                # Data-parallel: on the means over the processes, so all stop together
                 if device.type != "cuda" or at_log or at_ckpt or run.step == end:
-                    _check_finite(acc, run.step, d_loss, g_loss, last_good)
+                    sums = distributed.mean_over_ranks(acc, dist)
+                    _check_finite(sums, run.step, d_loss, g_loss, last_good)
                 if at_log:
                     now = time.perf_counter()
-                    row = _log_row(run.step, (acc / n_win).tolist(),
+                    row = _log_row(run.step, (sums / n_win).tolist(),
                                    n_win * bs / max(now - t_win, 1e-9), elapsed0 + now - t_start)
-                    log.append(row)
+                    if log is not None:
+                        log.append(row)
                     bar.set_postfix(d=row["d_loss"], g=row["g_loss"], ips=row["images_per_s"])
                     logger.info("step %d/%d d_loss %s g_loss %s D(real) %s D(fake) %s %s images/s",
                                 run.step, cfg.steps, row["d_loss"], row["g_loss"], row["d_real"],
                                 row["d_fake"], row["images_per_s"])
                     acc.zero_()
                     t_win, n_win = time.perf_counter(), 0
-                if run.step % cfg.sample_every == 0 or run.step == cfg.steps:
+                if main and (run.step % cfg.sample_every == 0 or run.step == cfg.steps):
                     _sample_grid(run.ema if run.ema is not None else run.G, z_fixed, autocast,
                                  folder / "grids" / f"step_{run.step:08d}.png", clip_gauss,
                                  f"{cfg.arch} step {run.step}")
-                if at_ckpt:  # only after the loss check: a checkpoint is always a good one
+                if at_ckpt and main:  # only after the loss check: a checkpoint is always good
                     run.elapsed_s = elapsed0 + time.perf_counter() - t_start
                     last_good = training.save_checkpoint(
                         folder, run.step, _checkpoint_state(run, meta, device),
@@ -540,7 +487,7 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
         elapsed = elapsed0 + time.perf_counter() - t_start
         summary = {"steps": run.step, "seconds": elapsed, "checkpoint_folder": str(folder),
                    "images_per_s": run.step * bs / max(elapsed, 1e-9)}
-        if run.step < cfg.steps:  # stopped early on purpose (tests)
+        if run.step < cfg.steps or not main:  # stopped early on purpose (tests); rank > 0
             return summary
         _write_outputs(run, cfg, size, clip_gauss, data_id, generator_path, log, log_csv,
                        folder / "grids", samples_dir)
@@ -549,17 +496,27 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
     return summary
 
 
-def training_flops_per_step(arch: str, size: int, batch_size: int, nz: int = 100) -> float:
-    """FLOPs of one training step (D step + G step), counted with FlopCounterMode on the meta
-    device (convolutions, matmuls and their backward passes; elementwise ops not counted)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.device("meta"):
-        G = build_generator(arch, size, nz)
-        D = PaperDiscriminator(size, mbstd=arch in STABLE_RECIPE)  # SN adds only O(params) work
-        z = torch.randn(batch_size, nz)
-        real = torch.randn(batch_size, 1, size, size)
-    counter = FlopCounterMode(display=False)
-    with counter:
-        train_step(G, D, real, z, arch)
-    return float(counter.get_total_flops())
+def train_gan_stage(zarr: str, table: str, gan: dict, checkpoint_root: str, generator: str,
+                    log_csv: str, samples_dir: str | None = None, threads: int | None = None
+                    ) -> dict | None:
+    """The ``train_gan`` rule: read the ``gan.split`` patches of the store (``zarr`` + ``table``)
+    and :func:`train_gan` on them. With ``gan.devices`` = N > 1 this starts N torchrun processes
+    (:func:`sharpgen.distributed.run_stage`), each running this function with ``threads`` / N
+    CPU threads; returns the summary (None from the launching process of N)."""
+    cfg = GanConfig.from_dict(gan)
+    if cfg.devices > 1 and not distributed.from_env().enabled:
+        return distributed.run_stage(
+            "sharpgen.gan.train:train_gan_stage",
+            {"zarr": str(zarr), "table": str(table), "gan": cfg.as_dict(),
+             "checkpoint_root": str(checkpoint_root), "generator": str(generator),
+             "log_csv": str(log_csv), "samples_dir": None if samples_dir is None else str(samples_dir),
+             "threads": threads},
+            devices=cfg.devices)
+    threads = distributed.threads_per_process(threads)
+    patches, attrs = read_patch_store(zarr, table, split=cfg.split)
+    logger.info("training %s GAN on %d patches of %dx%d from %s (split=%s)", cfg.arch,
+                patches.shape[0], patches.shape[1], patches.shape[2], zarr, cfg.split)
+    return train_gan(patches, cfg, checkpoint_root=checkpoint_root, generator_path=generator,
+                     log_csv=log_csv, samples_dir=samples_dir,
+                     clip_gauss=float(attrs.get("clip_gauss", 1000.0)),
+                     data_id=str(attrs.get("config_hash", "")), threads=threads)

@@ -1,0 +1,128 @@
+"""The GAN's update steps (used by :func:`sharpgen.gan.train.train_gan`): one adversarial step
+(a discriminator and a generator update on the same fake batch), the lazy R1 penalty on the
+discriminator and the lazy path-length penalty on the generator; each averages its gradients
+over the processes of a data-parallel run (:mod:`sharpgen.distributed`) before the optimiser
+step. Plus the FLOP count of one step (the MFU of benchmarks).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sharpgen import distributed
+from sharpgen.distributed import SINGLE, Dist
+from sharpgen.gan.model import STABLE_RECIPE, PaperDiscriminator, build_generator, d_loss_fn, g_loss_fn
+
+def train_step(G: nn.Module, D: nn.Module, real: torch.Tensor, z: torch.Tensor, arch: str,
+               aug=None, autocast=None, opt_g: torch.optim.Optimizer | None = None,
+               opt_d: torch.optim.Optimizer | None = None, dist: Dist = SINGLE):
+    """One discriminator step and one generator step on the same fake batch.
+
+    ``real`` (B, 1, S, S), ``z`` (B, nz). D's weights are frozen during the generator step (no
+    wasted weight gradients). Data-parallel (``dist``): the gradients are averaged over the
+    processes before each optimiser step. Returns (d_loss, g_loss, real_logit, fake_logit),
+    not detached (this process's shard).
+    """
+    aug = aug or (lambda x: x)
+    autocast = autocast or torch.autocast("cpu", enabled=False)
+    with autocast:
+        fake = G(z)
+        real_logit = D(aug(real))
+        fake_logit = D(aug(fake.detach()))
+        d_loss = d_loss_fn(arch, real_logit, fake_logit)
+    if opt_d is not None:
+        opt_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    distributed.average_gradients(D.parameters(), dist)
+    if opt_d is not None:
+        opt_d.step()
+    D.requires_grad_(False)
+    try:
+        with autocast:
+            g_loss = g_loss_fn(arch, D(aug(fake)))
+        if opt_g is not None:
+            opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        distributed.average_gradients(G.parameters(), dist)
+        if opt_g is not None:
+            opt_g.step()
+    finally:
+        D.requires_grad_(True)
+    return d_loss, g_loss, real_logit, fake_logit
+
+
+def r1_step(D: nn.Module, real: torch.Tensor, gamma: float, every: int, aug=None, autocast=None,
+            opt_d: torch.optim.Optimizer | None = None, dist: Dist = SINGLE) -> torch.Tensor:
+    """Lazy R1 regularisation (Mescheder et al. 2018; StyleGAN2's lazy form): one D update on
+    ``gamma / 2 * E ||grad_x D(x)||^2 * every`` over the (augmented) real batch ``real``
+    (B, 1, S, S). Returns the penalty E||grad||^2 (detached)."""
+    aug = aug or (lambda x: x)
+    autocast = autocast or torch.autocast("cpu", enabled=False)
+    x = aug(real).detach().requires_grad_(True)
+    with autocast:
+        logits = D(x).float()
+    (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+    penalty = grad.float().square().sum(dim=(1, 2, 3)).mean()
+    if opt_d is not None:
+        opt_d.zero_grad(set_to_none=True)
+    (0.5 * gamma * every * penalty).backward()
+    distributed.average_gradients(D.parameters(), dist)
+    if opt_d is not None:
+        opt_d.step()
+    return penalty.detach()
+
+
+def path_length_step(G: nn.Module, z: torch.Tensor, gen: torch.Generator, pl_mean: float,
+                     weight: float, every: int, decay: float = 0.01, autocast=None,
+                     opt_g: torch.optim.Optimizer | None = None, dist: Dist = SINGLE,
+                     rows: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
+    """Lazy path-length regularisation (Karras et al. 2020): penalise the deviation of
+    ``|J^T y|`` from its running mean ``pl_mean``, with J the Jacobian of the image w.r.t. w
+    (the mapping network's output; z for a generator without one) and y ~ N(0, I) / S image
+    noise drawn from ``gen``; one G update on ``weight * every * penalty``. Pushes a fixed-size
+    latent step to change the image by a fixed amount: a smoother, more linear latent.
+    Returns (new running mean, penalty (detached)). The first call (``pl_mean == 0``) starts the
+    running mean at the batch mean. Data-parallel: ``z`` holds rows ``rows`` of the global
+    batch, the noise is drawn for the global batch, the batch mean is the mean over processes and
+    the gradients are averaged over them."""
+    autocast = autocast or torch.autocast("cpu", enabled=False)
+    with autocast:
+        if hasattr(G, "mapping"):
+            w = G.mapping(z)
+            img = G.synthesis(w).float()
+        else:
+            w = z.detach().requires_grad_(True)
+            img = G(w).float()
+    S = img.shape[-1]
+    n_draw = img.shape[0] * dist.world_size if rows is not None else img.shape[0]
+    y = distributed.take(torch.randn((n_draw, *img.shape[1:]), generator=gen,
+                                     device=img.device), rows) / S
+    (grad,) = torch.autograd.grad((img * y).sum(), w, create_graph=True)
+    lengths = grad.float().square().sum(dim=1).sqrt()
+    batch_mean = float(distributed.mean_over_ranks(lengths.detach().mean(), dist))
+    pl_mean = batch_mean if pl_mean == 0.0 else pl_mean + decay * (batch_mean - pl_mean)
+    penalty = (lengths - pl_mean).square().mean()
+    if opt_g is not None:
+        opt_g.zero_grad(set_to_none=True)
+    (weight * every * penalty).backward()
+    distributed.average_gradients(G.parameters(), dist)
+    if opt_g is not None:
+        opt_g.step()
+    return pl_mean, penalty.detach()
+
+
+def training_flops_per_step(arch: str, size: int, batch_size: int, nz: int = 100) -> float:
+    """FLOPs of one training step (D step + G step), counted with FlopCounterMode on the meta
+    device (convolutions, matmuls and their backward passes; elementwise ops not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        G = build_generator(arch, size, nz)
+        D = PaperDiscriminator(size, mbstd=arch in STABLE_RECIPE)  # SN adds only O(params) work
+        z = torch.randn(batch_size, nz)
+        real = torch.randn(batch_size, 1, size, size)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        train_step(G, D, real, z, arch)
+    return float(counter.get_total_flops())
