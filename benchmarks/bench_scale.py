@@ -160,12 +160,17 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", type=Path, default=None, help="where the records and stores go (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--from-json", type=Path, default=None,
+                    help="print the fits of a saved --json run again (no measurement)")
     ap.add_argument("--stage", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--dir", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.stage:  # child process: one stage
         print(json.dumps(run_stage(args.stage, args.n, args.dir)))
+        return 0
+    if args.from_json:
+        summarise(json.loads(args.from_json.read_text()))
         return 0
 
     sizes = args.sizes or ([100, 200, 400] if args.quick else [1000, 4000, 16000])
@@ -192,12 +197,23 @@ def main(argv=None) -> int:
         if not args.keep and args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
 
+    summarise(results)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def summarise(results: dict) -> None:
+    """Fits (time and peak RSS vs N), extrapolations and the flat-memory verdict, printed and
+    stored in ``results["fits"]``. The verdict uses the *marginal* memory slope between the two
+    largest N: below one chunk (1024-2048 patches, 64 MB score blocks) a stage's memory grows
+    while its chunk fills, which a fit over all N would extrapolate as if it went on."""
+    sizes = results["sizes"]
     base = results["baseline"]["maxrss_mb"]
     if len(sizes) < 2:
         print("one size only: no fits")
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=2) + "\n")
-        return 0
+        return
     print(f"\nfits over N = {sizes} (time = a + b N, peak RSS = c + d N); extrapolated to "
           + ", ".join(f"{e:,}" for e in EXTRAPOLATE))
     print(f"  {'stage':<10} {'cpu ms/rec':>10} {'R^2':>6} {'RSS MB':>7} {'RSS MB/1k rec':>13}   "
@@ -215,15 +231,22 @@ def main(argv=None) -> int:
                                   "wall_intercept_s": aw, "wall_s_per_record": bw, "wall_r2": r2w,
                                   "rss_intercept_mb": c, "rss_mb_per_record": dm,
                                   "rss_above_baseline_mb": [r["maxrss_mb"] - base for r in rows],
+                                  "rss_mb_per_record_marginal": _marginal(rows),
                                   "extrapolated": {str(k): v for k, v in ext.items()}}
         print(f"  {stage:<10} {1e3 * b:10.2f} {r2:6.3f} {c:7.0f} {1e3 * dm:13.2f}   "
               + "   ".join(f"{ext[e]['cpu_h']:8.2f} h / {ext[e]['rss_gb']:6.2f} GB      " for e in EXTRAPOLATE))
-    flat = all(results["fits"][s]["rss_mb_per_record"] * 1e6 / 1024 < 1.0 for s in DATA_STAGES)
-    print(f"  data stages' peak RSS flat in N (< 1 GB more at 1M records): {'yes' if flat else 'NO'}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+    print(f"  marginal peak-RSS slope between N = {sizes[-2]:,} and {sizes[-1]:,} [MB per 1k records]: "
+          + ", ".join(f"{s} {1e3 * results['fits'][s]['rss_mb_per_record_marginal']:.1f}" for s in STAGES))
+    flat = all(results["fits"][s]["rss_mb_per_record_marginal"] * 1e6 / 1024 < 1.0 for s in DATA_STAGES)
+    results["data_stages_memory_flat"] = flat
+    print(f"  data stages' peak RSS flat in N (marginal slope: < 1 GB more at 1M records): "
+          f"{'yes' if flat else 'NO'}")
+
+
+def _marginal(rows: list[dict]) -> float:
+    """Peak-RSS slope [MB per record] between the two largest N of ``rows``."""
+    (n0, m0), (n1, m1) = [(r["n"], r["maxrss_mb"]) for r in sorted(rows, key=lambda r: r["n"])[-2:]]
+    return (m1 - m0) / (n1 - n0)
 
 
 if __name__ == "__main__":

@@ -108,11 +108,26 @@ def test_correlations_and_self_rates():
     c = rt.correlations(q, m, ("tuf", "psep", "r_value"))
     assert c["tuf"]["n"] == 4 and c["tuf"]["spearman"] == pytest.approx(1.0) and c["tuf"]["pearson"] > 0.98
     assert np.isnan(c["psep"]["pearson"]) and "r_value" not in c
+    lo, hi = c["tuf"]["pearson_ci95"]
+    assert -1 < lo < c["tuf"]["pearson"] < hi < 1 and hi - lo > 0.05  # 4 pairs: wide
     rates = rt.self_retrieval_rates(np.array([[3, 1, 2, 0, 5], [9, 8, 7, 6, 4]]), np.array([3, 4]))
     assert rates == {"top1": 0.5, "top5": 1.0}
     harp = np.array([0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
     rates = rt.self_retrieval_rates(np.array([[2, 1], [9, 5]]), np.array([3, 4]), ks=(1, 2), groups=harp)
     assert rates == {"top1": 0.0, "top2": 0.0, "top1_same_group": 0.5, "top2_same_group": 1.0}
+
+
+def test_pearson_interval_is_fisher_z_and_covers_at_95_percent():
+    assert rt.pearson_ci95(0.665, 12) == pytest.approx([0.147, 0.897], abs=1e-3)
+    assert all(np.isnan(rt.pearson_ci95(0.5, 3))) and all(np.isnan(rt.pearson_ci95(np.nan, 50)))
+    rng = np.random.default_rng(0)  # coverage on bivariate normal samples with rho = 0.6
+    cov = [[1.0, 0.6], [0.6, 1.0]]
+    hits = []
+    for _ in range(400):
+        x = rng.multivariate_normal([0, 0], cov, size=15)
+        lo, hi = rt.pearson_ci95(float(np.corrcoef(x.T)[0, 1]), 15)
+        hits.append(lo <= 0.6 <= hi)
+    assert 0.91 <= np.mean(hits) <= 0.99
 
 
 # ---------------------------------------------------------------------------------------------

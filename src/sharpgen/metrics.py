@@ -205,12 +205,18 @@ def retrieval_metrics(ev: Mapping) -> dict:
 
 def inversion_metrics(summary: Mapping) -> dict:
     """``inversion`` (invert/inversion.json): held-out real patches vs their GAN reconstructions
-    -- Pearson / Spearman per parameter in fit space (r_value where both are non-zero), pixel
+    -- Pearson (with its pairs and 95 % interval) / Spearman per parameter in fit space (r_value
+    where both are non-zero), pixel
     errors (relative L2 and RMS in G), SimSiam cosine, the share within the edit bound."""
     corr = summary.get("correlations", {})
     px = summary.get("pixel", {})
     return {"n_patches": int(summary.get("n_patches", 0)), "space": summary.get("space"),
             "pearson": {p: _num(v.get("pearson")) for p, v in corr.items()},
+            # pairs behind each Pearson and its 95 % interval: r_value counts only the pairs
+            # where both R are non-zero, often a handful, and then the interval is wide
+            "pairs": {p: int(v.get("n", 0)) for p, v in corr.items()},
+            "pearson_ci95": {p: [_num(x) for x in v.get("pearson_ci95", [float("nan")] * 2)]
+                             for p, v in corr.items()},
             "spearman": {p: _num(v.get("spearman")) for p, v in corr.items()},
             "rel_error_median": _num(px.get("rel_error_median")),
             "rel_error_p90": _num(px.get("rel_error_p90")),

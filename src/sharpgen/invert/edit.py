@@ -234,6 +234,13 @@ class Editor:
         r = self.reach(spec, cal, code, y0)
         unit = unit_of(target, self.ctx.mode)
         lo, hi = r["range"]
+        if np.isfinite(y0) and not lo <= hi:  # nothing this patch reaches is calibrated
+            slo, shi = r["seed_range"]
+            raise RequestOutOfRange(
+                f"this patch cannot be edited along {spec.key!r}: from its {target} = "
+                f"{float(base[target]):.4g} {unit} the calibrated steps reach "
+                f"[{slo:.4g}, {shi:.4g}] {unit}, which does not overlap the direction's calibrated "
+                f"range [{r['global'][0]:.4g}, {r['global'][1]:.4g}] {unit}")
         if not (np.isfinite(y0) and lo <= value <= hi):
             fold = r["fold"][np.isfinite(r["fold"])]
             raise RequestOutOfRange(
