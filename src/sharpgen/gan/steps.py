@@ -14,6 +14,18 @@ from sharpgen import distributed
 from sharpgen.distributed import SINGLE, Dist
 from sharpgen.gan.model import STABLE_RECIPE, PaperDiscriminator, build_generator, d_loss_fn, g_loss_fn
 
+def _update(loss: torch.Tensor, net: nn.Module, opt: torch.optim.Optimizer | None,
+            dist: Dist) -> None:
+    """One update of ``net``: zero its gradients, backward ``loss``, average the gradients over
+    the processes (data-parallel), optimiser step. Without ``opt`` (tests): backward only."""
+    if opt is not None:
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    distributed.average_gradients(net.parameters(), dist)
+    if opt is not None:
+        opt.step()
+
+
 def train_step(G: nn.Module, D: nn.Module, real: torch.Tensor, z: torch.Tensor, arch: str,
                aug=None, autocast=None, opt_g: torch.optim.Optimizer | None = None,
                opt_d: torch.optim.Optimizer | None = None, dist: Dist = SINGLE):
@@ -31,22 +43,12 @@ def train_step(G: nn.Module, D: nn.Module, real: torch.Tensor, z: torch.Tensor, 
         real_logit = D(aug(real))
         fake_logit = D(aug(fake.detach()))
         d_loss = d_loss_fn(arch, real_logit, fake_logit)
-    if opt_d is not None:
-        opt_d.zero_grad(set_to_none=True)
-    d_loss.backward()
-    distributed.average_gradients(D.parameters(), dist)
-    if opt_d is not None:
-        opt_d.step()
+    _update(d_loss, D, opt_d, dist)
     D.requires_grad_(False)
     try:
         with autocast:
             g_loss = g_loss_fn(arch, D(aug(fake)))
-        if opt_g is not None:
-            opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        distributed.average_gradients(G.parameters(), dist)
-        if opt_g is not None:
-            opt_g.step()
+        _update(g_loss, G, opt_g, dist)
     finally:
         D.requires_grad_(True)
     return d_loss, g_loss, real_logit, fake_logit
@@ -64,12 +66,7 @@ def r1_step(D: nn.Module, real: torch.Tensor, gamma: float, every: int, aug=None
         logits = D(x).float()
     (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
     penalty = grad.float().square().sum(dim=(1, 2, 3)).mean()
-    if opt_d is not None:
-        opt_d.zero_grad(set_to_none=True)
-    (0.5 * gamma * every * penalty).backward()
-    distributed.average_gradients(D.parameters(), dist)
-    if opt_d is not None:
-        opt_d.step()
+    _update(0.5 * gamma * every * penalty, D, opt_d, dist)
     return penalty.detach()
 
 
@@ -103,12 +100,7 @@ def path_length_step(G: nn.Module, z: torch.Tensor, gen: torch.Generator, pl_mea
     batch_mean = float(distributed.mean_over_ranks(lengths.detach().mean(), dist))
     pl_mean = batch_mean if pl_mean == 0.0 else pl_mean + decay * (batch_mean - pl_mean)
     penalty = (lengths - pl_mean).square().mean()
-    if opt_g is not None:
-        opt_g.zero_grad(set_to_none=True)
-    (weight * every * penalty).backward()
-    distributed.average_gradients(G.parameters(), dist)
-    if opt_g is not None:
-        opt_g.step()
+    _update(weight * every * penalty, G, opt_g, dist)
     return pl_mean, penalty.detach()
 
 
