@@ -194,10 +194,19 @@ def threads_per_process(threads: int | None, dist: Dist | None = None) -> int | 
     return max(1, int(threads) // dist.world_size)
 
 
-def barrier(dist: Dist) -> None:
-    """Wait for every rank (no-op for one process)."""
-    if dist.enabled:
-        torch.distributed.barrier()
+def resume_checkpoint(folder: str | os.PathLike, max_step: int, dist: Dist, *,
+                      required: tuple[str, ...] = (), prefix: str = "step") -> tuple[Path, dict] | None:
+    """The checkpoint to resume from, the same on every rank: rank 0 picks it with
+    :func:`sharpgen.training.find_resume_checkpoint` (which may quarantine unreadable files,
+    so only rank 0 looks), the others load the path it broadcasts. ``(path, state)`` or None."""
+    from sharpgen import training
+
+    found = (training.find_resume_checkpoint(folder, max_step, required=required, prefix=prefix)
+             if dist.is_main else None)
+    chosen = broadcast_object(None if found is None else str(found[1]), dist)
+    if chosen is None:
+        return None
+    return Path(chosen), (found[2] if found is not None else training.load_checkpoint(chosen))
 
 
 def main_only(dist: Dist, ctx: contextlib.AbstractContextManager) -> contextlib.AbstractContextManager:
@@ -210,20 +219,18 @@ def main_only(dist: Dist, ctx: contextlib.AbstractContextManager) -> contextlib.
 # --------------------------------------------------------------------------------------------
 
 
-def run_stage(target: str, kwargs: Mapping[str, Any], *, devices: int, log_file: str | None = None,
-              timeout_s: float | None = None) -> Any:
-    """Run the stage function ``target`` (``"module:function"``) with ``kwargs``.
-
-    ``devices`` == 1, or already inside a torchrun process: a plain call (its return value is
-    returned). ``devices`` > 1: :func:`launch` starts ``devices`` processes with torchrun; each
-    calls the function; returns None (the outputs are files written by rank 0)."""
+def launch_if_needed(target: str, kwargs: Mapping[str, Any], devices: int) -> bool:
+    """For a stage function ``target`` (``"module:function"``) called with ``kwargs``: when
+    ``devices`` > 1 and this process is not one of torchrun's, :func:`launch` ``devices``
+    processes that each call it, wait, and return True (the caller returns; rank 0 wrote the
+    outputs). Otherwise return False: the caller trains here (one process, or one rank)."""
     devices = int(devices)
     if devices < 1:
         raise ValueError(f"device count must be >= 1, got {devices}")
     if devices == 1 or from_env().enabled:
-        return resolve(target)(**kwargs)
-    launch(target, kwargs, nproc=devices, log_file=log_file, timeout_s=timeout_s)
-    return None
+        return False
+    launch(target, kwargs, nproc=devices)
+    return True
 
 
 def resolve(target: str) -> Callable[..., Any]:
@@ -241,8 +248,7 @@ def torchrun_command(spec_path: str | os.PathLike, nproc: int) -> list[str]:
             "--nproc-per-node", str(int(nproc)), "-m", "sharpgen.distributed", str(spec_path)]
 
 
-def launch(target: str, kwargs: Mapping[str, Any], *, nproc: int, log_file: str | None = None,
-           timeout_s: float | None = None) -> None:
+def launch(target: str, kwargs: Mapping[str, Any], *, nproc: int) -> None:
     """Run ``target(**kwargs)`` in ``nproc`` torchrun processes and wait for them.
 
     ``kwargs`` must be JSON-serialisable (paths, config dicts). The processes' output (each line
@@ -253,8 +259,7 @@ def launch(target: str, kwargs: Mapping[str, Any], *, nproc: int, log_file: str 
     """
     with tempfile.TemporaryDirectory(prefix="sharpgen-ddp-") as tmp:
         spec = Path(tmp) / "spec.json"
-        spec.write_text(json.dumps({"target": target, "kwargs": dict(kwargs),
-                                    "log_file": log_file}))
+        spec.write_text(json.dumps({"target": target, "kwargs": dict(kwargs)}))
         cmd = torchrun_command(spec, nproc)
         env = dict(os.environ)
         share = threads_per_process(kwargs.get("threads") or 1, Dist(0, int(nproc), 0))
@@ -281,7 +286,7 @@ def launch(target: str, kwargs: Mapping[str, Any], *, nproc: int, log_file: str 
                 if line.startswith("[rank") and " CRITICAL " in line:
                     errors.append(line)
                 logger.info("%s", line)
-            rc = proc.wait(timeout=timeout_s)
+            rc = proc.wait()
         except BaseException:
             _stop(proc)
             raise

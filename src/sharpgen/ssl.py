@@ -323,13 +323,10 @@ def _resume(model: SimSiam, opt: torch.optim.Optimizer, folder: Path, epochs: in
     """Load the newest readable checkpoint of ``folder`` into ``model``/``opt``; return
     (first epoch to run, log rows so far) -- (0, []) when starting anew. Data-parallel: rank 0
     picks the checkpoint and every rank loads that one."""
-    found = (training.find_resume_checkpoint(folder, epochs, required=CHECKPOINT_KEYS, prefix="epoch")
-             if dist.is_main else None)
-    chosen = distributed.broadcast_object(None if found is None else str(found[1]), dist)
-    if chosen is None:
+    found = distributed.resume_checkpoint(folder, epochs, dist, required=CHECKPOINT_KEYS, prefix="epoch")
+    if found is None:
         return 0, []
-    path = Path(chosen)
-    state = found[2] if found is not None else training.load_checkpoint(path)
+    path, state = found
     training.check_meta(path, {"n_train": state["n_train"], "arch": state["arch"]},
                         {"n_train": n, "arch": model.arch})
     model.load_state_dict(state["model"])
@@ -566,19 +563,19 @@ def train_ssl_stage(zarr: str, table: str, cfg: Mapping[str, Any], checkpoint_ro
                     encoder: str, log_csv: str, threads: int | None = None) -> str | None:
     """The ``train_ssl`` rule: :func:`train_simsiam` on the ``ssl.split`` patches of the store
     (``zarr`` + ``table``), then :func:`save_encoder` (rank 0). With ``ssl.devices`` = N > 1 this
-    starts N torchrun processes (:func:`sharpgen.distributed.run_stage`), each running this
-    function with ``threads`` / N CPU threads. Returns the encoder's hash (None from the
+    starts N torchrun processes (:func:`sharpgen.distributed.launch_if_needed`), each running
+    this function with ``threads`` / N CPU threads. Returns the encoder's hash (None from the
     launching process of N and from ranks > 0)."""
     from sharpgen.store import PatchStore
+
     cfg = section("ssl", cfg)
-    devices = int(cfg.get("devices", 1))
-    if devices > 1 and not distributed.from_env().enabled:
-        return distributed.run_stage(
+    if distributed.launch_if_needed(
             "sharpgen.ssl:train_ssl_stage",
             {"zarr": str(zarr), "table": str(table), "cfg": dict(cfg),
              "checkpoint_root": str(checkpoint_root), "encoder": str(encoder),
              "log_csv": str(log_csv), "threads": threads},
-            devices=devices)
+            devices=int(cfg.get("devices", 1))):
+        return None
     threads = distributed.threads_per_process(threads)
     store = PatchStore.open(zarr, table)
     attrs = store.attrs

@@ -280,14 +280,11 @@ def _resume(run: _Run, folder: Path, cfg: GanConfig, meta: dict,
     """Load the newest readable checkpoint in ``folder`` at a step <= ``cfg.steps`` into
     ``run`` (refusing one from another run); return its path, None when starting anew.
     Data-parallel: rank 0 picks the checkpoint and every rank loads that one."""
-    found = (training.find_resume_checkpoint(folder, cfg.steps, required=CHECKPOINT_KEYS)
-             if dist.is_main else None)
-    chosen = distributed.broadcast_object(None if found is None else str(found[1]), dist)
-    if chosen is None:
+    found = distributed.resume_checkpoint(folder, cfg.steps, dist, required=CHECKPOINT_KEYS)
+    if found is None:
         logger.info("starting a new run in %s", folder)
         return None
-    path = Path(chosen)
-    ck = found[2] if found is not None else training.load_checkpoint(path)
+    path, ck = found
     check_checkpoint_meta(path, ck.get("meta", {}), meta)
     run.G.load_state_dict(ck["G"])
     run.D.load_state_dict(ck["D"])
@@ -501,17 +498,17 @@ def train_gan_stage(zarr: str, table: str, gan: dict, checkpoint_root: str, gene
                     ) -> dict | None:
     """The ``train_gan`` rule: read the ``gan.split`` patches of the store (``zarr`` + ``table``)
     and :func:`train_gan` on them. With ``gan.devices`` = N > 1 this starts N torchrun processes
-    (:func:`sharpgen.distributed.run_stage`), each running this function with ``threads`` / N
-    CPU threads; returns the summary (None from the launching process of N)."""
+    (:func:`sharpgen.distributed.launch_if_needed`), each running this function with
+    ``threads`` / N CPU threads; returns the summary (None from the launching process of N)."""
     cfg = GanConfig.from_dict(gan)
-    if cfg.devices > 1 and not distributed.from_env().enabled:
-        return distributed.run_stage(
+    if distributed.launch_if_needed(
             "sharpgen.gan.train:train_gan_stage",
             {"zarr": str(zarr), "table": str(table), "gan": cfg.as_dict(),
              "checkpoint_root": str(checkpoint_root), "generator": str(generator),
              "log_csv": str(log_csv), "samples_dir": None if samples_dir is None else str(samples_dir),
              "threads": threads},
-            devices=cfg.devices)
+            devices=cfg.devices):
+        return None
     threads = distributed.threads_per_process(threads)
     patches, attrs = read_patch_store(zarr, table, split=cfg.split)
     logger.info("training %s GAN on %d patches of %dx%d from %s (split=%s)", cfg.arch,

@@ -207,14 +207,18 @@ class Editor:
 
     def reach(self, spec: DirectionSpec, cal: Mapping, code: np.ndarray, y0: float) -> dict:
         """What ``code`` (fit-space target value ``y0``) can reach along ``spec``: eps range
-        (calibrated range within the fold), physical value range, and the global calibrated range."""
+        (calibrated range within the fold), physical value range ((NaN, NaN) when nothing it
+        reaches lies in the calibrated range), and the global calibrated range."""
         from sharpgen.directions.calibrate import seed_range
 
         lim = self.field.eps_bounds(spec, np.asarray(code, np.float64)[None])[0]
         e_lo, e_hi = max(float(cal["eps_min"]), float(lim[0])), min(float(cal["eps_max"]), float(lim[1]))
         lo, hi = seed_range(cal, float(y0), eps_bounds=lim) if np.isfinite(y0) else (np.nan, np.nan)
         glo, ghi = cal["range"]
-        return {"eps": (e_lo, e_hi), "fold": lim, "range": (max(lo, glo), min(hi, ghi)),
+        both = (max(lo, glo), min(hi, ghi))
+        if not both[0] <= both[1]:  # nothing this code reaches is calibrated: an empty range
+            both = (np.nan, np.nan)
+        return {"eps": (e_lo, e_hi), "fold": lim, "range": both,
                 "seed_range": (lo, hi), "global": (float(glo), float(ghi))}
 
     def solve(self, code: np.ndarray, target: str, hold: Sequence[str], value: float,
@@ -234,7 +238,7 @@ class Editor:
         r = self.reach(spec, cal, code, y0)
         unit = unit_of(target, self.ctx.mode)
         lo, hi = r["range"]
-        if np.isfinite(y0) and not lo <= hi:  # nothing this patch reaches is calibrated
+        if np.isfinite(y0) and not lo <= hi:  # an empty range: nothing it reaches is calibrated
             slo, shi = r["seed_range"]
             raise RequestOutOfRange(
                 f"this patch cannot be edited along {spec.key!r}: from its {target} = "
