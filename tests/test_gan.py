@@ -646,3 +646,82 @@ def test_mapping_config_keys_are_checked():
                 {"mapping_layers": 0}, {"arch": "stylegan"}):
         with pytest.raises(ValueError):
             GanConfig.from_dict(bad)
+
+
+# --------------------------------------------------------------------------------------------
+# stable generator upsampling (gan.upsample, issue 19)
+# --------------------------------------------------------------------------------------------
+def test_binomial_blur_removes_the_checkerboard_and_keeps_smooth_fields():
+    from sharpgen.gan.model import binomial_blur
+
+    i, j = np.meshgrid(np.arange(16), np.arange(16), indexing="ij")
+    checker = torch.from_numpy(((-1.0) ** (i + j)).astype(np.float32))[None, None]
+    ramp = torch.from_numpy((0.01 * i + 0.02 * j).astype(np.float32))[None, None]
+    out = binomial_blur(torch.cat([checker, 3.0 + 0 * checker], dim=1))
+    assert out.shape == (1, 2, 16, 16)
+    # the Nyquist pattern (what a stride-2 transposed convolution leaves) is gone inside the map
+    assert float(out[0, 0, 1:-1, 1:-1].abs().max()) < 1e-6
+    assert torch.allclose(out[0, 1], torch.full((16, 16), 3.0))          # constants unchanged
+    assert torch.allclose(binomial_blur(ramp)[..., 1:-1, 1:-1], ramp[..., 1:-1, 1:-1], atol=1e-6)
+    # the one-channel path (shifted sums) equals the depthwise convolution of the others
+    x = torch.randn(2, 3, 9, 11, generator=torch.Generator().manual_seed(0))
+    both = binomial_blur(x)
+    for c in range(3):
+        torch.testing.assert_close(binomial_blur(x[:, c: c + 1]), both[:, c: c + 1], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("upsample,noise", [("blur", False), ("resize", False), ("blur", True)])
+def test_stable_upsampling_variants_train_save_and_load(tmp_path, tiny_patches, upsample, noise):
+    G = gan.build_generator("stable", 32, upsample=upsample, stable_noise=noise).eval()
+    z = torch.randn(3, 100, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x = G(z)
+        assert torch.equal(G(z), x)                      # a function of z, noise included
+    assert x.shape == (3, 1, 32, 32) and float(x.abs().max()) <= 1.0
+    kinds = {type(m) for m in (G.up1, G.up2, G.up3)}
+    assert kinds == ({torch.nn.Conv2d} if upsample == "resize" else {torch.nn.ConvTranspose2d})
+    assert G.up3.in_channels == 32 + int(noise)
+    # trained and saved with the keys, loaded back as the same network
+    tag = f"{upsample}{'_noise' if noise else ''}"
+    a, _ = _train(tmp_path, tiny_patches, tag, upsample=upsample, noise=noise)
+    blob = torch.load(a / "generator.pt", weights_only=True)
+    assert blob["config"]["upsample"] == upsample and blob["config"]["noise"] is noise
+    assert not any(k.startswith("noise_proj") for k in blob["state_dict"])  # rebuilt, not stored
+    Gl = gan.load_generator(a / "generator.pt")
+    assert Gl.upsample == upsample and Gl.noise is noise
+    zn = np.random.default_rng(1).standard_normal((2, 100)).astype(np.float32)
+    assert np.isfinite(gan.generate(Gl, zn)).all()
+    # a second load (fresh fixed projections) makes the same images
+    np.testing.assert_array_equal(gan.generate(gan.load_generator(a / "generator.pt"), zn), gan.generate(Gl, zn))
+    # another upsampling / noise setting is another training: another checkpoint folder
+    fa = gan.checkpoint_folder(tmp_path, GanConfig.from_dict({**TINY, "upsample": upsample, "noise": noise}), 32, 16, "t")
+    fb = gan.checkpoint_folder(tmp_path, GanConfig.from_dict(TINY), 32, 16, "t")
+    assert fa != fb
+    assert gan.training_flops_per_step("stable", 32, 2, upsample=upsample, stable_noise=noise) > 0
+    with pytest.raises(ValueError, match="upsample"):
+        GanConfig.from_dict({**TINY, "upsample": "pixelshuffle"})
+
+
+def test_stable_noise_maps_are_white_unit_gaussian_functions_of_z():
+    G = gan.build_generator("stable", 64, stable_noise=True)
+    z = torch.randn(64, 100, generator=torch.Generator().manual_seed(2))
+    for r in (32, 64):
+        n = G.noise_map(z, r)
+        assert n.shape == (64, 1, r, r)
+        assert abs(float(n.mean())) < 0.05 and abs(float(n.std()) - 1.0) < 0.05
+        # white: neighbouring pixels uncorrelated
+        c = float(torch.corrcoef(torch.stack([n[..., :-1].flatten(), n[..., 1:].flatten()]))[0, 1])
+        assert abs(c) < 0.05
+        assert torch.equal(G.noise_map(z, r), n)
+    # another latent, another map; the projection is part of the architecture (same in a new net)
+    assert not torch.allclose(G.noise_map(z[:1], 64), G.noise_map(z[1:2], 64))
+    G2 = gan.build_generator("stable", 64, stable_noise=True)
+    assert torch.equal(G2.noise_map(z, 64), G.noise_map(z, 64))
+
+
+def test_generators_saved_before_the_upsample_key_load_as_transposed(tmp_path):
+    G = gan.build_generator("stable", 32)
+    blob = {"format": 2, "arch": "stable", "size": 32, "nz": 100, "config": {"arch": "stable"},
+            "state_dict": G.state_dict()}
+    torch.save(blob, tmp_path / "old.pt")
+    assert gan.load_generator(tmp_path / "old.pt").upsample == "transposed"

@@ -86,25 +86,93 @@ class PaperGenerator(nn.Module):
         return x[:, :, : self.size, : self.size]
 
 
-class StableGenerator(nn.Module):
-    """The paper's generator with checkerboard-free 4x4 kernels (stride 2, padding 1):
-    Linear(nz -> 64 x S/8 x S/8) + LeakyReLU, ConvTranspose 64->64, 64->32 (LeakyReLU) and
-    32->1 + tanh; S/8 -> S/4 -> S/2 -> S exactly (no pad/crop, so no edge artefacts)."""
+#: upsampling layers of the stable generator (``gan.upsample``)
+UPSAMPLING = ("transposed", "blur", "resize")
 
-    def __init__(self, nz: int = 100, size: int = 128):
+
+def binomial_blur(x: torch.Tensor) -> torch.Tensor:
+    """Depthwise 3x3 binomial low-pass ([1, 2, 1] / 4 in each axis; edge pixels replicated):
+    zero response at the Nyquist frequency, so the 2-pixel pattern a stride-2 transposed
+    convolution leaves (checkerboard) is removed, and ~unit response at low frequencies.
+    (B, C, H, W) -> same shape."""
+    C = x.shape[1]
+    xp = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    if C == 1:  # one channel: two shifted sums (5x faster than a depthwise conv on the CPU)
+        y = 0.25 * xp[..., :-2] + 0.5 * xp[..., 1:-1] + 0.25 * xp[..., 2:]
+        return 0.25 * y[..., :-2, :] + 0.5 * y[..., 1:-1, :] + 0.25 * y[..., 2:, :]
+    k = torch.tensor([1.0, 2.0, 1.0], device=x.device, dtype=x.dtype) / 4.0
+    k2 = (k[:, None] * k[None, :]).expand(C, 1, 3, 3).contiguous()
+    return F.conv2d(xp, k2, groups=C)
+
+
+class StableGenerator(nn.Module):
+    """The paper's generator with 4x4 kernels (stride 2, padding 1): Linear(nz -> 64 x S/8 x S/8)
+    + LeakyReLU, then three x2 upsampling layers 64->64, 64->32 (LeakyReLU) and 32->1 + tanh;
+    S/8 -> S/4 -> S/2 -> S exactly (no pad/crop, so no edge artefacts).
+
+    ``upsample`` (``gan.upsample``) chooses the upsampling layer:
+
+    * ``transposed``: ConvTranspose 4x4, stride 2 (even kernel overlap, but the four output
+      phases still get different learned weights: a checkerboard shows in the samples);
+    * ``blur``: the same transposed convolution followed by a fixed binomial 3x3 low-pass
+      (:func:`binomial_blur`, StyleGAN2's upsampling filter): nothing at the Nyquist frequency;
+      +~1 % of the generator's FLOPs;
+    * ``resize``: bilinear x2 resize then a 3x3 convolution (Odena et al. 2016); no
+      phase-dependent weights at all; 2.25x the generator's convolution FLOPs.
+    """
+
+    def __init__(self, nz: int = 100, size: int = 128, upsample: str = "transposed",
+                 noise: bool = False):
         super().__init__()
         _check_size(size)
-        self.nz, self.size, self.s0 = nz, size, size // 8
+        if upsample not in UPSAMPLING:
+            raise ValueError(f"unknown upsampling {upsample!r}; known: {list(UPSAMPLING)}")
+        self.nz, self.size, self.s0, self.upsample = nz, size, size // 8, upsample
+        self.noise = bool(noise)
         self.fc = nn.Linear(nz, 64 * self.s0 * self.s0)
-        self.up1 = nn.ConvTranspose2d(64, 64, 4, stride=2, padding=1)
-        self.up2 = nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1)
-        self.up3 = nn.ConvTranspose2d(32, 1, 4, stride=2, padding=1)
+        c3 = 32 + (1 if self.noise else 0)
+        if upsample == "resize":
+            self.up1 = nn.Conv2d(64, 64, 3, padding=1)
+            self.up2 = nn.Conv2d(64, 32, 3, padding=1)
+            self.up3 = nn.Conv2d(c3, 1, 3, padding=1)
+        else:
+            self.up1 = nn.ConvTranspose2d(64, 64, 4, stride=2, padding=1)
+            self.up2 = nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1)
+            self.up3 = nn.ConvTranspose2d(c3, 1, 4, stride=2, padding=1)
+        if self.noise:
+            # fixed Gaussian projections z -> pixel maps at S/2 and S (part of the architecture:
+            # rebuilt from NOISE_SEED on load, not in the state_dict)
+            gen = torch.Generator().manual_seed(NOISE_SEED)
+            default = torch.empty(0).device  # "meta" under torch.device("meta") (FLOP counting)
+            for r in (size // 2, size):
+                proj = torch.randn(r * r, nz, generator=gen, device="cpu")
+                self.register_buffer(f"noise_proj_{r}", proj.to(default), persistent=False)
+            self.noise_filter = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+            nn.init.normal_(self.noise_filter.weight, std=0.003)
+
+    def _up(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.upsample == "resize":
+            return layer(F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))
+        x = layer(x)
+        return binomial_blur(x) if self.upsample == "blur" else x
+
+    def noise_map(self, z: torch.Tensor, r: int) -> torch.Tensor:
+        """The deterministic pixel map (B, 1, r, r) of z: ``P_r (z / rms(z)) / sqrt(nz)`` with
+        the fixed projection ``P_r`` (r^2, nz); ~N(0, 1) per pixel and white across pixels."""
+        proj = getattr(self, f"noise_proj_{r}")
+        zn = z.float() * torch.rsqrt(z.float().square().mean(1, keepdim=True) + 1e-8)
+        return (zn @ proj.T / math.sqrt(self.nz)).view(-1, 1, r, r)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = F.leaky_relu(self.fc(z), 0.2).view(-1, 64, self.s0, self.s0)
-        x = F.leaky_relu(self.up1(x), 0.2)
-        x = F.leaky_relu(self.up2(x), 0.2)
-        return torch.tanh(self.up3(x))
+        x = F.leaky_relu(self._up(self.up1, x), 0.2)
+        x = F.leaky_relu(self._up(self.up2, x), 0.2)
+        if not self.noise:
+            return torch.tanh(self._up(self.up3, x))
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        x = torch.cat([x, self.noise_map(z, x.shape[-1]).to(x.dtype)], dim=1).contiguous(memory_format=fmt)
+        out = self._up(self.up3, x) + self.noise_filter(self.noise_map(z, self.size).to(x.dtype))
+        return torch.tanh(out)
 
 
 class MappingNetwork(nn.Module):
@@ -310,16 +378,17 @@ def minibatch_std(x: torch.Tensor, group: int = 4) -> torch.Tensor:
 
 def build_generator(arch: str, size: int, nz: int = 100, mapping_layers: int = 4,
                     channels: tuple[int, ...] | list[int] = MAPPING_CHANNELS,
-                    noise: bool = True) -> nn.Module:
+                    noise: bool = True, upsample: str = "transposed",
+                    stable_noise: bool = False) -> nn.Module:
     """The generator of ``arch``; ``mapping_layers``, ``channels`` and ``noise`` only for
-    ``mapping``."""
+    ``mapping``, ``upsample`` and ``stable_noise`` only for ``stable``."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown GAN architecture {arch!r}; known: {list(ARCHITECTURES)}")
     if arch == "mapping":
         return MappingGenerator(nz=nz, size=size, mapping_layers=mapping_layers, channels=channels,
                                 noise=noise)
     if arch == "stable":
-        return StableGenerator(nz=nz, size=size)
+        return StableGenerator(nz=nz, size=size, upsample=upsample, noise=stable_noise)
     return PaperGenerator(nz=nz, size=size)
 
 
@@ -402,7 +471,9 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") 
         G = build_generator(blob["arch"], int(blob["size"]), int(blob["nz"]),
                             mapping_layers=int(cfg.get("mapping_layers", 4)),
                             channels=cfg.get("mapping_channels", MAPPING_CHANNELS),
-                            noise=bool(cfg.get("mapping_noise", True)))
+                            noise=bool(cfg.get("mapping_noise", True)),
+                            upsample=str(cfg.get("upsample", "transposed")),
+                            stable_noise=bool(cfg.get("noise", False)))
         G.load_state_dict(blob["state_dict"])
     except Exception as err:
         raise GanError(f"cannot load generator {path}: {type(err).__name__}: {err}") from err

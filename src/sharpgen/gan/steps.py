@@ -104,13 +104,15 @@ def path_length_step(G: nn.Module, z: torch.Tensor, gen: torch.Generator, pl_mea
     return pl_mean, penalty.detach()
 
 
-def training_flops_per_step(arch: str, size: int, batch_size: int, nz: int = 100) -> float:
+def training_flops_per_step(arch: str, size: int, batch_size: int, nz: int = 100,
+                            **generator_options) -> float:
     """FLOPs of one training step (D step + G step), counted with FlopCounterMode on the meta
-    device (convolutions, matmuls and their backward passes; elementwise ops not counted)."""
+    device (convolutions, matmuls and their backward passes; elementwise ops not counted).
+    ``generator_options``: keywords of :func:`build_generator` (``upsample``, ``stable_noise``...)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
-        G = build_generator(arch, size, nz)
+        G = build_generator(arch, size, nz, **generator_options)
         D = PaperDiscriminator(size, mbstd=arch in STABLE_RECIPE)  # SN adds only O(params) work
         z = torch.randn(batch_size, nz)
         real = torch.randn(batch_size, 1, size, size)

@@ -40,6 +40,7 @@ from sharpgen.gan.steps import (  # noqa: F401  (re-exported: tests, benchmarks)
 from sharpgen.gan.model import (  # noqa: F401
     ARCHITECTURES,
     STABLE_RECIPE,
+    UPSAMPLING,
     GanError,
     build_discriminator,
     build_generator,
@@ -91,6 +92,8 @@ class GanConfig:
     mapping_lr_mult: float            # mapping: learning rate of the MLP = lr_g x this
     mapping_channels: tuple[int, ...]  # mapping: synthesis widths at S/8, S/4, S/2, S
     mapping_noise: bool               # mapping: deterministic pixel-scale noise inputs from w
+    upsample: str                     # stable: transposed | blur | resize (StableGenerator)
+    noise: bool                       # stable: deterministic pixel-scale noise inputs from z
     r1_gamma: float                   # R1 penalty weight on D(real) (0 = off)
     r1_every: int                     # lazy R1: every N steps, weighted by N
     pl_weight: float                  # path-length penalty weight on G (0 = off)
@@ -127,6 +130,8 @@ class GanConfig:
     def check(self) -> None:
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"gan.arch {self.arch!r} is not one of {list(ARCHITECTURES)}")
+        if self.upsample not in UPSAMPLING:
+            raise ValueError(f"gan.upsample {self.upsample!r} is not one of {list(UPSAMPLING)}")
         if self.split not in ("train", "all"):
             raise ValueError(f"gan.split {self.split!r} is not 'train' or 'all'")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -250,7 +255,8 @@ def _build_run(cfg: GanConfig, size: int, device: torch.device) -> _Run:
     torch.manual_seed(cfg.seed)
     G = build_generator(cfg.arch, size, cfg.nz, mapping_layers=cfg.mapping_layers,
                         channels=cfg.mapping_channels,
-                        noise=cfg.mapping_noise).to(device, memory_format=MEMORY_FORMAT)
+                        noise=cfg.mapping_noise, upsample=cfg.upsample,
+                        stable_noise=cfg.noise).to(device, memory_format=MEMORY_FORMAT)
     D = build_discriminator(cfg.arch, size).to(device, memory_format=MEMORY_FORMAT)
     ema = (copy.deepcopy(G).eval().requires_grad_(False)
            if cfg.arch in STABLE_RECIPE and cfg.ema_decay > 0 else None)
