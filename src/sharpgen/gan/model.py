@@ -86,6 +86,15 @@ class PaperGenerator(nn.Module):
         return x[:, :, : self.size, : self.size]
 
 
+def projected_noise(code: torch.Tensor, proj: torch.Tensor, r: int) -> torch.Tensor:
+    """A pixel map (B, 1, r, r) that is a deterministic function of a latent code (B, D):
+    ``proj (code / rms(code)) / sqrt(D)`` with a fixed Gaussian projection ``proj`` (r^2, D);
+    ~N(0, 1) per pixel and white across pixels (the noise inputs of the stable and mapping
+    generators)."""
+    cn = code.float() * torch.rsqrt(code.float().square().mean(1, keepdim=True) + 1e-8)
+    return (cn @ proj.T / math.sqrt(code.shape[1])).view(-1, 1, r, r)
+
+
 #: upsampling layers of the stable generator (``gan.upsample``)
 UPSAMPLING = ("transposed", "blur", "resize")
 
@@ -119,6 +128,12 @@ class StableGenerator(nn.Module):
       +~1 % of the generator's FLOPs;
     * ``resize``: bilinear x2 resize then a 3x3 convolution (Odena et al. 2016); no
       phase-dependent weights at all; 2.25x the generator's convolution FLOPs.
+
+    ``noise`` (``gan.noise``): the last layer gets one more input channel, the map
+    :meth:`noise_map` of z at S/2, and a second map at S, filtered by a learned 3x3 kernel
+    (``noise_filter``), is added before the tanh. Both are deterministic functions of z (fixed
+    projections drawn from :data:`NOISE_SEED`, rebuilt on load, not in the state_dict), so the
+    image stays a function of the latent. Measured in docs/gan.md; not the default.
     """
 
     def __init__(self, nz: int = 100, size: int = 128, upsample: str = "transposed",
@@ -159,9 +174,7 @@ class StableGenerator(nn.Module):
     def noise_map(self, z: torch.Tensor, r: int) -> torch.Tensor:
         """The deterministic pixel map (B, 1, r, r) of z: ``P_r (z / rms(z)) / sqrt(nz)`` with
         the fixed projection ``P_r`` (r^2, nz); ~N(0, 1) per pixel and white across pixels."""
-        proj = getattr(self, f"noise_proj_{r}")
-        zn = z.float() * torch.rsqrt(z.float().square().mean(1, keepdim=True) + 1e-8)
-        return (zn @ proj.T / math.sqrt(self.nz)).view(-1, 1, r, r)
+        return projected_noise(z, getattr(self, f"noise_proj_{r}"), r)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = F.leaky_relu(self.fc(z), 0.2).view(-1, 64, self.s0, self.s0)
@@ -294,9 +307,7 @@ class MappingGenerator(nn.Module):
 
     def noise_map(self, w: torch.Tensor, r: int) -> torch.Tensor:
         """The deterministic pixel-scale map (B, 1, r, r) of w, ~N(0, 1) per pixel."""
-        proj = getattr(self, f"noise_proj_{r}")
-        wn = w.float() * torch.rsqrt(w.float().square().mean(1, keepdim=True) + 1e-8)
-        return (wn @ proj.T / math.sqrt(self.w_dim)).view(-1, 1, r, r)
+        return projected_noise(w, getattr(self, f"noise_proj_{r}"), r)
 
     # ---- whitened W ------------------------------------------------------------------------
     def codes(self, z: torch.Tensor) -> torch.Tensor:
