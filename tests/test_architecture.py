@@ -125,7 +125,12 @@ def test_traversal_and_latents_measure_one_image_identically(tmp_path):
     direction[0] = 1.0
     trav = traverse(make_renderer(G, ctx), z.astype(np.float64), {"tuf": direction}, np.array([0.0]))
     cols = list(sampled.columns)
-    np.testing.assert_array_equal(trav[cols].to_numpy(), sampled.to_numpy())
+    # Same code path, same numbers. Bit equality held in every run but one: a clean-clone CI run
+    # (2026-11-30) saw the two renderings of the same four latents differ by up to 4.6e-5
+    # relative in flux, which only the generator's float32 CPU kernels can produce (the
+    # measurement is float64 numpy); cause not found, not reproduced in 300 repeated renderings.
+    # A different measurement path (scale, clip, parameter set) changes the numbers by O(1).
+    np.testing.assert_allclose(trav[cols].to_numpy(), sampled.to_numpy(), rtol=1e-3, atol=0)
 
 
 def test_failing_rule_traceback_lands_in_its_log(tmp_path):
