@@ -95,6 +95,18 @@ def projected_noise(code: torch.Tensor, proj: torch.Tensor, r: int) -> torch.Ten
     return (cn @ proj.T / math.sqrt(code.shape[1])).view(-1, 1, r, r)
 
 
+def register_noise_projections(module: nn.Module, size: int, dim: int) -> None:
+    """Give ``module`` the fixed Gaussian projections ``noise_proj_{S/2}`` and ``noise_proj_{S}``
+    ((r^2, dim) each) of :func:`projected_noise`, drawn from :data:`NOISE_SEED` on the CPU: part of
+    the architecture, rebuilt identically on load, not in the state_dict. Created on the default
+    device ("meta" under ``torch.device("meta")``, for FLOP counting)."""
+    gen = torch.Generator().manual_seed(NOISE_SEED)
+    default = torch.empty(0).device
+    for r in (size // 2, size):
+        proj = torch.randn(r * r, dim, generator=gen, device="cpu")
+        module.register_buffer(f"noise_proj_{r}", proj.to(default), persistent=False)
+
+
 #: upsampling layers of the stable generator (``gan.upsample``)
 UPSAMPLING = ("transposed", "blur", "resize")
 
@@ -157,11 +169,7 @@ class StableGenerator(nn.Module):
         if self.noise:
             # fixed Gaussian projections z -> pixel maps at S/2 and S (part of the architecture:
             # rebuilt from NOISE_SEED on load, not in the state_dict)
-            gen = torch.Generator().manual_seed(NOISE_SEED)
-            default = torch.empty(0).device  # "meta" under torch.device("meta") (FLOP counting)
-            for r in (size // 2, size):
-                proj = torch.randn(r * r, nz, generator=gen, device="cpu")
-                self.register_buffer(f"noise_proj_{r}", proj.to(default), persistent=False)
+            register_noise_projections(self, size, nz)
             self.noise_filter = nn.Conv2d(1, 1, 3, padding=1, bias=False)
             nn.init.normal_(self.noise_filter.weight, std=0.003)
 
@@ -275,11 +283,7 @@ class MappingGenerator(nn.Module):
             ModulatedConv(channels[i], channels[i + 1], 3, self.w_dim) if i == 0
             else nn.Conv2d(channels[i] + extra, channels[i + 1], 3, padding=1) for i in range(3))
         if self.noise:  # fixed projections w -> pixel-scale maps at S/2 and S (not in state_dict)
-            gen = torch.Generator().manual_seed(NOISE_SEED)
-            default = torch.empty(0).device  # "meta" under torch.device("meta") (FLOP counting)
-            for r in (size // 2, size):
-                proj = torch.randn(r * r, self.w_dim, generator=gen, device="cpu")
-                self.register_buffer(f"noise_proj_{r}", proj.to(default), persistent=False)
+            register_noise_projections(self, size, self.w_dim)
         self.to_img = nn.ModuleList(
             ModulatedConv(c, 1, 1, self.w_dim, demodulate=False) if i < 2 else nn.Conv2d(c, 1, 1)
             for i, c in enumerate(channels))
