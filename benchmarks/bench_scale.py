@@ -68,7 +68,6 @@ def run_stage(stage: str, n: int, d: Path) -> dict:
 
     torch.set_num_threads(1)
     _imports()
-    import pandas as pd
 
     from sharpgen.config import section
 
@@ -87,9 +86,10 @@ def run_stage(stage: str, n: int, d: Path) -> dict:
         m.to_csv(d / "records.tsv", sep="\t", index=False)
         out["records"] = len(m)
     elif stage == "patches":
+        from sharpgen.data import read_manifest
         from sharpgen.patches import make_patches
 
-        m = pd.read_csv(d / "records.tsv", sep="\t")
+        m = read_manifest(d / "records.tsv")
         s = make_patches(m, section("patches", {}), d / "patches.zarr", d / "patches.parquet",
                          d / "patches_summary.json", progress=False)
         out["patches"] = s["n_patches"]
@@ -120,7 +120,7 @@ def run_stage(stage: str, n: int, d: Path) -> dict:
 
         emb = load_embeddings(d / "embeddings.npz")["embeddings"]
         q = emb[: min(N_QUERIES, len(emb))]
-        s, i = topk_cosine(q, emb, k=5)
+        s, i = topk_cosine(q, emb, k=5, normalized=True)  # the store is l2-normalised, as the stages use it
         out["queries"] = int(len(q))
     else:
         raise ValueError(stage)

@@ -27,11 +27,15 @@ def _files(d: Path) -> dict[str, bytes]:
     return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("chunk", [4, 7, 20, 64])
-def test_streamed_store_equals_in_memory_store(tmp_path, records, monkeypatch, chunk):
-    """make_patches (streaming, chunk boundaries anywhere, fewer patches than one chunk) writes
-    the same bytes as write_store of build_patches' in-memory array."""
+@pytest.mark.parametrize("chunk,table_chunk", [(4, 5), (7, 7), (20, 8192), (64, 8192)])
+def test_streamed_store_equals_in_memory_store(tmp_path, records, monkeypatch, chunk, table_chunk):
+    """make_patches (streaming, chunk boundaries anywhere, fewer patches than one chunk; table
+    rows in one or several Parquet row groups) writes the same bytes as write_store of
+    build_patches' in-memory array, and the same table, leaving no part file behind."""
+    import pyarrow.parquet as pq
+
     monkeypatch.setattr(P, "STREAM_CHUNK", chunk)
+    monkeypatch.setattr(P, "TABLE_CHUNK", table_chunk)
     recs = records.head(20)
     d = tmp_path / "stream"
     d.mkdir()
@@ -45,6 +49,9 @@ def test_streamed_store_equals_in_memory_store(tmp_path, records, monkeypatch, c
     assert len(arr) == len(table) >= 10 and streamed.keys() == memory.keys()
     assert streamed == memory
     pd.testing.assert_frame_equal(pd.read_parquet(d / "patches.parquet"), table)
+    groups = pq.ParquetFile(d / "patches.parquet").num_row_groups
+    assert groups == (1 if table_chunk >= len(table) else -(-len(table) // (-(-table_chunk // chunk) * chunk)))
+    assert sorted(p.name for p in d.iterdir()) == ["patches.parquet", "patches.zarr", "s.json"]
 
 
 def test_patch_stage_memory_does_not_grow_with_n(tmp_path, records, monkeypatch):
@@ -100,3 +107,84 @@ def test_bench_scale_stages_run(tmp_path):
         assert r.returncode == 0, f"{stage}: {r.stderr[-2000:]}"
         out = json.loads(r.stdout.strip().splitlines()[-1])
         assert out["wall_s"] >= 0 and out["maxrss_mb"] > 0, (stage, out)
+
+
+def test_patch_table_rows_are_streamed_not_held(tmp_path, records, monkeypatch):
+    """The table rows go to disk too: over 384 records (one real record handed out again under
+    new (HARPNUM, T_REC), so every record costs the same), the Python memory still held after
+    a garbage collection grows by ~130 bytes per patch (the duplicate check's key, the pixel
+    scale, the HARP number) with 64-row table chunks; holding the rows until the end (one
+    chunk larger than the run: the positive control, what the stage did before) costs > 800."""
+    import dataclasses
+    import gc
+
+    rec0 = P.load_record(Path(records["path"].iloc[0]), 0)
+    n = 600
+    manifest = pd.DataFrame({"path": [str(records["path"].iloc[0])] * n, "source": "synthetic",
+                             "harpnum": [1000 + i // 4 for i in range(n)], "t_rec": "unused"})
+    cfg = {**SMALL, "max_pad_fraction": 1.0}
+    monkeypatch.setattr(P, "STREAM_CHUNK", 4)
+
+    def per_patch(table_chunk: int) -> float:
+        monkeypatch.setattr(P, "TABLE_CHUNK", table_chunk)
+        held, count = {}, iter(range(n))
+
+        def load(path, mask):
+            i = next(count)
+            if i in (192, 576):  # both at a table-chunk boundary: no rows pending
+                gc.collect()
+                held[i] = tracemalloc.get_traced_memory()[0]
+            return dataclasses.replace(rec0, harpnum=1000 + i // 4,
+                                       t_rec=f"2014.01.{1 + i // 1440:02d}_{i // 60 % 24:02d}:{i % 60:02d}:00_TAI")
+
+        monkeypatch.setattr(P, "load_record", load)
+        d = tmp_path / f"t{table_chunk}"
+        d.mkdir()
+        tracemalloc.start()
+        try:
+            s = P.make_patches(manifest, cfg, d / "p.zarr", d / "p.parquet", d / "s.json", progress=False)
+        finally:
+            tracemalloc.stop()
+        assert s["n_patches"] == n
+        return (held[576] - held[192]) / 384
+
+    streamed, control = per_patch(64), per_patch(8192)
+    print(f"held per patch: streamed {streamed:.0f} B, rows held {control:.0f} B")
+    assert control > 800, control
+    assert streamed < 250, streamed
+
+
+def test_store_reads_columns_and_rows_without_the_whole_table(tmp_path, records):
+    """PatchStore.open checks the table from its footer and ``row`` column, and rows(split),
+    column() and table_rows() read only what they need: the same values as the whole table,
+    with the whole table never built in pandas."""
+    import numpy as np
+
+    from sharpgen.store import PatchStore, StoreError
+
+    d = tmp_path / "s"
+    d.mkdir()
+    P.make_patches(records.head(20), SMALL, d / "patches.zarr", d / "patches.parquet", d / "s.json", progress=False)
+    st = PatchStore.open(d / "patches.zarr", d / "patches.parquet")
+    split = st.column("split")
+    assert split.dtype.kind == "U"
+    rows = st.rows("heldout")
+    pick = np.array([rows[-1], 0, rows[0], 0])
+    part = st.table_rows(pick)
+    harps = st.column("harpnum")
+    assert "table" not in st.__dict__  # nothing above loaded the whole table
+    full = pd.read_parquet(d / "patches.parquet")
+    np.testing.assert_array_equal(split, full["split"].to_numpy(dtype=str))
+    np.testing.assert_array_equal(rows, np.flatnonzero(full["split"].isin(["val", "test"])))
+    np.testing.assert_array_equal(harps, full["harpnum"].to_numpy())
+    pd.testing.assert_frame_equal(part, full.iloc[pick].reset_index(drop=True))  # Int64, UTC times kept
+    pd.testing.assert_frame_equal(st.table_rows(pick, ["path", "tuf"]),
+                                  full.iloc[pick][["path", "tuf"]].reset_index(drop=True))
+    with pytest.raises(StoreError, match="has no 'nope' column"):
+        st.column("nope")
+    with pytest.raises(StoreError, match="outside the patch table"):
+        st.table_rows([len(full)])
+    short = tmp_path / "short.parquet"
+    full.head(len(full) - 1).to_parquet(short)
+    with pytest.raises(StoreError, match=f"patch table {short} .* does not match"):
+        PatchStore.open(d / "patches.zarr", short)

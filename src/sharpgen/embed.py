@@ -32,7 +32,7 @@ def save_embeddings(path: str | Path, embeddings: np.ndarray, rows: np.ndarray, 
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, embeddings=emb, row=np.asarray(rows, dtype=np.int64),
-                     split=np.asarray([str(s) for s in splits], dtype=str), encoder_hash=np.asarray(str(encoder_hash)))
+                     split=np.asarray(splits, dtype=str), encoder_hash=np.asarray(str(encoder_hash)))
 
 
 def load_embeddings(path: str | Path, encoder_hash: str | None = None) -> dict:
@@ -79,7 +79,7 @@ def run_embed(encoder_path, patches_zarr, patches_table, embeddings_out, batch_s
         if emb is None:
             emb = np.empty((store.n, e.shape[1]), dtype=np.float32)
         emb[i : i + len(e)] = e
-    save_embeddings(embeddings_out, emb, np.arange(store.n), store.table["split"].astype(str).to_numpy(),
+    save_embeddings(embeddings_out, emb, np.arange(store.n), store.split_labels(),
                     info["hash"])
     logger.info("embedded %d patches (dim %d) with encoder %s -> %s", *emb.shape, info["hash"], embeddings_out)
     return emb

@@ -43,11 +43,13 @@ import pandas as pd
 
 from .config import split_fractions
 from .data import SKIP_REASONS, SkipRecord, load_record
+from .patch_geometry import (CENTRE_THRESHOLD_G, bin_image, crop_window, flux_centre,  # noqa: F401
+                             resize_image)
 from .physics import PARAMETER_NAMES, PixelScale, parameter_array
+from .sharp_io import t_rec_to_utc  # noqa: F401  (part of this module's interface)
 
 logger = logging.getLogger(__name__)
 
-CENTRE_THRESHOLD_G = 100.0
 SPLITS = ("train", "val", "test")
 
 
@@ -93,86 +95,8 @@ class PatchConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# geometry
+# one record
 # --------------------------------------------------------------------------------------------
-def bin_image(data: np.ndarray, b: int) -> np.ndarray:
-    """NaN-aware b x b block mean of (H, W) -> (H//b, W//b); a block with no finite pixel is NaN."""
-    data = np.asarray(data, dtype=np.float64)
-    if b == 1:
-        return data.copy()
-    h, w = (data.shape[0] // b) * b, (data.shape[1] // b) * b
-    if h == 0 or w == 0:
-        raise SkipRecord("too_small", f"record of shape {data.shape} is smaller than one {b}x{b} bin")
-    blocks = data[:h, :w].reshape(h // b, b, w // b, b)
-    finite = np.isfinite(blocks)
-    s = np.where(finite, blocks, 0.0).sum(axis=(1, 3))
-    n = finite.sum(axis=(1, 3))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, s / np.maximum(n, 1), np.nan)
-
-
-def flux_centre(data: np.ndarray, threshold_g: float = CENTRE_THRESHOLD_G) -> tuple[float, float]:
-    """(row, col) centroid of |Br| over pixels with |Br| > ``threshold_g`` (all finite pixels if
-    none; the image centre if the map is empty)."""
-    a = np.abs(np.nan_to_num(data, nan=0.0))
-    w = np.where(a > threshold_g, a, 0.0)
-    if w.sum() <= 0:
-        w = a
-    tot = w.sum()
-    if tot <= 0:
-        return (data.shape[0] - 1) / 2.0, (data.shape[1] - 1) / 2.0
-    rows = (w.sum(axis=1) * np.arange(data.shape[0])).sum() / tot
-    cols = (w.sum(axis=0) * np.arange(data.shape[1])).sum() / tot
-    return float(rows), float(cols)
-
-
-def _window_1d(centre: float, n: int, s: int) -> tuple[int, int, int]:
-    """(src_start, dst_start, length) of an s-window about ``centre`` on an axis of n pixels."""
-    if n >= s:
-        start = int(round(centre - s / 2.0 + 0.5))
-        start = min(max(start, 0), n - s)
-        return start, 0, s
-    return 0, (s - n) // 2, n
-
-
-def crop_window(data: np.ndarray, size: int) -> tuple[np.ndarray, float]:
-    """S x S window of (H, W) ``data`` about its flux-weighted centre, zero-padded where the map
-    is smaller than S. Returns (window (S, S) float64 with NaN kept, pad_fraction)."""
-    cy, cx = flux_centre(data)
-    sy, dy, ly = _window_1d(cy, data.shape[0], size)
-    sx, dx, lx = _window_1d(cx, data.shape[1], size)
-    out = np.zeros((size, size), dtype=np.float64)
-    out[dy:dy + ly, dx:dx + lx] = data[sy:sy + ly, sx:sx + lx]
-    pad = 1.0 - (ly * lx) / float(size * size)
-    return out, pad
-
-
-def _triangle_weights(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) resampling matrix of an antialiased linear (triangle) filter whose support
-    widens with the reduction factor (the filter of PIL / ``torch.nn.functional.interpolate(...,
-    mode="bilinear", antialias=True)``); rows sum to 1."""
-    f = n_in / n_out
-    support = max(f, 1.0)
-    centre = (np.arange(n_out) + 0.5) * f - 0.5
-    j = np.arange(n_in)
-    w = np.clip(1.0 - np.abs(j[None, :] - centre[:, None]) / support, 0.0, None)
-    return w / w.sum(axis=1, keepdims=True)
-
-
-def resize_image(data: np.ndarray, size: int) -> np.ndarray:
-    """Antialiased bilinear resize of (H, W) (NaN -> 0) to (S, S) float64: separable triangle
-    filter, each output pixel a weighted mean over the input pixels it covers (no aliasing of
-    small-scale structure when shrinking, plain bilinear interpolation when enlarging)."""
-    from scipy import sparse
-
-    # the filters are banded: sparse products avoid multithreaded BLAS, which thrashes when
-    # the cores are shared (100+ ms instead of ~5 ms per record)
-    d = np.nan_to_num(np.asarray(data, dtype=np.float64), nan=0.0)
-    wy = sparse.csr_matrix(_triangle_weights(d.shape[0], size))
-    wx = sparse.csr_matrix(_triangle_weights(d.shape[1], size))
-    return np.asarray((wx @ (wy @ d).T).T)
-
-
 def extract_patch(data: np.ndarray, scale: PixelScale, header, cfg: PatchConfig):
     """One record -> (patch_gauss (S, S) float64 with NaN kept, PixelScale of scalars,
     nan_fraction, pad_fraction). Raises :class:`SkipRecord`."""
@@ -226,39 +150,6 @@ def assign_splits(harpnums, fractions: Mapping[str, float], seed: int = 0) -> di
     return out
 
 
-def t_rec_to_utc(t_rec) -> pd.Series:
-    """JSOC T_REC strings (``YYYY.MM.DD_hh:mm:ss_TAI``, :func:`sharpgen.config.parse_tai`) ->
-    UTC timestamps (datetime64[ns, UTC]); TAI - UTC (34 s in 2010, 35 s from 2012-07, 36 s from
-    2015-07, 37 s from 2017) comes from astropy's leap-second table; an instant inside a leap
-    second (23:59:60.x UTC) becomes 00:00:00.x of the next day. A value that is not a TAI time
-    gives NaT (logged once with the count)."""
-    from astropy.time import Time
-
-    from .config import parse_tai
-
-    values = pd.Series(t_rec, dtype=object).reset_index(drop=True)
-    parsed = {}
-    for v in values.dropna().unique():
-        try:
-            parsed[v] = parse_tai(str(v))
-        except ValueError:
-            pass
-    bad = values[values.notna() & ~values.isin(list(parsed))]
-    if len(bad) or values.isna().any():
-        logger.warning("%d T_REC value(s) are not JSOC TAI times (e.g. %r): t_rec_utc left empty there",
-                       int(len(bad) + values.isna().sum()), None if bad.empty else bad.iloc[0])
-    out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
-    if parsed:
-        keys = list(parsed)
-        f = Time(list(parsed.values()), scale="tai").utc.ymdhms  # seconds 60.x inside a leap second
-        utc = (pd.to_datetime({k: f[k] for k in ("year", "month", "day", "hour", "minute")}, utc=True)
-               + pd.to_timedelta(np.round(f["second"], 6), unit="s"))
-        out = values.map(dict(zip(keys, utc))).astype("datetime64[ns, UTC]")
-    if isinstance(t_rec, pd.Series):
-        out.index = t_rec.index
-    return out
-
-
 def _resolve(path: str, root: Path) -> Path:
     p = Path(path)
     return p if p.is_absolute() else root / p
@@ -270,6 +161,12 @@ def _resolve(path: str, root: Path) -> Path:
 #: patches are extracted, measured and handed on (to the Zarr store) this many at a time: the
 #: store's chunk length along the patch axis, so a stream writes every chunk once
 STREAM_CHUNK = 64
+#: rows of the patch table are converted and handed on (one Parquet row group) this many at a time
+TABLE_CHUNK = 8192
+#: columns of the patch table before the pixel scale, ``split`` and the parameters
+RECORD_COLUMNS = ("row", "source", "path", "harpnum", "t_rec", "t_rec_utc", "noaa", "lon_fwt", "lat_fwt",
+                  "nan_fraction", "pad_fraction", "usflux_hdr", "r_value_hdr")
+SCALE_COLUMNS = ("pixel_size_mm", "pixel_area_cm2", "pixel_size_arcsec")
 
 
 def build_patches(records: pd.DataFrame, cfg: PatchConfig, root: str | Path = ".",
@@ -278,28 +175,71 @@ def build_patches(records: pd.DataFrame, cfg: PatchConfig, root: str | Path = ".
 
     Returns (patches (N, S, S) float32 in [-1, 1], table DataFrame (N rows, contract columns),
     summary dict). Raises :class:`PatchError` if no record is usable. :func:`make_patches`
-    streams the same patches into the store instead (:class:`PatchStream`), chunk by chunk.
+    streams the same patches into the store and the same rows into the table instead
+    (:class:`PatchStream`, :class:`TableStream`), chunk by chunk.
     """
     chunks: list[np.ndarray] = []
-    table, summary = _build(records, cfg, root, progress, chunks.append)
-    return np.concatenate(chunks), table, summary
+    frames: list[pd.DataFrame] = []
+    built = _build(records, cfg, root, progress, chunks.append, frames.append)
+    table = with_split(pd.concat(frames, ignore_index=True), built.split_of)
+    return np.concatenate(chunks), table, built.summary
 
 
-def _build(records: pd.DataFrame, cfg: PatchConfig, root: str | Path, progress: bool, emit):
+@dataclass
+class Built:
+    """What :func:`_build` returns besides the streamed patches and table rows: the per-patch
+    pixel scale (N, 3) float64 (``SCALE_COLUMNS``: 24 bytes per patch, for the store's scale
+    arrays and median), HARPNUM -> split, and the summary."""
+
+    scales: np.ndarray
+    split_of: dict[int, str]
+    summary: dict
+
+    def scale_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.scales, columns=list(SCALE_COLUMNS))
+
+
+def with_split(frame: pd.DataFrame, split_of: Mapping[int, str]) -> pd.DataFrame:
+    """A chunk of table rows (``RECORD_COLUMNS`` + ``SCALE_COLUMNS`` + parameters) with the
+    ``split`` column of each row's HARP inserted after the pixel scale (the contract order)."""
+    frame = frame.copy()
+    frame.insert(frame.columns.get_loc(SCALE_COLUMNS[-1]) + 1, "split",
+                 frame["harpnum"].map(split_of).astype(str))
+    return frame
+
+
+def _record_key(harpnum: int, t_rec: str) -> int:
+    """128-bit digest of (HARPNUM, T_REC): the duplicate check holds one Python int (~70 bytes
+    with its set slot) per patch instead of the key's tuple and string."""
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(f"{harpnum}\x00{t_rec}".encode(), digest_size=16).digest(), "little")
+
+
+def _build(records: pd.DataFrame, cfg: PatchConfig, root: str | Path, progress: bool, emit, emit_rows) -> Built:
     """Extract the patches of ``records`` and hand them to ``emit`` in order, ``STREAM_CHUNK``
-    at a time ((k, S, S) float32 in [-1, 1]); each chunk's parameters are measured before it is
-    handed on, so no more than one chunk of patches is held here. Returns (table, summary)."""
+    at a time ((k, S, S) float32 in [-1, 1]), and their table rows (without ``split``, which
+    depends on every HARP) to ``emit_rows``, ``TABLE_CHUNK`` at a time (DataFrames). Each chunk's
+    parameters are measured before it is handed on. What is held grows by ~100 bytes per patch
+    (the duplicate check, the pixel scale and the HARP number), not by the patches or rows."""
     from tqdm import tqdm
 
     from .sharp_io import header_float
 
     root = Path(root)
     t0 = time.perf_counter()
-    patches, rows, scales, skipped = [], [], [], []
-    params: list[np.ndarray] = []
-    n_clipped = n_pixels = 0
+    patches: list[np.ndarray] = []  # the current chunk of patches
+    rows: list[dict] = []  # table rows not yet handed on
+    params: list[np.ndarray] = []  # parameters of the patches of ``rows`` that are measured
+    scale_chunks: list[np.ndarray] = []
+    harp_chunks: list[np.ndarray] = []
+    scales: list[tuple[float, float, float]] = []  # of ``rows``
+    skipped: list[dict] = []
+    n_skipped = 0
+    n_out = n_clipped = n_pixels = 0
+    reasons: Counter = Counter()
 
-    def flush():
+    def flush_patches():
         nonlocal n_clipped, n_pixels
         arr = np.stack(patches)
         sc = np.asarray(scales[len(scales) - len(patches):], dtype=np.float64)
@@ -310,17 +250,39 @@ def _build(records: pd.DataFrame, cfg: PatchConfig, root: str | Path, progress: 
         patches.clear()
         emit(arr)
 
-    done: dict[tuple[int, str], str] = {}  # (harpnum, t_rec) -> path of the patch made from it
-    for rec_row in tqdm(records.itertuples(index=False), total=len(records), desc="patches",
-                        disable=not progress):
+    def flush_rows():
+        nonlocal n_out
+        frame = pd.DataFrame(rows, columns=list(RECORD_COLUMNS[1:5] + RECORD_COLUMNS[6:]))
+        frame.insert(0, "row", np.arange(n_out, n_out + len(frame), dtype=np.int64))
+        frame["noaa"] = frame["noaa"].astype("Int64")
+        frame.insert(frame.columns.get_loc("t_rec") + 1, "t_rec_utc", t_rec_to_utc(frame["t_rec"]))
+        sc = np.asarray(scales, dtype=np.float64).reshape(-1, 3)
+        for j, name in enumerate(SCALE_COLUMNS):
+            frame[name] = sc[:, j]
+        par = np.concatenate(params)
+        for j, name in enumerate(PARAMETER_NAMES):
+            frame[name] = par[:, j]
+        scale_chunks.append(sc)
+        harp_chunks.append(np.array(frame["harpnum"], dtype=np.int64))  # a copy: a view would keep the frame's block
+        n_out += len(frame)
+        rows.clear()
+        scales.clear()
+        params.clear()
+        emit_rows(frame)
+
+    done: dict[int, int] = {}  # _record_key(harpnum, t_rec) -> manifest position of its patch
+    paths = records["path"]
+    for i, rec_row in enumerate(tqdm(records.itertuples(index=False), total=len(records), desc="patches",
+                                     disable=not progress)):
         path = _resolve(str(rec_row.path), root)
         try:
             rec = load_record(path, cfg.quality_mask)
             ident = (int(rec.harpnum if rec.harpnum >= 0 else rec_row.harpnum),
                      rec.t_rec or str(rec_row.t_rec))
-            if ident in done:
+            key = _record_key(*ident)
+            if key in done:
                 raise SkipRecord("duplicate", f"{path}: HARP {ident[0]} {ident[1]} already gave a "
-                                 f"patch (from {done[ident]})")
+                                 f"patch (from {paths.iloc[done[key]]})")
             record_nan = float(1.0 - np.isfinite(rec.data).mean())
             patch, pscale, nan_frac, pad = extract_patch(rec.data, rec.scale, rec.header, cfg)
             if pad > cfg.max_pad_fraction:
@@ -334,14 +296,15 @@ def _build(records: pd.DataFrame, cfg: PatchConfig, root: str | Path, progress: 
                                  f"record{where} > max_nan_fraction {cfg.max_nan_fraction}")
         except SkipRecord as exc:
             logger.warning("skipping record %s: %s (%s)", path, exc.reason, exc)
-            skipped.append({"path": str(rec_row.path), "reason": exc.reason, "message": str(exc)})
+            n_skipped += 1
+            reasons[exc.reason] += 1
+            if len(skipped) < MAX_SKIPPED_LISTED:
+                skipped.append({"path": str(rec_row.path), "reason": exc.reason, "message": str(exc)})
             continue
-        done[ident] = str(rec_row.path)
+        done[key] = i
         clipped = np.clip(np.nan_to_num(patch, nan=0.0), -cfg.clip_gauss, cfg.clip_gauss)
         patches.append((clipped / cfg.clip_gauss).astype(np.float32))
         scales.append((float(pscale.size_mm), float(pscale.area_cm2), float(pscale.size_arcsec)))
-        if len(patches) == STREAM_CHUNK:
-            flush()
         rows.append({
             "source": str(rec_row.source),
             "path": str(rec_row.path),
@@ -355,39 +318,37 @@ def _build(records: pd.DataFrame, cfg: PatchConfig, root: str | Path, progress: 
             "usflux_hdr": header_float(rec.header, "USFLUX"),
             "r_value_hdr": header_float(rec.header, "R_VALUE"),
         })
+        if len(patches) == STREAM_CHUNK:
+            flush_patches()
+            if len(rows) >= TABLE_CHUNK:
+                flush_rows()
     n_records = len(records)
-    reasons = Counter(s["reason"] for s in skipped)
-    if not scales:
+    if not done:
         detail = "; ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "manifest is empty"
         raise PatchError(f"no usable record among {n_records} in the manifest ({detail})")
     if patches:
-        flush()
-    sc = np.asarray(scales, dtype=np.float64)
-    table = pd.DataFrame(rows)
-    table.insert(0, "row", np.arange(len(table), dtype=np.int64))
-    table["noaa"] = table["noaa"].astype("Int64")
-    table.insert(table.columns.get_loc("t_rec") + 1, "t_rec_utc", t_rec_to_utc(table["t_rec"]))
-    table["pixel_size_mm"] = sc[:, 0]
-    table["pixel_area_cm2"] = sc[:, 1]
-    table["pixel_size_arcsec"] = sc[:, 2]
-    split_of = assign_splits(table["harpnum"], cfg.split_fractions(), cfg.split_seed())
-    table["split"] = table["harpnum"].map(split_of).astype(str)
-    params = np.concatenate(params)
-    for j, name in enumerate(PARAMETER_NAMES):
-        table[name] = params[:, j]
+        flush_patches()
+    if rows:
+        flush_rows()
+    del done
+    sc = np.concatenate(scale_chunks)
+    harps = np.concatenate(harp_chunks)
+    uniq, inv = np.unique(harps, return_inverse=True)
+    split_of = assign_splits(uniq, cfg.split_fractions(), cfg.split_seed())
+    split = np.asarray([split_of[int(h)] for h in uniq], dtype=object)
+    row_split = split[inv]
     per_split = {
-        s: {"patches": int((table["split"] == s).sum()),
-            "harps": int(table.loc[table["split"] == s, "harpnum"].nunique())}
+        s: {"patches": int((row_split == s).sum()), "harps": int((split == s).sum())}
         for s in SPLITS
     }
     summary = {
         "n_records": int(n_records),
-        "n_patches": int(len(table)),
-        "n_skipped": int(len(skipped)),
+        "n_patches": int(len(harps)),
+        "n_skipped": int(n_skipped),
         "skipped": {r: int(reasons.get(r, 0)) for r in SKIP_REASONS},
-        "skipped_records": skipped[:200],
+        "skipped_records": skipped,
         "splits": per_split,
-        "n_harps": int(table["harpnum"].nunique()),
+        "n_harps": int(uniq.size),
         "mode": cfg.mode,
         "size": int(cfg.size),
         "bin": int(cfg.bin),
@@ -395,11 +356,16 @@ def _build(records: pd.DataFrame, cfg: PatchConfig, root: str | Path, progress: 
         "clipped_fraction": float(n_clipped / n_pixels),
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    return table, summary
+    return Built(scales=sc, split_of=split_of, summary=summary)
+
+
+#: the summary lists the first this many skipped records (all are counted and logged)
+MAX_SKIPPED_LISTED = 200
 
 
 def store_attrs(cfg: PatchConfig, table: pd.DataFrame, config_hash: str) -> dict:
-    """Group attributes of the patch store (contract keys plus the nominal median scale)."""
+    """Group attributes of the patch store (contract keys plus the nominal median scale);
+    ``table``: the patch table or any frame with its ``SCALE_COLUMNS`` (one row per patch)."""
     units = ("physical (exact pixel scale of each patch)" if cfg.mode == "crop" else
              "image units: parameters measured on resized records; areas/fluxes exact, "
              "pixel side is the geometric mean of an anisotropic pixel")
@@ -487,7 +453,8 @@ class PatchStream:
 def write_store(zarr_path: str | Path, arr, table: pd.DataFrame, attrs: dict) -> None:
     """Write the Zarr v3 group at ``zarr_path`` (must not exist yet: callers write to a temp path).
     ``arr``: the (N, S, S) patches, or the :class:`PatchStream` that has been writing them to
-    ``zarr_path`` (the rest of the group is written here)."""
+    ``zarr_path`` (the rest of the group is written here). ``table``: the patch table or any
+    frame with its ``SCALE_COLUMNS`` (one row per patch)."""
     import zarr
 
     from .atomic import consolidate_zarr
@@ -523,13 +490,67 @@ def _json_clean(o: Any) -> Any:
     return o
 
 
+class TableStream:
+    """Writes the rows of the patch table as they come (DataFrames from :func:`_build`, without
+    ``split``) to a Parquet part file, one row group per chunk, so the table is never whole in
+    memory; :meth:`finish` then copies it, row group by row group, to the final file with each
+    row's ``split`` inserted and the units / file metadata attached. The final file reads back
+    (pandas, polars, pyarrow) exactly as the in-memory table of :func:`build_patches`."""
+
+    def __init__(self, part_path: str | Path):
+        self.part_path = Path(part_path)
+        self._writer = None
+        self._schema = None
+
+    def append(self, frame: pd.DataFrame) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        t = pa.Table.from_pandas(frame, schema=self._schema, preserve_index=False)
+        if self._writer is None:
+            self._schema = t.schema
+            self._writer = pq.ParquetWriter(self.part_path, self._schema)
+        self._writer.write_table(t)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def finish(self, table_path: str | Path, split_of: Mapping[int, str], metadata: dict) -> None:
+        """Write the final table to ``table_path`` (a temporary path of the caller) and remove
+        the part file."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from .atomic import with_parquet_metadata
+
+        self.close()
+        part = pq.ParquetFile(self.part_path)
+        writer = schema = None
+        try:
+            for i in range(part.num_row_groups):
+                frame = with_split(part.read_row_group(i).to_pandas(), split_of)
+                t = with_parquet_metadata(pa.Table.from_pandas(frame, schema=schema, preserve_index=False), metadata)
+                if writer is None:
+                    schema = t.schema
+                    writer = pq.ParquetWriter(table_path, schema)
+                writer.write_table(t)
+        finally:
+            if writer is not None:
+                writer.close()
+            self.part_path.unlink(missing_ok=True)
+
+
 def make_patches(records: pd.DataFrame, cfg: Mapping[str, Any] | PatchConfig, zarr_path, table_path,
                  summary_path, root: str | Path = ".", progress: bool = True) -> dict:
     """Build and write the patch store, table and summary; all three atomically (a failure at
-    any point leaves none of them behind, nor any temporary). Returns the summary."""
+    any point leaves none of them behind, nor any temporary). Patches and table rows are
+    streamed to disk chunk by chunk (:class:`PatchStream`, :class:`TableStream`): memory does not
+    grow with the number of records beyond ~100 bytes per patch. Returns the summary."""
     import json
 
-    from .atomic import atomic_path, dataframe_to_parquet
+    from .atomic import atomic_path
     from .config import section_hash
 
     pc = cfg if isinstance(cfg, PatchConfig) else PatchConfig.from_mapping(cfg)
@@ -537,14 +558,22 @@ def make_patches(records: pd.DataFrame, cfg: Mapping[str, Any] | PatchConfig, za
     with atomic_path(zarr_path, suffix=".zarr") as tz, \
             atomic_path(table_path, suffix=".parquet") as tp, \
             atomic_path(summary_path, suffix=".json") as ts:
-        # patches go to the (temporary) store as they are made, one chunk at a time
+        # patches go to the (temporary) store as they are made, one chunk at a time, and the
+        # table rows to a part file next to the temporary table
         stream = PatchStream(tz, pc.size, pc.clip_gauss)
-        table, summary = _build(records, pc, root, progress, stream.append)
-        attrs = store_attrs(pc, table, section_hash(raw_cfg))
-        write_store(tz, stream, table, attrs)
-        dataframe_to_parquet(table, tp, metadata={
-            "patch_mode": pc.mode, "clip_gauss": float(pc.clip_gauss), "bin": int(pc.bin),
-            "size": int(pc.size), "config_hash": attrs["config_hash"]})
+        rows = TableStream(tp.with_name(tp.name + ".part"))
+        try:
+            built = _build(records, pc, root, progress, stream.append, rows.append)
+            scales = built.scale_frame()
+            attrs = store_attrs(pc, scales, section_hash(raw_cfg))
+            write_store(tz, stream, scales, attrs)
+            rows.finish(tp, built.split_of, metadata={
+                "patch_mode": pc.mode, "clip_gauss": float(pc.clip_gauss), "bin": int(pc.bin),
+                "size": int(pc.size), "config_hash": attrs["config_hash"]})
+        finally:
+            rows.close()
+            rows.part_path.unlink(missing_ok=True)
+        summary = built.summary
         ts.write_text(json.dumps(_json_clean(summary), indent=2, sort_keys=True, allow_nan=False) + "\n")
     logger.info("wrote %d patches (%s mode, %dx%d) from %d records, %d skipped %s",
                 summary["n_patches"], pc.mode, pc.size, pc.size, summary["n_records"],

@@ -230,7 +230,7 @@ def run_c2st(store, rows, images: np.ndarray, seed: int = 0, threads: int | None
     from sharpgen.c2st import C2stError, c2st
 
     rows = np.asarray(rows)
-    harps = (store.table["harpnum"].to_numpy()[rows] if "harpnum" in store.table.columns
+    harps = (store.column("harpnum")[rows] if "harpnum" in store.table_columns
              else np.arange(rows.size))
     try:
         return c2st(store.read(rows), images, real_groups=harps, seed=seed, threads=threads)
@@ -277,7 +277,7 @@ def run_sampling(generator_path: str | os.PathLike, patches_zarr: str | os.PathL
 
     split = cfg["real_split"]
     rows = store.rows(split)
-    report = quality_report(store.table.iloc[rows], params, store.read(rows), images, ctx.clip_gauss,
+    report = quality_report(store.table_rows(rows), params, store.read(rows), images, ctx.clip_gauss,
                             real_label=split, max_images=int(cfg["quality_images"]), seed=int(cfg["seed"]))
     report["generator"] = {k: v for k, v in G.meta.items() if k in ("arch", "steps", "size",
                                                                    "weights", "config")}

@@ -18,12 +18,16 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from astropy.io import fits
 from astropy.io.fits.verify import VerifyWarning
 
 from sharpgen.physics import PixelScale
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -348,3 +352,37 @@ def sharp_mask(br_path: str | Path, shape: tuple[int, ...] | None = None) -> np.
         raise SharpReadError(f"{br_path}: mask shape {conf.shape} != image shape {tuple(shape)}")
     with np.errstate(invalid="ignore"):
         return (conf >= CONF_DISAMBIG_MIN) & (bitmap >= BITMAP_MIN)
+
+
+def t_rec_to_utc(t_rec) -> pd.Series:
+    """JSOC T_REC strings (``YYYY.MM.DD_hh:mm:ss_TAI``, :func:`sharpgen.config.parse_tai`) ->
+    UTC timestamps (datetime64[ns, UTC]); TAI - UTC (34 s in 2010, 35 s from 2012-07, 36 s from
+    2015-07, 37 s from 2017) comes from astropy's leap-second table; an instant inside a leap
+    second (23:59:60.x UTC) becomes 00:00:00.x of the next day. A value that is not a TAI time
+    gives NaT (logged once with the count)."""
+    import pandas as pd
+    from astropy.time import Time
+
+    from sharpgen.config import parse_tai
+
+    values = pd.Series(t_rec, dtype=object).reset_index(drop=True)
+    parsed = {}
+    for v in values.dropna().unique():
+        try:
+            parsed[v] = parse_tai(str(v))
+        except ValueError:
+            pass
+    bad = values[values.notna() & ~values.isin(list(parsed))]
+    if len(bad) or values.isna().any():
+        logger.warning("%d T_REC value(s) are not JSOC TAI times (e.g. %r): t_rec_utc left empty there",
+                       int(len(bad) + values.isna().sum()), None if bad.empty else bad.iloc[0])
+    out = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
+    if parsed:
+        keys = list(parsed)
+        f = Time(list(parsed.values()), scale="tai").utc.ymdhms  # seconds 60.x inside a leap second
+        utc = (pd.to_datetime({k: f[k] for k in ("year", "month", "day", "hour", "minute")}, utc=True)
+               + pd.to_timedelta(np.round(f["second"], 6), unit="s"))
+        out = values.map(dict(zip(keys, utc))).astype("datetime64[ns, UTC]")
+    if isinstance(t_rec, pd.Series):
+        out.index = t_rec.index
+    return out

@@ -87,6 +87,7 @@ class PatchStore:
     zarr_path: Path
     table_path: Path | None = None
     _group: Any = field(default=None, repr=False)
+    _columns: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, zarr_path: str | os.PathLike, table_path: str | os.PathLike | None = None) -> "PatchStore":
@@ -100,9 +101,12 @@ class PatchStore:
         if arr.shape[0] == 0:
             raise StoreError(f"patch store {st.zarr_path} is empty (0 patches)")
         if st.table_path is not None:
-            t = st.table
-            if len(t) != arr.shape[0] or ("row" in t and not np.array_equal(t["row"].to_numpy(), np.arange(len(t)))):
-                raise StoreError(f"patch table {st.table_path} ({len(t)} rows) does not match patch store "
+            # only the row count and the ``row`` column are read here: the whole table (strings
+            # and all) is loaded only by :attr:`table`, for the stages that need every column
+            n_rows = st._table_file().metadata.num_rows
+            row = st.column("row") if "row" in st.table_columns else None
+            if n_rows != arr.shape[0] or (row is not None and not np.array_equal(row, np.arange(n_rows))):
+                raise StoreError(f"patch table {st.table_path} ({n_rows} rows) does not match patch store "
                                  f"{st.zarr_path} ({arr.shape[0]} patches, rows 0..N-1 in order)")
         return st
 
@@ -140,10 +144,82 @@ class PatchStore:
 
     @cached_property
     def table(self) -> pd.DataFrame:
-        if self.table_path is None:
-            raise StoreError(f"patch store {self.zarr_path} was opened without its patches.parquet table")
+        """The whole patch table (every column; the stages that select rows or need one column
+        use :meth:`rows` / :meth:`column`, which read only what they need)."""
+        self._table_file()
         try:
             return pd.read_parquet(self.table_path)
+        except Exception as err:
+            raise StoreError(f"patch table {self.table_path} is unreadable: {type(err).__name__}: {err}") from err
+
+    def _table_file(self):
+        """The table as a ``pyarrow.parquet.ParquetFile`` (footer read, no column data)."""
+        import pyarrow.parquet as pq
+
+        if self.table_path is None:
+            raise StoreError(f"patch store {self.zarr_path} was opened without its patches.parquet table")
+        if not self.table_path.exists():
+            raise StoreError(f"patch table {self.table_path} does not exist")
+        try:
+            return pq.ParquetFile(self.table_path)
+        except Exception as err:
+            raise StoreError(f"patch table {self.table_path} is unreadable: {type(err).__name__}: {err}") from err
+
+    @cached_property
+    def table_columns(self) -> tuple[str, ...]:
+        """Column names of the patch table (from its schema; no data read)."""
+        return tuple(self._table_file().schema_arrow.names)
+
+    def column(self, name: str) -> np.ndarray:
+        """One column of the patch table as a numpy array (N,) (cached), read alone, without
+        loading the whole table: a string column comes as a fixed-width ``str`` array decoded
+        from Parquet's dictionary (``split``: 20 bytes per row, no Python string per row), other
+        columns with the dtype ``table[name].to_numpy()`` would have. StoreError naming the table
+        when the column is missing."""
+        if name in self._columns:
+            return self._columns[name]
+        if name not in self.table_columns:
+            raise StoreError(f"patch table {self.table_path} has no {name!r} column")
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            field = self._table_file().schema_arrow.field(name)
+            if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+                col = pq.read_table(self.table_path, columns=[name], read_dictionary=[name]).column(0)
+                col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+                if col.null_count:
+                    arr = col.to_pandas().astype(object).to_numpy()
+                else:
+                    arr = np.asarray(col.dictionary.to_pylist(), dtype=str)[col.indices.to_numpy()]
+            else:
+                arr = pq.read_table(self.table_path, columns=[name]).to_pandas()[name].to_numpy()
+        except Exception as err:
+            raise StoreError(f"patch table {self.table_path} is unreadable: {type(err).__name__}: {err}") from err
+        self._columns[name] = arr
+        return arr
+
+    def table_rows(self, rows, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """Rows ``rows`` (int array, in that order) of the patch table as a DataFrame with a
+        fresh 0..n-1 index, like ``table.iloc[rows].reset_index(drop=True)`` but without building
+        the whole table in pandas: the columns are read in Arrow (compact) and only the selected
+        rows are converted. ``columns``: a subset (default all)."""
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        if "table" in self.__dict__:
+            t = self.__dict__["table"]
+            return t.iloc[rows][list(columns) if columns is not None else t.columns].reset_index(drop=True)
+        import pyarrow.parquet as pq
+
+        if rows.size and (rows.min() < 0 or rows.max() >= self.n):
+            raise StoreError(f"row {int(rows.max()) if rows.max() >= self.n else int(rows.min())} is outside "
+                             f"the patch table {self.table_path} ({self.n} rows)")
+        missing = [c for c in (columns or ()) if c not in self.table_columns]
+        if missing:
+            raise StoreError(f"patch table {self.table_path} has no {missing} column(s)")
+        self._table_file()
+        try:
+            t = pq.read_table(self.table_path, columns=None if columns is None else list(columns))
+            return t.take(rows).to_pandas()
         except Exception as err:
             raise StoreError(f"patch table {self.table_path} is unreadable: {type(err).__name__}: {err}") from err
 
@@ -154,13 +230,15 @@ class PatchStore:
         names = split_names(split)
         if names is None:
             return np.arange(self.n, dtype=np.int64)
-        t = self.table
-        if "split" not in t.columns:
-            raise StoreError(f"patch table {self.table_path} has no 'split' column")
-        rows = np.flatnonzero(t["split"].isin(names).to_numpy()).astype(np.int64)
+        rows = np.flatnonzero(np.isin(self.split_labels(), names)).astype(np.int64)
         if rows.size == 0:
             raise StoreError(f"patch table {self.table_path} has no rows with split in {list(names)}")
         return rows
+
+    def split_labels(self) -> np.ndarray:
+        """(N,) str array of each row's split (``train`` / ``val`` / ``test``), read from the
+        table's ``split`` column alone (:meth:`column`)."""
+        return self.column("split")
 
     # ---- data ------------------------------------------------------------------------------
     def read(self, rows=None, *, gauss: bool = False, check: bool = False) -> np.ndarray:

@@ -510,14 +510,13 @@ def render_region(reg: pd.Series, n_frames: int, seed: int, cadence_h: float = 6
 # --------------------------------------------------------------------------------------------
 # Files (the JSOC record form: sharpgen.synthetic_fits)
 # --------------------------------------------------------------------------------------------
-def _write_region(args) -> list[dict]:
+def _write_region(args) -> list[tuple]:
     """Render and write every frame of one catalogue row (a process-pool task)."""
     reg, out_dir, frames_per_region, seed, cadence_h = args
     rows = []
     for data, t, meta in render_region(reg, frames_per_region, seed, cadence_h):
         path = write_record(out_dir, reg, data, t, meta)
-        rows.append({"path": str(path.resolve()), "source": "synthetic",
-                     "harpnum": int(reg.harpnum), "t_rec": t_rec_string(t)})
+        rows.append((str(path.resolve()), "synthetic", int(reg.harpnum), t_rec_string(t)))
     return rows
 
 
@@ -536,15 +535,23 @@ def synthesize(out_dir: str | Path, n_regions: int = 240, frames_per_region: int
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cat = region_catalogue(n_regions, seed)
-    tasks = [(reg, str(out_dir), frames_per_region, seed, cadence_h) for _, reg in cat.iterrows()]
-    bar = dict(total=len(tasks), desc="synthesize", enabled=progress)  # terminal only
-    if workers > 1 and len(tasks) > 1:
+    # tasks are made one region at a time and each region's rows go straight into the columns:
+    # what is held grows by the manifest's own rows, not by a catalogue Series per region
+    tasks = ((reg, str(out_dir), frames_per_region, seed, cadence_h) for _, reg in cat.iterrows())
+    bar = dict(total=len(cat), desc="synthesize", enabled=progress)  # terminal only
+    columns: tuple[list, ...] = ([], [], [], [])
+    if workers > 1 and len(cat) > 1:
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(track(pool.map(_write_region, tasks, chunksize=4), **bar))
+            results = track(pool.map(_write_region, tasks, chunksize=4), **bar)
+            for res in results:
+                for col, values in zip(columns, zip(*res)):
+                    col.extend(values)
     else:
-        results = [_write_region(t) for t in track(tasks, **bar)]
-    rows = [r for res in results for r in res]
-    logger.info("wrote %d synthetic records of %d regions to %s", len(rows), len(cat), out_dir)
-    return pd.DataFrame(rows, columns=["path", "source", "harpnum", "t_rec"])
+        for t in track(tasks, **bar):
+            for col, values in zip(columns, zip(*_write_region(t))):
+                col.extend(values)
+    logger.info("wrote %d synthetic records of %d regions to %s", len(columns[0]), len(cat), out_dir)
+    return pd.DataFrame({"path": columns[0], "source": columns[1],
+                         "harpnum": np.asarray(columns[2], dtype=np.int64), "t_rec": columns[3]})

@@ -126,7 +126,7 @@ def run_invert_real(generator_path, encoder_path, patches_zarr, patches_table, g
     inv = invert(G, x, encoder=encoder, init_codes=init, settings=settings, space=space, progress=progress)
     ctx = MeasurementContext.from_store(store)
     rec = measure(inv.images, ctx)
-    real = store.table.iloc[rows].reset_index(drop=True)
+    real = store.table_rows(rows)
     summary = summarise(real, rec, inv, store.clip_gauss, float(cfg["max_rel_error"]))
     summary.update({"split": cfg["split"], "space": space, "settings": inv.settings,
                     "encoder_hash": enc_info["hash"], "measurement": ctx.to_dict(),
