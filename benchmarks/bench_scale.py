@@ -241,6 +241,17 @@ def summarise(results: dict) -> None:
     results["data_stages_memory_flat"] = flat
     print(f"  data stages' peak RSS flat in N (marginal slope: < 1 GB more at 1M records): "
           f"{'yes' if flat else 'NO'}")
+    dims = [r.get("dim") for r in results["stages"]["embed"] if r.get("dim")]
+    if dims:
+        # embed holds the (N, d) float32 matrix it fills, retrieval the loaded store; a search
+        # also holds one score block (queries x min(N, 65536) float32, <= 64 MB) that keeps
+        # growing with N until N = 16,384 for 1000 queries
+        emb_kb = 4 * dims[0] / 1e3
+        results["embedding_kb_per_record"] = emb_kb
+        print(f"  embedding matrix: {emb_kb:.2f} KB per record (d = {dims[0]}, float32); marginal slope / matrix: "
+              + ", ".join(f"{s} {results['fits'][s]['rss_mb_per_record_marginal'] * 1e3 / emb_kb:.1f}x"
+                          for s in ("embed", "retrieval"))
+              + f" (retrieval's score block fills until N = {2**24 // N_QUERIES:,})")
 
 
 def _marginal(rows: list[dict]) -> float:

@@ -12,6 +12,7 @@ import pytest
 from sharpgen.store import PatchStore
 
 from sharpgen import data as D
+from sharpgen import patch_cut
 from sharpgen import patches as P
 from sharpgen import synthetic
 from sharpgen.config import SPLIT_DEFAULTS, split_fractions
@@ -226,6 +227,39 @@ def test_bad_inputs_are_skipped_with_reasons(tmp_path, syn_records, caplog):
     assert "skipping record" in caplog.text and "wrong_series" in caplog.text
 
 
+def test_worker_processes_give_the_same_outputs(tmp_path, syn_records, monkeypatch):
+    """make_patches with 2 worker processes (records cut in batches of 3, in flight at most 2
+    per worker) writes the same store bytes, table and summary as one process, bad records,
+    the duplicate and the order of everything included; an error in a worker is raised."""
+    records, paths, good = _bad_inputs(tmp_path, syn_records)
+    records = pd.concat([records, syn_records.iloc[len(good):]], ignore_index=True)  # more than a few batches
+    monkeypatch.setattr(patch_cut, "CUT_BATCH", 3)
+    monkeypatch.setattr(patch_cut, "CUT_AHEAD", 2)
+    cfg = {**CFG, "size": 32, "bin": 8}
+    out = {}
+    for workers in (1, 2):
+        d = tmp_path / f"w{workers}"
+        d.mkdir()
+        summary = P.make_patches(records, cfg, d / "patches.zarr", d / "patches.parquet", d / "s.json",
+                                 progress=False, workers=workers)
+        summary.pop("seconds")
+        out[workers] = (summary, pd.read_parquet(d / "patches.parquet"),
+                        {str(f.relative_to(d)): f.read_bytes() for f in sorted((d / "patches.zarr").rglob("*"))
+                         if f.is_file()})
+    assert out[1][0] == out[2][0]
+    assert out[1][0]["n_patches"] == len(syn_records)
+    assert all(out[1][0]["skipped"][r] == 1 for r in paths)
+    pd.testing.assert_frame_equal(out[1][1], out[2][1])
+    assert out[1][2] == out[2][2]
+    import dataclasses
+
+    broken = dataclasses.replace(P.PatchConfig.from_mapping(cfg), size=0)  # fails in the cut, not a skip
+    with pytest.raises(ZeroDivisionError):
+        P.make_patches(records, broken, tmp_path / "b.zarr", tmp_path / "b.parquet", tmp_path / "b.json",
+                       progress=False, workers=2)
+    assert not list(tmp_path.glob("b.*")) and not list(tmp_path.glob(".b.*"))
+
+
 def test_zero_usable_records_is_an_error_and_leaves_nothing(tmp_path, syn_records):
     records, paths, good = _bad_inputs(tmp_path, syn_records)
     bad_only = records[~records.path.isin(good)]
@@ -313,7 +347,7 @@ def test_bad_split_fractions_fail_before_any_record_is_read(tmp_path, syn_record
     def no_read(*a, **k):
         raise AssertionError("a record was read")
 
-    monkeypatch.setattr(P, "load_record", no_read)
+    monkeypatch.setattr(patch_cut, "load_record", no_read)
     with pytest.raises(ValueError, match=message):
         P.make_patches(syn_records, {**CFG, "split": split}, tmp_path / "z.zarr", tmp_path / "t.parquet",
                        tmp_path / "s.json", progress=False)

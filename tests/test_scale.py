@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from sharpgen import patch_cut
 from sharpgen import patches as P
 from sharpgen import synthetic
 
@@ -62,7 +63,7 @@ def test_patch_stage_memory_does_not_grow_with_n(tmp_path, records, monkeypatch)
     monkeypatch.setattr(P, "STREAM_CHUNK", 4)
     cfg = {**SMALL, "size": 128, "bin": 2, "max_pad_fraction": 1.0}
     patch_bytes = 128 * 128 * 4
-    real_load = P.load_record
+    real_load = patch_cut.load_record
 
     def held(fn) -> tuple[int, int]:
         samples = []
@@ -71,13 +72,13 @@ def test_patch_stage_memory_does_not_grow_with_n(tmp_path, records, monkeypatch)
             samples.append(tracemalloc.get_traced_memory()[0])
             return real_load(*a, **k)
 
-        monkeypatch.setattr(P, "load_record", load)
+        monkeypatch.setattr(patch_cut, "load_record", load)
         tracemalloc.start()
         try:
             fn()
         finally:
             tracemalloc.stop()
-            monkeypatch.setattr(P, "load_record", real_load)
+            monkeypatch.setattr(patch_cut, "load_record", real_load)
         # minima over records 9-18 and over the last 10: what stays held, without the previous
         # record (the last one read is still referenced, and records differ in size)
         return min(samples[-10:]) - min(samples[8:18]), len(samples)
@@ -118,7 +119,7 @@ def test_patch_table_rows_are_streamed_not_held(tmp_path, records, monkeypatch):
     import dataclasses
     import gc
 
-    rec0 = P.load_record(Path(records["path"].iloc[0]), 0)
+    rec0 = patch_cut.load_record(Path(records["path"].iloc[0]), 0)
     n = 600
     manifest = pd.DataFrame({"path": [str(records["path"].iloc[0])] * n, "source": "synthetic",
                              "harpnum": [1000 + i // 4 for i in range(n)], "t_rec": "unused"})
@@ -137,7 +138,7 @@ def test_patch_table_rows_are_streamed_not_held(tmp_path, records, monkeypatch):
             return dataclasses.replace(rec0, harpnum=1000 + i // 4,
                                        t_rec=f"2014.01.{1 + i // 1440:02d}_{i // 60 % 24:02d}:{i % 60:02d}:00_TAI")
 
-        monkeypatch.setattr(P, "load_record", load)
+        monkeypatch.setattr(patch_cut, "load_record", load)
         d = tmp_path / f"t{table_chunk}"
         d.mkdir()
         tracemalloc.start()

@@ -42,9 +42,9 @@ import numpy as np
 import pandas as pd
 
 from .config import split_fractions
-from .data import SKIP_REASONS, SkipRecord, load_record
-from .patch_geometry import (CENTRE_THRESHOLD_G, bin_image, crop_window, flux_centre,  # noqa: F401
-                             resize_image)
+from .data import SKIP_REASONS, SkipRecord  # noqa: F401  (SkipRecord: part of this module's interface)
+from .patch_cut import (CENTRE_THRESHOLD_G, Cut, bin_image, crop_window, cut_record,  # noqa: F401
+                       cut_records, extract_patch, flux_centre, resize_image, resolve_path)
 from .physics import PARAMETER_NAMES, PixelScale, parameter_array
 from .sharp_io import t_rec_to_utc  # noqa: F401  (part of this module's interface)
 
@@ -95,34 +95,6 @@ class PatchConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# one record
-# --------------------------------------------------------------------------------------------
-def extract_patch(data: np.ndarray, scale: PixelScale, header, cfg: PatchConfig):
-    """One record -> (patch_gauss (S, S) float64 with NaN kept, PixelScale of scalars,
-    nan_fraction, pad_fraction). Raises :class:`SkipRecord`."""
-    data = np.asarray(data, dtype=np.float64)
-    finite = np.isfinite(data)
-    if not finite.any():
-        raise SkipRecord("all_nan", "every pixel is NaN")
-    s = cfg.size
-    if cfg.mode == "resize":
-        nan_fraction = float(1.0 - finite.mean())
-        patch = resize_image(data, s)
-        h, w = data.shape
-        lin = math.sqrt(h * w) / s
-        pscale = PixelScale(size_mm=float(scale.size_mm) * lin,
-                            area_cm2=float(scale.area_cm2) * (h * w) / (s * s),
-                            size_arcsec=float(scale.size_arcsec) * lin)
-        pad = 0.0
-    else:
-        binned = bin_image(data, cfg.bin)
-        patch, pad = crop_window(binned, s)
-        nan_fraction = float(np.isnan(patch).mean())
-        pscale = PixelScale.from_header(header, bin_factor=cfg.bin)
-    return patch, pscale, nan_fraction, pad
-
-
-# --------------------------------------------------------------------------------------------
 # splits
 # --------------------------------------------------------------------------------------------
 def assign_splits(harpnums, fractions: Mapping[str, float], seed: int = 0) -> dict[int, str]:
@@ -150,11 +122,6 @@ def assign_splits(harpnums, fractions: Mapping[str, float], seed: int = 0) -> di
     return out
 
 
-def _resolve(path: str, root: Path) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else root / p
-
-
 # --------------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------------
@@ -170,7 +137,7 @@ SCALE_COLUMNS = ("pixel_size_mm", "pixel_area_cm2", "pixel_size_arcsec")
 
 
 def build_patches(records: pd.DataFrame, cfg: PatchConfig, root: str | Path = ".",
-                  progress: bool = True):
+                  progress: bool = True, workers: int = 1):
     """Extract the patches of ``records`` (manifest rows) in memory.
 
     Returns (patches (N, S, S) float32 in [-1, 1], table DataFrame (N rows, contract columns),
@@ -180,7 +147,7 @@ def build_patches(records: pd.DataFrame, cfg: PatchConfig, root: str | Path = ".
     """
     chunks: list[np.ndarray] = []
     frames: list[pd.DataFrame] = []
-    built = _build(records, cfg, root, progress, chunks.append, frames.append)
+    built = _build(records, cfg, root, progress, chunks.append, frames.append, workers)
     table = with_split(pd.concat(frames, ignore_index=True), built.split_of)
     return np.concatenate(chunks), table, built.summary
 
@@ -216,15 +183,16 @@ def _record_key(harpnum: int, t_rec: str) -> int:
     return int.from_bytes(hashlib.blake2b(f"{harpnum}\x00{t_rec}".encode(), digest_size=16).digest(), "little")
 
 
-def _build(records: pd.DataFrame, cfg: PatchConfig, root: str | Path, progress: bool, emit, emit_rows) -> Built:
+def _build(records: pd.DataFrame, cfg: PatchConfig, root: str | Path, progress: bool, emit, emit_rows,
+           workers: int = 1) -> Built:
     """Extract the patches of ``records`` and hand them to ``emit`` in order, ``STREAM_CHUNK``
     at a time ((k, S, S) float32 in [-1, 1]), and their table rows (without ``split``, which
     depends on every HARP) to ``emit_rows``, ``TABLE_CHUNK`` at a time (DataFrames). Each chunk's
     parameters are measured before it is handed on. What is held grows by ~100 bytes per patch
-    (the duplicate check, the pixel scale and the HARP number), not by the patches or rows."""
+    (the duplicate check, the pixel scale and the HARP number), not by the patches or rows.
+    ``workers`` > 1 reads and cuts the records in that many processes (:func:`cut_records`);
+    the result is the same whatever the number."""
     from tqdm import tqdm
-
-    from .sharp_io import header_float
 
     root = Path(root)
     t0 = time.perf_counter()
@@ -272,52 +240,29 @@ def _build(records: pd.DataFrame, cfg: PatchConfig, root: str | Path, progress: 
 
     done: dict[int, int] = {}  # _record_key(harpnum, t_rec) -> manifest position of its patch
     paths = records["path"]
-    for i, rec_row in enumerate(tqdm(records.itertuples(index=False), total=len(records), desc="patches",
-                                     disable=not progress)):
-        path = _resolve(str(rec_row.path), root)
-        try:
-            rec = load_record(path, cfg.quality_mask)
-            ident = (int(rec.harpnum if rec.harpnum >= 0 else rec_row.harpnum),
-                     rec.t_rec or str(rec_row.t_rec))
-            key = _record_key(*ident)
-            if key in done:
-                raise SkipRecord("duplicate", f"{path}: HARP {ident[0]} {ident[1]} already gave a "
+    bar = tqdm(total=len(records), desc="patches", disable=not progress)
+    for i, (rec_row, cut) in enumerate(zip(records.itertuples(index=False),
+                                           cut_records(records, cfg, root, workers))):
+        bar.update()
+        path = resolve_path(str(rec_row.path), root)
+        key = None if cut.ident is None else _record_key(*cut.ident)
+        skip = cut.skip
+        if key is not None and key in done:  # checked before the cut's own checks, as one process would
+            skip = ("duplicate", f"{path}: HARP {cut.ident[0]} {cut.ident[1]} already gave a "
                                  f"patch (from {paths.iloc[done[key]]})")
-            record_nan = float(1.0 - np.isfinite(rec.data).mean())
-            patch, pscale, nan_frac, pad = extract_patch(rec.data, rec.scale, rec.header, cfg)
-            if pad > cfg.max_pad_fraction:
-                raise SkipRecord("too_small", f"{path}: record of {rec.data.shape[0]} x "
-                                 f"{rec.data.shape[1]} pixels fills only {1 - pad:.1%} of the "
-                                 f"{cfg.size} x {cfg.size} window: pad_fraction {pad:.3f} > "
-                                 f"max_pad_fraction {cfg.max_pad_fraction}")
-            if max(nan_frac, record_nan) > cfg.max_nan_fraction:
-                where = "" if cfg.mode == "resize" else f" ({nan_frac:.3f} in the patch window)"
-                raise SkipRecord("nan_fraction", f"{path}: NaN fraction {record_nan:.3f} of the "
-                                 f"record{where} > max_nan_fraction {cfg.max_nan_fraction}")
-        except SkipRecord as exc:
-            logger.warning("skipping record %s: %s (%s)", path, exc.reason, exc)
+        if skip is not None:
+            reason, message = skip
+            logger.warning("skipping record %s: %s (%s)", path, reason, message)
             n_skipped += 1
-            reasons[exc.reason] += 1
+            reasons[reason] += 1
             if len(skipped) < MAX_SKIPPED_LISTED:
-                skipped.append({"path": str(rec_row.path), "reason": exc.reason, "message": str(exc)})
+                skipped.append({"path": str(rec_row.path), "reason": reason, "message": message})
             continue
         done[key] = i
-        clipped = np.clip(np.nan_to_num(patch, nan=0.0), -cfg.clip_gauss, cfg.clip_gauss)
-        patches.append((clipped / cfg.clip_gauss).astype(np.float32))
-        scales.append((float(pscale.size_mm), float(pscale.area_cm2), float(pscale.size_arcsec)))
-        rows.append({
-            "source": str(rec_row.source),
-            "path": str(rec_row.path),
-            "harpnum": ident[0],
-            "t_rec": ident[1],
-            "noaa": rec.noaa,
-            "lon_fwt": header_float(rec.header, "LON_FWT"),
-            "lat_fwt": header_float(rec.header, "LAT_FWT"),
-            "nan_fraction": nan_frac,
-            "pad_fraction": pad,
-            "usflux_hdr": header_float(rec.header, "USFLUX"),
-            "r_value_hdr": header_float(rec.header, "R_VALUE"),
-        })
+        patches.append(cut.patch)
+        scales.append(cut.scale)
+        rows.append({"source": str(rec_row.source), "path": str(rec_row.path),
+                     "harpnum": cut.ident[0], "t_rec": cut.ident[1], **cut.meta})
         if len(patches) == STREAM_CHUNK:
             flush_patches()
             if len(rows) >= TABLE_CHUNK:
@@ -326,6 +271,7 @@ def _build(records: pd.DataFrame, cfg: PatchConfig, root: str | Path, progress: 
     if not done:
         detail = "; ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "manifest is empty"
         raise PatchError(f"no usable record among {n_records} in the manifest ({detail})")
+    bar.close()
     if patches:
         flush_patches()
     if rows:
@@ -543,11 +489,12 @@ class TableStream:
 
 
 def make_patches(records: pd.DataFrame, cfg: Mapping[str, Any] | PatchConfig, zarr_path, table_path,
-                 summary_path, root: str | Path = ".", progress: bool = True) -> dict:
+                 summary_path, root: str | Path = ".", progress: bool = True, workers: int = 1) -> dict:
     """Build and write the patch store, table and summary; all three atomically (a failure at
     any point leaves none of them behind, nor any temporary). Patches and table rows are
     streamed to disk chunk by chunk (:class:`PatchStream`, :class:`TableStream`): memory does not
-    grow with the number of records beyond ~100 bytes per patch. Returns the summary."""
+    grow with the number of records beyond ~100 bytes per patch. ``workers``: processes that read
+    and cut the records (:func:`cut_records`; same outputs for any number). Returns the summary."""
     import json
 
     from .atomic import atomic_path
@@ -563,7 +510,7 @@ def make_patches(records: pd.DataFrame, cfg: Mapping[str, Any] | PatchConfig, za
         stream = PatchStream(tz, pc.size, pc.clip_gauss)
         rows = TableStream(tp.with_name(tp.name + ".part"))
         try:
-            built = _build(records, pc, root, progress, stream.append, rows.append)
+            built = _build(records, pc, root, progress, stream.append, rows.append, workers)
             scales = built.scale_frame()
             attrs = store_attrs(pc, scales, section_hash(raw_cfg))
             write_store(tz, stream, scales, attrs)

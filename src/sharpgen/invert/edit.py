@@ -312,11 +312,11 @@ def patch_wcs_header(header, data: np.ndarray, meta: Mapping[str, Any]):
     """FITS header of the (S, S) patch cut from a record (``header``, ``data`` (H, W)): the
     record's observation keys and WCS with CDELT / CRPIX carried through the cut -- crop mode:
     b x b binning (pixel j of the binned map covers record pixels j*b .. j*b + b - 1) and the
-    flux-centred window of :func:`sharpgen.patch_geometry.crop_window`; resize mode: the resampling
+    flux-centred window of :func:`sharpgen.patch_cut.crop_window`; resize mode: the resampling
     (pixel k of the patch centred on record pixel (k + 0.5) * n / S - 0.5 per axis)."""
     from astropy.io import fits
 
-    from sharpgen.patch_geometry import _window_1d, bin_image, flux_centre
+    from sharpgen.patch_cut import _window_1d, bin_image, flux_centre
 
     size, mode = int(meta.get("size")), str(meta.get("mode") or "crop")
     out = fits.Header()
