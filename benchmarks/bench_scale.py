@@ -15,6 +15,13 @@ on N synthetic SHARP-like records, each stage in a fresh subprocess (so its peak
 * ``retrieval``  -- exact top-5 cosine search (sharpgen.retrieval.topk_cosine) of 1000 query
   embeddings against all N (the evaluation's query count is fixed, so it is linear in N).
 
+``synthesize`` runs at every N; the other stages at each N read the first N records of the
+largest N's set (a prefix), so what differs between two N is the number of records, not which
+records were drawn (the largest record sets a stage's peak RSS, and would otherwise move it by
+tens of MB from one N to the next). ``--records DIR`` skips ``synthesize`` and uses the records
+of an earlier run (e.g. to compare two versions of the code on the same records);
+``--patch-workers K`` runs the patches stage with K worker processes.
+
 It prints, per stage, wall and CPU seconds per record and the peak RSS at each N, then least
 squares fits ``time = a + b N`` and ``peak RSS = c + d N`` with their extrapolations to 44k
 (the paper's data set) and 1M records. ``import`` alone (the ``baseline`` row: numpy, pandas,
@@ -22,7 +29,7 @@ torch, zarr, sharpgen) is measured the same way, so a stage's own memory is its 
 On a shared machine the times are noisy: compare the fits' slopes, not single numbers.
 
     .venv/bin/python benchmarks/bench_scale.py [--sizes 1000 4000 16000] [--quick]
-        [--workdir DIR] [--keep] [--json out.json]
+        [--records DIR] [--patch-workers K] [--workdir DIR] [--keep] [--json out.json]
 """
 
 from __future__ import annotations
@@ -63,7 +70,7 @@ def _imports():
     import sharpgen.retrieval  # noqa: F401
 
 
-def run_stage(stage: str, n: int, d: Path) -> dict:
+def run_stage(stage: str, n: int, d: Path, patch_workers: int = 1) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -90,8 +97,9 @@ def run_stage(stage: str, n: int, d: Path) -> dict:
         from sharpgen.patches import make_patches
 
         m = read_manifest(d / "records.tsv")
+        kw = {"workers": patch_workers} if patch_workers != 1 else {}  # (older versions: no workers)
         s = make_patches(m, section("patches", {}), d / "patches.zarr", d / "patches.parquet",
-                         d / "patches_summary.json", progress=False)
+                         d / "patches_summary.json", progress=False, **kw)
         out["patches"] = s["n_patches"]
     elif stage == "parameters":
         from sharpgen.physics import compute_parameters
@@ -124,19 +132,23 @@ def run_stage(stage: str, n: int, d: Path) -> dict:
         out["queries"] = int(len(q))
     else:
         raise ValueError(stage)
-    out["cpu_s"] = time.process_time() - c0
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # worker processes (patches --patch-workers)
+    out["cpu_s"] = time.process_time() - c0 + kids.ru_utime + kids.ru_stime
     out["wall_s"] = time.perf_counter() - w0
     out["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    if kids.ru_maxrss:
+        out["worker_maxrss_mb"] = kids.ru_maxrss / 1024.0  # the largest worker
     return out
 
 
 # --------------------------------------------------------------------------------------------
 # driver
 # --------------------------------------------------------------------------------------------
-def _child(stage: str, n: int, d: Path) -> dict:
+def _child(stage: str, n: int, d: Path, patch_workers: int = 1) -> dict:
     env = dict(os.environ, PYTHONPATH=str(SRC) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    r = subprocess.run([sys.executable, __file__, "--stage", stage, "--n", str(n), "--dir", str(d)],
+    r = subprocess.run([sys.executable, __file__, "--stage", stage, "--n", str(n), "--dir", str(d),
+                        "--patch-workers", str(patch_workers)],
                        capture_output=True, text=True, env=env)
     if r.returncode != 0:
         raise RuntimeError(f"stage {stage} at N={n} failed:\n{r.stderr[-3000:]}")
@@ -162,35 +174,63 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--from-json", type=Path, default=None,
                     help="print the fits of a saved --json run again (no measurement)")
+    ap.add_argument("--records", type=Path, default=None,
+                    help="a folder with records.tsv of >= max N synthesized records (e.g. the --dir of a "
+                         "'--stage synthesize' run): skip the synthesize stage and use its first N records")
+    ap.add_argument("--patch-workers", type=int, default=1, help="worker processes of the patches stage")
     ap.add_argument("--stage", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--dir", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.stage:  # child process: one stage
-        print(json.dumps(run_stage(args.stage, args.n, args.dir)))
+        print(json.dumps(run_stage(args.stage, args.n, args.dir, args.patch_workers)))
         return 0
     if args.from_json:
         summarise(json.loads(args.from_json.read_text()))
         return 0
 
-    sizes = args.sizes or ([100, 200, 400] if args.quick else [1000, 4000, 16000])
+    sizes = sorted(args.sizes or ([100, 200, 400] if args.quick else [1000, 4000, 16000]))
     work = args.workdir or Path(tempfile.mkdtemp(prefix="sharpgen-scale-"))
     work.mkdir(parents=True, exist_ok=True)
-    results: dict = {"sizes": sizes, "stages": {}, "baseline": None}
+    results: dict = {"sizes": sizes, "stages": {}, "baseline": None, "patch_workers": args.patch_workers}
+
+    def run(stage: str, n: int, d: Path) -> None:
+        r = _child(stage, n, d, args.patch_workers)
+        results["stages"].setdefault(stage, []).append({"n": n, **r})
+        print(f"  N={n:>7} {stage:<10} wall {r['wall_s']:8.1f} s  cpu {r['cpu_s']:8.1f} s  "
+              f"{1e3 * r['cpu_s'] / n:7.2f} ms/record (cpu)  peak RSS {r['maxrss_mb']:7.0f} MB", flush=True)
+
+    def fresh(d: Path) -> Path:
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir()
+        return d
+
+    records = args.records
     try:
         results["baseline"] = _child("baseline", 0, work)
         print(f"baseline (imports + compiled kernels loaded): peak RSS {results['baseline']['maxrss_mb']:.0f} MB",
               flush=True)
+        if records is None:
+            # synthesize at every N (its own time and memory); the other stages at each N read
+            # the first N records of the largest set, so a smaller N's records are a prefix of a
+            # larger N's and peak memory is not moved by which records happen to be drawn
+            for n in sizes:
+                d = fresh(work / f"synthesized{n}")
+                run("synthesize", n, d)
+                if n != sizes[-1] and not args.keep:
+                    shutil.rmtree(d)
+            records = work / f"synthesized{sizes[-1]}"
+        from sharpgen.data import read_manifest
+
+        manifest = read_manifest(records / "records.tsv")
+        if len(manifest) < sizes[-1]:
+            raise SystemExit(f"{records / 'records.tsv'} lists {len(manifest)} records, fewer than N = {sizes[-1]}")
         for n in sizes:
-            d = work / f"n{n}"
-            if d.exists():
-                shutil.rmtree(d)
-            d.mkdir()
-            for stage in STAGES:
-                r = _child(stage, n, d)
-                results["stages"].setdefault(stage, []).append({"n": n, **r})
-                print(f"  N={n:>7} {stage:<10} wall {r['wall_s']:8.1f} s  cpu {r['cpu_s']:8.1f} s  "
-                      f"{1e3 * r['cpu_s'] / n:7.2f} ms/record (cpu)  peak RSS {r['maxrss_mb']:7.0f} MB", flush=True)
+            d = fresh(work / f"n{n}")
+            manifest.head(n).to_csv(d / "records.tsv", sep="\t", index=False)
+            for stage in STAGES[1:]:
+                run(stage, n, d)
             if not args.keep:
                 shutil.rmtree(d)
     finally:
@@ -219,7 +259,8 @@ def summarise(results: dict) -> None:
     print(f"  {'stage':<10} {'cpu ms/rec':>10} {'R^2':>6} {'RSS MB':>7} {'RSS MB/1k rec':>13}   "
           + "   ".join(f"N={e:<9,} cpu h / RSS GB" for e in EXTRAPOLATE))
     results["fits"] = {}
-    for stage in STAGES:
+    stages = [s for s in STAGES if s in results["stages"]]
+    for stage in stages:
         rows = results["stages"][stage]
         ns = [r["n"] for r in rows]
         a, b, r2 = linear_fit(ns, [r["cpu_s"] for r in rows])
@@ -236,8 +277,8 @@ def summarise(results: dict) -> None:
         print(f"  {stage:<10} {1e3 * b:10.2f} {r2:6.3f} {c:7.0f} {1e3 * dm:13.2f}   "
               + "   ".join(f"{ext[e]['cpu_h']:8.2f} h / {ext[e]['rss_gb']:6.2f} GB      " for e in EXTRAPOLATE))
     print(f"  marginal peak-RSS slope between N = {sizes[-2]:,} and {sizes[-1]:,} [MB per 1k records]: "
-          + ", ".join(f"{s} {1e3 * results['fits'][s]['rss_mb_per_record_marginal']:.1f}" for s in STAGES))
-    flat = all(results["fits"][s]["rss_mb_per_record_marginal"] * 1e6 / 1024 < 1.0 for s in DATA_STAGES)
+          + ", ".join(f"{s} {1e3 * results['fits'][s]['rss_mb_per_record_marginal']:.1f}" for s in stages))
+    flat = all(results["fits"][s]["rss_mb_per_record_marginal"] * 1e6 / 1024 < 1.0 for s in DATA_STAGES if s in stages)
     results["data_stages_memory_flat"] = flat
     print(f"  data stages' peak RSS flat in N (marginal slope: < 1 GB more at 1M records): "
           f"{'yes' if flat else 'NO'}")

@@ -108,6 +108,15 @@ def test_bench_scale_stages_run(tmp_path):
         assert r.returncode == 0, f"{stage}: {r.stderr[-2000:]}"
         out = json.loads(r.stdout.strip().splitlines()[-1])
         assert out["wall_s"] >= 0 and out["maxrss_mb"] > 0, (stage, out)
+    # the driver on those records (--records: no synthesize), prefixes of 4 and 8, 2 patch workers
+    r = subprocess.run([sys.executable, str(bench), "--sizes", "4", "8", "--records", str(tmp_path),
+                        "--patch-workers", "2", "--json", str(tmp_path / "scale.json")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "scale.json").read_text())
+    assert set(res["fits"]) == {"patches", "parameters", "embed", "retrieval"}
+    assert [row["n"] for row in res["stages"]["patches"]] == [4, 8]
+    assert [row["patches"] for row in res["stages"]["patches"]] == [4, 8]
 
 
 def test_patch_table_rows_are_streamed_not_held(tmp_path, records, monkeypatch):
