@@ -284,7 +284,7 @@ def test_write_parquet_units_of_match_tables_without_a_mode(tmp_path):
     ("2015.07.01_00:12:00_TAI", 36), ("2016.12.31_23:00:00_TAI", 36), ("2017.01.01_00:12:00_TAI", 37),
 ])
 def test_t_rec_to_utc_follows_the_leap_seconds(t_rec, offset_s):
-    from sharpgen.patches import t_rec_to_utc
+    from sharpgen.sharp_io import t_rec_to_utc
 
     (utc,) = t_rec_to_utc([t_rec])
     tai = pd.to_datetime(t_rec[:-4], format="%Y.%m.%d_%H:%M:%S")
@@ -293,7 +293,7 @@ def test_t_rec_to_utc_follows_the_leap_seconds(t_rec, offset_s):
 
 def test_t_rec_to_utc_inside_a_leap_second():
     """2012-06-30 23:59:60 UTC has no datetime64; it becomes the start of the next second."""
-    from sharpgen.patches import t_rec_to_utc
+    from sharpgen.sharp_io import t_rec_to_utc
 
     out = t_rec_to_utc(["2012.07.01_00:00:34_TAI", "2012.07.01_00:00:34.5_TAI", "2012.07.01_00:00:35_TAI"])
     assert list(out) == [pd.Timestamp("2012-07-01 00:00:00", tz="UTC"),
@@ -302,7 +302,7 @@ def test_t_rec_to_utc_inside_a_leap_second():
 
 
 def test_t_rec_to_utc_leaves_bad_values_empty():
-    from sharpgen.patches import t_rec_to_utc
+    from sharpgen.sharp_io import t_rec_to_utc
 
     out = t_rec_to_utc(pd.Series(["x", "2011.02.15_02:00:00_TAI"], index=[5, 7]))
     assert list(out.index) == [5, 7] and pd.isna(out[5])

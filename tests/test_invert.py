@@ -184,7 +184,7 @@ def test_patch_wcs_follows_the_cut(mode):
     out = patch_wcs_header(hdr, data, {"size": size, "mode": mode, "bin": b})
     rec, pat = WCS(hdr), WCS(out)
     if mode == "crop":
-        from sharpgen.patches import bin_image, crop_window
+        from sharpgen.patch_cut import bin_image, crop_window
 
         binned = bin_image(data, b)
         window, _ = crop_window(binned, size)

@@ -121,23 +121,23 @@ def test_splits_disjoint_deterministic_and_proportional():
 def test_crop_geometry():
     img = np.zeros((40, 60))
     img[30:34, 50:54] = 800.0  # a strong feature near a corner
-    win, pad = P.crop_window(img, 16)
+    win, pad = patch_cut.crop_window(img, 16)
     assert pad == 0.0 and win.shape == (16, 16)
     assert win.sum() == img.sum()  # the feature lies inside the window
     small = np.full((6, 10), 5.0)
-    win, pad = P.crop_window(small, 16)
+    win, pad = patch_cut.crop_window(small, 16)
     assert pad == pytest.approx(1 - 60 / 256) and win.sum() == pytest.approx(small.sum())
     a = np.arange(16.0).reshape(4, 4)
     a[0, 0] = np.nan
-    b = P.bin_image(a, 2)
+    b = patch_cut.bin_image(a, 2)
     assert b[0, 0] == pytest.approx((1 + 4 + 5) / 3) and b[1, 1] == pytest.approx((10 + 11 + 14 + 15) / 4)
-    assert np.isnan(P.bin_image(np.full((4, 4), np.nan), 2)).all()
+    assert np.isnan(patch_cut.bin_image(np.full((4, 4), np.nan), 2)).all()
 
 
 def test_resize_is_antialiased():
     rng = np.random.default_rng(0)
     noise = rng.normal(0, 100, (256, 512))
-    out = P.resize_image(noise, 32)
+    out = patch_cut.resize_image(noise, 32)
     # area-like averaging of ~128 pixels shrinks white noise by ~sqrt(128); plain sampling would not
     assert out.std() < 25
 
@@ -151,7 +151,7 @@ def test_resize_matches_torch_antialiased_bilinear():
         x = rng.normal(0, 300, shape)
         ref = F.interpolate(torch.from_numpy(x)[None, None], size=(32, 32), mode="bilinear",
                             antialias=True, align_corners=False)[0, 0].numpy()
-        np.testing.assert_allclose(P.resize_image(x, 32), ref, atol=1e-6 * 300)
+        np.testing.assert_allclose(patch_cut.resize_image(x, 32), ref, atol=1e-6 * 300)
 
 
 def _bad_inputs(tmp_path, syn_records):

@@ -30,6 +30,7 @@ Shapes: patches (N, S, S) float32; per-patch scale arrays (N,) float64.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -42,11 +43,10 @@ import numpy as np
 import pandas as pd
 
 from .config import split_fractions
-from .data import SKIP_REASONS, SkipRecord  # noqa: F401  (SkipRecord: part of this module's interface)
-from .patch_cut import (CENTRE_THRESHOLD_G, Cut, bin_image, crop_window, cut_record,  # noqa: F401
-                       cut_records, extract_patch, flux_centre, resize_image, resolve_path)
+from .data import SKIP_REASONS
+from .patch_cut import cut_records, resolve_path
 from .physics import PARAMETER_NAMES, PixelScale, parameter_array
-from .sharp_io import t_rec_to_utc  # noqa: F401  (part of this module's interface)
+from .sharp_io import t_rec_to_utc
 
 logger = logging.getLogger(__name__)
 
@@ -179,8 +179,6 @@ def with_split(frame: pd.DataFrame, split_of: Mapping[int, str]) -> pd.DataFrame
 def _record_key(harpnum: int, t_rec: str) -> int:
     """128-bit digest of (HARPNUM, T_REC): the duplicate check holds one Python int (~70 bytes
     with its set slot) per patch instead of the key's tuple and string."""
-    import hashlib
-
     return int.from_bytes(hashlib.blake2b(f"{harpnum}\x00{t_rec}".encode(), digest_size=16).digest(), "little")
 
 
@@ -245,9 +243,10 @@ def _build(records: pd.DataFrame, cfg: PatchConfig, root: str | Path, progress: 
     for i, (rec_row, cut) in enumerate(zip(records.itertuples(index=False),
                                            cut_records(records, cfg, root, workers))):
         bar.update()
-        path = resolve_path(str(rec_row.path), root)
         key = None if cut.ident is None else _record_key(*cut.ident)
         skip = cut.skip
+        if skip is not None or (key is not None and key in done):
+            path = resolve_path(str(rec_row.path), root)
         if key is not None and key in done:  # checked before the cut's own checks, as one process would
             skip = ("duplicate", f"{path}: HARP {cut.ident[0]} {cut.ident[1]} already gave a "
                                  f"patch (from {paths.iloc[done[key]]})")
@@ -268,11 +267,11 @@ def _build(records: pd.DataFrame, cfg: PatchConfig, root: str | Path, progress: 
             flush_patches()
             if len(rows) >= TABLE_CHUNK:
                 flush_rows()
+    bar.close()
     n_records = len(records)
     if not done:
         detail = "; ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) or "manifest is empty"
         raise PatchError(f"no usable record among {n_records} in the manifest ({detail})")
-    bar.close()
     if patches:
         flush_patches()
     if rows:
@@ -442,7 +441,8 @@ class TableStream:
     ``split``) to a Parquet part file, one row group per chunk, so the table is never whole in
     memory; :meth:`finish` then copies it, row group by row group, to the final file with each
     row's ``split`` inserted and the units / file metadata attached. The final file reads back
-    (pandas, polars, pyarrow) exactly as the in-memory table of :func:`build_patches`."""
+    (pandas, polars, pyarrow) exactly as the in-memory table of :func:`build_patches`. Used as a
+    context manager, which removes the part file however the block ends."""
 
     def __init__(self, part_path: str | Path):
         self.part_path = Path(part_path)
@@ -464,9 +464,15 @@ class TableStream:
             self._writer.close()
             self._writer = None
 
+    def __enter__(self) -> "TableStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+        self.part_path.unlink(missing_ok=True)
+
     def finish(self, table_path: str | Path, split_of: Mapping[int, str], metadata: dict) -> None:
-        """Write the final table to ``table_path`` (a temporary path of the caller) and remove
-        the part file."""
+        """Write the final table to ``table_path`` (a temporary path of the caller)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -486,7 +492,6 @@ class TableStream:
         finally:
             if writer is not None:
                 writer.close()
-            self.part_path.unlink(missing_ok=True)
 
 
 def make_patches(records: pd.DataFrame, cfg: Mapping[str, Any] | PatchConfig, zarr_path, table_path,
@@ -509,8 +514,7 @@ def make_patches(records: pd.DataFrame, cfg: Mapping[str, Any] | PatchConfig, za
         # patches go to the (temporary) store as they are made, one chunk at a time, and the
         # table rows to a part file next to the temporary table
         stream = PatchStream(tz, pc.size, pc.clip_gauss)
-        rows = TableStream(tp.with_name(tp.name + ".part"))
-        try:
+        with TableStream(tp.with_name(tp.name + ".part")) as rows:
             built = _build(records, pc, root, progress, stream.append, rows.append, workers)
             scales = built.scale_frame()
             attrs = store_attrs(pc, scales, section_hash(raw_cfg))
@@ -518,9 +522,6 @@ def make_patches(records: pd.DataFrame, cfg: Mapping[str, Any] | PatchConfig, za
             rows.finish(tp, built.split_of, metadata={
                 "patch_mode": pc.mode, "clip_gauss": float(pc.clip_gauss), "bin": int(pc.bin),
                 "size": int(pc.size), "config_hash": attrs["config_hash"]})
-        finally:
-            rows.close()
-            rows.part_path.unlink(missing_ok=True)
         summary = built.summary
         ts.write_text(json.dumps(_json_clean(summary), indent=2, sort_keys=True, allow_nan=False) + "\n")
     logger.info("wrote %d patches (%s mode, %dx%d) from %d records, %d skipped %s",

@@ -33,7 +33,7 @@ def load_query(path: str | Path, meta: Mapping[str, Any]) -> np.ndarray:
     ``meta`` is the encoder's metadata (``size``, ``clip_gauss``, ``mode``, ``bin`` of the patch
     store it was trained on). ``.npy``: an (S, S) (or (1, S, S)) array already in [-1, 1].
     ``.fits``: a generated patch written by ``sharpgen generate`` (header CLIPG; (S, S) Br in
-    Gauss) or a SHARP Br record, cut with :func:`sharpgen.patches.extract_patch` in the store's
+    Gauss) or a SHARP Br record, cut with :func:`sharpgen.patch_cut.extract_patch` in the store's
     mode. Raises :class:`QueryError` naming the file and the problem.
     """
     path = Path(path)
@@ -75,7 +75,9 @@ def load_query(path: str | Path, meta: Mapping[str, Any]) -> np.ndarray:
                              f"the encoder expects ({size}, {size})")
         g_clip = float(hdr0.get("CLIPG", clip))
         return (np.clip(np.nan_to_num(data0), -g_clip, g_clip) / g_clip).astype(np.float32)
-    from sharpgen.patches import PatchConfig, SkipRecord, extract_patch
+    from sharpgen.data import SkipRecord
+    from sharpgen.patch_cut import extract_patch
+    from sharpgen.patches import PatchConfig
     from sharpgen.sharp_io import SharpReadError, read_sharp
 
     try:

@@ -56,12 +56,17 @@ def read_rows(arr, rows=None) -> np.ndarray:
     rows = np.asarray(rows, dtype=np.int64).ravel()
     if rows.size == 0:
         return np.empty((0, *arr.shape[1:]), dtype=np.float32)
-    if rows.min() < 0 or rows.max() >= arr.shape[0]:
-        raise StoreError(f"row {int(rows.max()) if rows.max() >= arr.shape[0] else int(rows.min())} "
-                         f"is outside the store's {arr.shape[0]} rows")
+    check_rows(rows, arr.shape[0], "the store's")
     uniq, inv = np.unique(rows, return_inverse=True)
     sel = (uniq,) + (slice(None),) * (arr.ndim - 1)
     return np.asarray(arr.get_orthogonal_selection(sel), dtype=np.float32)[inv]
+
+
+def check_rows(rows: np.ndarray, n: int, where: str) -> None:
+    """StoreError naming the first offending row when an int array ``rows`` reaches outside
+    0..n-1 of ``where`` (e.g. "the store's")."""
+    if rows.size and (rows.min() < 0 or rows.max() >= n):
+        raise StoreError(f"row {int(rows.max()) if rows.max() >= n else int(rows.min())} is outside {where} {n} rows")
 
 
 def open_group(path: str | os.PathLike, array: str, what: str = "image store"):
@@ -210,9 +215,7 @@ class PatchStore:
             return t.iloc[rows][list(columns) if columns is not None else t.columns].reset_index(drop=True)
         import pyarrow.parquet as pq
 
-        if rows.size and (rows.min() < 0 or rows.max() >= self.n):
-            raise StoreError(f"row {int(rows.max()) if rows.max() >= self.n else int(rows.min())} is outside "
-                             f"the patch table {self.table_path} ({self.n} rows)")
+        check_rows(rows, self.n, f"the patch table {self.table_path}'s")
         missing = [c for c in (columns or ()) if c not in self.table_columns]
         if missing:
             raise StoreError(f"patch table {self.table_path} has no {missing} column(s)")

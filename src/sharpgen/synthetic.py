@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -540,17 +541,16 @@ def synthesize(out_dir: str | Path, n_regions: int = 240, frames_per_region: int
     tasks = ((reg, str(out_dir), frames_per_region, seed, cadence_h) for _, reg in cat.iterrows())
     bar = dict(total=len(cat), desc="synthesize", enabled=progress)  # terminal only
     columns: tuple[list, ...] = ([], [], [], [])
-    if workers > 1 and len(cat) > 1:
-        from concurrent.futures import ProcessPoolExecutor
+    with ExitStack() as stack:
+        if workers > 1 and len(cat) > 1:
+            from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = track(pool.map(_write_region, tasks, chunksize=4), **bar)
-            for res in results:
-                for col, values in zip(columns, zip(*res)):
-                    col.extend(values)
-    else:
-        for t in track(tasks, **bar):
-            for col, values in zip(columns, zip(*_write_region(t))):
+            pool = stack.enter_context(ProcessPoolExecutor(max_workers=workers))
+            results = pool.map(_write_region, tasks, chunksize=4)
+        else:
+            results = map(_write_region, tasks)
+        for res in track(results, **bar):
+            for col, values in zip(columns, zip(*res)):
                 col.extend(values)
     logger.info("wrote %d synthetic records of %d regions to %s", len(columns[0]), len(cat), out_dir)
     return pd.DataFrame({"path": columns[0], "source": columns[1],
