@@ -297,6 +297,12 @@ def test_fold_falls_back_with_reason():
     noisy = table.assign(lead_sign=np.where(rng.random(len(Z)) < 0.5, 1.0, -1.0))  # not encoded in z
     arrays, summary = dr.fit_boundaries(Z, noisy, cfg)
     assert "fold_min_accuracy" in summary["_fold"]["reason"] and not arrays["folded"].any()
+    # a generator that mostly makes one leading polarity: no fold through the origin
+    lopsided = table.assign(lead_sign=np.where(Z @ u > 1.2, -1.0, 1.0))
+    arrays, summary = dr.fit_boundaries(Z, lopsided, cfg)
+    assert "fold_min_balance" in summary["_fold"]["reason"] and not arrays["folded"].any()
+    arrays, summary = dr.fit_boundaries(Z, lopsided, {**cfg, "fold_min_balance": 0.05})
+    assert arrays["folded"].any()
     _, summary = dr.fit_boundaries(Z, table.drop(columns="lead_sign"), cfg)
     assert "no 'lead_sign' column" in summary["_fold"]["reason"]
     _, summary = dr.fit_boundaries(Z, table.assign(lead_sign=1.0), cfg)

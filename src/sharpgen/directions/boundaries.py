@@ -157,7 +157,10 @@ def fit_polarity_fold(latents, table: pd.DataFrame, cfg) -> tuple[np.ndarray | N
 
     latents: (N, D); table: N rows with a ``lead_sign`` column (+1 / -1, NaN or 0 where there is
     no bipole). Returns ``(u (D,) or None, info)``; u is None (no folding, reason in ``info``)
-    when the column is missing, fewer than 20 samples of a sign exist, or the boundary's
+    when the column is missing, fewer than 20 samples of a sign exist, one sign is rarer than
+    ``cfg.fold_min_balance`` (the reflection is through the origin, so it assumes a generator
+    making both leading polarities about equally often; one that mostly makes one of them is not
+    polarity-symmetric and its reflected samples are not the reversed regions), or the boundary's
     validation accuracy is below ``cfg.fold_min_accuracy``: then the latent does not encode the
     polarity order linearly and reflecting across it would mix unrelated samples.
     """
@@ -172,6 +175,11 @@ def fit_polarity_fold(latents, table: pd.DataFrame, cfg) -> tuple[np.ndarray | N
     info.update(n_positive=n_pos, n_negative=n_neg)
     if min(n_pos, n_neg) < 20:
         info["reason"] = f"too few samples of one leading polarity ({n_pos} +1 / {n_neg} -1)"
+        return None, info
+    if min(n_pos, n_neg) < cfg.fold_min_balance * (n_pos + n_neg):
+        info["reason"] = (f"one leading polarity is rare ({n_pos} +1 / {n_neg} -1; fold_min_balance "
+                          f"{cfg.fold_min_balance:g}): the generator is not polarity-symmetric, so "
+                          "reflecting through the origin would not reverse the regions")
         return None, info
     b = train_boundary(np.asarray(latents, dtype=np.float64)[keep], (s[keep] > 0).astype(int),
                        classifier=cfg.classifier, C=cfg.C, val_fraction=cfg.val_fraction,

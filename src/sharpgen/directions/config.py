@@ -45,6 +45,7 @@ class DirectionsConfig:
     seed: int
     fold: str
     fold_min_accuracy: float
+    fold_min_balance: float           # no fold when one leading polarity is rarer than this
     space: str                        # auto | z | w (whitened W of a mapping generator)
     conditional: tuple[Any, ...]
     traversal: TraversalConfig

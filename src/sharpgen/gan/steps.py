@@ -28,13 +28,15 @@ def _update(loss: torch.Tensor, net: nn.Module, opt: torch.optim.Optimizer | Non
 
 def train_step(G: nn.Module, D: nn.Module, real: torch.Tensor, z: torch.Tensor, arch: str,
                aug=None, autocast=None, opt_g: torch.optim.Optimizer | None = None,
-               opt_d: torch.optim.Optimizer | None = None, dist: Dist = SINGLE):
+               opt_d: torch.optim.Optimizer | None = None, dist: Dist = SINGLE, g_extra=None):
     """One discriminator step and one generator step on the same fake batch.
 
     ``real`` (B, 1, S, S), ``z`` (B, nz). D's weights are frozen during the generator step (no
     wasted weight gradients). Data-parallel (``dist``): the gradients are averaged over the
-    processes before each optimiser step. Returns (d_loss, g_loss, real_logit, fake_logit),
-    not detached (this process's shard).
+    processes before each optimiser step. ``g_extra(fake, z)`` (optional): a scalar loss added
+    to the generator's (the latent structure, :mod:`sharpgen.gan.structure`). Returns (d_loss,
+    g_loss, real_logit, fake_logit), not detached (this process's shard); g_loss includes
+    ``g_extra``.
     """
     aug = aug or (lambda x: x)
     autocast = autocast or torch.autocast("cpu", enabled=False)
@@ -48,6 +50,8 @@ def train_step(G: nn.Module, D: nn.Module, real: torch.Tensor, z: torch.Tensor, 
     try:
         with autocast:
             g_loss = g_loss_fn(arch, D(aug(fake)))
+            if g_extra is not None:
+                g_loss = g_loss + g_extra(fake, z)
         _update(g_loss, G, opt_g, dist)
     finally:
         D.requires_grad_(True)

@@ -37,6 +37,8 @@ from sharpgen.gan.steps import (  # noqa: F401  (re-exported: tests, benchmarks)
     train_step,
     training_flops_per_step,
 )
+from sharpgen.gan.structure import STRUCTURE_PARAMETERS, LatentStructure, fit_structure
+from sharpgen.gan import structure as latent_structure
 from sharpgen.gan.model import (  # noqa: F401
     ARCHITECTURES,
     STABLE_RECIPE,
@@ -98,6 +100,8 @@ class GanConfig:
     r1_every: int                     # lazy R1: every N steps, weighted by N
     pl_weight: float                  # path-length penalty weight on G (0 = off)
     pl_every: int                     # lazy path-length regularisation: every N steps
+    structure: tuple[str, ...]        # parameters laying out the latent (sharpgen.gan.structure)
+    structure_weight: float           # weight of the structure loss
     split: str                        # train | all
     seed: int
     device: str                       # auto | cpu | cuda
@@ -124,6 +128,7 @@ class GanConfig:
             raise ValueError(str(err).replace("unknown config key(s)", "unknown gan config key(s)")) from None
         object.__setattr__(cfg, "betas", tuple(float(b) for b in cfg.betas))
         object.__setattr__(cfg, "mapping_channels", tuple(int(c) for c in cfg.mapping_channels))
+        object.__setattr__(cfg, "structure", tuple(str(n) for n in cfg.structure))
         cfg.check()
         return cfg
 
@@ -144,7 +149,11 @@ class GanConfig:
             raise ValueError(f"gan.ema_decay must be in [0, 1), got {self.ema_decay}")
         if len(self.mapping_channels) != 4 or min(self.mapping_channels) < 1:
             raise ValueError(f"gan.mapping_channels must be 4 positive widths, got {list(self.mapping_channels)}")
-        for k in ("mapping_lr_mult", "r1_gamma", "pl_weight"):
+        unknown = [n for n in self.structure if n not in STRUCTURE_PARAMETERS]
+        if unknown or len(set(self.structure)) != len(self.structure):
+            raise ValueError(f"gan.structure {list(self.structure)}: each of {list(STRUCTURE_PARAMETERS)} "
+                             "at most once")
+        for k in ("mapping_lr_mult", "r1_gamma", "pl_weight", "structure_weight"):
             if not float(getattr(self, k)) >= 0.0:
                 raise ValueError(f"gan.{k} must be >= 0, got {getattr(self, k)}")
 
@@ -152,12 +161,16 @@ class GanConfig:
         d = dataclasses.asdict(self)
         d["betas"] = list(d["betas"])
         d["mapping_channels"] = list(d["mapping_channels"])
+        d["structure"] = list(d["structure"])
         return d
 
     def trajectory_dict(self) -> dict:
         d = self.as_dict()
         for k in self.NON_TRAJECTORY:
             d.pop(k)
+        if not self.structure:  # off: the hash of configurations from before the option
+            d.pop("structure")
+            d.pop("structure_weight")
         return d
 
 
@@ -345,8 +358,9 @@ def _sample_grid(net: nn.Module, z_fixed: torch.Tensor, autocast, path: Path,
 
 def _write_outputs(run: _Run, cfg: GanConfig, size: int, clip_gauss: float, data_id: str,
                    generator_path, log: training.CsvLog, log_csv, grid_dir: Path,
-                   samples_dir) -> None:
-    """generator.pt (EMA or G weights as CPU float32, byte-reproducible), the CSV log and the
+                   samples_dir, structure: LatentStructure | None = None) -> None:
+    """generator.pt (EMA or G weights as CPU float32, byte-reproducible; with the latent
+    structure's axes, quantiles and correlation when ``gan.structure`` is on), the CSV log and the
     sample grids, each atomically."""
     final = run.ema if run.ema is not None else run.G
     w_stats = None
@@ -359,6 +373,7 @@ def _write_outputs(run: _Run, cfg: GanConfig, size: int, clip_gauss: float, data
             "config": cfg.as_dict(), "clip_gauss": float(clip_gauss), "steps": int(run.step),
             "weights": "ema" if run.ema is not None else "generator", "data_id": str(data_id),
             "latent_space": getattr(final, "latent_space", "z"), "w_statistics": w_stats,
+            "structure": structure.as_dict() if structure is not None else None,
             "state_dict": {k: v.detach().float().cpu().contiguous()
                            for k, v in final.state_dict().items()}}
     training.write_torch(generator_path, blob)
@@ -420,6 +435,14 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
         z_fixed = torch.randn(16, cfg.nz, generator=torch.Generator().manual_seed(cfg.seed + 2))
         z_fixed = z_fixed.to(device)
         autocast = training.autocast(device)  # bf16 on GPUs with compute capability >= 8.0
+        structure, g_extra = None, None
+        if cfg.structure:  # the latent laid out by the parameters (sharpgen.gan.structure)
+            structure = fit_structure(patches, cfg.structure, cfg.nz, cfg.structure_weight,
+                                      clip_gauss)
+            g_extra = partial(latent_structure.structure_loss, structure=structure,
+                              state=structure.torch_state(device))
+            if main:
+                logger.info(latent_structure.describe(structure))
         aug = (partial(diff_augment, gen=run.gen, translation=cfg.augment_translation,
                        cutout=cfg.augment_cutout, rows=rows, batch=bs)
                if cfg.arch in STABLE_RECIPE else None)
@@ -439,7 +462,8 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
                 real = data.index_select(0, distributed.take(idx, rows))
                 z = distributed.take(torch.randn(bs, cfg.nz, generator=run.gen, device=device), rows)
                 d_loss, g_loss, real_logit, fake_logit = train_step(
-                    run.G, run.D, real, z, cfg.arch, aug, autocast, run.opt_g, run.opt_d, dist)
+                    run.G, run.D, real, z, cfg.arch, aug, autocast, run.opt_g, run.opt_d, dist,
+                    g_extra=g_extra)
                 if cfg.r1_gamma > 0 and run.step % cfg.r1_every == 0:  # lazy regularisers
                     r1_step(run.D, real, cfg.r1_gamma, cfg.r1_every, aug, autocast, run.opt_d,
                             dist)
@@ -493,7 +517,7 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
         if run.step < cfg.steps or not main:  # stopped early on purpose (tests); rank > 0
             return summary
         _write_outputs(run, cfg, size, clip_gauss, data_id, generator_path, log, log_csv,
-                       folder / "grids", samples_dir)
+                       folder / "grids", samples_dir, structure)
     logger.info("trained %s GAN: %d steps in %.1f s (%.1f images/s); wrote %s", cfg.arch,
                 run.step, elapsed, summary["images_per_s"], generator_path)
     return summary

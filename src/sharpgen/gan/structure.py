@@ -1,0 +1,242 @@
+"""A latent space laid out by the physical parameters (``gan.structure``; issue "generator
+realism and linear structure"; measured in docs/gan.md).
+
+Without it the parameters are mostly non-linear functions of z and the SVM boundaries of the
+directions stage all find the one shared "size" direction (unit normals with cosines ~0.95
+whatever the parameters' own correlations). With ``gan.structure: [tuf, psep, r_value]`` the
+generator is trained, besides the adversarial loss, to make each listed parameter a monotone
+function of one fixed latent axis:
+
+* **axes** ``A`` (K, nz): ``u = z A^T`` (B, K) mixes the first K coordinates of z by the lower
+  Cholesky factor of ``C``, the correlation (of the normal scores) of the K parameters among the
+  training patches. So ``u_k ~ N(0, 1)``, ``corr(u_i, u_j) = C_ij`` and ``cos(A_i, A_j) = C_ij``:
+  the latent axes are as correlated as the parameters are in the real population (a Gaussian
+  copula of the real parameters).
+* **target** of parameter k for latent z: the real quantile at ``Phi(u_k)`` (``Phi`` the normal
+  CDF), i.e. the value with the same rank among the training patches. Hence if G meets the
+  targets, the generated marginals equal the real ones and the joint distribution has the real
+  rank correlations.
+* **loss**: ``weight * mean_k mean_b ((p_k(G(z)) - target_k(z)) / sd_k)^2``, added to the
+  generator's adversarial loss; ``sd_k`` the real standard deviation (a unit-free loss).
+
+The parameters are measured on the generator output by differentiable **proxies** (:func:`proxies`,
+torch, batched) of the pipeline's definitions (:mod:`sharpgen.physics`, which thresholds at
+150 G and is not differentiable): the 150 G masks are sigmoids of width ``tau`` (20 G), the
+dilations are max-pools, R's Gaussian is a separable convolution. They are computed in patch
+units (pixels, store values in [-1, 1] times ``clip_gauss``), on the real patches and the
+generated ones alike, so only their ranks matter. Their agreement with the pipeline's parameters is
+tested on real SHARP records (tests/test_gan_structure.py) and measured in docs/gan.md.
+
+Shapes: images ``(B, 1, S, S)`` float in [-1, 1]; latents ``(B, nz)``; proxies ``(B, K)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sharpgen.parameters import PARAMETER_NAMES, STRONG_GAUSS
+from sharpgen.rvalue import R_VALUE_HWIDTH, R_VALUE_SIGMA
+
+#: width of the soft 150 G threshold [G]
+TAU_GAUSS = 20.0
+#: R_VALUE proxy: block-mean sub-sampling of the patch (JSOC: ~2 arcsec; the default crop grid
+#: is ~1 arcsec per pixel)
+R_VALUE_STEP = 2
+#: r_paper proxy: side of the square dilating each polarity mask (as sharpgen.physics) [px]
+R_PAPER_SIDE = 7
+_EPS = 1e-6
+
+
+def _soft_masks(x: torch.Tensor, clip_gauss: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft 150 G polarity masks (B, 1, H, W) in (0, 1) of store-unit images ``x``."""
+    t, tau = STRONG_GAUSS / clip_gauss, TAU_GAUSS / clip_gauss
+    return torch.sigmoid((x - t) / tau), torch.sigmoid((-x - t) / tau)
+
+
+def _psep(x: torch.Tensor, clip_gauss: float) -> torch.Tensor:
+    """Distance of the flux-weighted centroids of the soft 150 G polarities, in units of the
+    patch side. (B, 1, S, S) -> (B,)."""
+    pos, neg = _soft_masks(x, clip_gauss)
+    S = x.shape[-1]
+    grid = (torch.arange(S, device=x.device, dtype=x.dtype) + 0.5) / S
+    wp, wn = F.relu(x) * pos, F.relu(-x) * neg
+
+    def centroid(w):
+        tot = w.sum(dim=(1, 2, 3)) + _EPS
+        return (w.sum(dim=(1, 3)) @ grid) / tot, (w.sum(dim=(1, 2)) @ grid) / tot  # (y, x)
+
+    (yp, xp), (yn, xn) = centroid(wp), centroid(wn)
+    return torch.sqrt((yp - yn).square() + (xp - xn).square() + _EPS)
+
+
+def _gauss_1d(device, dtype) -> torch.Tensor:
+    i = torch.arange(2 * R_VALUE_HWIDTH + 1, device=device, dtype=torch.float64) - R_VALUE_HWIDTH
+    k = torch.exp(-0.5 * (i / R_VALUE_SIGMA) ** 2)
+    return (k / k.sum()).to(dtype)
+
+
+def _r_value(x: torch.Tensor, clip_gauss: float) -> torch.Tensor:
+    """Soft Schrijver R as JSOC computes R_VALUE: block-mean sub-sampling, soft 150 G masks
+    dilated 3x3 (max-pool), their product (the polarity-inversion-line map) convolved with
+    JSOC's Gaussian (sigma 10/2.3548 sub-sampled px), ``log10(1 + sum(weight * |B|[G]))``
+    (JSOC: log10 of the sum, 0 below 1). (B, 1, S, S) -> (B,)."""
+    b = F.avg_pool2d(x, R_VALUE_STEP) if R_VALUE_STEP > 1 else x
+    pos, neg = _soft_masks(b, clip_gauss)
+    pil = F.max_pool2d(pos, 3, 1, 1) * F.max_pool2d(neg, 3, 1, 1)
+    k = _gauss_1d(x.device, x.dtype)
+    w = F.conv2d(pil, k.view(1, 1, 1, -1), padding=(0, R_VALUE_HWIDTH))
+    w = F.conv2d(w, k.view(1, 1, -1, 1), padding=(R_VALUE_HWIDTH, 0))
+    total = (w * b.abs() * clip_gauss).sum(dim=(1, 2, 3))
+    return torch.log10(1.0 + total)
+
+
+def _r_paper(x: torch.Tensor, clip_gauss: float) -> torch.Tensor:
+    """Soft paper R: soft 150 G masks dilated by a 7x7 square (max-pool), ``log10`` of the mean
+    of |x| where both dilated masks are on. (B, 1, S, S) -> (B,)."""
+    pos, neg = _soft_masks(x, clip_gauss)
+    r = R_PAPER_SIDE // 2
+    pil = F.max_pool2d(pos, R_PAPER_SIDE, 1, r) * F.max_pool2d(neg, R_PAPER_SIDE, 1, r)
+    return torch.log10((pil * x.abs()).mean(dim=(1, 2, 3)) + _EPS)
+
+
+def _log_mean(v: torch.Tensor) -> torch.Tensor:
+    return torch.log10(v.mean(dim=(1, 2, 3)) + _EPS)
+
+
+#: name -> proxy (B, 1, S, S) store units, clip_gauss -> (B,), in fit space
+_PROXIES = {
+    "tuf": lambda x, c: _log_mean(x.abs()),
+    "tpf": lambda x, c: _log_mean(F.relu(x)),
+    "tnf": lambda x, c: _log_mean(F.relu(-x)),
+    "psep": _psep,
+    "r_paper": _r_paper,
+    "r_value": _r_value,
+}
+#: parameters with a differentiable proxy (``gan.structure`` may list these), registry order
+STRUCTURE_PARAMETERS = tuple(n for n in PARAMETER_NAMES if n in _PROXIES)
+
+
+def proxies(x: torch.Tensor, names, clip_gauss: float) -> torch.Tensor:
+    """Differentiable proxies (B, K) of the parameters ``names`` of the images ``x``
+    (B, 1, S, S) in store units (Br / clip_gauss), in fit space: log10 of the fluxes (mean |x|,
+    mean of the positive / negative part), psep as a fraction of the patch side, r_value and
+    r_paper as :func:`_r_value` / :func:`_r_paper`. Float32 whatever autocast does."""
+    x = x.float()
+    unknown = [n for n in names if n not in _PROXIES]
+    if unknown:
+        raise ValueError(f"no structure proxy for {unknown}; known: {list(STRUCTURE_PARAMETERS)}")
+    return torch.stack([_PROXIES[n](x, clip_gauss) for n in names], dim=1)
+
+
+def _normal_scores(v: np.ndarray) -> np.ndarray:
+    """Normal scores (N, K) of the columns of ``v`` (average ranks for ties)."""
+    from scipy import stats
+
+    ranks = np.column_stack([stats.rankdata(col) for col in v.T])
+    return stats.norm.ppf((ranks - 0.5) / v.shape[0])
+
+
+@dataclass
+class LatentStructure:
+    """What :func:`fit_structure` derives from the training patches (saved in generator.pt).
+
+    ``names`` (K,), ``axes`` (K, nz): ``u = z axes^T``; ``quantiles`` (K, Q): the real proxy
+    values at probabilities ``(i + 0.5) / Q``; ``sd`` (K,): their standard deviations;
+    ``correlation`` (K, K): of the normal scores (``axes axes^T``); ``weight``; ``clip_gauss``.
+    """
+
+    names: tuple[str, ...]
+    axes: np.ndarray
+    quantiles: np.ndarray
+    sd: np.ndarray
+    correlation: np.ndarray
+    weight: float
+    clip_gauss: float
+
+    def as_dict(self) -> dict:
+        return {"names": list(self.names), "axes": self.axes.tolist(),
+                "quantiles": self.quantiles.tolist(), "sd": self.sd.tolist(),
+                "correlation": self.correlation.tolist(), "weight": self.weight,
+                "clip_gauss": self.clip_gauss}
+
+    def torch_state(self, device) -> dict:
+        """The tensors of the loss on ``device`` (float32)."""
+        t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)  # noqa: E731
+        return {"axes": t(self.axes), "quantiles": t(self.quantiles), "sd": t(self.sd)}
+
+
+#: quantiles kept per parameter (the interpolation grid of the targets)
+N_QUANTILES = 256
+
+
+def fit_structure(patches: np.ndarray, names, nz: int, weight: float, clip_gauss: float,
+                  batch: int = 256) -> LatentStructure:
+    """The latent structure of :mod:`sharpgen.gan.structure` from the training ``patches``
+    (N, S, S) in [-1, 1]. Deterministic (no randomness). Raises ValueError for unknown names,
+    more names than ``nz`` or a degenerate parameter (constant over the patches)."""
+    names = tuple(names)
+    if len(set(names)) != len(names):
+        raise ValueError(f"gan.structure lists a parameter twice: {list(names)}")
+    if len(names) > nz:
+        raise ValueError(f"gan.structure has {len(names)} parameters, more than gan.nz = {nz}")
+    with torch.no_grad():
+        vals = np.concatenate([
+            proxies(torch.from_numpy(np.ascontiguousarray(patches[i:i + batch], dtype=np.float32))[:, None],
+                    names, clip_gauss).double().numpy()
+            for i in range(0, patches.shape[0], batch)])
+    sd = vals.std(axis=0)
+    if not np.all(np.isfinite(vals)) or np.any(sd <= 0):
+        bad = [n for n, s in zip(names, sd) if not s > 0]
+        raise ValueError(f"gan.structure: parameter(s) {bad} constant or not finite over the "
+                         f"{patches.shape[0]} training patches")
+    corr = np.atleast_2d(np.corrcoef(_normal_scores(vals), rowvar=False))
+    # a nearly singular C (e.g. tuf with both tpf and tnf) has no stable Cholesky factor
+    eig = np.linalg.eigvalsh(corr)
+    if eig.min() < 1e-3:
+        raise ValueError(f"gan.structure: the parameters {list(names)} are nearly linearly dependent "
+                         f"among the training patches (smallest eigenvalue of their correlation "
+                         f"{eig.min():.2g}); drop one")
+    chol = np.linalg.cholesky(corr)
+    axes = np.zeros((len(names), nz))
+    axes[:, : len(names)] = chol
+    probs = (np.arange(N_QUANTILES) + 0.5) / N_QUANTILES
+    quantiles = np.quantile(vals, probs, axis=0).T  # (K, Q)
+    return LatentStructure(names, axes, quantiles, sd, corr, float(weight), float(clip_gauss))
+
+
+def targets(z: torch.Tensor, state: dict) -> torch.Tensor:
+    """Target proxy values (B, K) of latents ``z`` (B, nz): the real quantile at ``Phi(u)``,
+    ``u = z axes^T``, linearly interpolated on the quantile grid."""
+    u = z.float() @ state["axes"].T                            # (B, K)
+    q = state["quantiles"]                                     # (K, Q)
+    Q = q.shape[1]
+    pos = (torch.special.ndtr(u) * Q - 0.5).clamp(0, Q - 1)    # fractional grid index
+    lo = pos.floor().long().clamp(max=Q - 2) if Q > 1 else pos.floor().long()
+    frac = (pos - lo).unsqueeze(-1)
+    k = torch.arange(q.shape[0], device=z.device)
+    qlo = q[k, lo]                                             # (B, K)
+    if Q == 1:
+        return qlo
+    qhi = q[k, lo + 1]
+    return qlo + frac.squeeze(-1) * (qhi - qlo)
+
+
+def structure_loss(images: torch.Tensor, z: torch.Tensor, structure: LatentStructure,
+                   state: dict) -> torch.Tensor:
+    """``weight * mean(((proxies(G(z)) - targets(z)) / sd)^2)`` for generated ``images``
+    (B, 1, S, S) of latents ``z`` (B, nz); a scalar tensor (0-d)."""
+    p = proxies(images, structure.names, structure.clip_gauss)
+    t = targets(z, state)
+    return structure.weight * ((p - t) / state["sd"]).square().mean()
+
+
+def describe(structure: LatentStructure) -> str:
+    """One log line: the parameters and their real correlation."""
+    pairs = [f"{a}-{b} {structure.correlation[i, j]:+.2f}"
+             for i, a in enumerate(structure.names) for j, b in enumerate(structure.names) if j > i]
+    return (f"latent structure on {list(structure.names)} (weight {structure.weight:g}); real "
+            f"normal-score correlations: {', '.join(pairs) or 'n/a'}")

@@ -1,0 +1,207 @@
+"""The latent structure of the generator (sharpgen.gan.structure, ``gan.structure``): the
+differentiable proxies against the pipeline's parameters on real SHARP records, the axes and
+quantile targets, the loss, and training with it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from sharpgen.gan.structure import (
+    STRUCTURE_PARAMETERS,
+    fit_structure,
+    proxies,
+    structure_loss,
+    targets,
+)
+from sharpgen.parameters import to_fit_space
+from sharpgen.patch_cut import bin_image
+from sharpgen.physics import PixelScale, compute_parameters
+from sharpgen.sharp_io import read_sharp
+
+CLIP = 1000.0
+
+
+@pytest.fixture(scope="module")
+def real_windows(shared_data):
+    """128 x 128 windows (stride 16 px) of the real Br records of ../shared/data, binned 2x2 as
+    the default crop grid: store units (N, S, S) and each window's scale."""
+    wins, scales = [], []
+    for path in sorted((shared_data / "sharp").glob("*.Br.fits")):
+        rec = read_sharp(path)
+        b = np.nan_to_num(bin_image(rec.data, 2), nan=0.0)
+        for i in range(0, b.shape[0] - 127, 16):
+            for j in range(0, b.shape[1] - 127, 16):
+                wins.append(np.clip(b[i:i + 128, j:j + 128], -CLIP, CLIP) / CLIP)
+                scales.append(PixelScale.from_header(rec.header, bin_factor=2))
+    x = np.stack(wins).astype(np.float32)
+    scale = PixelScale(size_mm=np.array([s.size_mm for s in scales]),
+                       area_cm2=np.array([s.area_cm2 for s in scales]),
+                       size_arcsec=np.array([s.size_arcsec for s in scales]))
+    return x, scale
+
+
+def test_proxies_rank_real_windows_like_the_pipeline(real_windows):
+    """On real SHARP windows the proxies order the patches as sharpgen.physics does: Spearman
+    1 for the fluxes, >= 0.95 for psep, r_value (both > 0) and r_paper (> 0)."""
+    x, scale = real_windows
+    assert x.shape[0] >= 40
+    hard = compute_parameters(x * CLIP, scale)
+    soft = proxies(torch.from_numpy(x)[:, None], STRUCTURE_PARAMETERS, CLIP).numpy()
+    for k, name in enumerate(STRUCTURE_PARAMETERS):
+        h = hard[name].to_numpy(float)
+        ok = np.isfinite(h) & (h > 0 if name in ("r_value", "r_paper", "tpf", "tnf") else True)
+        assert ok.sum() >= 20, name
+        rho = stats.spearmanr(to_fit_space(name, h[ok]), soft[ok, k])[0]
+        assert rho >= (0.999 if name in ("tuf", "tpf", "tnf") else 0.95), (name, rho)
+
+
+def test_proxies_differentiable_and_polarity_symmetric(real_windows):
+    x = torch.from_numpy(real_windows[0][:8])[:, None].requires_grad_(True)
+    p = proxies(x, STRUCTURE_PARAMETERS, CLIP)
+    assert p.shape == (8, len(STRUCTURE_PARAMETERS)) and torch.isfinite(p).all()
+    p.sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    flipped = proxies(-x.detach(), STRUCTURE_PARAMETERS, CLIP)
+    names = list(STRUCTURE_PARAMETERS)
+    swap = [names.index({"tpf": "tnf", "tnf": "tpf"}.get(n, n)) for n in names]
+    torch.testing.assert_close(flipped, p.detach()[:, swap], rtol=1e-5, atol=1e-5)
+
+
+def test_fit_structure_axes_and_targets(real_windows):
+    x = real_windows[0]
+    names = ("tuf", "psep", "r_value")
+    s = fit_structure(x, names, nz=16, weight=2.0, clip_gauss=CLIP)
+    # axes: unit rows in the first K coordinates with Gram matrix = the real correlation
+    assert s.axes.shape == (3, 16) and np.all(s.axes[:, 3:] == 0)
+    np.testing.assert_allclose(s.axes @ s.axes.T, s.correlation, atol=1e-12)
+    np.testing.assert_allclose(np.diag(s.correlation), 1.0)
+    assert s.correlation[0, 2] > 0.3  # flux and R go together in real active regions
+    # targets of z ~ N(0, I): the real marginals (quantiles), in the real rank correlation
+    state = s.torch_state("cpu")
+    z = torch.randn(20000, 16, generator=torch.Generator().manual_seed(0))
+    t = targets(z, state).numpy()
+    real = proxies(torch.from_numpy(x)[:, None], names, CLIP).numpy()
+    for k in range(3):
+        assert stats.ks_2samp(t[:, k], real[:, k]).statistic < 0.08
+        assert t[:, k].min() >= real[:, k].min() - 1e-6 and t[:, k].max() <= real[:, k].max() + 1e-6
+    rank_corr = stats.spearmanr(t).statistic
+    np.testing.assert_allclose(rank_corr, stats.spearmanr(real).statistic, atol=0.06)
+    # monotone in the axis: moving z along axis k raises target k
+    z0 = torch.zeros(5, 16)
+    z0[:, 0] = torch.linspace(-2, 2, 5)
+    assert np.all(np.diff(targets(z0, state).numpy()[:, 0]) > 0)
+
+
+def test_structure_loss_zero_at_target_and_weighted(real_windows):
+    x = torch.from_numpy(real_windows[0][:16])[:, None]
+    s = fit_structure(real_windows[0], ("tuf", "psep"), nz=8, weight=3.0, clip_gauss=CLIP)
+    state = s.torch_state("cpu")
+    z = torch.randn(16, 8, generator=torch.Generator().manual_seed(1))
+    loss = structure_loss(x, z, s, state)
+    p, t = proxies(x, s.names, CLIP), targets(z, state)
+    expected = 3.0 * (((p - t) / state["sd"]) ** 2).mean()
+    torch.testing.assert_close(loss, expected)
+    assert loss > 0
+
+
+def test_fit_structure_refuses_bad_requests(real_windows):
+    x = real_windows[0]
+    with pytest.raises(ValueError, match="no structure proxy"):
+        fit_structure(x, ("tuf", "bmax"), nz=8, weight=1.0, clip_gauss=CLIP)
+    with pytest.raises(ValueError, match="twice"):
+        fit_structure(x, ("tuf", "tuf"), nz=8, weight=1.0, clip_gauss=CLIP)
+    with pytest.raises(ValueError, match="more than gan.nz"):
+        fit_structure(x, ("tuf", "psep", "r_value"), nz=2, weight=1.0, clip_gauss=CLIP)
+    # patches made of a field and its negative: tpf = tnf in every one (a singular correlation)
+    balanced = np.concatenate([x[:, :, :64], -x[:, :, :64]], axis=2)
+    with pytest.raises(ValueError, match="nearly linearly dependent"):
+        fit_structure(balanced, ("tpf", "tnf"), nz=8, weight=1.0, clip_gauss=CLIP)
+    with pytest.raises(ValueError, match="constant"):
+        fit_structure(np.zeros((10, 32, 32), np.float32), ("tuf",), nz=8, weight=1.0,
+                      clip_gauss=CLIP)
+
+
+# --------------------------------------------------------------------------------------------
+# training with the structure loss (tiny 32 x 32 patches)
+# --------------------------------------------------------------------------------------------
+def _train(tmp, patches, tag, **over):
+    from sharpgen.gan.train import GanConfig, train_gan
+
+    max_steps = over.pop("_max", None)
+    cfg = GanConfig.from_dict({"arch": "stable", "steps": 40, "batch_size": 8, "log_every": 10,
+                               "sample_every": 40, "checkpoint_every": 20, "device": "cpu",
+                               "seed": 3, **over})
+    out = tmp / tag
+    train_gan(patches, cfg, checkpoint_root=out / "ckpt", generator_path=out / "generator.pt",
+              log_csv=out / "log.csv", data_id="t", threads=1, progress=False,
+              max_steps_this_run=max_steps)
+    return out / "generator.pt"
+
+
+@pytest.fixture(scope="module")
+def bipoles():
+    from test_gan import synthetic_bipoles
+
+    return synthetic_bipoles(64, 32, seed=1)
+
+
+def test_structure_loss_reaches_the_generator_update(bipoles):
+    """train_step adds g_extra to the generator's loss: G's gradients with it are those without
+    it plus the gradient of the structure loss alone; D's update does not see it."""
+    from sharpgen.gan.model import build_discriminator, build_generator
+    from sharpgen.gan.steps import train_step
+
+    s = fit_structure(bipoles, ("tuf", "psep"), nz=100, weight=2.0, clip_gauss=CLIP)
+    state = s.torch_state("cpu")
+    real = torch.from_numpy(bipoles[:8])[:, None]
+    z = torch.randn(8, 100, generator=torch.Generator().manual_seed(2))
+
+    def grads(extra):
+        torch.manual_seed(0)
+        G, D = build_generator("stable", 32, 100), build_discriminator("stable", 32)
+        train_step(G, D, real, z, "stable", g_extra=extra)
+        return ([p.grad.clone() for p in G.parameters()], [p.grad.clone() for p in D.parameters()])
+
+    g0, d0 = grads(None)
+    g1, d1 = grads(lambda fake, zz: structure_loss(fake, zz, s, state))
+    torch.manual_seed(0)
+    G = build_generator("stable", 32, 100)
+    structure_loss(G(z), z, s, state).backward()
+    for a, b, c in zip(g1, g0, (p.grad for p in G.parameters())):
+        assert float((a - (b + c)).norm()) <= 1e-4 * float((b + c).norm()) + 1e-7
+    assert any(float(c.abs().max()) > 0 for c in (p.grad for p in G.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(d1, d0))
+
+
+def test_training_with_structure_saves_it(tmp_path, bipoles):
+    names = ["tuf", "psep"]
+    with_s = _train(tmp_path, bipoles, "s", structure=names, structure_weight=5.0, steps=6,
+                    checkpoint_every=3)
+    without = _train(tmp_path, bipoles, "n", steps=6, checkpoint_every=3)
+    saved = torch.load(with_s, weights_only=False)["structure"]
+    assert saved["names"] == names and saved["weight"] == 5.0
+    assert torch.load(without, weights_only=False)["structure"] is None
+    s = fit_structure(bipoles, names, nz=100, weight=5.0, clip_gauss=CLIP)
+    np.testing.assert_allclose(np.asarray(saved["axes"]), s.axes)
+    np.testing.assert_allclose(np.asarray(saved["quantiles"]), s.quantiles)
+
+
+def test_structure_resumes_exactly_and_keeps_the_default_hash(tmp_path, bipoles):
+    from sharpgen.gan.train import GanConfig
+
+    over = {"structure": ["tuf", "r_value"], "structure_weight": 2.0, "steps": 12,
+            "checkpoint_every": 3}
+    straight = _train(tmp_path, bipoles, "a", **over)
+    _train(tmp_path, bipoles, "b", **over, _max=6)
+    resumed = _train(tmp_path, bipoles, "b", **over)
+    wa = torch.load(straight, weights_only=False)["state_dict"]
+    wb = torch.load(resumed, weights_only=False)["state_dict"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # off (the default): the checkpoint hash of configurations from before the option
+    assert "structure" not in GanConfig.from_dict({}).trajectory_dict()
+    assert GanConfig.from_dict(over).trajectory_dict()["structure"] == ["tuf", "r_value"]
+    with pytest.raises(ValueError, match="gan.structure"):
+        GanConfig.from_dict({"structure": ["bmax"]})
