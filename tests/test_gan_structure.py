@@ -45,13 +45,18 @@ def real_windows(shared_data):
 
 def test_proxies_rank_real_windows_like_the_pipeline(real_windows):
     """On real SHARP windows the proxies order the patches as sharpgen.physics does: Spearman
-    1 for the fluxes, >= 0.95 for psep, r_value (both > 0) and r_paper (> 0)."""
+    1 for the fluxes, >= 0.95 for psep, r_value (both > 0) and r_paper (> 0); lead_sign's sign
+    is the leading polarity's in >= 90 % of the windows with one."""
     x, scale = real_windows
     assert x.shape[0] >= 40
     hard = compute_parameters(x * CLIP, scale)
     soft = proxies(torch.from_numpy(x)[:, None], STRUCTURE_PARAMETERS, CLIP).numpy()
     for k, name in enumerate(STRUCTURE_PARAMETERS):
         h = hard[name].to_numpy(float)
+        if name == "lead_sign":  # +-1: the proxy's sign is the leading polarity's
+            ok = np.isfinite(h) & (h != 0)
+            assert ok.sum() >= 20 and np.mean(np.sign(soft[ok, k]) == h[ok]) >= 0.9
+            continue
         ok = np.isfinite(h) & (h > 0 if name in ("r_value", "r_paper", "tpf", "tnf") else True)
         assert ok.sum() >= 20, name
         rho = stats.spearmanr(to_fit_space(name, h[ok]), soft[ok, k])[0]
@@ -67,7 +72,8 @@ def test_proxies_differentiable_and_polarity_symmetric(real_windows):
     flipped = proxies(-x.detach(), STRUCTURE_PARAMETERS, CLIP)
     names = list(STRUCTURE_PARAMETERS)
     swap = [names.index({"tpf": "tnf", "tnf": "tpf"}.get(n, n)) for n in names]
-    torch.testing.assert_close(flipped, p.detach()[:, swap], rtol=1e-5, atol=1e-5)
+    odd = torch.tensor([-1.0 if n == "lead_sign" else 1.0 for n in names])  # B -> -B
+    torch.testing.assert_close(flipped, p.detach()[:, swap] * odd, rtol=1e-5, atol=1e-5)
 
 
 def test_fit_structure_axes_and_targets(real_windows):

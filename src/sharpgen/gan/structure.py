@@ -57,9 +57,9 @@ def _soft_masks(x: torch.Tensor, clip_gauss: float) -> tuple[torch.Tensor, torch
     return torch.sigmoid((x - t) / tau), torch.sigmoid((-x - t) / tau)
 
 
-def _psep(x: torch.Tensor, clip_gauss: float) -> torch.Tensor:
-    """Distance of the flux-weighted centroids of the soft 150 G polarities, in units of the
-    patch side. (B, 1, S, S) -> (B,)."""
+def _centroids(x: torch.Tensor, clip_gauss: float) -> tuple[torch.Tensor, ...]:
+    """Flux-weighted centroids (y+, x+, y-, x-), each (B,), of the soft 150 G polarities, in
+    units of the patch side (x = column, increasing westward)."""
     pos, neg = _soft_masks(x, clip_gauss)
     S = x.shape[-1]
     grid = (torch.arange(S, device=x.device, dtype=x.dtype) + 0.5) / S
@@ -69,8 +69,25 @@ def _psep(x: torch.Tensor, clip_gauss: float) -> torch.Tensor:
         tot = w.sum(dim=(1, 2, 3)) + _EPS
         return (w.sum(dim=(1, 3)) @ grid) / tot, (w.sum(dim=(1, 2)) @ grid) / tot  # (y, x)
 
-    (yp, xp), (yn, xn) = centroid(wp), centroid(wn)
+    return (*centroid(wp), *centroid(wn))
+
+
+def _psep(x: torch.Tensor, clip_gauss: float) -> torch.Tensor:
+    """Distance of the flux-weighted centroids of the soft 150 G polarities, in units of the
+    patch side. (B, 1, S, S) -> (B,)."""
+    yp, xp, yn, xn = _centroids(x, clip_gauss)
     return torch.sqrt((yp - yn).square() + (xp - xn).square() + _EPS)
+
+
+#: lead_sign proxy: width of the tanh step in the centroids' x difference [fraction of the side]
+LEAD_WIDTH = 0.02
+
+
+def _lead_sign(x: torch.Tensor, clip_gauss: float) -> torch.Tensor:
+    """Soft sign of the leading (western, larger x) polarity: ``tanh((x+ - x-) / 0.02)`` of the
+    soft 150 G centroids, +1 when the positive polarity leads. (B, 1, S, S) -> (B,)."""
+    _, xp, _, xn = _centroids(x, clip_gauss)
+    return torch.tanh((xp - xn) / LEAD_WIDTH)
 
 
 def _gauss_1d(device, dtype) -> torch.Tensor:
@@ -113,6 +130,7 @@ _PROXIES = {
     "tpf": lambda x, c: _log_mean(F.relu(x)),
     "tnf": lambda x, c: _log_mean(F.relu(-x)),
     "psep": _psep,
+    "lead_sign": _lead_sign,
     "r_paper": _r_paper,
     "r_value": _r_value,
 }
