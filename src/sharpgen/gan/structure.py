@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from sharpgen.parameters import PARAMETER_NAMES, STRONG_GAUSS
-from sharpgen.rvalue import R_VALUE_HWIDTH, R_VALUE_SIGMA
+from sharpgen.rvalue import R_VALUE_HWIDTH, _r_value_kernel
 
 #: width of the soft 150 G threshold [G]
 TAU_GAUSS = 20.0
@@ -90,12 +90,6 @@ def _lead_sign(x: torch.Tensor, clip_gauss: float) -> torch.Tensor:
     return torch.tanh((xp - xn) / LEAD_WIDTH)
 
 
-def _gauss_1d(device, dtype) -> torch.Tensor:
-    i = torch.arange(2 * R_VALUE_HWIDTH + 1, device=device, dtype=torch.float64) - R_VALUE_HWIDTH
-    k = torch.exp(-0.5 * (i / R_VALUE_SIGMA) ** 2)
-    return (k / k.sum()).to(dtype)
-
-
 def _r_value(x: torch.Tensor, clip_gauss: float) -> torch.Tensor:
     """Soft Schrijver R as JSOC computes R_VALUE: block-mean sub-sampling, soft 150 G masks
     dilated 3x3 (max-pool), their product (the polarity-inversion-line map) convolved with
@@ -104,7 +98,7 @@ def _r_value(x: torch.Tensor, clip_gauss: float) -> torch.Tensor:
     b = F.avg_pool2d(x, R_VALUE_STEP) if R_VALUE_STEP > 1 else x
     pos, neg = _soft_masks(b, clip_gauss)
     pil = F.max_pool2d(pos, 3, 1, 1) * F.max_pool2d(neg, 3, 1, 1)
-    k = _gauss_1d(x.device, x.dtype)
+    k = torch.tensor(_r_value_kernel(), dtype=x.dtype, device=x.device)  # JSOC's 41 taps
     w = F.conv2d(pil, k.view(1, 1, 1, -1), padding=(0, R_VALUE_HWIDTH))
     w = F.conv2d(w, k.view(1, 1, -1, 1), padding=(R_VALUE_HWIDTH, 0))
     total = (w * b.abs() * clip_gauss).sum(dim=(1, 2, 3))
@@ -230,17 +224,13 @@ def targets(z: torch.Tensor, state: dict) -> torch.Tensor:
     """Target proxy values (B, K) of latents ``z`` (B, nz): the real quantile at ``Phi(u)``,
     ``u = z axes^T``, linearly interpolated on the quantile grid."""
     u = z.float() @ state["axes"].T                            # (B, K)
-    q = state["quantiles"]                                     # (K, Q)
+    q = state["quantiles"]                                     # (K, Q), Q = N_QUANTILES >= 2
     Q = q.shape[1]
     pos = (torch.special.ndtr(u) * Q - 0.5).clamp(0, Q - 1)    # fractional grid index
-    lo = pos.floor().long().clamp(max=Q - 2) if Q > 1 else pos.floor().long()
-    frac = (pos - lo).unsqueeze(-1)
+    lo = pos.floor().long().clamp(max=Q - 2)
     k = torch.arange(q.shape[0], device=z.device)
-    qlo = q[k, lo]                                             # (B, K)
-    if Q == 1:
-        return qlo
-    qhi = q[k, lo + 1]
-    return qlo + frac.squeeze(-1) * (qhi - qlo)
+    qlo, qhi = q[k, lo], q[k, lo + 1]                          # (B, K) each
+    return qlo + (pos - lo) * (qhi - qlo)
 
 
 def structure_loss(images: torch.Tensor, z: torch.Tensor, structure: LatentStructure,

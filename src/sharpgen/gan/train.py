@@ -37,8 +37,8 @@ from sharpgen.gan.steps import (  # noqa: F401  (re-exported: tests, benchmarks)
     train_step,
     training_flops_per_step,
 )
-from sharpgen.gan.structure import STRUCTURE_PARAMETERS, LatentStructure, fit_structure
-from sharpgen.gan import structure as latent_structure
+from sharpgen.gan.structure import (STRUCTURE_PARAMETERS, LatentStructure, describe, fit_structure,
+                                    structure_loss)
 from sharpgen.gan.model import (  # noqa: F401
     ARCHITECTURES,
     STABLE_RECIPE,
@@ -439,10 +439,10 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
         if cfg.structure:  # the latent laid out by the parameters (sharpgen.gan.structure)
             structure = fit_structure(patches, cfg.structure, cfg.nz, cfg.structure_weight,
                                       clip_gauss)
-            g_extra = partial(latent_structure.structure_loss, structure=structure,
+            g_extra = partial(structure_loss, structure=structure,
                               state=structure.torch_state(device))
             if main:
-                logger.info(latent_structure.describe(structure))
+                logger.info(describe(structure))
         aug = (partial(diff_augment, gen=run.gen, translation=cfg.augment_translation,
                        cutout=cfg.augment_cutout, rows=rows, batch=bs)
                if cfg.arch in STABLE_RECIPE else None)
