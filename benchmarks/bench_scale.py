@@ -14,6 +14,10 @@ on N synthetic SHARP-like records, each stage in a fresh subprocess (so its peak
   architecture (same cost as the trained one), reading the store in chunks;
 * ``retrieval``  -- exact top-5 cosine search (sharpgen.retrieval.topk_cosine) of 1000 query
   embeddings against all N (the evaluation's query count is fixed, so it is linear in N).
+* ``evaluate``   -- the whole retrieval evaluation (sharpgen.retrieval.run_evaluation, rule
+  evaluate_retrieval, default ``retrieval`` config): 1000 generated queries (stand-ins: the first
+  1000 patches) and 500 augmented real ones against the database by SimSiam and the parameter
+  baselines, self-retrieval, and the memorisation check against every training patch (streamed).
 
 ``synthesize`` runs at every N; the other stages at each N read the first N records of the
 largest N's set (a prefix), so what differs between two N is the number of records, not which
@@ -50,9 +54,11 @@ import numpy as np
 SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SRC))
 
-STAGES = ("synthesize", "patches", "parameters", "embed", "retrieval")
+STAGES = ("synthesize", "patches", "parameters", "embed", "retrieval", "evaluate")
 DATA_STAGES = ("synthesize", "patches", "parameters")
 N_QUERIES = 1000
+#: the evaluate stage needs held-out (val, test) patches: it is skipped below this many records
+EVALUATE_MIN_N = 40
 EXTRAPOLATE = (44_000, 1_000_000)
 
 
@@ -130,6 +136,26 @@ def run_stage(stage: str, n: int, d: Path, patch_workers: int = 1) -> dict:
         q = emb[: min(N_QUERIES, len(emb))]
         s, i = topk_cosine(q, emb, k=5, normalized=True)  # the store is l2-normalised, as the stages use it
         out["queries"] = int(len(q))
+    elif stage == "evaluate":
+        from sharpgen.parameters import PARAMETER_NAMES
+        from sharpgen.retrieval import run_evaluation
+        from sharpgen.sampling import write_images, write_latents
+        from sharpgen.store import PatchStore
+
+        # stand-ins for the generated images: the first N_QUERIES patches with their table's
+        # parameters (the stage's cost does not depend on what the images show); the encoder and
+        # embeddings are the embed stage's
+        st = PatchStore.open(d / "patches.zarr", d / "patches.parquet")
+        ng = min(N_QUERIES, st.n)
+        write_images(d / "generated.zarr", st.read(np.arange(ng)))
+        write_latents(d / "latents.parquet", np.zeros((ng, 100), np.float32),
+                      st.table_rows(np.arange(ng), columns=list(PARAMETER_NAMES)))
+        del st
+        res, matches = run_evaluation(d / "encoder.pt", d / "embeddings.npz", d / "patches.zarr",
+                                      d / "patches.parquet", d / "generated.zarr", d / "latents.parquet",
+                                      section("retrieval", {}))
+        out["matches"] = int(len(matches))
+        out["memorisation_ratio"] = res["memorisation"]["pixels_gauss"]["ratio_generated_to_heldout"]
     else:
         raise ValueError(stage)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # worker processes (patches --patch-workers)
@@ -230,6 +256,9 @@ def main(argv=None) -> int:
             d = fresh(work / f"n{n}")
             manifest.head(n).to_csv(d / "records.tsv", sep="\t", index=False)
             for stage in STAGES[1:]:
+                if stage == "evaluate" and n < EVALUATE_MIN_N:
+                    print(f"  N={n:>7} {stage:<10} skipped (fewer than {EVALUATE_MIN_N} records: no held-out split)")
+                    continue
                 run(stage, n, d)
             if not args.keep:
                 shutil.rmtree(d)
@@ -286,12 +315,13 @@ def summarise(results: dict) -> None:
     if dims:
         # embed holds the (N, d) float32 matrix it fills, retrieval the loaded store; a search
         # also holds one score block (queries x min(N, 65536) float32, <= 64 MB) that keeps
-        # growing with N until N = 16,384 for 1000 queries
+        # growing with N until N = 16,384 for 1000 queries; evaluate also holds the training and
+        # held-out rows' embeddings (copies) and the parameter columns of the table
         emb_kb = 4 * dims[0] / 1e3
         results["embedding_kb_per_record"] = emb_kb
         print(f"  embedding matrix: {emb_kb:.2f} KB per record (d = {dims[0]}, float32); marginal slope / matrix: "
               + ", ".join(f"{s} {results['fits'][s]['rss_mb_per_record_marginal'] * 1e3 / emb_kb:.1f}x"
-                          for s in ("embed", "retrieval"))
+                          for s in ("embed", "retrieval", "evaluate") if s in results["fits"])
               + f" (retrieval's score block fills until N = {2**24 // N_QUERIES:,})")
 
 

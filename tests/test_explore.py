@@ -37,8 +37,11 @@ def tiny_pipeline(tmp_path_factory):
 @pytest.fixture(scope="module")
 def session(tiny_pipeline):
     from sharpgen.explore.session import ExploreSession
+    from sharpgen.store import PatchStore
 
-    return ExploreSession(tiny_pipeline / "results", k=3)
+    with pytest.MonkeyPatch.context() as mp:  # the explorer holds the shown columns, not the whole table
+        mp.setattr(PatchStore, "table", property(lambda self: pytest.fail("the explorer loaded the whole table")))
+        return ExploreSession(tiny_pipeline / "results", k=3)
 
 
 def _edits(session, **values):

@@ -303,15 +303,20 @@ def tree(tmp_path_factory):
     from sharpgen.real_records import real_record_files, run_real_records, write_outputs
 
     if real_record_files():
+        from sharpgen.store import PatchStore
+
         torch.manual_seed(0)
         model = ssl_mod.SimSiam({"width": 4, "depth": [1, 1], "proj_hidden": 16, "dim": 8, "pred_hidden": 8})
         ssl_mod.save_encoder(root / "encoder.pt", model, {"size": S, "clip_gauss": clip, "mode": "crop"})
         embed_mod.run_embed(root / "encoder.pt", root / "patches.zarr", root / "patches.parquet",
                             root / "embeddings.npz", device="cpu")
-        rr, arrays = run_real_records(root / "encoder.pt", root / "embeddings.npz", root / "patches.zarr",
-                                      root / "patches.parquet", root / "generated.zarr", root / "latents.parquet",
-                                      real_record_files(), {"mode": "crop", "size": S, "bin": 8, "clip_gauss": clip},
-                                      {"n_generated_queries": 12, "k": 3})
+        with pytest.MonkeyPatch.context() as mp:  # the stage reads columns, never the whole table
+            mp.setattr(PatchStore, "table", property(lambda self: pytest.fail("real_records loaded the whole table")))
+            rr, arrays = run_real_records(root / "encoder.pt", root / "embeddings.npz", root / "patches.zarr",
+                                          root / "patches.parquet", root / "generated.zarr", root / "latents.parquet",
+                                          real_record_files(), {"mode": "crop", "size": S, "bin": 8,
+                                                                "clip_gauss": clip},
+                                          {"n_generated_queries": 12, "k": 3})
         write_outputs(rr, arrays, root / "real_records.json", root / "real_records.npz")
 
     pd.DataFrame({"step": np.arange(0, 60, 2), "d_loss": rng.random(30), "g_loss": rng.random(30),
@@ -354,10 +359,18 @@ EXPECTED_IMAGES = {"samples": 2 * 2 * 2, "inversion": 2 * 6, "traversals": 2 * 3
 
 
 @pytest.mark.parametrize("name", sorted(set(report.FIGURES) - {"training_gan", "training_ssl"}))
-def test_every_builder_makes_its_figure(tree, name, tmp_path):
+def test_every_builder_makes_its_figure(tree, name, tmp_path, monkeypatch):
     """Each builder draws what its caption promises from the tree's data (counts of panels,
-    images and labelled values), and saves a PNG + PDF that reopen."""
+    images and labelled values), and saves a PNG + PDF that reopen -- without building the
+    whole patch table (PatchStore.table)."""
     import matplotlib.image as mpimg
+
+    from sharpgen.store import PatchStore
+
+    def no_table(self):
+        raise AssertionError("a figure builder loaded the whole patch table")
+
+    monkeypatch.setattr(PatchStore, "table", property(no_table))
 
     kw = {"param": "tuf"} if name == "latent_map" else {}
     if name == "real_records" and not (tree / "real_records.json").exists():

@@ -313,3 +313,34 @@ def test_simsiam_retrieval_beats_random_on_a_toy_population(tmp_path):
     ia, _ = rt.topk_cosine(ssl.embed(enc, xa), e_db, 5, normalized=True)
     rates = rt.self_retrieval_rates(ia, np.arange(40))
     assert rates["top5"] >= 0.4 and rates["top1"] >= 0.1  # chance: 0.031 and 0.006
+
+
+def test_evaluation_reads_columns_not_the_whole_table(tiny, monkeypatch):
+    """run_evaluation never builds the whole patch table (only the columns it reads), and the
+    memorisation check compares with at most memorisation_max_heldout held-out patches (a
+    seeded subset; all of them when there are fewer), with the same training reference."""
+    from sharpgen.store import PatchStore
+
+    def no_table(self):
+        raise AssertionError("the whole patch table was loaded")
+
+    monkeypatch.setattr(PatchStore, "table", property(no_table))
+    d = tiny["dir"]
+    cfg = {"n_generated_queries": 10, "n_real_queries": 6, "k": 3, "seed": 1}
+    args = (d / "encoder.pt", d / "emb.npz", d / "patches.zarr", d / "patches.parquet", d / "generated.zarr",
+            d / "latents.parquet")
+    res, matches = rt.run_evaluation(*args, cfg)
+    n_held = int(tiny["table"].split.isin(["val", "test"]).sum())
+    mem = res["memorisation"]
+    assert mem["pixels_gauss"]["n_heldout"] == n_held > 5
+    assert {"match_harpnum", "match_t_rec", "match_split", "query_r_value"} <= set(matches)
+    capped, _ = rt.run_evaluation(*args, {**cfg, "memorisation_max_heldout": 5})
+    cm = capped["memorisation"]
+    assert cm["pixels_gauss"]["n_heldout"] == 5 and cm["simsiam_cosine"]["n_heldout"] == 5
+    full_held = np.asarray(mem["distances"]["pixels_gauss"]["heldout"])
+    for v in cm["distances"]["pixels_gauss"]["heldout"]:  # a subset of the same distances
+        assert np.isclose(full_held, v, rtol=1e-9).any()
+    np.testing.assert_allclose(cm["distances"]["pixels_gauss"]["generated"],
+                               mem["distances"]["pixels_gauss"]["generated"], rtol=1e-9)
+    again, _ = rt.run_evaluation(*args, {**cfg, "memorisation_max_heldout": 5})
+    assert again["memorisation"]["distances"] == cm["distances"]

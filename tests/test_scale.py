@@ -95,24 +95,26 @@ def test_patch_stage_memory_does_not_grow_with_n(tmp_path, records, monkeypatch)
 
 
 def test_bench_scale_stages_run(tmp_path):
-    """benchmarks/bench_scale.py (run by `make bench`) still runs against the package: its baseline
-    and data stages on a handful of records, each printing its JSON line."""
+    """benchmarks/bench_scale.py (run by `make bench`) still runs against the package: its baseline,
+    data, embedding and evaluation stages on a handful of records, each printing its JSON line."""
     import json
     import subprocess
     import sys
 
     bench = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_scale.py"
-    for stage in ("baseline", "synthesize", "patches", "parameters"):
-        r = subprocess.run([sys.executable, str(bench), "--stage", stage, "--n", "8", "--dir", str(tmp_path)],
+    for stage in ("baseline", "synthesize", "patches", "parameters", "embed", "evaluate"):
+        r = subprocess.run([sys.executable, str(bench), "--stage", stage, "--n", "48", "--dir", str(tmp_path)],
                            capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, f"{stage}: {r.stderr[-2000:]}"
         out = json.loads(r.stdout.strip().splitlines()[-1])
         assert out["wall_s"] >= 0 and out["maxrss_mb"] > 0, (stage, out)
+    assert out["matches"] > 0 and out["memorisation_ratio"] > 0  # the evaluation ran on 48 records
     # the driver on those records (--records: no synthesize), prefixes of 4 and 8, 2 patch workers
     r = subprocess.run([sys.executable, str(bench), "--sizes", "4", "8", "--records", str(tmp_path),
                         "--patch-workers", "2", "--json", str(tmp_path / "scale.json")],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert "evaluate   skipped" in r.stdout  # too few records for a held-out split
     res = json.loads((tmp_path / "scale.json").read_text())
     assert set(res["fits"]) == {"patches", "parameters", "embed", "retrieval"}
     assert [row["n"] for row in res["stages"]["patches"]] == [4, 8]
@@ -198,3 +200,81 @@ def test_store_reads_columns_and_rows_without_the_whole_table(tmp_path, records)
     full.head(len(full) - 1).to_parquet(short)
     with pytest.raises(StoreError, match=f"patch table {short} .* does not match"):
         PatchStore.open(d / "patches.zarr", short)
+
+
+def test_partial_table_and_iter_read(tmp_path, records):
+    """partial_table reads the named columns alone (missing ones skipped, order kept) and
+    iter_read yields the rows' patches in blocks that concatenate to read(rows)."""
+    import numpy as np
+
+    from sharpgen.store import PatchStore
+
+    d = tmp_path / "s"
+    d.mkdir()
+    P.make_patches(records.head(20), SMALL, d / "patches.zarr", d / "patches.parquet", d / "s.json", progress=False)
+    st = PatchStore.open(d / "patches.zarr", d / "patches.parquet")
+    part = st.partial_table(["tuf", "split", "nope", "tuf", "harpnum"])
+    assert "table" not in st.__dict__
+    full = pd.read_parquet(d / "patches.parquet")
+    pd.testing.assert_frame_equal(part, full[["tuf", "split", "harpnum"]])
+    rows = np.array([5, 1, 1, 9, 0, 3, 7])
+    for chunk in (1, 3, 7, 100):
+        blocks = list(st.iter_read(rows, chunk))
+        assert [len(b) for b in blocks] == [min(chunk, len(rows) - i) for i in range(0, len(rows), chunk)]
+        np.testing.assert_array_equal(np.concatenate(blocks), st.read(rows))
+    assert sum(len(b) for b in st.iter_read(chunk=6)) == st.n
+    np.testing.assert_array_equal(next(st.iter_read([2], gauss=True)), st.read([2], gauss=True))
+
+
+def test_memorisation_streams_the_reference(monkeypatch):
+    """nearest_pixel_distances over a reference given as blocks (any block size) equals the
+    brute-force nearest (ties to the lower index across block boundaries), and its traced peak
+    memory does not grow with the number of reference images."""
+    import tracemalloc
+
+    import numpy as np
+
+    from sharpgen.memorisation import memorisation_check, nearest_cosine_distances, nearest_pixel_distances
+
+    rng = np.random.default_rng(0)
+    q = rng.uniform(-1, 1, (23, 16, 16)).astype(np.float32)
+    ref = rng.uniform(-1, 1, (50, 16, 16)).astype(np.float32)
+    ref[31] = ref[4]  # exact duplicate in another block: the lower index wins
+    q[0] = ref[4]
+    d2 = ((q[:, None].astype(np.float64) - ref[None].astype(np.float64)) ** 2).mean(axis=(2, 3))
+    want_i, want_d = d2.argmin(1), np.sqrt(d2.min(1))
+    for block in (1, 7, 16, 50, 64):
+        for chunk in (5, 512):
+            dist, idx = nearest_pixel_distances(q, (ref[i:i + block] for i in range(0, 50, block)), chunk=chunk)
+            np.testing.assert_array_equal(idx, want_i)
+            np.testing.assert_allclose(dist, want_d, rtol=1e-9, atol=1e-12)
+    assert idx[0] == 4 and dist[0] < 1e-6
+    e_q, e_r = rng.standard_normal((23, 8)), rng.standard_normal((50, 8))
+    e_r[40] = 2 * e_r[3]  # same direction, later index
+    e_q[1] = e_r[3]
+    cos = (e_q / np.linalg.norm(e_q, axis=1, keepdims=True)) @ (e_r / np.linalg.norm(e_r, axis=1, keepdims=True)).T
+    for rc in (1, 9, 50):
+        dc, ic = nearest_cosine_distances(e_q, e_r, ref_chunk=rc)
+        np.testing.assert_array_equal(ic, cos.argmax(1))
+        np.testing.assert_allclose(dc, 1 - cos.max(1), atol=1e-12)
+    assert ic[1] == 3
+    # the whole check: training patches as blocks == as one array
+    args = dict(gen_emb=e_q[:10], train_emb=e_r, held_emb=e_q[10:], clip_gauss=1000.0)
+    a = memorisation_check(q[:10], np.arange(10), ref, np.arange(100, 150), q[10:], **args)
+    b = memorisation_check(q[:10], np.arange(10), (ref[i:i + 8] for i in range(0, 50, 8)), np.arange(100, 150),
+                           q[10:], **args)
+    assert a["closest_pairs"] == b["closest_pairs"] and a["closest_pairs"][0]["train_row"] == 104
+    np.testing.assert_allclose(a["distances"]["pixels_gauss"]["heldout"], b["distances"]["pixels_gauss"]["heldout"],
+                               rtol=1e-9)
+
+    def peak(n_blocks: int) -> int:
+        blocks = (np.random.default_rng(i).uniform(-1, 1, (256, 16, 16)).astype(np.float32) for i in range(n_blocks))
+        tracemalloc.start()
+        nearest_pixel_distances(q, blocks)
+        size = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        return size
+
+    small, large = peak(2), peak(40)  # 0.5 MB vs 10 MB of float32 reference images
+    print(f"traced peak: {small / 1e6:.2f} MB (2 blocks), {large / 1e6:.2f} MB (40 blocks)")
+    assert large < 1.2 * small + 100_000

@@ -99,24 +99,27 @@ def retrieve(query: np.ndarray, encoder_path: str | Path, embeddings_path: str |
     """Top-k real records for one (S, S) query patch in [-1, 1]: the k patch-table rows, best
     first, with ``rank`` (1..k), ``row`` and ``similarity`` (cosine) prepended. Raises
     :class:`EmbeddingStoreError` if the store was made by another encoder or for another table."""
+    import pyarrow.parquet as pq
+
     from sharpgen.ssl import embed, load_encoder
 
     enc, info = load_encoder(encoder_path)
     store = load_embeddings(embeddings_path, encoder_hash=info["hash"])
-    table = pd.read_parquet(table_path)
-    if len(table) != len(store["row"]):
+    n_table = pq.ParquetFile(table_path).metadata.num_rows  # the table is read in Arrow, k rows converted
+    if n_table != len(store["row"]):
         raise EmbeddingStoreError(f"embedding store {embeddings_path} has {len(store['row'])} rows, the patch "
-                                  f"table {table_path} has {len(table)}: re-run `snakemake embed`")
+                                  f"table {table_path} has {n_table}: re-run `snakemake embed`")
     size = int(info["meta"].get("size", query.shape[-1]))
     if query.shape != (size, size):
         raise QueryError(f"query patch has shape {query.shape}, the encoder expects ({size}, {size})")
     q = embed(enc, query[None])
-    subset = None if split == "all" else np.flatnonzero(table["split"].isin(split_names(split)).to_numpy())
+    subset = None if split == "all" else np.flatnonzero(np.isin(
+        pq.read_table(table_path, columns=["split"]).column(0).to_numpy(zero_copy_only=False), split_names(split)))
     if subset is not None and subset.size == 0:
         raise QueryError(f"the patch table {table_path} has no rows of split {split!r}")
     idx, sim = topk_cosine(q, store["embeddings"], k, subset=subset, normalized=True)
     rows = store["row"][idx[0]]
-    out = table.iloc[rows].reset_index(drop=True).drop(columns=["row"], errors="ignore")
+    out = pq.read_table(table_path).take(rows).to_pandas().drop(columns=["row"], errors="ignore")
     out.insert(0, "similarity", sim[0].astype(float))
     out.insert(0, "row", rows)
     out.insert(0, "rank", np.arange(1, len(rows) + 1))

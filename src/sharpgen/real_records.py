@@ -153,7 +153,7 @@ def run_real_records(encoder_path, embeddings_path, patches_zarr, patches_table,
     agree = float(np.mean(top_i[:, 0] == oracle_top1))
 
     # 2. like-for-like: the same queries against random held-out synthetic subsets of n_real
-    table = store.table
+    table = store.partial_table(["split", "source", *REQUESTABLE, *params])  # not the paths and times
     held_split = "heldout" if "split" in table and table["split"].isin(["val", "test"]).sum() >= n_real else "all"
     held = store.rows(held_split)
     n_sub = min(n_real, len(held))

@@ -427,7 +427,9 @@ def run_evaluation(
     enc, info = load_encoder(encoder_path)
     emb_store = load_embeddings(embeddings_path, encoder_hash=info["hash"])
     store = PatchStore.open(patches_zarr, patches_table)
-    table = store.table
+    base_params = tuple(cfg["baseline_parameters"])
+    # only the columns the evaluation reads (not the per-record paths and times of every patch)
+    table = store.partial_table(["row", "harpnum", "t_rec", "split", *EVAL_PARAMETERS, *base_params])
     if not np.array_equal(emb_store["row"], np.arange(len(table))):
         raise EmbeddingStoreError(f"embedding store {embeddings_path} rows do not match the patch table {patches_table}")
     db_emb = emb_store["embeddings"]
@@ -437,7 +439,6 @@ def run_evaluation(
                          f"the patch store has {size} px")
     k = int(cfg["k"])
     seed = int(cfg["seed"])
-    base_params = tuple(cfg["baseline_parameters"])
     clip = store.clip_gauss
     threads = torch.get_num_threads()
     frames: list[pd.DataFrame] = []
@@ -506,10 +507,15 @@ def run_evaluation(
     # 4. memorisation: generated images and held-out patches, each against the training patches
     from sharpgen.memorisation import memorisation_check
 
+    # (the training patches are streamed in blocks; at most memorisation_max_heldout held-out
+    # patches, a seeded subset, are the reference distances)
     train_rows = store.rows(str(cfg["train_split"]))
     held_rows = store.rows(str(cfg["database_split"])) if cfg["database_split"] != "all" else store.rows("heldout")
+    n_held = int(cfg["memorisation_max_heldout"])
+    if len(held_rows) > n_held:
+        held_rows = np.sort(stream(seed, "retrieval_memorisation_heldout").choice(held_rows, n_held, replace=False))
     out["memorisation"] = memorisation_check(
-        q_img, q_ids, store.read(train_rows), train_rows, store.read(held_rows),
+        q_img, q_ids, store.iter_read(train_rows), train_rows, store.read(held_rows),
         gen_emb=q_emb, train_emb=db_emb[train_rows], held_emb=db_emb[held_rows], clip_gauss=clip)
     return out, pd.concat(frames, ignore_index=True)
 

@@ -204,6 +204,21 @@ class PatchStore:
         self._columns[name] = arr
         return arr
 
+    def partial_table(self, columns: Sequence[str]) -> pd.DataFrame:
+        """The patch table with only those of ``columns`` it has (in that order, repeats dropped),
+        read alone: what the evaluation stages hold instead of the whole table (whose per-record
+        strings -- file paths, times -- are most of its memory)."""
+        if "table" in self.__dict__:
+            t = self.__dict__["table"]
+            return t[[c for c in dict.fromkeys(columns) if c in t.columns]].copy()
+        import pyarrow.parquet as pq
+
+        have = [c for c in dict.fromkeys(columns) if c in self.table_columns]
+        try:
+            return pq.read_table(self.table_path, columns=have).to_pandas()
+        except Exception as err:
+            raise StoreError(f"patch table {self.table_path} is unreadable: {type(err).__name__}: {err}") from err
+
     def table_rows(self, rows, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """Rows ``rows`` (int array, in that order) of the patch table as a DataFrame with a
         fresh 0..n-1 index, like ``table.iloc[rows].reset_index(drop=True)`` but without building
@@ -261,6 +276,15 @@ class PatchStore:
                 raise StoreError(f"patch store {self.zarr_path} has values outside [-1, 1] "
                                  f"(max |x| = {np.abs(data).max():.3g})")
         return data * np.float32(self.clip_gauss) if gauss else data
+
+    def iter_read(self, rows=None, chunk: int = 1024, *, gauss: bool = False):
+        """Patches ``rows`` (None = all) as consecutive float32 blocks (<= ``chunk``, S, S) in
+        that order (:meth:`read` of each slice of ``rows``): a pass over many patches holds one
+        block (64 MB of 128x128 patches at the default chunk), whatever their number."""
+        rows = np.arange(self.n, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64).ravel()
+        chunk = max(1, int(chunk))
+        for lo in range(0, len(rows), chunk):
+            yield self.read(rows[lo: lo + chunk], gauss=gauss)
 
     def scale(self, rows=None) -> PixelScale:
         """Per-patch :class:`PixelScale` ((n,) float64 arrays) of ``rows`` (None = all)."""

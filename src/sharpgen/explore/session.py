@@ -102,7 +102,8 @@ class ExploreSession:
         self.uploads: dict[str, dict] = {}
         self.cmap = DIV_CMAP
         self.store = PatchStore.open(self.results / "data" / "patches.zarr", self.results / "data" / "patches.parquet")
-        self.table = self.store.table
+        # what the page shows of a neighbour (not every record's path and times)
+        self.table = self.store.partial_table(["harpnum", "t_rec", "split", "source", *SHOWN])
         emb = load_embeddings(self.results / "ssl" / "embeddings.npz", encoder_hash=ed.encoder_info.get("hash"))
         if len(emb["row"]) != len(self.table):
             raise ExploreError(f"embedding store has {len(emb['row'])} rows, the patch table {len(self.table)}: "

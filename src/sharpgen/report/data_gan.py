@@ -82,15 +82,16 @@ def build_samples(inp: Mapping, cfg: Mapping) -> Figure:
     seed = int(cfg["seed"])
     rows_n, cols_n = int(cfg["grid"]["rows"]), int(cfg["grid"]["cols"])
     store = PatchStore.open(inp["patches"], inp["table"])
-    table = store.table
-    ri = table["row"].to_numpy()[pick(len(table), rows_n * cols_n, seed)]
+    sources = store.partial_table(["source"])  # the table's other columns: only the shown rows'
+    at = pick(store.n, rows_n * cols_n, seed)
+    rows = store.table_rows(at, columns=[c for c in ("row", "harpnum", "t_rec", "source") if c in store.table_columns])
+    ri = rows["row"].to_numpy()
     gi = pick(image_count(inp["generated"]), rows_n * cols_n, seed + 1)
     real = store.read(ri, gauss=True)
     gen = read_images(inp["generated"], gi) * np.float32(store.clip_gauss)
-    rows = table.set_index("row").loc[ri].reset_index()
     labels = [record_label(r, r.get("source")) for _, r in rows.iterrows()]
     return fig_sample_grid(real, gen, rows_n, cols_n, seed=seed, real_labels=labels,
-                           real_title=f"{source_name(table)} patches")
+                           real_title=f"{source_name(sources)} patches")
 
 
 def fig_parameter_distributions(real: pd.DataFrame, gen: pd.DataFrame, params: Sequence[str],
@@ -155,7 +156,8 @@ def build_parameters(inp: Mapping, cfg: Mapping) -> Figure:
 
     quality = json.loads(Path(inp["quality"]).read_text())
     split = quality.get("real", {}).get("split", "train")
-    table = pd.read_parquet(inp["table"])
+    cols = set(pq.read_schema(inp["table"]).names)  # only the drawn columns, not the paths and times
+    table = pd.read_parquet(inp["table"], columns=[c for c in ("split", "source", *DISTRIBUTION) if c in cols])
     real = table if split == "all" else table[table["split"] == split]
     have = set(pq.read_schema(inp["latents"]).names)
     gen = pd.read_parquet(inp["latents"], columns=[p for p in DISTRIBUTION if p in have])

@@ -102,7 +102,7 @@ def build_retrieval_examples(inp: Mapping, cfg: Mapping) -> Figure:
         common &= set(df.loc[df["method"] == m, "query_id"])
     qids = np.array(sorted(common))
     qids = qids[pick(len(qids), int(rc["n_examples"]), int(cfg["seed"]))]
-    store = PatchStore.open(inp["patches"])
+    store = PatchStore.open(inp["patches"], inp["table"])
     clip = np.float32(store.clip_gauss)
     if qset == "generated":
         queries = read_images(inp["generated"], qids) * clip
@@ -116,7 +116,7 @@ def build_retrieval_examples(inp: Mapping, cfg: Mapping) -> Figure:
         d = df[df["method"] == m].drop_duplicates("query_id").set_index("query_id").loc[qids]
         matches[m] = store.read(d["match_row"].to_numpy(), gauss=True)
         labels[m] = [f"HARP {int(h)}\n{t}" for h, t in zip(d["match_harpnum"], d["match_t_rec"])]
-    table = pd.read_parquet(inp["table"])
+    table = store.partial_table(["source"])
     split = "+".join(sorted(map(str, df["match_split"].unique()))) if "match_split" in df and len(df) else ""
     return fig_retrieval_examples(queries, matches, labels, qlabels,
                                   db_name=f"{source_name(table)}" + (f" ({split} split)" if split else ""))
