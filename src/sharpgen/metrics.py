@@ -224,6 +224,9 @@ def inversion_metrics(summary: Mapping) -> dict:
             "feature_cos_median": _num(px.get("feature_cos_median")),
             "max_rel_error": _num(summary.get("max_rel_error")),
             "frac_within_bound": _num(summary.get("frac_within_bound")),
+            # what the objective matched: those parameters' Pearson is partly by construction
+            "matched_parameters": list(summary.get("matched_parameters", [])),
+            "match_weight": _num(summary.get("match_weight", 0.0)),
             "seconds_per_patch": _num(summary.get("seconds_per_patch"))}
 
 

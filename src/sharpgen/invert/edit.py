@@ -180,7 +180,7 @@ class Editor:
             idx, _ = topk_cosine(embed(self.encoder, x), self._pool_emb, k, normalized=True)
             init = self.pool_codes[idx]
         return invert(self.G, x, encoder=self.encoder, init_codes=init, settings=self.settings,
-                      space=self.space, progress=progress)
+                      space=self.space, clip_gauss=self.ctx.clip_gauss, progress=progress)
 
     def check_inversion(self, inv: Inversion, bound: float | None = None) -> None:
         """EditError when the reconstruction is worse than the bound (relative L2 pixel error)."""

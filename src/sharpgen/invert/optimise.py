@@ -7,6 +7,17 @@ For real patches ``x`` (N, S, S) in [-1, 1] (Br / clip_gauss, as in the patch st
   + feature_weight * (1 - cos(f(G(c)), f(x)))              SimSiam feature loss (f: the encoder's
                                                             projector output, as ``Encoder.embed``)
   + prior_weight * (|c|^2 / D - 1)^2                       typical-set prior
+  + match_weight * mean_k ((p_k(G(c)) - p_k(x)) / s_k)^2   parameter match (``match_parameters``)
+
+The parameter-match term asks the reconstruction for the real patch's own physical parameters
+(tuf, psep, r_value by default), measured by the differentiable proxies of
+:mod:`sharpgen.gan.structure` (rank agreement with :mod:`sharpgen.physics` >= 0.95 on real SHARP
+windows); ``s_k`` is the spread (std) of proxy k over ``MATCH_SCALE_SAMPLES`` seeded samples of the
+generator, so the term is unit-free. Pixels and SimSiam features alone leave r_value (flux near
+strong-field polarity inversion lines) nearly unconstrained: a reconstruction can be close in
+pixels yet have no strong PIL (docs/inversion.md has the numbers). A parameter named here is
+fitted, so its real-vs-reconstruction Pearson is partly by construction: inversion.json lists the
+matched parameters, and the parameters left out (r_paper, tpf, tnf, ...) are the independent check.
 
 The prior keeps ``c*`` on the shell where N(0, I) puts its mass (``|c|^2 / D`` concentrates at 1
 in D = 100 dimensions), which is where the latent directions were fitted and calibrated; the
@@ -39,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 SPACES = ("auto", "z", "w")
 INIT_MODES = ("nearest", "random")
+#: generated samples whose proxy spread scales the parameter-match term
+MATCH_SCALE_SAMPLES = 256
 
 
 class InversionError(ValueError):
@@ -134,15 +147,26 @@ class InvertSettings:
     init: str = "nearest"
     batch_size: int = 64
     seed: int = 0
+    match_parameters: tuple[str, ...] = ()
+    match_weight: float = 0.0
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> "InvertSettings":
+        from sharpgen.gan.structure import STRUCTURE_PARAMETERS
+
         names = {f for f in cls.__dataclass_fields__}
-        s = cls(**{k: v for k, v in cfg.items() if k in names})
+        kw = {k: v for k, v in cfg.items() if k in names}
+        if "match_parameters" in kw:
+            kw["match_parameters"] = tuple(kw["match_parameters"])
+        s = cls(**kw)
         if s.steps < 0 or s.restarts < 1 or s.lr <= 0 or s.batch_size < 1:
             raise InversionError(f"invalid inversion settings: {s}")
-        if min(s.pixel_weight, s.feature_weight, s.prior_weight) < 0:
+        if min(s.pixel_weight, s.feature_weight, s.prior_weight, s.match_weight) < 0:
             raise InversionError(f"inversion loss weights must be >= 0: {s}")
+        bad = [p for p in s.match_parameters if p not in STRUCTURE_PARAMETERS]
+        if bad or len(set(s.match_parameters)) != len(s.match_parameters):
+            raise InversionError(f"invert.match_parameters must be distinct names of {list(STRUCTURE_PARAMETERS)}, "
+                                 f"got {list(s.match_parameters)}")
         if s.init not in INIT_MODES:
             raise InversionError(f"invert.init must be one of {list(INIT_MODES)}, got {s.init!r}")
         return s
@@ -154,7 +178,8 @@ class Inversion:
     reconstructions, per patch ``pixel_mse`` (store units^2), ``rel_error`` (||G(c) - x|| /
     ||x||, L2 over pixels), ``feature_cos`` (cosine of the SimSiam embeddings; NaN without an
     encoder), ``prior`` (|c|^2 / D), ``objective``, ``restart`` (index of the winning start),
-    ``objective_per_restart`` (N, R); ``seconds`` of optimisation."""
+    ``objective_per_restart`` (N, R); ``match_error`` (mean squared standardised proxy error of the
+    matched parameters; NaN without them); ``seconds`` of optimisation."""
 
     codes: np.ndarray
     images: np.ndarray
@@ -168,6 +193,7 @@ class Inversion:
     space: str
     seconds: float = 0.0
     settings: dict = field(default_factory=dict)
+    match_error: np.ndarray | None = None
 
     def rms_gauss(self, clip_gauss: float) -> np.ndarray:
         """Per-patch RMS pixel difference in Gauss."""
@@ -215,8 +241,47 @@ def random_inits(G, n: int, restarts: int, space: str, seed: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 # optimisation
 # --------------------------------------------------------------------------------------------
-def _objective(net, encoder, c, x, fx, s: InvertSettings):
-    """Per-sample (pixel mse, 1 - cos, prior term, total) for codes c (B, D) and targets x."""
+@dataclass(frozen=True)
+class ParameterMatch:
+    """The parameter-match term: proxies of ``names`` at ``clip_gauss``, scaled by ``scale`` (K,)."""
+
+    names: tuple[str, ...]
+    scale: torch.Tensor
+    clip_gauss: float
+
+    def values(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 1, S, S) -> standardised proxies (B, K)."""
+        from sharpgen.gan.structure import proxies
+
+        return proxies(images, self.names, self.clip_gauss) / self.scale
+
+
+@torch.no_grad()
+def parameter_match(G, s: InvertSettings, space: str, clip_gauss: float | None) -> ParameterMatch | None:
+    """The :class:`ParameterMatch` of settings ``s`` (None when no parameter is matched): the
+    proxies' std over ``MATCH_SCALE_SAMPLES`` seeded generated images is the scale."""
+    from sharpgen.gan.structure import proxies
+    from sharpgen.seeds import stream
+
+    if not s.match_parameters or s.match_weight <= 0:
+        return None
+    if clip_gauss is None or not clip_gauss > 0:
+        raise InversionError("matching parameters needs the patches' clip_gauss (Gauss per store unit)")
+    z = stream(s.seed, "inversion_match_scale").standard_normal((MATCH_SCALE_SAMPLES, int(G.nz)))
+    codes = codes_from_z(G, z.astype(np.float32), space)
+    net, dev = synthesis(G, space), device_of(G)
+    vals = torch.cat([proxies(net(torch.from_numpy(codes[i:i + 64]).to(dev)).float(), s.match_parameters, clip_gauss)
+                      for i in range(0, len(codes), 64)])
+    scale = vals.std(0)
+    if not torch.isfinite(scale).all() or (scale <= 0).any():
+        raise InversionError(f"the generator's spread of {list(s.match_parameters)} is {scale.tolist()}: "
+                             "cannot scale the parameter match (a collapsed generator?)")
+    return ParameterMatch(tuple(s.match_parameters), scale, float(clip_gauss))
+
+
+def _objective(net, encoder, c, x, fx, px, match: ParameterMatch | None, s: InvertSettings):
+    """Per-sample (images, pixel mse, 1 - cos, |c|^2/D, parameter-match error, total) for codes
+    c (B, D), targets x, their features fx and standardised proxies px (B, K)."""
     img = net(c)
     pix = (img - x).square().flatten(1).mean(1)
     if encoder is not None and s.feature_weight > 0:
@@ -226,27 +291,35 @@ def _objective(net, encoder, c, x, fx, s: InvertSettings):
     shell = c.square().mean(1)
     prior = (shell - 1.0).square()
     total = s.pixel_weight * pix + s.feature_weight * feat + s.prior_weight * prior
-    return img, pix, feat, shell, total
+    if match is not None:
+        par = (match.values(img.float()) - px).square().mean(1)
+        total = total + s.match_weight * par
+    else:
+        par = torch.full_like(pix, float("nan"))
+    return img, pix, feat, shell, par, total
 
 
-def optimise_codes(G, x: torch.Tensor, init: torch.Tensor, encoder, s: InvertSettings, space: str):
+def optimise_codes(G, x: torch.Tensor, init: torch.Tensor, encoder, s: InvertSettings, space: str,
+                   match: ParameterMatch | None = None):
     """Adam on codes ``init`` (B, D) towards targets x (B, 1, S, S); cosine lr decay to 5%.
-    Returns (codes (B, D), images, pixel mse, feature 1-cos, |c|^2/D, objective), detached."""
+    Returns (codes (B, D), images, pixel mse, feature 1-cos, |c|^2/D, match error, objective),
+    detached."""
     net = synthesis(G, space)
     c = init.clone().requires_grad_(True)
     opt = torch.optim.Adam([c], lr=s.lr)
     with torch.no_grad():
         fx = encoder(x) if encoder is not None and s.feature_weight > 0 else None
+        px = match.values(x.float()) if match is not None else None
     for step in range(s.steps):
         for g in opt.param_groups:
             g["lr"] = s.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / max(s.steps, 1))))
         opt.zero_grad(set_to_none=True)
-        *_, total = _objective(net, encoder, c, x, fx, s)
+        *_, total = _objective(net, encoder, c, x, fx, px, match, s)
         total.sum().backward()
         opt.step()
     with torch.no_grad():
-        img, pix, feat, shell, total = _objective(net, encoder, c, x, fx, s)
-    return c.detach(), img.detach(), pix, feat, shell, total
+        img, pix, feat, shell, par, total = _objective(net, encoder, c, x, fx, px, match, s)
+    return c.detach(), img.detach(), pix, feat, shell, par, total
 
 
 def _frozen(module):
@@ -275,6 +348,7 @@ def _frozen(module):
 
 def invert(G, targets: np.ndarray, *, encoder=None, init_codes: np.ndarray | None = None,
            settings: InvertSettings | Mapping | None = None, space: str = "auto",
+           clip_gauss: float | None = None,
            progress: Callable[[int, int], None] | None = None) -> Inversion:
     """Invert real patches ``targets`` (N, S, S) in [-1, 1] -> :class:`Inversion`.
 
@@ -282,6 +356,8 @@ def invert(G, targets: np.ndarray, *, encoder=None, init_codes: np.ndarray | Non
     only). init_codes: (N, R, D) starting codes (e.g. :func:`nearest_inits`), (N, D) for one
     restart, or None for seeded random starts (``settings.restarts`` of them). The N x R codes are
     optimised in batches of ``settings.batch_size``; progress(done, total) after each batch.
+    clip_gauss: Gauss per store unit of the patches (needed when ``settings.match_parameters``
+    are matched: the proxies threshold at 150 G).
     """
     s = settings if isinstance(settings, InvertSettings) else InvertSettings.from_mapping(settings or {})
     space = resolve_space(G, space)
@@ -300,14 +376,16 @@ def invert(G, targets: np.ndarray, *, encoder=None, init_codes: np.ndarray | Non
     flat_x = torch.from_numpy(np.repeat(x, r, axis=0))[:, None].to(dev)
     codes = np.empty((n * r, dim), np.float32)
     images = np.empty((n * r, G.size, G.size), np.float32)
-    stats = np.empty((4, n * r), np.float64)
+    stats = np.empty((5, n * r), np.float64)
     t0 = time.perf_counter()
     with _frozen(G), _frozen(encoder):
+        match = parameter_match(G, s, space, clip_gauss)
         for i in range(0, n * r, s.batch_size):
             sl = slice(i, i + s.batch_size)
-            c, img, pix, feat, shell, total = optimise_codes(G, flat_x[sl], flat_init[sl], encoder, s, space)
+            c, img, pix, feat, shell, par, total = optimise_codes(G, flat_x[sl], flat_init[sl], encoder, s, space,
+                                                                  match)
             codes[sl], images[sl] = c.float().cpu().numpy(), img[:, 0].float().cpu().numpy()
-            stats[:, sl] = torch.stack([pix, feat, shell, total]).double().cpu().numpy()
+            stats[:, sl] = torch.stack([pix, feat, shell, total, par]).double().cpu().numpy()
             if progress is not None:
                 progress(min(i + s.batch_size, n * r), n * r)
     seconds = time.perf_counter() - t0
@@ -321,5 +399,8 @@ def invert(G, targets: np.ndarray, *, encoder=None, init_codes: np.ndarray | Non
         feature_cos=(1.0 - feat) if encoder is not None and s.feature_weight > 0 else np.full(n, np.nan),
         prior=stats[2, pick], objective=stats[3, pick], restart=best.astype(np.int64),
         objective_per_restart=per_restart, space=space, seconds=seconds,
-        settings={**s.__dict__, "space": space, "restarts_used": int(r)},
+        settings={**s.__dict__, "match_parameters": list(s.match_parameters), "space": space,
+                  "restarts_used": int(r),
+                  "match_scale": None if match is None else [float(v) for v in match.scale.cpu()]},
+        match_error=stats[4, pick],
     )

@@ -81,8 +81,14 @@ def summarise(real: pd.DataFrame, rec: pd.DataFrame, inv, clip_gauss: float, max
             "rel_error_median": float(np.median(inv.rel_error)),
             "rel_error_p90": float(np.percentile(inv.rel_error, 90)),
             "feature_cos_median": float(np.nanmedian(inv.feature_cos)) if np.isfinite(inv.feature_cos).any() else None,
+            "match_error_median": (float(np.nanmedian(inv.match_error)) if inv.match_error is not None
+                                   and np.isfinite(inv.match_error).any() else None),
         },
         "max_rel_error": float(max_rel_error),
+        # parameters the objective asked the reconstruction to match (their Pearson is partly by
+        # construction; the others are the independent check)
+        "matched_parameters": list(inv.settings.get("match_parameters", [])),
+        "match_weight": float(inv.settings.get("match_weight", 0.0)),
         "frac_within_bound": float(np.mean(inv.rel_error <= max_rel_error)),
         "correlations": corr,
         "target_pearson": dict(TARGETS),
@@ -123,7 +129,8 @@ def run_invert_real(generator_path, encoder_path, patches_zarr, patches_table, g
     def progress(done, total):
         logger.info("  %d / %d codes optimised", done, total)
 
-    inv = invert(G, x, encoder=encoder, init_codes=init, settings=settings, space=space, progress=progress)
+    inv = invert(G, x, encoder=encoder, init_codes=init, settings=settings, space=space,
+                 clip_gauss=store.clip_gauss, progress=progress)
     ctx = MeasurementContext.from_store(store)
     rec = measure(inv.images, ctx)
     real = store.table_rows(rows)

@@ -49,9 +49,11 @@ def _fit(p: str, v: np.ndarray) -> np.ndarray:
 
 def fig_inversion(real_gauss: np.ndarray, rec_gauss: np.ndarray, real_labels: Sequence[str],
                   rec_labels: Sequence[str], scatter: Mapping[str, tuple[np.ndarray, np.ndarray, float]],
-                  title: str) -> Figure:
+                  title: str, matched: Sequence[str] = ()) -> Figure:
     """Top two rows: real patches (G) and their reconstructions, one colour scale; bottom row:
-    real vs reconstruction per parameter in fit space (scatter[p] = (real, rec, pearson))."""
+    real vs reconstruction per parameter in fit space (scatter[p] = (real, rec, pearson)); a
+    parameter in ``matched`` (fitted by the inversion's parameter-match term) is marked so in its
+    panel title, the others "not matched" when any is."""
     n = len(real_gauss)
     ncols = max(n, len(scatter))
     fig = plt.figure(figsize=(2.1 * ncols + 0.8, 7.6), layout="constrained")
@@ -85,8 +87,9 @@ def fig_inversion(real_gauss: np.ndarray, rec_gauss: np.ndarray, real_labels: Se
         ax.set_xlabel(f"real {label}", fontsize=8)
         ax.set_ylabel("reconstruction", fontsize=8)
         extra = " (both R > 0)" if p in LOG_VALUED else ""
-        ax.set_title(f"{p}: Pearson r = {r:.2f}{extra}, n={int(ok.sum())}" if np.isfinite(r)
-                     else f"{p}: Pearson r undefined{extra}", fontsize=9)
+        tag = (" [matched]" if p in matched else " [not matched]") if matched else ""
+        ax.set_title(f"{p}{tag}: Pearson r = {r:.2f}{extra}, n={int(ok.sum())}" if np.isfinite(r)
+                     else f"{p}{tag}: Pearson r undefined{extra}", fontsize=9)
     suptitle(fig, title)
     return fig
 
@@ -108,11 +111,17 @@ def build_inversion(inp: Mapping, cfg: Mapping) -> Figure:
         real_labels.append(head + format_value("tuf", row["real_tuf"]))
         rec_labels.append(f"rel. error {row['rel_error']:.2f}\n" + format_value("tuf", row["rec_tuf"]))
     corr = summary.get("correlations", {})
+    matched = list(summary.get("matched_parameters", []))
+    # the targeted parameters; with a parameter match also r_paper, the independent check when
+    # it is not matched itself
+    shown = list(summary.get("target_pearson", {})) + (["r_paper"] if matched and "r_paper" not in matched else [])
     scatter = {p: (table[f"real_{p}"].to_numpy(), table[f"rec_{p}"].to_numpy(),
                    float(corr.get(p, {}).get("pearson") if corr.get(p, {}).get("pearson") is not None else np.nan))
-               for p in summary.get("target_pearson", {}) if f"real_{p}" in table}  # the targeted parameters
+               for p in dict.fromkeys(shown) if f"real_{p}" in table}
     px = summary.get("pixel", {})
     title = (f"GAN inversion of {len(table)} held-out {source_name(table)} patches "
              f"({summary.get('space', 'z')} space): median relative pixel error "
              f"{px.get('rel_error_median', float('nan')):.2f}, RMS {px.get('rms_gauss_median', float('nan')):.0f} G")
-    return fig_inversion(real[idx] * clip, rec[idx] * clip, real_labels, rec_labels, scatter, title)
+    if matched:
+        title += f"; parameters matched: {', '.join(matched)}"
+    return fig_inversion(real[idx] * clip, rec[idx] * clip, real_labels, rec_labels, scatter, title, matched)
