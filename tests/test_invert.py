@@ -330,7 +330,7 @@ def test_inversion_figure_shows_pairs_and_scatter(tiny_pipeline):
     n = min(6, json.loads((res / "inversion.json").read_text())["n_patches"])
     assert sum(len(ax.get_images()) for ax in fig.axes) == 2 * n
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    assert any(t.startswith("tuf [matched]: Pearson r") for t in titles) and any("both R > 0" in t for t in titles)
+    assert any(t.startswith("tuf [matched]\nPearson r") for t in titles) and any("both R > 0" in t for t in titles)
     # the default matches tuf, psep, r_value: r_paper is drawn as the independent check
     assert any(t.startswith("r_paper [not matched]") for t in titles)
     assert "parameters matched: tuf, psep, r_value" in " ".join(fig._suptitle.get_text().split())  # (wrapped)

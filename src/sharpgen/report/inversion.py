@@ -87,9 +87,9 @@ def fig_inversion(real_gauss: np.ndarray, rec_gauss: np.ndarray, real_labels: Se
         ax.set_xlabel(f"real {label}", fontsize=8)
         ax.set_ylabel("reconstruction", fontsize=8)
         extra = " (both R > 0)" if p in LOG_VALUED else ""
-        tag = (" [matched]" if p in matched else " [not matched]") if matched else ""
-        ax.set_title(f"{p}{tag}: Pearson r = {r:.2f}{extra}, n={int(ok.sum())}" if np.isfinite(r)
-                     else f"{p}{tag}: Pearson r undefined{extra}", fontsize=9)
+        head = (f"{p} [matched]\n" if p in matched else f"{p} [not matched]\n") if matched else f"{p}: "
+        ax.set_title(f"{head}Pearson r = {r:.2f}{extra}, n={int(ok.sum())}" if np.isfinite(r)
+                     else f"{head}Pearson r undefined{extra}", fontsize=9)
     suptitle(fig, title)
     return fig
 
