@@ -211,11 +211,17 @@ class PatchStore:
         if "table" in self.__dict__:
             t = self.__dict__["table"]
             return t[[c for c in dict.fromkeys(columns) if c in t.columns]].copy()
+        return self._arrow_frame([c for c in dict.fromkeys(columns) if c in self.table_columns])
+
+    def _arrow_frame(self, columns: Sequence[str] | None, rows: np.ndarray | None = None) -> pd.DataFrame:
+        """``columns`` (None = all) of the table read in Arrow, ``rows`` (None = all) of them
+        converted to pandas; StoreError naming the table when it cannot be read."""
         import pyarrow.parquet as pq
 
-        have = [c for c in dict.fromkeys(columns) if c in self.table_columns]
+        self._table_file()
         try:
-            return pq.read_table(self.table_path, columns=have).to_pandas()
+            t = pq.read_table(self.table_path, columns=None if columns is None else list(columns))
+            return (t if rows is None else t.take(rows)).to_pandas()
         except Exception as err:
             raise StoreError(f"patch table {self.table_path} is unreadable: {type(err).__name__}: {err}") from err
 
@@ -228,18 +234,11 @@ class PatchStore:
         if "table" in self.__dict__:
             t = self.__dict__["table"]
             return t.iloc[rows][list(columns) if columns is not None else t.columns].reset_index(drop=True)
-        import pyarrow.parquet as pq
-
         check_rows(rows, self.n, f"the patch table {self.table_path}'s")
         missing = [c for c in (columns or ()) if c not in self.table_columns]
         if missing:
             raise StoreError(f"patch table {self.table_path} has no {missing} column(s)")
-        self._table_file()
-        try:
-            t = pq.read_table(self.table_path, columns=None if columns is None else list(columns))
-            return t.take(rows).to_pandas()
-        except Exception as err:
-            raise StoreError(f"patch table {self.table_path} is unreadable: {type(err).__name__}: {err}") from err
+        return self._arrow_frame(columns, rows)
 
     # ---- selection -------------------------------------------------------------------------
     def rows(self, split: str | Sequence[str] = "all") -> np.ndarray:

@@ -132,6 +132,18 @@ _PROXIES = {
 STRUCTURE_PARAMETERS = tuple(n for n in PARAMETER_NAMES if n in _PROXIES)
 
 
+def check_names(names, key: str) -> tuple[str, ...]:
+    """``names`` as a tuple of parameters with a proxy, each once; ValueError naming the config
+    ``key`` (e.g. ``gan.structure``) otherwise."""
+    names = tuple(str(n) for n in names)
+    unknown = [n for n in names if n not in _PROXIES]
+    if unknown:
+        raise ValueError(f"{key}: no structure proxy for {unknown}; known: {list(STRUCTURE_PARAMETERS)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"{key} lists a parameter twice: {list(names)}")
+    return names
+
+
 def proxies(x: torch.Tensor, names, clip_gauss: float) -> torch.Tensor:
     """Differentiable proxies (B, K) of the parameters ``names`` of the images ``x``
     (B, 1, S, S) in store units (Br / clip_gauss), in fit space: log10 of the fluxes (mean |x|,
@@ -190,9 +202,7 @@ def fit_structure(patches: np.ndarray, names, nz: int, weight: float, clip_gauss
     """The latent structure of :mod:`sharpgen.gan.structure` from the training ``patches``
     (N, S, S) in [-1, 1]. Deterministic (no randomness). Raises ValueError for unknown names,
     more names than ``nz`` or a degenerate parameter (constant over the patches)."""
-    names = tuple(names)
-    if len(set(names)) != len(names):
-        raise ValueError(f"gan.structure lists a parameter twice: {list(names)}")
+    names = check_names(names, "gan.structure")
     if len(names) > nz:
         raise ValueError(f"gan.structure has {len(names)} parameters, more than gan.nz = {nz}")
     with torch.no_grad():

@@ -37,8 +37,7 @@ from sharpgen.gan.steps import (  # noqa: F401  (re-exported: tests, benchmarks)
     train_step,
     training_flops_per_step,
 )
-from sharpgen.gan.structure import (STRUCTURE_PARAMETERS, LatentStructure, describe, fit_structure,
-                                    structure_loss)
+from sharpgen.gan.structure import LatentStructure, check_names, describe, fit_structure, structure_loss
 from sharpgen.gan.model import (  # noqa: F401
     ARCHITECTURES,
     STABLE_RECIPE,
@@ -149,10 +148,7 @@ class GanConfig:
             raise ValueError(f"gan.ema_decay must be in [0, 1), got {self.ema_decay}")
         if len(self.mapping_channels) != 4 or min(self.mapping_channels) < 1:
             raise ValueError(f"gan.mapping_channels must be 4 positive widths, got {list(self.mapping_channels)}")
-        unknown = [n for n in self.structure if n not in STRUCTURE_PARAMETERS]
-        if unknown or len(set(self.structure)) != len(self.structure):
-            raise ValueError(f"gan.structure {list(self.structure)}: each of {list(STRUCTURE_PARAMETERS)} "
-                             "at most once")
+        check_names(self.structure, "gan.structure")
         for k in ("mapping_lr_mult", "r1_gamma", "pl_weight", "structure_weight"):
             if not float(getattr(self, k)) >= 0.0:
                 raise ValueError(f"gan.{k} must be >= 0, got {getattr(self, k)}")

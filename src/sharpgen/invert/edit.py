@@ -21,6 +21,7 @@ import logging
 import math
 import sys
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -28,7 +29,8 @@ import numpy as np
 import pandas as pd
 
 from sharpgen.directions.geometry import DirectionSpec, RequestOutOfRange
-from sharpgen.invert.optimise import Inversion, InvertSettings, codes_from_z, invert, render_codes
+from sharpgen.invert.optimise import (Inversion, InvertSettings, codes_from_z, invert, parameter_match,
+                                      render_codes)
 from sharpgen.parameters import LOG_VALUED, relative_error, to_fit_space, unit_of
 
 logger = logging.getLogger(__name__)
@@ -165,6 +167,11 @@ class Editor:
         return codes_from_z(self.G, latent_from_seed(int(seed), int(self.G.nz))[None], self.space)[0]
 
     # ---- inversion ---------------------------------------------------------------------------
+    @cached_property
+    def match(self):
+        """The inversion's parameter match (its scale renders 256 samples: computed once)."""
+        return parameter_match(self.G, self.settings, self.space, self.ctx.clip_gauss)
+
     def invert(self, patch: np.ndarray, progress=None) -> Inversion:
         """Invert one (S, S) patch in [-1, 1]; the restarts start at the codes of the pool samples
         nearest in SimSiam space when a pool is loaded (embedded once), else at random codes."""
@@ -180,7 +187,7 @@ class Editor:
             idx, _ = topk_cosine(embed(self.encoder, x), self._pool_emb, k, normalized=True)
             init = self.pool_codes[idx]
         return invert(self.G, x, encoder=self.encoder, init_codes=init, settings=self.settings,
-                      space=self.space, clip_gauss=self.ctx.clip_gauss, progress=progress)
+                      space=self.space, clip_gauss=self.ctx.clip_gauss, match=self.match, progress=progress)
 
     def check_inversion(self, inv: Inversion, bound: float | None = None) -> None:
         """EditError when the reconstruction is worse than the bound (relative L2 pixel error)."""

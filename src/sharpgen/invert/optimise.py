@@ -152,21 +152,20 @@ class InvertSettings:
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> "InvertSettings":
-        from sharpgen.gan.structure import STRUCTURE_PARAMETERS
+        from sharpgen.gan.structure import check_names
 
         names = {f for f in cls.__dataclass_fields__}
         kw = {k: v for k, v in cfg.items() if k in names}
         if "match_parameters" in kw:
-            kw["match_parameters"] = tuple(kw["match_parameters"])
+            try:
+                kw["match_parameters"] = check_names(kw["match_parameters"], "invert.match_parameters")
+            except ValueError as err:
+                raise InversionError(str(err)) from None
         s = cls(**kw)
         if s.steps < 0 or s.restarts < 1 or s.lr <= 0 or s.batch_size < 1:
             raise InversionError(f"invalid inversion settings: {s}")
         if min(s.pixel_weight, s.feature_weight, s.prior_weight, s.match_weight) < 0:
             raise InversionError(f"inversion loss weights must be >= 0: {s}")
-        bad = [p for p in s.match_parameters if p not in STRUCTURE_PARAMETERS]
-        if bad or len(set(s.match_parameters)) != len(s.match_parameters):
-            raise InversionError(f"invert.match_parameters must be distinct names of {list(STRUCTURE_PARAMETERS)}, "
-                                 f"got {list(s.match_parameters)}")
         if s.init not in INIT_MODES:
             raise InversionError(f"invert.init must be one of {list(INIT_MODES)}, got {s.init!r}")
         return s
@@ -259,7 +258,8 @@ class ParameterMatch:
 @torch.no_grad()
 def parameter_match(G, s: InvertSettings, space: str, clip_gauss: float | None) -> ParameterMatch | None:
     """The :class:`ParameterMatch` of settings ``s`` (None when no parameter is matched): the
-    proxies' std over ``MATCH_SCALE_SAMPLES`` seeded generated images is the scale."""
+    proxies' std over ``MATCH_SCALE_SAMPLES`` seeded generated images (G in eval mode) is the
+    scale."""
     from sharpgen.gan.structure import proxies
     from sharpgen.seeds import stream
 
@@ -270,8 +270,9 @@ def parameter_match(G, s: InvertSettings, space: str, clip_gauss: float | None) 
     z = stream(s.seed, "inversion_match_scale").standard_normal((MATCH_SCALE_SAMPLES, int(G.nz)))
     codes = codes_from_z(G, z.astype(np.float32), space)
     net, dev = synthesis(G, space), device_of(G)
-    vals = torch.cat([proxies(net(torch.from_numpy(codes[i:i + 64]).to(dev)).float(), s.match_parameters, clip_gauss)
-                      for i in range(0, len(codes), 64)])
+    with _frozen(G):
+        vals = torch.cat([proxies(net(torch.from_numpy(codes[i:i + 64]).to(dev)), s.match_parameters, clip_gauss)
+                          for i in range(0, len(codes), 64)])
     scale = vals.std(0)
     if not torch.isfinite(scale).all() or (scale <= 0).any():
         raise InversionError(f"the generator's spread of {list(s.match_parameters)} is {scale.tolist()}: "
@@ -292,7 +293,7 @@ def _objective(net, encoder, c, x, fx, px, match: ParameterMatch | None, s: Inve
     prior = (shell - 1.0).square()
     total = s.pixel_weight * pix + s.feature_weight * feat + s.prior_weight * prior
     if match is not None:
-        par = (match.values(img.float()) - px).square().mean(1)
+        par = (match.values(img) - px).square().mean(1)
         total = total + s.match_weight * par
     else:
         par = torch.full_like(pix, float("nan"))
@@ -309,7 +310,7 @@ def optimise_codes(G, x: torch.Tensor, init: torch.Tensor, encoder, s: InvertSet
     opt = torch.optim.Adam([c], lr=s.lr)
     with torch.no_grad():
         fx = encoder(x) if encoder is not None and s.feature_weight > 0 else None
-        px = match.values(x.float()) if match is not None else None
+        px = match.values(x) if match is not None else None
     for step in range(s.steps):
         for g in opt.param_groups:
             g["lr"] = s.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / max(s.steps, 1))))
@@ -348,7 +349,7 @@ def _frozen(module):
 
 def invert(G, targets: np.ndarray, *, encoder=None, init_codes: np.ndarray | None = None,
            settings: InvertSettings | Mapping | None = None, space: str = "auto",
-           clip_gauss: float | None = None,
+           clip_gauss: float | None = None, match: ParameterMatch | None = None,
            progress: Callable[[int, int], None] | None = None) -> Inversion:
     """Invert real patches ``targets`` (N, S, S) in [-1, 1] -> :class:`Inversion`.
 
@@ -357,7 +358,9 @@ def invert(G, targets: np.ndarray, *, encoder=None, init_codes: np.ndarray | Non
     restart, or None for seeded random starts (``settings.restarts`` of them). The N x R codes are
     optimised in batches of ``settings.batch_size``; progress(done, total) after each batch.
     clip_gauss: Gauss per store unit of the patches (needed when ``settings.match_parameters``
-    are matched: the proxies threshold at 150 G).
+    are matched: the proxies threshold at 150 G). match: :func:`parameter_match` of the same
+    generator, settings, space and clip_gauss, computed once by callers that invert many times
+    (None: computed here).
     """
     s = settings if isinstance(settings, InvertSettings) else InvertSettings.from_mapping(settings or {})
     space = resolve_space(G, space)
@@ -379,7 +382,8 @@ def invert(G, targets: np.ndarray, *, encoder=None, init_codes: np.ndarray | Non
     stats = np.empty((5, n * r), np.float64)
     t0 = time.perf_counter()
     with _frozen(G), _frozen(encoder):
-        match = parameter_match(G, s, space, clip_gauss)
+        if match is None:
+            match = parameter_match(G, s, space, clip_gauss)
         for i in range(0, n * r, s.batch_size):
             sl = slice(i, i + s.batch_size)
             c, img, pix, feat, shell, par, total = optimise_codes(G, flat_x[sl], flat_init[sl], encoder, s, space,
