@@ -88,3 +88,43 @@ def test_input_errors():
         c2st(a, synthetic_bipoles(8, 64, seed=1), folds=2)
     with pytest.raises(C2stError, match="groups must have shape"):
         c2st(a, a, real_groups=np.arange(3), folds=2, epochs=1)
+
+
+def test_diagnostic_views_remove_what_they_name():
+    from sharpgen.c2st import block_mean, diagnostic_views, low_pass, polarity_masks, quantile_map
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (3, 16, 16)).astype(np.float32)
+    ref = rng.normal(0, 0.2, (5, 16, 16)).astype(np.float32)
+    # quantile map: the pooled histogram becomes the reference's, the pixel ranks stay
+    q = quantile_map(x, ref)
+    picks = np.linspace(0, ref.size - 1, q.size).round().astype(int)
+    assert np.allclose(np.sort(q.ravel()), np.sort(ref.ravel())[picks], atol=0.05)
+    assert (np.argsort(q.ravel(), kind="stable") == np.argsort(x.ravel(), kind="stable")).all()
+    # low pass kills the Nyquist checkerboard, keeps a constant
+    yy, xx = np.mgrid[0:16, 0:16]
+    checker = np.where((yy + xx) % 2 == 0, 1.0, -1.0).astype(np.float32)[None]
+    assert np.abs(low_pass(checker, 1.0)[:, 3:-3, 3:-3]).max() < 0.02  # interior (edges replicated)
+    assert np.allclose(low_pass(np.full((1, 16, 16), 0.3, np.float32), 2.0), 0.3)
+    assert set(np.unique(polarity_masks(x, 0.5))) <= {-1.0, 0.0, 1.0}
+    assert (polarity_masks(x, 0.5) == np.sign(x) * (np.abs(x) > 0.5)).all()
+    assert np.allclose(block_mean(x, 4)[0, 0, 0], x[0, :4, :4].mean())
+    views = diagnostic_views(1000.0)
+    r, g = views["strong_polarity_masks"](x, x * 0.1)
+    assert np.abs(g).max() == 0 and np.abs(r).max() == 1  # 0.1 x never exceeds 150 G
+
+
+def test_diagnostics_find_the_giveaway():
+    # generated = real distribution + a checkerboard: told apart as is, not after a low-pass
+    from sharpgen.c2st import c2st_diagnostics
+
+    a = synthetic_bipoles(90, 32, seed=1)
+    b = synthetic_bipoles(90, 32, seed=2)
+    yy, xx = np.mgrid[0:32, 0:32]
+    checker = 0.05 * np.where((yy + xx) % 2 == 0, 1.0, -1.0).astype(np.float32)
+    d = c2st_diagnostics(a, np.clip(b + checker, -1, 1), clip_gauss=1000.0,
+                         views=["as_is", "low_pass_2px"], seed=0, **FAST)
+    assert d["as_is"]["accuracy"] >= 0.9, d
+    assert d["low_pass_2px"]["accuracy"] <= 0.7, d
+    with pytest.raises(C2stError, match="unknown C2ST diagnostic"):
+        c2st_diagnostics(a, b, clip_gauss=1000.0, views=["nope"])

@@ -134,11 +134,18 @@ def test_metrics_sections_for_c2st_and_normal_cosines():
     pear = {a: {b: 1.0 if a == b else 0.5 for b in names} for a in names}
     pear["tuf"]["psep"] = pear["psep"]["tuf"] = 0.85
     boundaries = {"latent_space": "w", "parameters": {"_normal_cosines": cos,
-                  "_parameter_correlations": {"pearson": pear, "spearman": pear}}}
+                  "_parameter_correlations": {"pearson": pear, "spearman": pear},
+                  "tuf": {"regression_r2": 0.81}, "psep": {"regression_r2": 0.25},
+                  "r_value": {"regression_r2": -0.01}}}
     d = metrics.directions_metrics(boundaries)
     assert d["latent_space"] == "w" and d["normal_cosine"]["tuf"]["psep"] == 0.9
     assert d["parameter_correlation"]["psep"]["r_value"] == 0.5
     assert d["cosine_minus_correlation_max_abs"] == pytest.approx(0.4)
+    # linear parts: cos x R_a x R_b; a negative R^2 (worse than the mean) counts as 0
+    assert d["linear_r2"] == {"tuf": 0.81, "psep": 0.25, "r_value": -0.01}
+    assert d["linear_part_correlation"]["tuf"]["psep"] == pytest.approx(0.9 * 0.9 * 0.5)
+    assert d["linear_part_correlation"]["tuf"]["tuf"] == pytest.approx(0.81)
+    assert d["linear_part_correlation"]["psep"]["r_value"] == 0.0
     g = metrics.gan_metrics({"parameters": {}, "c2st": {"accuracy": 0.61}})
     assert g["c2st_accuracy"] == 0.61
     assert metrics.gan_metrics({"parameters": {}, "c2st": {"accuracy": None}})["c2st_accuracy"] is None

@@ -112,8 +112,33 @@ def test_setup_device_sets_threads_and_logs(caplog, monkeypatch):
             dev = training.setup_device("cpu", key="embed.device", threads=1)
         assert dev == torch.device("cpu") and torch.get_num_threads() == 1
         assert "embed.device: running on cpu (1 threads" in caplog.text
+        # the CPU model, kernel instruction set and caches are logged: CPU numerics depend on them
+        assert f"{torch.backends.cpu.get_cpu_capability()} kernels" in caplog.text
     finally:
         torch.set_num_threads(before)
+
+
+def test_describe_cpu_names_model_isa_and_caches(tmp_path, monkeypatch):
+    text = training.describe_cpu()
+    assert text.startswith("CPU ") and f"{torch.backends.cpu.get_cpu_capability()} kernels" in text
+    if Path("/proc/cpuinfo").is_file():
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                     if line.startswith("model name"))
+        assert model in text
+    if any(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/level")):
+        assert "L2 " in text or "L3 " in text
+    # another OS: nothing to read is not an error
+    real_open = open
+
+    def no_proc(path, *a, **k):
+        if str(path) == "/proc/cpuinfo":
+            raise OSError("no /proc here")
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr("builtins.open", no_proc)
+    monkeypatch.setattr(training.platform, "processor", lambda: "")
+    monkeypatch.setattr(training.platform, "machine", lambda: "arm64")
+    assert training.describe_cpu().startswith("CPU arm64")
 
 
 # --------------------------------------------------------------------------------------------

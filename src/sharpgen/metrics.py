@@ -91,7 +91,9 @@ def directions_metrics(boundaries: Mapping) -> dict:
     the values the boundaries were fitted on, over samples where both are defined, r_value = 0
     ("no R") left out; ``parameter_correlation_spearman``), and the
     largest |cosine - correlation| over the pairs (for parameters linear in an isotropic latent
-    the two agree)."""
+    the two agree); ``linear_r2``: each parameter's validation R^2 of a linear regression on
+    the latent (fit space), and ``linear_part_correlation``: cosine x R_a x R_b, the part of the
+    correlation the linear components carry (the rest is in the non-linear residuals)."""
     params = boundaries.get("parameters", {})
     cos = params.get("_normal_cosines", {})
     corr = params.get("_parameter_correlations", {})
@@ -108,6 +110,17 @@ def directions_metrics(boundaries: Mapping) -> dict:
         devs = [abs(c - pear[a][b]) for a, row in out["normal_cosine"].items() for b, c in row.items()
                 if a != b and c is not None and pear.get(a, {}).get(b) is not None]
         out["cosine_minus_correlation_max_abs"] = max(devs) if devs else None
+    # how linear each parameter is in the latent: validation R^2 of its fit-space regression.
+    # For p_k = a_k . z + e_k (z isotropic), corr(p_i, p_j) = cos(a_i, a_j) R_i R_j
+    # + corr(e_i, e_j) sqrt((1 - R_i^2)(1 - R_j^2)): cosine and correlation agree only as R^2 -> 1
+    r2 = {p: _num(v.get("regression_r2")) for p, v in params.items()
+          if not p.startswith("_") and v.get("regression_r2") is not None}
+    if r2:
+        out["linear_r2"] = r2
+        root = {p: max(v, 0.0) ** 0.5 for p, v in r2.items() if v is not None}
+        out["linear_part_correlation"] = {
+            a: {b: (None if c is None or a not in root or b not in root else c * root[a] * root[b])
+                for b, c in row.items()} for a, row in out["normal_cosine"].items()}
     return out
 
 
