@@ -191,9 +191,8 @@ def describe_device(device: torch.device) -> str:
 def describe_cpu() -> str:
     """The host CPU as far as it decides CPU numerics: model name, x86 family/model, the
     instruction set torch's kernels dispatch to and the L2/L3 cache sizes (oneDNN and MKL pick
-    their kernels and blocking from the instruction set and the caches, so bit-identical CPU
-    results need the same CPU model as well as the same thread count and versions). Parts that
-    cannot be read (another OS) are left out."""
+    kernels and blocking by instruction set and caches, so bit-identical CPU results need the
+    same CPU model too). Parts that cannot be read (another OS) are left out."""
     info: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
@@ -204,27 +203,19 @@ def describe_cpu() -> str:
                 info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    name = info.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
-    parts = [name]
+    parts = [info.get("model name") or platform.processor() or platform.machine() or "unknown"]
     if "cpu family" in info and "model" in info:
         parts.append(f"family {info['cpu family']} model {info['model']}")
-    try:
-        parts.append(f"{torch.backends.cpu.get_cpu_capability()} kernels")
-    except (AttributeError, RuntimeError):
-        pass
+    parts.append(f"{torch.backends.cpu.get_cpu_capability()} kernels")
     caches = []
     for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
         try:
-            level = (index / "level").read_text().strip()
-            size = (index / "size").read_text().strip()
-            kind = (index / "type").read_text().strip()
+            level, size, kind = ((index / f).read_text().strip() for f in ("level", "size", "type"))
         except OSError:
             continue
         if level in ("2", "3") and kind in ("Unified", "Data"):
             caches.append(f"L{level} {size}")
-    if caches:
-        parts.append(" / ".join(caches))
-    return "CPU " + ", ".join(parts)
+    return "CPU " + ", ".join(parts + ([" / ".join(caches)] if caches else []))
 
 
 def setup_device(requested: str = "auto", *, key: str, threads: int | None = None,
