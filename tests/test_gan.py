@@ -725,3 +725,29 @@ def test_generators_saved_before_the_upsample_key_load_as_transposed(tmp_path):
             "state_dict": G.state_dict()}
     torch.save(blob, tmp_path / "old.pt")
     assert gan.load_generator(tmp_path / "old.pt").upsample == "transposed"
+
+
+def test_generate_warms_each_batch_shape_once_without_changing_results(monkeypatch):
+    """generate() computes each new batch shape once on zeros first (CPU first-pass differences,
+    docs/gan.md): same images, no random numbers drawn, once per shape, not in training mode."""
+    from sharpgen.gan import model as gan_model
+
+    torch.manual_seed(0)
+    G = gan_model.build_generator("stable", 32, 8).eval()
+    z = np.random.default_rng(1).standard_normal((10, 8)).astype(np.float32)
+    monkeypatch.setattr(gan_model, "_WARMED", set())
+    calls = []
+    real_forward = G.forward
+    monkeypatch.setattr(G, "forward", lambda x: calls.append(x.shape[0]) or real_forward(x))
+    state = torch.get_rng_state()
+    first = gan_model.generate(G, z, batch_size=4)
+    assert torch.equal(state, torch.get_rng_state())
+    assert calls == [4, 4, 4, 2, 2]  # warm 4, 4, 4, warm 2, 2: each shape warmed once
+    calls.clear()
+    again = gan_model.generate(G, z, batch_size=4)
+    assert calls == [4, 4, 2] and np.array_equal(first, again)
+    monkeypatch.setattr(gan_model, "_WARMED", set())
+    G.train()
+    calls.clear()
+    gan_model.generate(G, z, batch_size=4)
+    assert calls == [4, 4, 2]  # no warm-up pass in training mode

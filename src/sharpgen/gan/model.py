@@ -516,8 +516,25 @@ def generate(G: nn.Module, z: np.ndarray, batch_size: int = 256, space: str = "z
     out = np.empty((z.shape[0], G.size, G.size), dtype=np.float32)
     for i in range(0, z.shape[0], batch_size):
         zb = torch.from_numpy(z[i: i + batch_size]).to(dev)
+        _warm_up(G, net, zb, space)
         out[i: i + batch_size] = net(zb)[:, 0].float().cpu().numpy()
     return out
+
+
+#: (generator id, latent space, batch shape) already computed once in this process (CPU)
+_WARMED: set[tuple] = set()
+
+
+def _warm_up(G: nn.Module, net, zb: torch.Tensor, space: str) -> None:
+    """On the CPU, compute a batch shape once on zeros and discard it before the real batch:
+    the first pass of a kernel shape in a process sometimes differs (~1e-4) on one worker
+    thread (7 of 60 fresh processes; 0 of 60 after this; docs/gan.md "Reproducibility").
+    Draws no random numbers; skipped for a generator in training mode (batch statistics)."""
+    key = (id(G), space, tuple(zb.shape))
+    if zb.device.type != "cpu" or G.training or key in _WARMED:
+        return
+    net(torch.zeros_like(zb))
+    _WARMED.add(key)
 
 
 @torch.no_grad()
