@@ -67,6 +67,26 @@ def test_small_encoder_any_size_and_two_channel_input(s):
         ssl.Encoder(4, [1], 16, 8, input_transform="log")
 
 
+@pytest.mark.parametrize("c_in", [2, 4, 8])
+def test_projection_shortcut_is_a_strided_1x1_conv_and_its_backward_is_repeatable(c_in):
+    """The shortcut subsamples and then convolves (1x1, stride 1): the same map as a 1x1 stride-2
+    conv, without torch 2.13's broken channels_last stride-2 1x1 backward for 2-7 channels."""
+    torch.manual_seed(0)
+    block = ssl.BasicBlock(c_in, 2 * c_in, stride=2)
+    x = torch.randn(4, c_in, 17, 17)
+    conv = block.short[0]
+    assert conv.stride == (1, 1) and conv.weight.shape == (2 * c_in, c_in, 1, 1)
+    torch.testing.assert_close(conv(x[:, :, ::2, ::2]), torch.nn.functional.conv2d(x, conv.weight, stride=2))
+    block = block.to(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
+    grads = []
+    for _ in range(12):
+        block.zero_grad()
+        block(x).square().sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in block.parameters()]))
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
+
+
 def test_loss_symmetric_and_stop_gradient():
     g = torch.Generator().manual_seed(0)
     p1, p2, z1, z2 = (torch.randn(6, 8, generator=g, requires_grad=True) for _ in range(4))

@@ -56,22 +56,27 @@ class CollapseError(RuntimeError):
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block: two 3x3 convs with BN, identity (or 1x1 projection) shortcut."""
+    """ResNet basic block: two 3x3 convs with BN, identity (or 1x1 projection) shortcut.
+    The projection subsamples, then applies a stride-1 1x1 conv: the same map and weights as a
+    1x1 stride-2 conv, whose channels_last backward torch 2.13 breaks on the CPU for 2-7 input
+    channels (varying gradients, heap corruption; docs/gan.md, "Reproducibility")."""
 
     def __init__(self, c_in: int, c_out: int, stride: int):
         super().__init__()
+        self.stride = stride
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(c_out)
         self.short = None
         if stride != 1 or c_in != c_out:
-            self.short = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+            self.short = nn.Sequential(nn.Conv2d(c_in, c_out, 1, 1, bias=False), nn.BatchNorm2d(c_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + (x if self.short is None else self.short(x)))
+        s = self.stride
+        return F.relu(out + (x if self.short is None else self.short(x[:, :, ::s, ::s])))
 
 
 class ResNet(nn.Module):
@@ -87,11 +92,8 @@ class ResNet(nn.Module):
         if width < 1 or not depth or any(int(d) < 1 for d in depth):
             raise ValueError(f"ResNet needs width >= 1 and depth entries >= 1, got width={width}, depth={depth}")
         self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, width, 7, 2, 3, bias=False),
-            nn.BatchNorm2d(width),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, 2, 1),
-        )
+            nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1))
         stages = []
         c_in = width
         for i, n_blocks in enumerate(depth):
