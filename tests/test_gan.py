@@ -730,12 +730,13 @@ def test_generators_saved_before_the_upsample_key_load_as_transposed(tmp_path):
 def test_generate_warms_each_batch_shape_once_without_changing_results(monkeypatch):
     """generate() computes each new batch shape once on zeros first (CPU first-pass differences,
     docs/gan.md): same images, no random numbers drawn, once per shape, not in training mode."""
+    from sharpgen import warmup
     from sharpgen.gan import model as gan_model
 
     torch.manual_seed(0)
     G = gan_model.build_generator("stable", 32, 8).eval()
     z = np.random.default_rng(1).standard_normal((10, 8)).astype(np.float32)
-    monkeypatch.setattr(gan_model, "_WARMED", set())
+    monkeypatch.setattr(warmup, "_DONE", set())
     calls = []
     real_forward = G.forward
     monkeypatch.setattr(G, "forward", lambda x: calls.append(x.shape[0]) or real_forward(x))
@@ -746,7 +747,7 @@ def test_generate_warms_each_batch_shape_once_without_changing_results(monkeypat
     calls.clear()
     again = gan_model.generate(G, z, batch_size=4)
     assert calls == [4, 4, 2] and np.array_equal(first, again)
-    monkeypatch.setattr(gan_model, "_WARMED", set())
+    monkeypatch.setattr(warmup, "_DONE", set())
     G.train()
     calls.clear()
     gan_model.generate(G, z, batch_size=4)

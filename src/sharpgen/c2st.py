@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sharpgen import warmup
+
 logger = logging.getLogger(__name__)
 
 #: the fixed protocol (see the module docstring); written into every result
@@ -114,19 +116,33 @@ def _train_and_predict(x_tr, y_tr, x_te, seed: int, epochs: int, batch: int, lr:
     gen = torch.Generator().manual_seed(seed + 1)
     n = x_tr.shape[0]
     net.train()
+    for size in {min(batch, n), n % batch}:  # each batch shape's first step, on throw-away copies
+        if size >= 2:                        # (CPU first-pass differences: sharpgen.warmup)
+            warmup.once(("c2st_step", size, tuple(x_tr.shape[1:])), lambda: warmup.rehearse(
+                lambda m, o: _fit_step(m, o, x_tr[:size], y_tr[:size]), net, opt))
     for _ in range(epochs):
         perm = torch.randperm(n, generator=gen)
         for i in range(0, n, batch):
             idx = perm[i: i + batch]
             if idx.numel() < 2:  # batch norm needs two samples
                 continue
-            loss = F.binary_cross_entropy_with_logits(net(x_tr[idx]), y_tr[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            _fit_step(net, opt, x_tr[idx], y_tr[idx])
     net.eval()
     with torch.no_grad():
-        return torch.cat([net(x_te[i: i + 256]) for i in range(0, x_te.shape[0], 256)]).numpy()
+        logits = []
+        for i in range(0, x_te.shape[0], 256):
+            xb = x_te[i: i + 256]
+            warmup.once(("c2st_eval", tuple(xb.shape)), lambda: net(torch.zeros_like(xb)))
+            logits.append(net(xb))
+        return torch.cat(logits).numpy()
+
+
+def _fit_step(net: nn.Module, opt: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor) -> None:
+    """One Adam step of the classifier on images ``xb`` (B, 1, S, S) with labels ``yb`` (B,)."""
+    loss = F.binary_cross_entropy_with_logits(net(xb), yb)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
 
 
 def c2st(real: np.ndarray, generated: np.ndarray, *, real_groups=None, generated_groups=None,

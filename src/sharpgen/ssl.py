@@ -14,7 +14,7 @@ l2-normalised (unitless).
   ``affine_grid`` + ``grid_sample`` call, a per-sample Gaussian blur in one grouped conv, and an
   optional polarity flip (Br -> -Br).
 * :func:`train_simsiam` -- SGD + cosine schedule, per-epoch collapse monitoring
-  (:func:`collapse_stats`, :func:`check_collapse`), atomic per-epoch checkpoints and resume in a
+  (:mod:`sharpgen.collapse`), atomic per-epoch checkpoints and resume in a
   locked checkpoint folder (the shared machinery of :mod:`sharpgen.training`).
 * :func:`save_encoder` / :func:`load_encoder` / :func:`embed` -- the trained encoder file
   (loadable with ``torch.load(weights_only=True)``) and batched embedding.
@@ -34,9 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sharpgen import distributed, training
+from sharpgen import distributed, training, warmup
 from sharpgen.distributed import SINGLE, Dist
 from sharpgen.augment import AugmentConfig, augment  # noqa: F401  (the SimSiam views)
+from sharpgen.collapse import (  # noqa: F401  (re-exported: tests, callers)
+    CollapseError, _normalized_std_t, check_collapse, collapse_stats, effective_rank, normalized_std)
 from sharpgen.config import section
 from sharpgen.logutil import track
 
@@ -44,10 +46,6 @@ logger = logging.getLogger(__name__)
 
 ENCODER_FORMAT = "sharpgen-simsiam-encoder-v1"
 INPUT_TRANSFORMS = ("identity", "signed_sqrt", "both")
-
-
-class CollapseError(RuntimeError):
-    """SimSiam representation collapse detected (the message gives the epoch and the statistics)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -213,74 +211,6 @@ def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch
 
 
 # --------------------------------------------------------------------------------------------
-# Collapse monitoring
-# --------------------------------------------------------------------------------------------
-
-
-def _normalized_std_t(z: torch.Tensor) -> torch.Tensor:
-    """:func:`normalized_std` of ``z`` (N, d) as a 0-d float32 tensor on ``z``'s device (no
-    host sync)."""
-    return F.normalize(z.float(), dim=1).std(dim=0).mean()
-
-
-def normalized_std(z: torch.Tensor | np.ndarray) -> float:
-    """Mean over dimensions of the batch std of l2-normalised ``z`` (N, d).
-
-    0 for a collapsed representation; about 1/sqrt(d) for a healthy one (SimSiam paper fig. 2).
-    """
-    z = torch.as_tensor(np.asarray(z) if not isinstance(z, torch.Tensor) else z)
-    return float(_normalized_std_t(z))
-
-
-def effective_rank(z: torch.Tensor | np.ndarray, center: bool = True) -> float:
-    """Effective rank of ``z`` (N, d): exp(entropy of the normalised singular values) (RankMe,
-    Garrido et al. 2023), of the row-centred matrix by default.
-
-    Centring makes it measure how many directions the embeddings actually vary in, unaffected by
-    a common offset (e.g. eval-mode BatchNorm early in training): about min(N, d) for isotropic
-    embeddings, 1 when they vary along one line, 0 when they are all identical.
-    """
-    z = torch.as_tensor(np.asarray(z) if not isinstance(z, torch.Tensor) else z).double()
-    if center:
-        z = z - z.mean(dim=0, keepdim=True)
-    s = torch.linalg.svdvals(z)
-    total = s.sum()
-    if total <= 1e-12 * max(1.0, float(z.abs().max())) * max(z.shape):
-        return 0.0
-    p = s / total
-    p = p[p > 0]
-    return float(torch.exp(-(p * p.log()).sum()))
-
-
-def collapse_stats(emb: torch.Tensor | np.ndarray) -> dict:
-    """``{"std": normalized_std, "std_healthy": 1/sqrt(d), "effective_rank": ...}``."""
-    d = emb.shape[1]
-    return {"std": normalized_std(emb), "std_healthy": 1.0 / math.sqrt(d), "effective_rank": effective_rank(emb)}
-
-
-def check_collapse(emb: torch.Tensor | np.ndarray, min_std_ratio: float, min_effective_rank: float,
-                   epoch: int | None = None) -> dict:
-    """Raise :class:`CollapseError` if the normalised-output std is below
-    ``min_std_ratio / sqrt(d)`` or the effective rank is below ``min_effective_rank``; else
-    return :func:`collapse_stats`."""
-    st = collapse_stats(emb)
-    where = f" at epoch {epoch}" if epoch is not None else ""
-    problems = []
-    if st["std"] < min_std_ratio * st["std_healthy"]:
-        problems.append(f"std of l2-normalised output {st['std']:.4g} < {min_std_ratio} x 1/sqrt(d) "
-                        f"= {min_std_ratio * st['std_healthy']:.4g} (healthy ~ {st['std_healthy']:.4g})")
-    if st["effective_rank"] < min_effective_rank:
-        problems.append(f"effective rank {st['effective_rank']:.3g} < {min_effective_rank}")
-    if problems:
-        raise CollapseError(
-            f"SimSiam representation collapsed{where}: " + "; ".join(problems)
-            + ". Try a lower lr, a larger batch, stronger augmentations, or a different seed "
-              "(thresholds: config ssl.collapse)."
-        )
-    return st
-
-
-# --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
 
@@ -356,15 +286,15 @@ def _check_epoch_collapse(row: Mapping[str, float], emb: torch.Tensor, healthy: 
 
 
 def _end_epoch(model: SimSiam, x_mon: torch.Tensor, stats: torch.Tensor, epoch: int, epochs: int,
-               lr: float, t0: float, warmup: int, min_std_ratio: float, min_erank: float
+               lr: float, t0: float, warmup_epochs: int, min_std_ratio: float, min_erank: float
                ) -> tuple[dict, str | None]:
     """The epoch's log row (step statistics ``stats`` (3, steps): loss, std(z1), std(p1); the
     eval-mode embedding of the monitor patches ``x_mon``) and the collapse verdict: (row, None)
-    or (row, the :class:`CollapseError` message) from epoch ``warmup`` on. Leaves ``model`` in
+    or (row, the :class:`CollapseError` message) from epoch ``warmup_epochs`` on. Leaves ``model`` in
     eval mode."""
     model.eval()
     with torch.no_grad():
-        emb = torch.cat([model.encoder.embed(x_mon[i:i + 256]).cpu()
+        emb = torch.cat([_embed_batch(model.encoder, x_mon[i:i + 256]).cpu()
                          for i in range(0, len(x_mon), 256)])
     st = collapse_stats(emb)
     per_step = stats.double().cpu().numpy()  # one transfer per epoch
@@ -378,13 +308,27 @@ def _end_epoch(model: SimSiam, x_mon: torch.Tensor, stats: torch.Tensor, epoch: 
                 "(healthy %.4f) eff.rank %.2f  %.1fs", epoch + 1, epochs, row["loss"], row["std_z"],
                 row["std_p"], row["monitor_std"], st["std_healthy"], row["monitor_effective_rank"],
                 row["seconds"])
-    if epoch < warmup:
+    if epoch < warmup_epochs:
         return row, None
     try:
         _check_epoch_collapse(row, emb, st["std_healthy"], epoch, min_std_ratio, min_erank)
     except CollapseError as err:
         return row, str(err)
     return row, None
+
+
+def _step(net: nn.Module, opt: torch.optim.Optimizer, xb: torch.Tensor, aug: AugmentConfig,
+          gen: torch.Generator, rows, bs: int):
+    """One SimSiam update on batch ``xb`` (B, 1, S, S): two augmented views drawn from ``gen``,
+    the symmetric loss, an optimiser step. Returns (loss, z1, p1), not detached."""
+    v1, v2 = (augment(xb, aug, gen, rows=rows, batch=bs)
+              .contiguous(memory_format=torch.channels_last) for _ in range(2))
+    p1, p2, z1, z2 = net(v1, v2)
+    loss = simsiam_loss(p1, p2, z1, z2)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss, z1, p1
 
 
 def train_simsiam(
@@ -429,7 +373,7 @@ def train_simsiam(
     aug = AugmentConfig.from_config(cfg["augment"])
     col = cfg["collapse"]
     min_std_ratio, min_erank = float(col["min_std_ratio"]), float(col["min_effective_rank"])
-    warmup = int(col["warmup_epochs"])
+    warmup_epochs = int(col["warmup_epochs"])
     n_monitor = min(n, int(col["monitor_samples"]))
     dist, dev = distributed.setup(str(cfg["device"]) if str(device) == "auto" else str(device),
                                   key="ssl.device", threads=threads, log=logger)
@@ -459,6 +403,11 @@ def train_simsiam(
         mon_idx = np.random.default_rng(seed + 7).choice(n, size=n_monitor, replace=False)
         x_mon = x_dev.index_select(0, torch.from_numpy(np.sort(mon_idx)).to(dev))
 
+        if dev.type == "cpu" and not dist.enabled and start_epoch < epochs:
+            # the process's first step once on throw-away copies (sharpgen.warmup); any rows
+            # and views will do: only their shapes matter, so from a throw-away stream
+            warmup.rehearse(lambda m, o: _step(m.train(), o, x_dev[:bs], aug, torch.Generator(
+                device=dev).manual_seed(0), rows, bs), model, opt)
         for epoch in range(start_epoch, epochs):
             t0 = time.perf_counter()
             model.train()
@@ -472,19 +421,13 @@ def train_simsiam(
                 for g in opt.param_groups:
                     g["lr"] = base_lr if g["fix_lr"] else lr
                 xb = x_dev.index_select(0, distributed.take(order[it * bs:(it + 1) * bs], rows))
-                v1, v2 = (augment(xb, aug, gen, rows=rows, batch=bs)
-                          .contiguous(memory_format=torch.channels_last) for _ in range(2))
-                p1, p2, z1, z2 = net(v1, v2)
-                loss = simsiam_loss(p1, p2, z1, z2)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                loss, z1, p1 = _step(net, opt, xb, aug, gen, rows, bs)
                 with torch.no_grad():  # stays on the device: no host sync per step
                     stats[0, it] = loss.detach()
                     stats[1, it] = _normalized_std_t(z1.detach())
                     stats[2, it] = _normalized_std_t(p1.detach())
             stats = distributed.mean_over_ranks(stats, dist)  # over the processes' shards
-            verdict = _end_epoch(model, x_mon, stats, epoch, epochs, lr, t0, warmup, min_std_ratio,
+            verdict = _end_epoch(model, x_mon, stats, epoch, epochs, lr, t0, warmup_epochs, min_std_ratio,
                                  min_erank) if main else None
             row, failure = distributed.broadcast_object(verdict, dist)
             if failure is not None:  # collapse, decided on rank 0: every process stops
@@ -557,8 +500,16 @@ def embed(encoder: Encoder, patches: np.ndarray, batch_size: int = 256,
     out = np.empty((len(x), encoder.dim), dtype=np.float32)
     for i in range(0, len(x), batch_size):
         xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size]))[:, None].to(dev)
-        out[i:i + len(xb)] = encoder.embed(xb).cpu().numpy()
+        out[i:i + len(xb)] = _embed_batch(encoder, xb).cpu().numpy()
     return out
+
+
+def _embed_batch(encoder: Encoder, xb: torch.Tensor) -> torch.Tensor:
+    """``encoder.embed(xb)`` (eval mode, no grad), after one discarded pass of a batch shape
+    new to the process on the CPU (:mod:`sharpgen.warmup`)."""
+    if xb.device.type == "cpu":
+        warmup.once(("embed", id(encoder), tuple(xb.shape)), lambda: encoder.embed(torch.zeros_like(xb)))
+    return encoder.embed(xb)
 
 
 def train_ssl_stage(zarr: str, table: str, cfg: Mapping[str, Any], checkpoint_root: str,

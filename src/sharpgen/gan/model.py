@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sharpgen import warmup
+
 ARCHITECTURES = ("paper", "stable", "mapping")
 #: architectures trained with the stable recipe (spectral norm, hinge, DiffAugment, EMA)
 STABLE_RECIPE = ("stable", "mapping")
@@ -521,20 +523,13 @@ def generate(G: nn.Module, z: np.ndarray, batch_size: int = 256, space: str = "z
     return out
 
 
-#: (generator id, latent space, batch shape) already computed once in this process (CPU)
-_WARMED: set[tuple] = set()
-
-
 def _warm_up(G: nn.Module, net, zb: torch.Tensor, space: str) -> None:
-    """On the CPU, compute a batch shape once on zeros and discard it before the real batch:
-    the first pass of a kernel shape in a process sometimes differs (~1e-4) on one worker
-    thread (7 of 60 fresh processes; 0 of 60 after this; docs/gan.md "Reproducibility").
-    Draws no random numbers; skipped for a generator in training mode (batch statistics)."""
-    key = (id(G), space, tuple(zb.shape))
-    if zb.device.type != "cpu" or G.training or key in _WARMED:
-        return
-    net(torch.zeros_like(zb))
-    _WARMED.add(key)
+    """On the CPU, compute a batch shape once on zeros and discard it before the real batch
+    (:mod:`sharpgen.warmup`: the first pass of a kernel shape in a process sometimes differs on
+    one worker thread). Draws no random numbers; skipped for a generator in training mode
+    (batch statistics)."""
+    if zb.device.type == "cpu" and not G.training:
+        warmup.once(("generate", id(G), space, tuple(zb.shape)), lambda: net(torch.zeros_like(zb)))
 
 
 @torch.no_grad()
@@ -547,5 +542,8 @@ def latent_codes(G: nn.Module, z: np.ndarray, batch_size: int = 1024) -> np.ndar
     dev = next(G.parameters()).device
     out = np.empty((z.shape[0], G.w_dim), dtype=np.float32)
     for i in range(0, z.shape[0], batch_size):
-        out[i: i + batch_size] = G.codes(torch.from_numpy(z[i: i + batch_size]).to(dev)).float().cpu().numpy()
+        zb = torch.from_numpy(z[i: i + batch_size]).to(dev)
+        if dev.type == "cpu":  # a batch shape new to the process, once, discarded (sharpgen.warmup)
+            warmup.once(("codes", id(G), tuple(zb.shape)), lambda: G.codes(torch.zeros_like(zb)))
+        out[i: i + batch_size] = G.codes(zb).float().cpu().numpy()
     return out

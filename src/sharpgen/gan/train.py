@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sharpgen import distributed, training
+from sharpgen import distributed, training, warmup
 from sharpgen.distributed import SINGLE, Dist
 from sharpgen.atomic import atomic_path
 from sharpgen.training import list_checkpoints  # noqa: F401  (re-exported: tests, callers)
@@ -444,34 +444,42 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
                if cfg.arch in STABLE_RECIPE else None)
         end = cfg.steps if max_steps_this_run is None else min(cfg.steps,
                                                                run.step + max_steps_this_run)
+
+        def iteration(r: _Run):
+            """One step of ``r``: batch and latents from ``r.gen``, D and G updates, the lazy
+            regularisers when due, the EMA; returns train_step's (d_loss, g_loss, logits)."""
+            # the global batch is drawn on every process; each keeps its rows
+            idx = torch.randint(0, n_img, (bs,), generator=r.gen, device=device)
+            real = data.index_select(0, distributed.take(idx, rows))
+            z = distributed.take(torch.randn(bs, cfg.nz, generator=r.gen, device=device), rows)
+            out = train_step(r.G, r.D, real, z, cfg.arch, aug, autocast, r.opt_g, r.opt_d, dist,
+                             g_extra=g_extra)
+            if cfg.r1_gamma > 0 and r.step % cfg.r1_every == 0:  # lazy regularisers
+                r1_step(r.D, real, cfg.r1_gamma, cfg.r1_every, aug, autocast, r.opt_d, dist)
+            if cfg.pl_weight > 0 and r.step % cfg.pl_every == 0:
+                z_pl = torch.randn(max(bs // 2, 1), cfg.nz, generator=r.gen, device=device)
+                r.pl_mean, _ = path_length_step(
+                    r.G, distributed.take(z_pl, rows_pl), r.gen, r.pl_mean, cfg.pl_weight,
+                    cfg.pl_every, autocast=autocast, opt_g=r.opt_g, dist=dist, rows=rows_pl)
+            if r.ema is not None:
+                decay = min(cfg.ema_decay, (1.0 + r.step) / (10.0 + r.step))
+                _ema_update(r.ema, r.G, decay)
+            return out
+
         acc = torch.zeros(4, device=device)  # window sums: d_loss, g_loss, D(real), D(fake)
         elapsed0, t_start, n_win = run.elapsed_s, time.perf_counter(), 0
         t_win = t_start
         run.G.train()
         run.D.train()
+        if device.type == "cpu" and run.step < end:
+            # the first step of a process, once on throw-away copies (and the same random
+            # numbers): its kernels' first computation sometimes differs (sharpgen.warmup)
+            warmup.rehearse(iteration, run, generators=[run.gen])
         # ---- training loop ------------------------------------------------------------------
         with progress_bar(total=cfg.steps, initial=run.step, enabled=progress and main,
                           unit="step", desc=f"gan[{cfg.arch}]", dynamic_ncols=True) as bar:
             while run.step < end:
-                # the global batch is drawn on every process; each keeps its rows
-                idx = torch.randint(0, n_img, (bs,), generator=run.gen, device=device)
-                real = data.index_select(0, distributed.take(idx, rows))
-                z = distributed.take(torch.randn(bs, cfg.nz, generator=run.gen, device=device), rows)
-                d_loss, g_loss, real_logit, fake_logit = train_step(
-                    run.G, run.D, real, z, cfg.arch, aug, autocast, run.opt_g, run.opt_d, dist,
-                    g_extra=g_extra)
-                if cfg.r1_gamma > 0 and run.step % cfg.r1_every == 0:  # lazy regularisers
-                    r1_step(run.D, real, cfg.r1_gamma, cfg.r1_every, aug, autocast, run.opt_d,
-                            dist)
-                if cfg.pl_weight > 0 and run.step % cfg.pl_every == 0:
-                    z_pl = torch.randn(max(bs // 2, 1), cfg.nz, generator=run.gen, device=device)
-                    run.pl_mean, _ = path_length_step(
-                        run.G, distributed.take(z_pl, rows_pl), run.gen, run.pl_mean,
-                        cfg.pl_weight, cfg.pl_every, autocast=autocast, opt_g=run.opt_g,
-                        dist=dist, rows=rows_pl)
-                if run.ema is not None:
-                    decay = min(cfg.ema_decay, (1.0 + run.step) / (10.0 + run.step))
-                    _ema_update(run.ema, run.G, decay)
+                d_loss, g_loss, real_logit, fake_logit = iteration(run)
                 run.step += 1
                 n_win += 1
                 acc += torch.stack([d_loss.detach(), g_loss.detach(),

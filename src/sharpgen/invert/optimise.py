@@ -46,6 +46,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sharpgen import warmup
+
 logger = logging.getLogger(__name__)
 
 SPACES = ("auto", "z", "w")
@@ -100,7 +102,8 @@ def codes_from_z(G, z: np.ndarray, space: str = "z", batch_size: int = 1024) -> 
     dev = device_of(G)
     out = np.empty((len(z), code_dim(G, space)), dtype=np.float32)
     for i in range(0, len(z), batch_size):
-        out[i:i + batch_size] = G.codes(torch.from_numpy(z[i:i + batch_size]).to(dev)).float().cpu().numpy()
+        out[i:i + batch_size] = _render(G.codes, torch.from_numpy(z[i:i + batch_size]).to(dev),
+                                        ("codes", id(G))).float().cpu().numpy()
     return out
 
 
@@ -111,7 +114,8 @@ def render_codes(G, codes: np.ndarray, space: str = "z", batch_size: int = 64) -
     net, dev = synthesis(G, space), device_of(G)
     out = np.empty((len(codes), G.size, G.size), dtype=np.float32)
     for i in range(0, len(codes), batch_size):
-        out[i:i + batch_size] = net(torch.from_numpy(codes[i:i + batch_size]).to(dev))[:, 0].float().cpu().numpy()
+        out[i:i + batch_size] = _render(net, torch.from_numpy(codes[i:i + batch_size]).to(dev),
+                                        ("render", id(G), space))[:, 0].float().cpu().numpy()
     return out
 
 
@@ -271,13 +275,21 @@ def parameter_match(G, s: InvertSettings, space: str, clip_gauss: float | None) 
     codes = codes_from_z(G, z.astype(np.float32), space)
     net, dev = synthesis(G, space), device_of(G)
     with _frozen(G):
-        vals = torch.cat([proxies(net(torch.from_numpy(codes[i:i + 64]).to(dev)), s.match_parameters, clip_gauss)
-                          for i in range(0, len(codes), 64)])
+        vals = torch.cat([proxies(_render(net, torch.from_numpy(codes[i:i + 64]).to(dev), ("match", id(G), space)),
+                                  s.match_parameters, clip_gauss) for i in range(0, len(codes), 64)])
     scale = vals.std(0)
     if not torch.isfinite(scale).all() or (scale <= 0).any():
         raise InversionError(f"the generator's spread of {list(s.match_parameters)} is {scale.tolist()}: "
                              "cannot scale the parameter match (a collapsed generator?)")
     return ParameterMatch(tuple(s.match_parameters), scale, float(clip_gauss))
+
+
+def _render(net, codes: torch.Tensor, key: tuple) -> torch.Tensor:
+    """``net(codes)``, after one discarded pass of a batch shape new to the process on the CPU
+    (:mod:`sharpgen.warmup`; ``key`` names the network)."""
+    if codes.device.type == "cpu":
+        warmup.once((*key, tuple(codes.shape)), lambda: net(torch.zeros_like(codes)))
+    return net(codes)
 
 
 def _objective(net, encoder, c, x, fx, px, match: ParameterMatch | None, s: InvertSettings):
@@ -306,11 +318,21 @@ def optimise_codes(G, x: torch.Tensor, init: torch.Tensor, encoder, s: InvertSet
     Returns (codes (B, D), images, pixel mse, feature 1-cos, |c|^2/D, match error, objective),
     detached."""
     net = synthesis(G, space)
+
+    def targets_and_objective(c):  # the target features, one objective and its gradient
+        with torch.no_grad():
+            fx = encoder(x) if encoder is not None and s.feature_weight > 0 else None
+            px = match.values(x) if match is not None else None
+        if c is not None:
+            _objective(net, encoder, c, x, fx, px, match, s)[-1].sum().backward()
+        return fx, px
+
+    if x.device.type == "cpu":  # a batch shape new to the process, once, discarded (sharpgen.warmup)
+        warmup.once(("invert", id(G), id(encoder), space, tuple(init.shape)),
+                    lambda: targets_and_objective(init.clone().requires_grad_(True)))
     c = init.clone().requires_grad_(True)
     opt = torch.optim.Adam([c], lr=s.lr)
-    with torch.no_grad():
-        fx = encoder(x) if encoder is not None and s.feature_weight > 0 else None
-        px = match.values(x) if match is not None else None
+    fx, px = targets_and_objective(None)
     for step in range(s.steps):
         for g in opt.param_groups:
             g["lr"] = s.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / max(s.steps, 1))))
