@@ -31,8 +31,9 @@ def _blocks(reference, size: int) -> Iterable[np.ndarray]:
 def nearest_pixel_distances(queries: np.ndarray, reference, chunk: int = 512, ref_chunk: int = 1024
                             ) -> tuple[np.ndarray, np.ndarray]:
     """For each query (N, S, S) its nearest reference image by mean squared difference:
-    (RMS distance (N,) in the input units, index (N,) into the reference). Exact (float64
-    chunked matmuls; ties to the lower index, as ``argmin``).
+    (RMS distance (N,) in the input units, index (N,) into the reference). float64 chunked
+    matmuls pick the nearest, whose distance is then computed directly (an exact copy gives 0);
+    ties to the lower index, as ``argmin``.
 
     ``reference``: an array (M, S, S), or an iterable of blocks (m_i, S, S) whose concatenation
     is the reference (e.g. :meth:`sharpgen.store.PatchStore.iter_read`), read once: memory is
@@ -57,7 +58,10 @@ def nearest_pixel_distances(queries: np.ndarray, reference, chunk: int = 512, re
             qb = q32[i: i + chunk].astype(np.float64)
             d2 = qq[i: i + len(qb), None] + rr[None, :] - 2.0 * qb @ r.T
             j = np.argmin(d2, axis=1)
-            dj = d2[np.arange(len(qb)), j]
+            # the expansion above cancels catastrophically for near-duplicates (an exact copy
+            # came out at ~1e-8 instead of 0, varying with the BLAS kernel): the chosen pair's
+            # squared distance is recomputed directly
+            dj = np.einsum("ij,ij->i", qb - r[j], qb - r[j])
             better = dj < best[i: i + len(qb)]  # strict: an earlier block wins ties
             best[i: i + len(qb)][better] = dj[better]
             idx[i: i + len(qb)][better] = j[better] + offset
