@@ -108,7 +108,9 @@ def test_bench_scale_stages_run(tmp_path):
         assert r.returncode == 0, f"{stage}: {r.stderr[-2000:]}"
         out = json.loads(r.stdout.strip().splitlines()[-1])
         assert out["wall_s"] >= 0 and out["maxrss_mb"] > 0, (stage, out)
-    assert out["matches"] > 0 and out["memorisation_ratio"] > 0  # the evaluation ran on 48 records
+    # the evaluation ran on 48 records; its "generated" stand-ins are copies of store patches, so
+    # those in the train split are at distance exactly 0 and the ratio can be 0 (not NaN)
+    assert out["matches"] > 0 and 0 <= out["memorisation_ratio"] < float("inf")
     # the driver on those records (--records: no synthesize), prefixes of 4 and 8, 2 patch workers
     r = subprocess.run([sys.executable, str(bench), "--sizes", "4", "8", "--records", str(tmp_path),
                         "--patch-workers", "2", "--json", str(tmp_path / "scale.json")],
