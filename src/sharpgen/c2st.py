@@ -129,12 +129,8 @@ def _train_and_predict(x_tr, y_tr, x_te, seed: int, epochs: int, batch: int, lr:
             _fit_step(net, opt, x_tr[idx], y_tr[idx])
     net.eval()
     with torch.no_grad():
-        logits = []
-        for i in range(0, x_te.shape[0], 256):
-            xb = x_te[i: i + 256]
-            warmup.once(("c2st_eval", tuple(xb.shape)), lambda: net(torch.zeros_like(xb)))
-            logits.append(net(xb))
-        return torch.cat(logits).numpy()
+        return torch.cat([warmup.call(net, x_te[i: i + 256], ("c2st_eval",))
+                          for i in range(0, x_te.shape[0], 256)]).numpy()
 
 
 def _fit_step(net: nn.Module, opt: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor) -> None:

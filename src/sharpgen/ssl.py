@@ -507,9 +507,7 @@ def embed(encoder: Encoder, patches: np.ndarray, batch_size: int = 256,
 def _embed_batch(encoder: Encoder, xb: torch.Tensor) -> torch.Tensor:
     """``encoder.embed(xb)`` (eval mode, no grad), after one discarded pass of a batch shape
     new to the process on the CPU (:mod:`sharpgen.warmup`)."""
-    if xb.device.type == "cpu":
-        warmup.once(("embed", id(encoder), tuple(xb.shape)), lambda: encoder.embed(torch.zeros_like(xb)))
-    return encoder.embed(xb)
+    return warmup.call(encoder.embed, xb, ("embed", id(encoder)))
 
 
 def train_ssl_stage(zarr: str, table: str, cfg: Mapping[str, Any], checkpoint_root: str,

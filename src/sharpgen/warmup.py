@@ -62,3 +62,12 @@ def rehearse(step: Callable[..., object], *state: object,
             g.set_state(s)
         np.random.set_state(np_state)
         random.setstate(py_state)
+
+
+def call(net: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, key: tuple) -> torch.Tensor:
+    """``net(x)``; on the CPU, the first time ``(*key, x.shape)`` is seen in the process, after
+    one discarded pass of ``net`` on zeros of ``x``'s shape (``key`` names the network: an
+    inference pass, no random numbers)."""
+    if x.device.type == "cpu":
+        once((*key, tuple(x.shape)), lambda: net(torch.zeros_like(x)))
+    return net(x)

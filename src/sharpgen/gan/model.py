@@ -518,18 +518,11 @@ def generate(G: nn.Module, z: np.ndarray, batch_size: int = 256, space: str = "z
     out = np.empty((z.shape[0], G.size, G.size), dtype=np.float32)
     for i in range(0, z.shape[0], batch_size):
         zb = torch.from_numpy(z[i: i + batch_size]).to(dev)
-        _warm_up(G, net, zb, space)
-        out[i: i + batch_size] = net(zb)[:, 0].float().cpu().numpy()
+        # a batch shape new to the process is computed once on zeros first (sharpgen.warmup);
+        # not in training mode, where a throw-away pass would move the batch statistics
+        img = net(zb) if G.training else warmup.call(net, zb, ("generate", id(G), space))
+        out[i: i + batch_size] = img[:, 0].float().cpu().numpy()
     return out
-
-
-def _warm_up(G: nn.Module, net, zb: torch.Tensor, space: str) -> None:
-    """On the CPU, compute a batch shape once on zeros and discard it before the real batch
-    (:mod:`sharpgen.warmup`: the first pass of a kernel shape in a process sometimes differs on
-    one worker thread). Draws no random numbers; skipped for a generator in training mode
-    (batch statistics)."""
-    if zb.device.type == "cpu" and not G.training:
-        warmup.once(("generate", id(G), space, tuple(zb.shape)), lambda: net(torch.zeros_like(zb)))
 
 
 @torch.no_grad()
@@ -543,7 +536,5 @@ def latent_codes(G: nn.Module, z: np.ndarray, batch_size: int = 1024) -> np.ndar
     out = np.empty((z.shape[0], G.w_dim), dtype=np.float32)
     for i in range(0, z.shape[0], batch_size):
         zb = torch.from_numpy(z[i: i + batch_size]).to(dev)
-        if dev.type == "cpu":  # a batch shape new to the process, once, discarded (sharpgen.warmup)
-            warmup.once(("codes", id(G), tuple(zb.shape)), lambda: G.codes(torch.zeros_like(zb)))
-        out[i: i + batch_size] = G.codes(zb).float().cpu().numpy()
+        out[i: i + batch_size] = warmup.call(G.codes, zb, ("codes", id(G))).float().cpu().numpy()
     return out

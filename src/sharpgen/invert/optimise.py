@@ -102,7 +102,7 @@ def codes_from_z(G, z: np.ndarray, space: str = "z", batch_size: int = 1024) -> 
     dev = device_of(G)
     out = np.empty((len(z), code_dim(G, space)), dtype=np.float32)
     for i in range(0, len(z), batch_size):
-        out[i:i + batch_size] = _render(G.codes, torch.from_numpy(z[i:i + batch_size]).to(dev),
+        out[i:i + batch_size] = warmup.call(G.codes, torch.from_numpy(z[i:i + batch_size]).to(dev),
                                         ("codes", id(G))).float().cpu().numpy()
     return out
 
@@ -114,7 +114,7 @@ def render_codes(G, codes: np.ndarray, space: str = "z", batch_size: int = 64) -
     net, dev = synthesis(G, space), device_of(G)
     out = np.empty((len(codes), G.size, G.size), dtype=np.float32)
     for i in range(0, len(codes), batch_size):
-        out[i:i + batch_size] = _render(net, torch.from_numpy(codes[i:i + batch_size]).to(dev),
+        out[i:i + batch_size] = warmup.call(net, torch.from_numpy(codes[i:i + batch_size]).to(dev),
                                         ("render", id(G), space))[:, 0].float().cpu().numpy()
     return out
 
@@ -275,21 +275,13 @@ def parameter_match(G, s: InvertSettings, space: str, clip_gauss: float | None) 
     codes = codes_from_z(G, z.astype(np.float32), space)
     net, dev = synthesis(G, space), device_of(G)
     with _frozen(G):
-        vals = torch.cat([proxies(_render(net, torch.from_numpy(codes[i:i + 64]).to(dev), ("match", id(G), space)),
+        vals = torch.cat([proxies(warmup.call(net, torch.from_numpy(codes[i:i + 64]).to(dev), ("match", id(G), space)),
                                   s.match_parameters, clip_gauss) for i in range(0, len(codes), 64)])
     scale = vals.std(0)
     if not torch.isfinite(scale).all() or (scale <= 0).any():
         raise InversionError(f"the generator's spread of {list(s.match_parameters)} is {scale.tolist()}: "
                              "cannot scale the parameter match (a collapsed generator?)")
     return ParameterMatch(tuple(s.match_parameters), scale, float(clip_gauss))
-
-
-def _render(net, codes: torch.Tensor, key: tuple) -> torch.Tensor:
-    """``net(codes)``, after one discarded pass of a batch shape new to the process on the CPU
-    (:mod:`sharpgen.warmup`; ``key`` names the network)."""
-    if codes.device.type == "cpu":
-        warmup.once((*key, tuple(codes.shape)), lambda: net(torch.zeros_like(codes)))
-    return net(codes)
 
 
 def _objective(net, encoder, c, x, fx, px, match: ParameterMatch | None, s: InvertSettings):
