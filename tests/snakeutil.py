@@ -55,10 +55,24 @@ class RuleInfo:
         return value if isinstance(value, int) else 0
 
 
+#: numba's on-disk machine code (``cache=True`` kernels: sharpgen.physics_kernels, sharpgen.rvalue)
+NUMBA_CACHE_SUFFIXES = (".nbi", ".nbc")
+
+
+def _ignore_build_files(directory: str, names: list[str]) -> set[str]:
+    """Bytecode and egg-info stay behind; numba's cache files are copied (``copy2`` keeps their
+    source's mtime, which is what numba checks): compiling the kernels from scratch costs ~14 s
+    of CPU in every fresh process of every copy, which is not what these tests measure."""
+    in_pycache = Path(directory).name == "__pycache__"
+    return {n for n in names if n.endswith((".pyc", ".egg-info"))
+            or (in_pycache and not n.endswith(NUMBA_CACHE_SUFFIXES))}
+
+
 def copy_workflow(dst: Path, src: Path = REPO_ROOT) -> Path:
-    """Copy the workflow (Snakefile, rules, scripts, src, configs, profiles) into ``dst``."""
+    """Copy the workflow (Snakefile, rules, scripts, src, configs, profiles) into ``dst``, with
+    the numba kernels' disk cache of ``src`` when there is one (see :func:`_ignore_build_files`)."""
     dst.mkdir(parents=True, exist_ok=True)
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    ignore = _ignore_build_files
     for rel in WORKFLOW_PATHS:
         s = src / rel
         if not s.exists():

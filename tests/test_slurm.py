@@ -154,7 +154,7 @@ def _ci_profile(work: Path) -> str:
             res["mem_mb"] = 1000
         if "runtime" in res:
             res["runtime"] = 10
-    prof["slurm-init-seconds-before-status-checks"] = 4
+    prof["slurm-init-seconds-before-status-checks"] = 2
     prof["slurm-keep-successful-logs"] = True
     prof["retries"] = 0
     prof["latency-wait"] = 5

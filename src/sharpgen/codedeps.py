@@ -38,15 +38,21 @@ def _module_name(src: Path, path: Path) -> str:
     return ".".join(parts)
 
 
-def _top_level_nodes(tree: ast.AST):
-    """Nodes outside function and class bodies (what runs when the module is imported)."""
-    stack = list(ast.iter_child_nodes(tree))
+def _statements(tree: ast.AST, top_only: bool):
+    """Every statement of the module (imports are statements, so expressions are never
+    visited: several times faster than :func:`ast.walk`); with ``top_only`` none inside
+    function and class bodies (what runs when the module is imported)."""
+    stack = [tree]
     while stack:
         node = stack.pop()
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+        if node is not tree:
+            yield node
+        if top_only and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             continue
-        yield node
-        stack.extend(ast.iter_child_nodes(node))
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+            children = getattr(node, field, None)
+            if isinstance(children, list):
+                stack.extend(c for c in children if isinstance(c, ast.AST))
 
 
 def imported_modules(path: Path, src: Path, top_only: bool = False) -> set[str]:
@@ -68,7 +74,7 @@ def _imported_modules(path: str, src: str, top_only: bool, mtime_ns: int) -> fro
     except ValueError:  # a workflow script outside src/
         here, is_pkg = "", False
     out: set[str] = set()
-    for node in (_top_level_nodes(tree) if top_only else ast.walk(tree)):
+    for node in _statements(tree, top_only):
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -95,7 +101,20 @@ def module_files(src: Path, modules: Iterable[str]) -> set[Path]:
     return out
 
 
+def _file_deps(path: Path, src: Path, top_only: bool) -> frozenset[Path]:
+    """The sharpgen source files importing ``path`` runs directly (importing a.b.c runs a and
+    a.b too). Cached on the file's path and mtime like :func:`imported_modules` (a module
+    file created later in the same process is not seen by an unchanged importer; a workflow
+    run is one process per Snakefile parse)."""
+    return _file_deps_cached(str(path), str(src), bool(top_only), Path(path).stat().st_mtime_ns)
+
+
 @lru_cache(maxsize=None)
+def _file_deps_cached(path: str, src: str, top_only: bool, mtime_ns: int) -> frozenset[Path]:
+    srcp = Path(src)
+    return frozenset(module_files(srcp, _imported_modules(path, src, top_only, mtime_ns)))
+
+
 def _closure(src: str, start: tuple[str, ...], top_only_after_start: bool = False) -> tuple[str, ...]:
     srcp = Path(src)
     todo = [Path(p) for p in start]
@@ -106,13 +125,8 @@ def _closure(src: str, start: tuple[str, ...], top_only_after_start: bool = Fals
         if f in seen:
             continue
         seen.add(f)
-        mods = imported_modules(f, srcp, top_only=top_only_after_start and f not in first)
-        for m in mods:
-            parts = m.split(".")
-            for i in range(1, len(parts) + 1):  # importing a.b.c imports a and a.b too
-                mf = module_file(srcp, ".".join(parts[:i]))
-                if mf is not None and mf not in seen:
-                    todo.append(mf)
+        deps = _file_deps(f, srcp, top_only=top_only_after_start and f not in first)
+        todo.extend(d for d in deps if d not in seen)
     return tuple(sorted(str(p) for p in seen if srcp in p.parents))
 
 
