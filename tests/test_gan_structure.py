@@ -17,30 +17,9 @@ from sharpgen.gan.structure import (
     targets,
 )
 from sharpgen.parameters import to_fit_space
-from sharpgen.patch_cut import bin_image
 from sharpgen.physics import PixelScale, compute_parameters
-from sharpgen.sharp_io import read_sharp
 
 CLIP = 1000.0
-
-
-@pytest.fixture(scope="module")
-def real_windows(shared_data):
-    """128 x 128 windows (stride 16 px) of the real Br records of ../shared/data, binned 2x2 as
-    the default crop grid: store units (N, S, S) and each window's scale."""
-    wins, scales = [], []
-    for path in sorted((shared_data / "sharp").glob("*.Br.fits")):
-        rec = read_sharp(path)
-        b = np.nan_to_num(bin_image(rec.data, 2), nan=0.0)
-        for i in range(0, b.shape[0] - 127, 16):
-            for j in range(0, b.shape[1] - 127, 16):
-                wins.append(np.clip(b[i:i + 128, j:j + 128], -CLIP, CLIP) / CLIP)
-                scales.append(PixelScale.from_header(rec.header, bin_factor=2))
-    x = np.stack(wins).astype(np.float32)
-    scale = PixelScale(size_mm=np.array([s.size_mm for s in scales]),
-                       area_cm2=np.array([s.area_cm2 for s in scales]),
-                       size_arcsec=np.array([s.size_arcsec for s in scales]))
-    return x, scale
 
 
 def test_proxies_rank_real_windows_like_the_pipeline(real_windows):

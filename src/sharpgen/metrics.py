@@ -61,7 +61,8 @@ def data_metrics(table: pd.DataFrame) -> dict:
 
 
 def gan_metrics(quality: Mapping) -> dict:
-    """``gan``: normalised Wasserstein and KS per parameter, pixel and spectrum summaries, and
+    """``gan``: normalised Wasserstein and KS per parameter, pixel and spectrum summaries, the
+    largest lattice peak of the generated and the real axis spectra (``lattice_log10_peak``), and
     the held-out accuracy of the classifier two-sample test (``c2st_accuracy``, fixed protocol
     of :mod:`sharpgen.c2st`; null when the real split is too small for it)."""
     params = quality.get("parameters", {})
@@ -77,6 +78,10 @@ def gan_metrics(quality: Mapping) -> dict:
     if ps:
         out["power_spectrum_log10_ratio"] = {k.replace("log10_ratio_", ""): _num(v) for k, v in ps.items()
                                              if k.startswith("log10_ratio_")}
+    lat = quality.get("lattice", {})
+    if lat:  # the generator's grid pattern: log10 excess of the axis spectrum at 8/4/2.7/2 px
+        out["lattice_log10_peak"] = {"generated": _num(lat.get("log10_peak_generated")),
+                                     "real": _num(lat.get("log10_peak_real"))}
     if "real" in quality:
         out["real_split"] = quality["real"].get("split")
     if "c2st" in quality:

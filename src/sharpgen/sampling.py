@@ -22,7 +22,7 @@ import pandas as pd
 from scipy import stats
 
 from sharpgen.atomic import atomic_path
-from sharpgen.imagestats import mean_power_spectrum
+from sharpgen.imagestats import lattice_peaks, mean_power_spectrum
 from sharpgen.parameters import PARAMETER_NAMES, REALISM_TARGETS
 
 logger = logging.getLogger(__name__)
@@ -138,7 +138,8 @@ def _dist_stats(real: np.ndarray, gen: np.ndarray) -> dict:
 def quality_report(real_params: pd.DataFrame, gen_params: pd.DataFrame, real_images: np.ndarray,
                    gen_images: np.ndarray, clip_gauss: float, real_label: str = "train",
                    max_images: int = 1000, seed: int = 0) -> dict:
-    """Generated vs real: per-parameter normalised Wasserstein + KS, pixels, power spectra.
+    """Generated vs real: per-parameter normalised Wasserstein + KS, pixels, power spectra, and
+    the lattice peaks of the axis spectrum (:func:`sharpgen.imagestats.lattice_peaks`).
 
     ``real_params`` / ``gen_params``: tables with the ``PARAMETER_NAMES`` columns.
     ``real_images`` / ``gen_images``: (N, S, S) in [-1, 1]; at most ``max_images`` of each
@@ -211,6 +212,13 @@ def quality_report(real_params: pd.DataFrame, gen_params: pd.DataFrame, real_ima
         "log10_ratio_low_k": float(np.nanmean(lr[thirds[0]])),
         "log10_ratio_mid_k": float(np.nanmean(lr[thirds[1]])),
         "log10_ratio_high_k": float(np.nanmean(lr[thirds[2]])),
+    }
+    # the grid an upsampling generator can leave (dots at 8, 4, 8/3, 2 px): axis-spectrum peaks
+    lat_r, lat_g = lattice_peaks(ri), lattice_peaks(gi)
+    report["lattice"] = {
+        "periods_px": lat_g["periods_px"], "k_cycles_per_pixel": lat_g["k_cycles_per_pixel"],
+        "log10_excess_generated": lat_g["log10_excess"], "log10_excess_real": lat_r["log10_excess"],
+        "log10_peak_generated": lat_g["log10_peak"], "log10_peak_real": lat_r["log10_peak"],
     }
     targets = {name: report["parameters"].get(name, {}).get("wasserstein_norm")
                for name in REALISM_TARGETS}
