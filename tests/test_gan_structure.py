@@ -17,7 +17,7 @@ from sharpgen.gan.structure import (
     targets,
 )
 from sharpgen.parameters import to_fit_space
-from sharpgen.physics import PixelScale, compute_parameters
+from sharpgen.physics import compute_parameters
 
 CLIP = 1000.0
 
