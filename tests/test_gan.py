@@ -702,6 +702,42 @@ def test_stable_upsampling_variants_train_save_and_load(tmp_path, tiny_patches, 
         GanConfig.from_dict({**TINY, "upsample": "pixelshuffle"})
 
 
+def test_stable_refine_and_clipped_output_train_save_and_load(tmp_path, tiny_patches):
+    from sharpgen.gan.model import CLIPPED_GAIN
+
+    G = gan.build_generator("stable", 32, refine=True, output="clipped").eval()
+    assert [m.kernel_size for m in (G.refine0, G.refine1)] == [(3, 3), (3, 3)]
+    # the clipped output reaches exactly +-1 (the clip level of the real patches), tanh never does
+    with torch.no_grad():
+        for w in (G.up3.weight, G.up3.bias):
+            w.mul_(50.0)
+        x = G(torch.randn(4, 100, generator=torch.Generator().manual_seed(0)))
+    assert float(x.abs().max()) == 1.0 and float((x.abs() == 1.0).float().mean()) > 0.05
+    t = torch.linspace(-3, 3, 61)
+    G.output = "tanh"
+    assert torch.equal(G._out(t), torch.tanh(t))
+    G.output = "clipped"
+    torch.testing.assert_close(G._out(t), (CLIPPED_GAIN * torch.tanh(t)).clamp(-1, 1))
+    # FLOPs: the two 3x3 convolutions cost more, the output layer nothing
+    base = gan.training_flops_per_step("stable", 32, 2)
+    assert gan.training_flops_per_step("stable", 32, 2, output="clipped") == base
+    assert gan.training_flops_per_step("stable", 32, 2, refine=True) > base
+    # trained and saved with the keys, loaded back as the same network
+    a, _ = _train(tmp_path, tiny_patches, "refine_clipped", refine=True, output="clipped")
+    blob = torch.load(a / "generator.pt", weights_only=True)
+    assert blob["config"]["refine"] is True and blob["config"]["output"] == "clipped"
+    Gl = gan.load_generator(a / "generator.pt")
+    assert Gl.refine is True and Gl.output == "clipped"
+    zn = np.random.default_rng(1).standard_normal((2, 100)).astype(np.float32)
+    assert np.abs(gan.generate(Gl, zn)).max() <= 1.0
+    # refine off and the tanh output (before the options): the checkpoint hash of those configurations
+    traj = GanConfig.from_dict({**TINY, "output": "tanh"}).trajectory_dict()
+    assert "refine" not in traj and "output" not in traj
+    assert GanConfig.from_dict(TINY).trajectory_dict()["output"] == "clipped"  # the default
+    with pytest.raises(ValueError, match="gan.output"):
+        GanConfig.from_dict({**TINY, "output": "sigmoid"})
+
+
 def test_stable_noise_maps_are_white_unit_gaussian_functions_of_z():
     G = gan.build_generator("stable", 64, stable_noise=True)
     z = torch.randn(64, 100, generator=torch.Generator().manual_seed(2))

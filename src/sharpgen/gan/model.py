@@ -111,6 +111,11 @@ def register_noise_projections(module: nn.Module, size: int, dim: int) -> None:
 
 #: upsampling layers of the stable generator (``gan.upsample``)
 UPSAMPLING = ("transposed", "blur", "resize")
+#: output layers of the stable generator (``gan.output``)
+OUTPUTS = ("tanh", "clipped")
+#: ``gan.output: clipped`` is ``clamp(CLIPPED_GAIN * tanh(x), -1, 1)``: exactly +-1 (the clip
+#: level of the real patches) from |x| >= atanh(1 / CLIPPED_GAIN) = 1.10 on
+CLIPPED_GAIN = 1.25
 
 
 def binomial_blur(x: torch.Tensor) -> torch.Tensor:
@@ -130,8 +135,9 @@ def binomial_blur(x: torch.Tensor) -> torch.Tensor:
 
 class StableGenerator(nn.Module):
     """The paper's generator with 4x4 kernels (stride 2, padding 1): Linear(nz -> 64 x S/8 x S/8)
-    + LeakyReLU, then three x2 upsampling layers 64->64, 64->32 (LeakyReLU) and 32->1 + tanh;
-    S/8 -> S/4 -> S/2 -> S exactly (no pad/crop, so no edge artefacts).
+    + LeakyReLU, then three x2 upsampling layers 64->64, 64->32 (LeakyReLU) and 32->1 + the
+    output layer (``output``, below); S/8 -> S/4 -> S/2 -> S exactly (no pad/crop, so no edge
+    artefacts).
 
     ``upsample`` (``gan.upsample``) chooses the upsampling layer:
 
@@ -148,17 +154,31 @@ class StableGenerator(nn.Module):
     (``noise_filter``), is added before the tanh. Both are deterministic functions of z (fixed
     projections drawn from :data:`NOISE_SEED`, rebuilt on load, not in the state_dict), so the
     image stays a function of the latent. Measured in docs/gan.md; not the default.
+
+    ``refine`` (``gan.refine``): a 3x3 convolution 64->64 + LeakyReLU at S/8 (after the linear
+    layer) and another at S/4 (after the first upsampling) -- non-linear capacity for the
+    region's layout, which the linear layer alone makes from z; ~1.5x the step FLOPs.
+
+    ``output`` (``gan.output``): ``tanh``, or ``clipped``, ``clamp(1.25 tanh(x), -1, 1)``, which
+    reaches exactly +-1 -- the +-clip_gauss plateaus of the real patches -- at finite x. The
+    pipeline's default is ``clipped`` (config schema); ``tanh`` here and for generators saved
+    without the key (everything before 2026-12-01).
     """
 
     def __init__(self, nz: int = 100, size: int = 128, upsample: str = "transposed",
-                 noise: bool = False):
+                 noise: bool = False, refine: bool = False, output: str = "tanh"):
         super().__init__()
         _check_size(size)
         if upsample not in UPSAMPLING:
             raise ValueError(f"unknown upsampling {upsample!r}; known: {list(UPSAMPLING)}")
+        if output not in OUTPUTS:
+            raise ValueError(f"unknown output layer {output!r}; known: {list(OUTPUTS)}")
         self.nz, self.size, self.s0, self.upsample = nz, size, size // 8, upsample
-        self.noise = bool(noise)
+        self.noise, self.refine, self.output = bool(noise), bool(refine), output
         self.fc = nn.Linear(nz, 64 * self.s0 * self.s0)
+        if self.refine:
+            self.refine0 = nn.Conv2d(64, 64, 3, padding=1)
+            self.refine1 = nn.Conv2d(64, 64, 3, padding=1)
         c3 = 32 + (1 if self.noise else 0)
         if upsample == "resize":
             self.up1 = nn.Conv2d(64, 64, 3, padding=1)
@@ -186,16 +206,25 @@ class StableGenerator(nn.Module):
         the fixed projection ``P_r`` (r^2, nz); ~N(0, 1) per pixel and white across pixels."""
         return projected_noise(z, getattr(self, f"noise_proj_{r}"), r)
 
+    def _out(self, x: torch.Tensor) -> torch.Tensor:
+        if self.output == "clipped":
+            return (CLIPPED_GAIN * torch.tanh(x)).clamp(-1.0, 1.0)
+        return torch.tanh(x)
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = F.leaky_relu(self.fc(z), 0.2).view(-1, 64, self.s0, self.s0)
+        if self.refine:
+            x = F.leaky_relu(self.refine0(x), 0.2)
         x = F.leaky_relu(self._up(self.up1, x), 0.2)
+        if self.refine:
+            x = F.leaky_relu(self.refine1(x), 0.2)
         x = F.leaky_relu(self._up(self.up2, x), 0.2)
         if not self.noise:
-            return torch.tanh(self._up(self.up3, x))
+            return self._out(self._up(self.up3, x))
         fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
         x = torch.cat([x, self.noise_map(z, x.shape[-1]).to(x.dtype)], dim=1).contiguous(memory_format=fmt)
         out = self._up(self.up3, x) + self.noise_filter(self.noise_map(z, self.size).to(x.dtype))
-        return torch.tanh(out)
+        return self._out(out)
 
 
 class MappingNetwork(nn.Module):
@@ -396,16 +425,18 @@ def minibatch_std(x: torch.Tensor, group: int = 4) -> torch.Tensor:
 def build_generator(arch: str, size: int, nz: int = 100, mapping_layers: int = 4,
                     channels: tuple[int, ...] | list[int] = MAPPING_CHANNELS,
                     noise: bool = True, upsample: str = "transposed",
-                    stable_noise: bool = False) -> nn.Module:
+                    stable_noise: bool = False, refine: bool = False,
+                    output: str = "tanh") -> nn.Module:
     """The generator of ``arch``; ``mapping_layers``, ``channels`` and ``noise`` only for
-    ``mapping``, ``upsample`` and ``stable_noise`` only for ``stable``."""
+    ``mapping``, ``upsample``, ``stable_noise``, ``refine`` and ``output`` only for ``stable``."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown GAN architecture {arch!r}; known: {list(ARCHITECTURES)}")
     if arch == "mapping":
         return MappingGenerator(nz=nz, size=size, mapping_layers=mapping_layers, channels=channels,
                                 noise=noise)
     if arch == "stable":
-        return StableGenerator(nz=nz, size=size, upsample=upsample, noise=stable_noise)
+        return StableGenerator(nz=nz, size=size, upsample=upsample, noise=stable_noise,
+                               refine=refine, output=output)
     return PaperGenerator(nz=nz, size=size)
 
 
@@ -490,7 +521,9 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") 
                             channels=cfg.get("mapping_channels", MAPPING_CHANNELS),
                             noise=bool(cfg.get("mapping_noise", True)),
                             upsample=str(cfg.get("upsample", "transposed")),
-                            stable_noise=bool(cfg.get("noise", False)))
+                            stable_noise=bool(cfg.get("noise", False)),
+                            refine=bool(cfg.get("refine", False)),
+                            output=str(cfg.get("output", "tanh")))
         G.load_state_dict(blob["state_dict"])
     except Exception as err:
         raise GanError(f"cannot load generator {path}: {type(err).__name__}: {err}") from err

@@ -41,6 +41,7 @@ from sharpgen.gan.structure import LatentStructure, check_names, describe, fit_s
 from sharpgen.gan.model import (  # noqa: F401
     ARCHITECTURES,
     STABLE_RECIPE,
+    OUTPUTS,
     UPSAMPLING,
     GanError,
     build_discriminator,
@@ -95,6 +96,8 @@ class GanConfig:
     mapping_noise: bool               # mapping: deterministic pixel-scale noise inputs from w
     upsample: str                     # stable: transposed | blur | resize (StableGenerator)
     noise: bool                       # stable: deterministic pixel-scale noise inputs from z
+    refine: bool                      # stable: 3x3 convs at S/8 and S/4 (StableGenerator)
+    output: str                       # stable: tanh | clipped (StableGenerator)
     r1_gamma: float                   # R1 penalty weight on D(real) (0 = off)
     r1_every: int                     # lazy R1: every N steps, weighted by N
     pl_weight: float                  # path-length penalty weight on G (0 = off)
@@ -136,6 +139,8 @@ class GanConfig:
             raise ValueError(f"gan.arch {self.arch!r} is not one of {list(ARCHITECTURES)}")
         if self.upsample not in UPSAMPLING:
             raise ValueError(f"gan.upsample {self.upsample!r} is not one of {list(UPSAMPLING)}")
+        if self.output not in OUTPUTS:
+            raise ValueError(f"gan.output {self.output!r} is not one of {list(OUTPUTS)}")
         if self.split not in ("train", "all"):
             raise ValueError(f"gan.split {self.split!r} is not 'train' or 'all'")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -167,6 +172,9 @@ class GanConfig:
         if not self.structure:  # off: the hash of configurations from before the option
             d.pop("structure")
             d.pop("structure_weight")
+        for k, off in (("refine", False), ("output", "tanh")):  # likewise for these options
+            if d.get(k) == off:
+                d.pop(k)
         return d
 
 
@@ -265,7 +273,8 @@ def _build_run(cfg: GanConfig, size: int, device: torch.device) -> _Run:
     G = build_generator(cfg.arch, size, cfg.nz, mapping_layers=cfg.mapping_layers,
                         channels=cfg.mapping_channels,
                         noise=cfg.mapping_noise, upsample=cfg.upsample,
-                        stable_noise=cfg.noise).to(device, memory_format=MEMORY_FORMAT)
+                        stable_noise=cfg.noise, refine=cfg.refine,
+                        output=cfg.output).to(device, memory_format=MEMORY_FORMAT)
     D = build_discriminator(cfg.arch, size).to(device, memory_format=MEMORY_FORMAT)
     ema = (copy.deepcopy(G).eval().requires_grad_(False)
            if cfg.arch in STABLE_RECIPE and cfg.ema_decay > 0 else None)
