@@ -151,13 +151,13 @@ class StableGenerator(nn.Module):
 
     ``noise`` (``gan.noise``): the last layer gets one more input channel, the map
     :meth:`noise_map` of z at S/2, and a second map at S, filtered by a learned 3x3 kernel
-    (``noise_filter``), is added before the tanh. Both are deterministic functions of z (fixed
+    (``noise_filter``), is added before the output layer. Both are deterministic functions of z (fixed
     projections drawn from :data:`NOISE_SEED`, rebuilt on load, not in the state_dict), so the
     image stays a function of the latent. Measured in docs/gan.md; not the default.
 
     ``refine`` (``gan.refine``): a 3x3 convolution 64->64 + LeakyReLU at S/8 (after the linear
     layer) and another at S/4 (after the first upsampling) -- non-linear capacity for the
-    region's layout, which the linear layer alone makes from z; ~1.5x the step FLOPs.
+    region's layout, which the linear layer alone makes from z; x1.37 the step FLOPs (S = 128).
 
     ``output`` (``gan.output``): ``tanh``, or ``clipped``, ``clamp(1.25 tanh(x), -1, 1)``, which
     reaches exactly +-1 -- the +-clip_gauss plateaus of the real patches -- at finite x. The
