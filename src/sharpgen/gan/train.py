@@ -118,6 +118,9 @@ class GanConfig:
     # processes follow the one-process trajectory, so `devices` may change between resumes)
     NON_TRAJECTORY = ("steps", "device", "log_every", "sample_every", "checkpoint_every",
                       "keep_checkpoints", "devices")
+    # options whose setting before they existed is left out of the hash (configurations from
+    # before the option keep their checkpoints): key -> that setting
+    OPTIONS_OFF = {"refine": False, "output": "tanh"}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "GanConfig":
@@ -172,7 +175,7 @@ class GanConfig:
         if not self.structure:  # off: the hash of configurations from before the option
             d.pop("structure")
             d.pop("structure_weight")
-        for k, off in (("refine", False), ("output", "tanh")):  # likewise for these options
+        for k, off in self.OPTIONS_OFF.items():  # likewise for these options
             if d.get(k) == off:
                 d.pop(k)
         return d
