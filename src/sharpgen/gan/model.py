@@ -56,6 +56,10 @@ MAPPING_CHANNELS = (64, 64, 32, 16)
 W_STATS_SAMPLES = 20000
 #: seed of the fixed noise projections of the mapping generator (part of the architecture)
 NOISE_SEED = 20250205
+#: seed of the speckle projection (``gan.speckle``), another draw than the noise inputs'
+SPECKLE_SEED = NOISE_SEED + 1
+#: initial bias of the speckle amplitude logit: softplus(-3) = 0.049, a ~50 G grain to start from
+SPECKLE_BIAS0 = -3.0
 
 
 class GanError(RuntimeError):
@@ -159,6 +163,14 @@ class StableGenerator(nn.Module):
     layer) and another at S/4 (after the first upsampling) -- non-linear capacity for the
     region's layout, which the linear layer alone makes from z; x1.37 the step FLOPs (S = 128).
 
+    ``speckle`` (``gan.speckle``): the last layer makes a second map, an amplitude logit ``a``,
+    and the output layer gets ``m + softplus(a) * f(n)`` instead of the field ``m`` alone, with
+    ``n`` the deterministic white map :meth:`speckle_map` of z at S and ``f`` a learned 3x3 filter
+    (``speckle_filter``, starting as the identity): pixel-scale grain whose strength the
+    generator sets per place -- plage is speckled with small flux concentrations, the quiet Sun
+    nearly flat, and a transposed convolution from a S/8 grid can only place them on its
+    lattice. ``n`` comes from its own fixed projection (:data:`SPECKLE_SEED`; rebuilt on load).
+
     ``output`` (``gan.output``): ``tanh``, or ``clipped``, ``clamp(1.25 tanh(x), -1, 1)``, which
     reaches exactly +-1 -- the +-clip_gauss plateaus of the real patches -- at finite x. The
     pipeline's default is ``clipped`` (config schema); ``tanh`` here and for generators saved
@@ -166,7 +178,8 @@ class StableGenerator(nn.Module):
     """
 
     def __init__(self, nz: int = 100, size: int = 128, upsample: str = "transposed",
-                 noise: bool = False, refine: bool = False, output: str = "tanh"):
+                 noise: bool = False, refine: bool = False, output: str = "tanh",
+                 speckle: bool = False):
         super().__init__()
         _check_size(size)
         if upsample not in UPSAMPLING:
@@ -175,25 +188,35 @@ class StableGenerator(nn.Module):
             raise ValueError(f"unknown output layer {output!r}; known: {list(OUTPUTS)}")
         self.nz, self.size, self.s0, self.upsample = nz, size, size // 8, upsample
         self.noise, self.refine, self.output = bool(noise), bool(refine), output
+        self.speckle = bool(speckle)
         self.fc = nn.Linear(nz, 64 * self.s0 * self.s0)
         if self.refine:
             self.refine0 = nn.Conv2d(64, 64, 3, padding=1)
             self.refine1 = nn.Conv2d(64, 64, 3, padding=1)
         c3 = 32 + (1 if self.noise else 0)
+        c_out = 2 if self.speckle else 1
         if upsample == "resize":
             self.up1 = nn.Conv2d(64, 64, 3, padding=1)
             self.up2 = nn.Conv2d(64, 32, 3, padding=1)
-            self.up3 = nn.Conv2d(c3, 1, 3, padding=1)
+            self.up3 = nn.Conv2d(c3, c_out, 3, padding=1)
         else:
             self.up1 = nn.ConvTranspose2d(64, 64, 4, stride=2, padding=1)
             self.up2 = nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1)
-            self.up3 = nn.ConvTranspose2d(c3, 1, 4, stride=2, padding=1)
+            self.up3 = nn.ConvTranspose2d(c3, c_out, 4, stride=2, padding=1)
         if self.noise:
             # fixed Gaussian projections z -> pixel maps at S/2 and S (part of the architecture:
             # rebuilt from NOISE_SEED on load, not in the state_dict)
             register_noise_projections(self, size, nz)
             self.noise_filter = nn.Conv2d(1, 1, 3, padding=1, bias=False)
             nn.init.normal_(self.noise_filter.weight, std=0.003)
+        if self.speckle:
+            gen = torch.Generator().manual_seed(SPECKLE_SEED)
+            proj = torch.randn(size * size, nz, generator=gen, device="cpu")
+            self.register_buffer("speckle_proj", proj.to(torch.empty(0).device), persistent=False)
+            self.speckle_filter = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+            with torch.no_grad():
+                self.speckle_filter.weight.zero_()[0, 0, 1, 1] = 1.0
+                self.up3.bias[1] = SPECKLE_BIAS0
 
     def _up(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.upsample == "resize":
@@ -205,6 +228,19 @@ class StableGenerator(nn.Module):
         """The deterministic pixel map (B, 1, r, r) of z: ``P_r (z / rms(z)) / sqrt(nz)`` with
         the fixed projection ``P_r`` (r^2, nz); ~N(0, 1) per pixel and white across pixels."""
         return projected_noise(z, getattr(self, f"noise_proj_{r}"), r)
+
+    def speckle_map(self, z: torch.Tensor) -> torch.Tensor:
+        """The speckle's white map (B, 1, S, S) of z, ~N(0, 1) per pixel (:func:`projected_noise`
+        with the fixed projection drawn from :data:`SPECKLE_SEED`)."""
+        return projected_noise(z, self.speckle_proj, self.size)
+
+    def _last(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The last upsampling layer; with ``speckle`` its two maps combined into one field."""
+        y = self._up(self.up3, x)
+        if not self.speckle:
+            return y
+        grain = self.speckle_filter(self.speckle_map(z).to(y.dtype))
+        return y[:, :1] + F.softplus(y[:, 1:2]) * grain
 
     def _out(self, x: torch.Tensor) -> torch.Tensor:
         if self.output == "clipped":
@@ -220,10 +256,10 @@ class StableGenerator(nn.Module):
             x = F.leaky_relu(self.refine1(x), 0.2)
         x = F.leaky_relu(self._up(self.up2, x), 0.2)
         if not self.noise:
-            return self._out(self._up(self.up3, x))
+            return self._out(self._last(x, z))
         fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
         x = torch.cat([x, self.noise_map(z, x.shape[-1]).to(x.dtype)], dim=1).contiguous(memory_format=fmt)
-        out = self._up(self.up3, x) + self.noise_filter(self.noise_map(z, self.size).to(x.dtype))
+        out = self._last(x, z) + self.noise_filter(self.noise_map(z, self.size).to(x.dtype))
         return self._out(out)
 
 
@@ -426,9 +462,10 @@ def build_generator(arch: str, size: int, nz: int = 100, mapping_layers: int = 4
                     channels: tuple[int, ...] | list[int] = MAPPING_CHANNELS,
                     noise: bool = True, upsample: str = "transposed",
                     stable_noise: bool = False, refine: bool = False,
-                    output: str = "tanh") -> nn.Module:
+                    output: str = "tanh", speckle: bool = False) -> nn.Module:
     """The generator of ``arch``; ``mapping_layers``, ``channels`` and ``noise`` only for
-    ``mapping``, ``upsample``, ``stable_noise``, ``refine`` and ``output`` only for ``stable``."""
+    ``mapping``, ``upsample``, ``stable_noise``, ``refine``, ``output`` and ``speckle`` only for
+    ``stable``."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown GAN architecture {arch!r}; known: {list(ARCHITECTURES)}")
     if arch == "mapping":
@@ -436,7 +473,7 @@ def build_generator(arch: str, size: int, nz: int = 100, mapping_layers: int = 4
                                 noise=noise)
     if arch == "stable":
         return StableGenerator(nz=nz, size=size, upsample=upsample, noise=stable_noise,
-                               refine=refine, output=output)
+                               refine=refine, output=output, speckle=speckle)
     return PaperGenerator(nz=nz, size=size)
 
 
@@ -523,7 +560,8 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") 
                             upsample=str(cfg.get("upsample", "transposed")),
                             stable_noise=bool(cfg.get("noise", False)),
                             refine=bool(cfg.get("refine", False)),
-                            output=str(cfg.get("output", "tanh")))
+                            output=str(cfg.get("output", "tanh")),
+                            speckle=bool(cfg.get("speckle", False)))
         G.load_state_dict(blob["state_dict"])
     except Exception as err:
         raise GanError(f"cannot load generator {path}: {type(err).__name__}: {err}") from err

@@ -98,6 +98,7 @@ class GanConfig:
     noise: bool                       # stable: deterministic pixel-scale noise inputs from z
     refine: bool                      # stable: 3x3 convs at S/8 and S/4 (StableGenerator)
     output: str                       # stable: tanh | clipped (StableGenerator)
+    speckle: bool                     # stable: pixel-scale grain of learned local strength
     r1_gamma: float                   # R1 penalty weight on D(real) (0 = off)
     r1_every: int                     # lazy R1: every N steps, weighted by N
     pl_weight: float                  # path-length penalty weight on G (0 = off)
@@ -120,7 +121,7 @@ class GanConfig:
                       "keep_checkpoints", "devices")
     # options whose setting before they existed is left out of the hash (configurations from
     # before the option keep their checkpoints): key -> that setting
-    OPTIONS_OFF = {"refine": False, "output": "tanh"}
+    OPTIONS_OFF = {"refine": False, "output": "tanh", "speckle": False}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "GanConfig":
@@ -277,7 +278,7 @@ def _build_run(cfg: GanConfig, size: int, device: torch.device) -> _Run:
                         channels=cfg.mapping_channels,
                         noise=cfg.mapping_noise, upsample=cfg.upsample,
                         stable_noise=cfg.noise, refine=cfg.refine,
-                        output=cfg.output).to(device, memory_format=MEMORY_FORMAT)
+                        output=cfg.output, speckle=cfg.speckle).to(device, memory_format=MEMORY_FORMAT)
     D = build_discriminator(cfg.arch, size).to(device, memory_format=MEMORY_FORMAT)
     ema = (copy.deepcopy(G).eval().requires_grad_(False)
            if cfg.arch in STABLE_RECIPE and cfg.ema_decay > 0 else None)
