@@ -738,6 +738,65 @@ def test_stable_refine_and_clipped_output_train_save_and_load(tmp_path, tiny_pat
         GanConfig.from_dict({**TINY, "output": "sigmoid"})
 
 
+def test_stable_speckle_grain_is_a_function_of_z_scaled_per_pixel(tmp_path, tiny_patches):
+    """gan.speckle: out(m + softplus(a) * f(n)) -- the grain n is white, N(0, 1), a function of z
+    from its own fixed projection; where the amplitude logit a is very negative the field m comes
+    out alone, where it is large the grain dominates."""
+    from sharpgen.gan.model import SPECKLE_BIAS0
+
+    G = gan.build_generator("stable", 32, speckle=True, stable_noise=True).eval()
+    assert G.up3.out_channels == 2 and float(G.up3.bias[1]) == SPECKLE_BIAS0
+    z = torch.randn(64, 100, generator=torch.Generator().manual_seed(3))
+    n = G.speckle_map(z)
+    assert n.shape == (64, 1, 32, 32) and torch.equal(G.speckle_map(z), n)
+    assert abs(float(n.mean())) < 0.05 and abs(float(n.std()) - 1.0) < 0.05
+    c = float(torch.corrcoef(torch.stack([n[..., :-1].flatten(), n[..., 1:].flatten()]))[0, 1])
+    assert abs(c) < 0.05
+    # its own projection: not the noise inputs' map at S
+    assert abs(float(torch.corrcoef(torch.stack([n.flatten(), G.noise_map(z, 32).flatten()]))[0, 1])) < 0.05
+    # the combination, through a forward hook on the last layer's two maps
+    maps = {}
+    hook = G.up3.register_forward_hook(lambda mod, inp, out: maps.update(y=out))  # returns None
+    with torch.no_grad():
+        x = G(z)
+        y = maps["y"]
+        grain = G.speckle_filter(n)
+        expect = G._out(y[:, :1] + torch.nn.functional.softplus(y[:, 1:2]) * grain
+                        + G.noise_filter(G.noise_map(z, 32)))
+    torch.testing.assert_close(x, expect)
+    hook.remove()
+    # a flat field with no grain, and grain everywhere, by the amplitude bias
+    with torch.no_grad():
+        G.up3.bias[1] = -30.0
+        quiet = G(z)
+        G.up3.bias[1] = 5.0
+        loud = G(z)
+    assert float((quiet - loud).abs().mean()) > 0.1
+    def roughness(t):  # mean absolute difference of neighbouring pixels
+        return float((t[..., 1:, :] - t[..., :-1, :]).abs().mean())
+    assert roughness(loud) > 3 * roughness(quiet)
+    # more FLOPs (projection, filter, a second output map), trained, saved and loaded back
+    assert gan.training_flops_per_step("stable", 32, 2, speckle=True) > gan.training_flops_per_step("stable", 32, 2)
+    a, _ = _train(tmp_path, tiny_patches, "speckle", speckle=True)
+    blob = torch.load(a / "generator.pt", weights_only=True)
+    assert blob["config"]["speckle"] is True
+    assert not any(k.startswith("speckle_proj") for k in blob["state_dict"])  # rebuilt, not stored
+    Gl = gan.load_generator(a / "generator.pt")
+    assert Gl.speckle is True
+    zn = np.random.default_rng(1).standard_normal((2, 100)).astype(np.float32)
+    np.testing.assert_array_equal(gan.generate(Gl, zn), gan.generate(Gl, zn))
+    # off (the setting before the key) is left out of the checkpoint hash; on is another training
+    assert "speckle" not in GanConfig.from_dict(TINY).trajectory_dict()
+    assert GanConfig.from_dict({**TINY, "speckle": True}).trajectory_dict()["speckle"] is True
+    # the pipeline's config validation refuses a non-boolean
+    from sharpgen.config import ConfigError, load_config, validate_config
+
+    bad = load_config(REPO_ROOT / "config.yaml")
+    bad["gan"]["speckle"] = "yes"
+    with pytest.raises(ConfigError, match="gan.speckle"):
+        validate_config(bad)
+
+
 def test_stable_noise_maps_are_white_unit_gaussian_functions_of_z():
     G = gan.build_generator("stable", 64, stable_noise=True)
     z = torch.randn(64, 100, generator=torch.Generator().manual_seed(2))
