@@ -739,10 +739,11 @@ def test_stable_refine_and_clipped_output_train_save_and_load(tmp_path, tiny_pat
 
 
 def test_stable_speckle_grain_is_a_function_of_z_scaled_per_pixel(tmp_path, tiny_patches):
-    """gan.speckle: out(m + softplus(a) * f(n)) -- the grain n is white, N(0, 1), a function of z
-    from its own fixed projection; where the amplitude logit a is very negative the field m comes
-    out alone, where it is large the grain dominates."""
-    from sharpgen.gan.model import SPECKLE_BIAS0
+    """gan.speckle: out(m exp(s f(n) - s^2 / 2)), s = min(softplus(a), SPECKLE_MAX) -- the grain n
+    is white, N(0, 1), a function of z from its own fixed projection; where the strength logit a is
+    very negative the field m comes out alone, where it is large the grain dominates, always with
+    the sign of m."""
+    from sharpgen.gan.model import SPECKLE_BIAS0, SPECKLE_MAX
 
     G = gan.build_generator("stable", 32, speckle=True, stable_noise=True).eval()
     assert G.up3.out_channels == 2 and float(G.up3.bias[1]) == SPECKLE_BIAS0
@@ -760,21 +761,24 @@ def test_stable_speckle_grain_is_a_function_of_z_scaled_per_pixel(tmp_path, tiny
     with torch.no_grad():
         x = G(z)
         y = maps["y"]
-        grain = G.speckle_filter(n)
-        expect = G._out(y[:, :1] + torch.nn.functional.softplus(y[:, 1:2]) * grain
-                        + G.noise_filter(G.noise_map(z, 32)))
+        s = torch.nn.functional.softplus(y[:, 1:2]).clamp(max=SPECKLE_MAX)
+        speckled = y[:, :1] * torch.exp(s * G.speckle_filter(n) - s * s / 2)
+        expect = G._out(speckled + G.noise_filter(G.noise_map(z, 32)))
+        assert torch.equal(torch.sign(speckled), torch.sign(y[:, :1]))  # same-sign grain
     torch.testing.assert_close(x, expect)
     hook.remove()
-    # a flat field with no grain, and grain everywhere, by the amplitude bias
-    with torch.no_grad():
-        G.up3.bias[1] = -30.0
-        quiet = G(z)
-        G.up3.bias[1] = 5.0
-        loud = G(z)
-    assert float((quiet - loud).abs().mean()) > 0.1
-    def roughness(t):  # mean absolute difference of neighbouring pixels
-        return float((t[..., 1:, :] - t[..., :-1, :]).abs().mean())
-    assert roughness(loud) > 3 * roughness(quiet)
+    # the strength bias: the field alone (s ~ 0), or a log-normal grain of strength SPECKLE_MAX
+    G = gan.build_generator("stable", 32, speckle=True).eval()       # tanh output, no noise inputs
+    G.up3.register_forward_hook(lambda mod, inp, out: maps.update(y=out))
+    for bias, lo, hi in ((-30.0, 0.0, 1e-3), (5.0, 0.8 * SPECKLE_MAX, 1.2 * SPECKLE_MAX)):
+        with torch.no_grad():
+            G.up3.bias[1] = bias
+            x = G(z)
+        m = maps["y"][:, :1]
+        ok = (x.abs() < 0.99) & (m.abs() > 1e-3)
+        log_factor = torch.log(torch.atanh(x[ok]) / m[ok])         # log of the grain factor
+        grain_std = float(G.speckle_filter(G.speckle_map(z)).std())
+        assert lo <= float(log_factor.std()) / grain_std <= hi
     # more FLOPs (projection, filter, a second output map), trained, saved and loaded back
     assert gan.training_flops_per_step("stable", 32, 2, speckle=True) > gan.training_flops_per_step("stable", 32, 2)
     a, _ = _train(tmp_path, tiny_patches, "speckle", speckle=True)

@@ -58,8 +58,10 @@ W_STATS_SAMPLES = 20000
 NOISE_SEED = 20250205
 #: seed of the speckle projection (``gan.speckle``), another draw than the noise inputs'
 SPECKLE_SEED = NOISE_SEED + 1
-#: initial bias of the speckle amplitude logit: softplus(-3) = 0.049, a ~50 G grain to start from
+#: initial bias of the speckle strength logit: softplus(-3) = 0.049, a 5 % grain to start from
 SPECKLE_BIAS0 = -3.0
+#: largest speckle strength s (log-normal factor exp(s n - s^2 / 2); s = 2 spans 0.02-7x at 2 sigma)
+SPECKLE_MAX = 2.0
 
 
 class GanError(RuntimeError):
@@ -163,13 +165,15 @@ class StableGenerator(nn.Module):
     layer) and another at S/4 (after the first upsampling) -- non-linear capacity for the
     region's layout, which the linear layer alone makes from z; x1.37 the step FLOPs (S = 128).
 
-    ``speckle`` (``gan.speckle``): the last layer makes a second map, an amplitude logit ``a``,
-    and the output layer gets ``m + softplus(a) * f(n)`` instead of the field ``m`` alone, with
-    ``n`` the deterministic white map :meth:`speckle_map` of z at S and ``f`` a learned 3x3 filter
-    (``speckle_filter``, starting as the identity): pixel-scale grain whose strength the
-    generator sets per place -- plage is speckled with small flux concentrations, the quiet Sun
-    nearly flat, and a transposed convolution from a S/8 grid can only place them on its
-    lattice. ``n`` comes from its own fixed projection (:data:`SPECKLE_SEED`; rebuilt on load).
+    ``speckle`` (``gan.speckle``): the last layer makes a second map, a strength logit ``a``,
+    and the output layer gets ``m exp(s g - s^2 / 2)`` instead of the field ``m`` alone, with
+    ``s = min(softplus(a), SPECKLE_MAX)``, ``g = f(n)``, ``n`` the deterministic white map
+    :meth:`speckle_map` of z at S and ``f`` a learned 3x3 filter (``speckle_filter``, starting as
+    the identity): a log-normal, same-sign grain whose strength the generator sets per place --
+    plage is speckled with small flux concentrations of its own polarity, the quiet Sun nearly
+    flat, and a transposed convolution from a S/8 grid can only place them on its lattice.
+    ``n`` comes from its own fixed projection (:data:`SPECKLE_SEED`; rebuilt on load).
+    (A first, additive design ``m + softplus(a) g`` was measured and dropped: docs/gan.md.)
 
     ``output`` (``gan.output``): ``tanh``, or ``clipped``, ``clamp(1.25 tanh(x), -1, 1)``, which
     reaches exactly +-1 -- the +-clip_gauss plateaus of the real patches -- at finite x. The
@@ -240,7 +244,8 @@ class StableGenerator(nn.Module):
         if not self.speckle:
             return y
         grain = self.speckle_filter(self.speckle_map(z).to(y.dtype))
-        return y[:, :1] + F.softplus(y[:, 1:2]) * grain
+        s = F.softplus(y[:, 1:2]).clamp(max=SPECKLE_MAX)
+        return y[:, :1] * torch.exp(s * grain - 0.5 * s * s)
 
     def _out(self, x: torch.Tensor) -> torch.Tensor:
         if self.output == "clipped":
