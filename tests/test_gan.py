@@ -739,13 +739,13 @@ def test_stable_refine_and_clipped_output_train_save_and_load(tmp_path, tiny_pat
 
 
 def test_stable_speckle_grain_is_a_function_of_z_scaled_per_pixel(tmp_path, tiny_patches):
-    """gan.speckle: out(m exp(s f(n) - s^2 / 2)), s = min(softplus(a), SPECKLE_MAX) -- the grain n
-    is white, N(0, 1), a function of z from its own fixed projection; where the strength logit a is
-    very negative the field m comes out alone, where it is large the grain dominates, always with
-    the sign of m."""
+    """gan.speckle: lognormal out(m exp(s f(n) - s^2 / 2)), s = min(softplus(a), SPECKLE_MAX), or
+    additive out(m + softplus(a) f(n)) -- the grain n is white, N(0, 1), a function of z from its
+    own fixed projection; where the strength logit a is very negative the field m comes out
+    alone, where it is large the grain dominates (lognormal: always with the sign of m)."""
     from sharpgen.gan.model import SPECKLE_BIAS0, SPECKLE_MAX
 
-    G = gan.build_generator("stable", 32, speckle=True, stable_noise=True).eval()
+    G = gan.build_generator("stable", 32, speckle="lognormal", stable_noise=True).eval()
     assert G.up3.out_channels == 2 and float(G.up3.bias[1]) == SPECKLE_BIAS0
     z = torch.randn(64, 100, generator=torch.Generator().manual_seed(3))
     n = G.speckle_map(z)
@@ -766,9 +766,16 @@ def test_stable_speckle_grain_is_a_function_of_z_scaled_per_pixel(tmp_path, tiny
         expect = G._out(speckled + G.noise_filter(G.noise_map(z, 32)))
         assert torch.equal(torch.sign(speckled), torch.sign(y[:, :1]))  # same-sign grain
     torch.testing.assert_close(x, expect)
+    G.speckle = "additive"
+    with torch.no_grad():
+        x = G(z)
+        y = maps["y"]
+        expect = G._out(y[:, :1] + torch.nn.functional.softplus(y[:, 1:2]) * G.speckle_filter(n)
+                        + G.noise_filter(G.noise_map(z, 32)))
+    torch.testing.assert_close(x, expect)
     hook.remove()
     # the strength bias: the field alone (s ~ 0), or a log-normal grain of strength SPECKLE_MAX
-    G = gan.build_generator("stable", 32, speckle=True).eval()       # tanh output, no noise inputs
+    G = gan.build_generator("stable", 32, speckle="lognormal").eval()  # tanh output, no noise inputs
     G.up3.register_forward_hook(lambda mod, inp, out: maps.update(y=out))
     for bias, lo, hi in ((-30.0, 0.0, 1e-3), (5.0, 0.8 * SPECKLE_MAX, 1.2 * SPECKLE_MAX)):
         with torch.no_grad():
@@ -780,23 +787,28 @@ def test_stable_speckle_grain_is_a_function_of_z_scaled_per_pixel(tmp_path, tiny
         grain_std = float(G.speckle_filter(G.speckle_map(z)).std())
         assert lo <= float(log_factor.std()) / grain_std <= hi
     # more FLOPs (projection, filter, a second output map), trained, saved and loaded back
-    assert gan.training_flops_per_step("stable", 32, 2, speckle=True) > gan.training_flops_per_step("stable", 32, 2)
-    a, _ = _train(tmp_path, tiny_patches, "speckle", speckle=True)
+    assert (gan.training_flops_per_step("stable", 32, 2, speckle="lognormal")
+            > gan.training_flops_per_step("stable", 32, 2))
+    a, _ = _train(tmp_path, tiny_patches, "speckle", speckle="lognormal")
     blob = torch.load(a / "generator.pt", weights_only=True)
-    assert blob["config"]["speckle"] is True
+    assert blob["config"]["speckle"] == "lognormal"
     assert not any(k.startswith("speckle_proj") for k in blob["state_dict"])  # rebuilt, not stored
     Gl = gan.load_generator(a / "generator.pt")
-    assert Gl.speckle is True
+    assert Gl.speckle == "lognormal"
     zn = np.random.default_rng(1).standard_normal((2, 100)).astype(np.float32)
     np.testing.assert_array_equal(gan.generate(Gl, zn), gan.generate(Gl, zn))
-    # off (the setting before the key) is left out of the checkpoint hash; on is another training
+    # none (the setting before the key) is left out of the checkpoint hash; each grain is its own
     assert "speckle" not in GanConfig.from_dict(TINY).trajectory_dict()
-    assert GanConfig.from_dict({**TINY, "speckle": True}).trajectory_dict()["speckle"] is True
-    # the pipeline's config validation refuses a non-boolean
+    folders = {gan.checkpoint_folder(tmp_path, GanConfig.from_dict({**TINY, "speckle": s}), 32, 16, "t")
+               for s in ("none", "additive", "lognormal")}
+    assert len(folders) == 3
+    with pytest.raises(ValueError, match="gan.speckle"):
+        GanConfig.from_dict({**TINY, "speckle": "gaussian"})
+    # the pipeline's config validation refuses it too
     from sharpgen.config import ConfigError, load_config, validate_config
 
     bad = load_config(REPO_ROOT / "config.yaml")
-    bad["gan"]["speckle"] = "yes"
+    bad["gan"]["speckle"] = True
     with pytest.raises(ConfigError, match="gan.speckle"):
         validate_config(bad)
 

@@ -117,6 +117,8 @@ def register_noise_projections(module: nn.Module, size: int, dim: int) -> None:
 
 #: upsampling layers of the stable generator (``gan.upsample``)
 UPSAMPLING = ("transposed", "blur", "resize")
+#: pixel-scale grain of the stable generator (``gan.speckle``)
+SPECKLES = ("none", "additive", "lognormal")
 #: output layers of the stable generator (``gan.output``)
 OUTPUTS = ("tanh", "clipped")
 #: ``gan.output: clipped`` is ``clamp(CLIPPED_GAIN * tanh(x), -1, 1)``: exactly +-1 (the clip
@@ -165,15 +167,19 @@ class StableGenerator(nn.Module):
     layer) and another at S/4 (after the first upsampling) -- non-linear capacity for the
     region's layout, which the linear layer alone makes from z; x1.37 the step FLOPs (S = 128).
 
-    ``speckle`` (``gan.speckle``): the last layer makes a second map, a strength logit ``a``,
-    and the output layer gets ``m exp(s g - s^2 / 2)`` instead of the field ``m`` alone, with
-    ``s = min(softplus(a), SPECKLE_MAX)``, ``g = f(n)``, ``n`` the deterministic white map
-    :meth:`speckle_map` of z at S and ``f`` a learned 3x3 filter (``speckle_filter``, starting as
-    the identity): a log-normal, same-sign grain whose strength the generator sets per place --
-    plage is speckled with small flux concentrations of its own polarity, the quiet Sun nearly
-    flat, and a transposed convolution from a S/8 grid can only place them on its lattice.
-    ``n`` comes from its own fixed projection (:data:`SPECKLE_SEED`; rebuilt on load).
-    (A first, additive design ``m + softplus(a) g`` was measured and dropped: docs/gan.md.)
+    ``speckle`` (``gan.speckle``, ``none`` by default): pixel-scale grain whose strength the
+    generator sets per place -- plage is speckled with small flux concentrations, the quiet Sun
+    nearly flat, and a transposed convolution from a S/8 grid can only place them on its
+    lattice. The last layer makes a second map, a strength logit ``a``; with ``g = f(n)``, ``n``
+    the deterministic white map :meth:`speckle_map` of z at S (its own fixed projection,
+    :data:`SPECKLE_SEED`, rebuilt on load) and ``f`` a learned 3x3 filter (``speckle_filter``,
+    starting as the identity), the output layer gets, instead of the field ``m`` alone,
+
+    * ``additive``: ``m + softplus(a) g`` (grain of either sign, also inside spots);
+    * ``lognormal``: ``m exp(s g - s^2 / 2)``, ``s = min(softplus(a), SPECKLE_MAX)`` (grain of
+      the field's own sign, none where ``m`` = 0).
+
+    Measured in docs/gan.md; not the default.
 
     ``output`` (``gan.output``): ``tanh``, or ``clipped``, ``clamp(1.25 tanh(x), -1, 1)``, which
     reaches exactly +-1 -- the +-clip_gauss plateaus of the real patches -- at finite x. The
@@ -183,22 +189,24 @@ class StableGenerator(nn.Module):
 
     def __init__(self, nz: int = 100, size: int = 128, upsample: str = "transposed",
                  noise: bool = False, refine: bool = False, output: str = "tanh",
-                 speckle: bool = False):
+                 speckle: str = "none"):
         super().__init__()
         _check_size(size)
         if upsample not in UPSAMPLING:
             raise ValueError(f"unknown upsampling {upsample!r}; known: {list(UPSAMPLING)}")
         if output not in OUTPUTS:
             raise ValueError(f"unknown output layer {output!r}; known: {list(OUTPUTS)}")
+        if speckle not in SPECKLES:
+            raise ValueError(f"unknown speckle {speckle!r}; known: {list(SPECKLES)}")
         self.nz, self.size, self.s0, self.upsample = nz, size, size // 8, upsample
         self.noise, self.refine, self.output = bool(noise), bool(refine), output
-        self.speckle = bool(speckle)
+        self.speckle = speckle
         self.fc = nn.Linear(nz, 64 * self.s0 * self.s0)
         if self.refine:
             self.refine0 = nn.Conv2d(64, 64, 3, padding=1)
             self.refine1 = nn.Conv2d(64, 64, 3, padding=1)
         c3 = 32 + (1 if self.noise else 0)
-        c_out = 2 if self.speckle else 1
+        c_out = 1 if speckle == "none" else 2
         if upsample == "resize":
             self.up1 = nn.Conv2d(64, 64, 3, padding=1)
             self.up2 = nn.Conv2d(64, 32, 3, padding=1)
@@ -213,7 +221,7 @@ class StableGenerator(nn.Module):
             register_noise_projections(self, size, nz)
             self.noise_filter = nn.Conv2d(1, 1, 3, padding=1, bias=False)
             nn.init.normal_(self.noise_filter.weight, std=0.003)
-        if self.speckle:
+        if speckle != "none":
             gen = torch.Generator().manual_seed(SPECKLE_SEED)
             proj = torch.randn(size * size, nz, generator=gen, device="cpu")
             self.register_buffer("speckle_proj", proj.to(torch.empty(0).device), persistent=False)
@@ -241,9 +249,11 @@ class StableGenerator(nn.Module):
     def _last(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The last upsampling layer; with ``speckle`` its two maps combined into one field."""
         y = self._up(self.up3, x)
-        if not self.speckle:
+        if self.speckle == "none":
             return y
         grain = self.speckle_filter(self.speckle_map(z).to(y.dtype))
+        if self.speckle == "additive":
+            return y[:, :1] + F.softplus(y[:, 1:2]) * grain
         s = F.softplus(y[:, 1:2]).clamp(max=SPECKLE_MAX)
         return y[:, :1] * torch.exp(s * grain - 0.5 * s * s)
 
@@ -467,7 +477,7 @@ def build_generator(arch: str, size: int, nz: int = 100, mapping_layers: int = 4
                     channels: tuple[int, ...] | list[int] = MAPPING_CHANNELS,
                     noise: bool = True, upsample: str = "transposed",
                     stable_noise: bool = False, refine: bool = False,
-                    output: str = "tanh", speckle: bool = False) -> nn.Module:
+                    output: str = "tanh", speckle: str = "none") -> nn.Module:
     """The generator of ``arch``; ``mapping_layers``, ``channels`` and ``noise`` only for
     ``mapping``, ``upsample``, ``stable_noise``, ``refine``, ``output`` and ``speckle`` only for
     ``stable``."""
@@ -566,7 +576,7 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") 
                             stable_noise=bool(cfg.get("noise", False)),
                             refine=bool(cfg.get("refine", False)),
                             output=str(cfg.get("output", "tanh")),
-                            speckle=bool(cfg.get("speckle", False)))
+                            speckle=str(cfg.get("speckle", "none")))
         G.load_state_dict(blob["state_dict"])
     except Exception as err:
         raise GanError(f"cannot load generator {path}: {type(err).__name__}: {err}") from err

@@ -42,6 +42,7 @@ from sharpgen.gan.model import (  # noqa: F401
     ARCHITECTURES,
     STABLE_RECIPE,
     OUTPUTS,
+    SPECKLES,
     UPSAMPLING,
     GanError,
     build_discriminator,
@@ -98,7 +99,7 @@ class GanConfig:
     noise: bool                       # stable: deterministic pixel-scale noise inputs from z
     refine: bool                      # stable: 3x3 convs at S/8 and S/4 (StableGenerator)
     output: str                       # stable: tanh | clipped (StableGenerator)
-    speckle: bool                     # stable: pixel-scale grain of learned local strength
+    speckle: str                      # stable: none | additive | lognormal grain (StableGenerator)
     r1_gamma: float                   # R1 penalty weight on D(real) (0 = off)
     r1_every: int                     # lazy R1: every N steps, weighted by N
     pl_weight: float                  # path-length penalty weight on G (0 = off)
@@ -121,7 +122,7 @@ class GanConfig:
                       "keep_checkpoints", "devices")
     # options whose setting before they existed is left out of the hash (configurations from
     # before the option keep their checkpoints): key -> that setting
-    OPTIONS_OFF = {"refine": False, "output": "tanh", "speckle": False}
+    OPTIONS_OFF = {"refine": False, "output": "tanh", "speckle": "none"}
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "GanConfig":
@@ -145,6 +146,8 @@ class GanConfig:
             raise ValueError(f"gan.upsample {self.upsample!r} is not one of {list(UPSAMPLING)}")
         if self.output not in OUTPUTS:
             raise ValueError(f"gan.output {self.output!r} is not one of {list(OUTPUTS)}")
+        if self.speckle not in SPECKLES:
+            raise ValueError(f"gan.speckle {self.speckle!r} is not one of {list(SPECKLES)}")
         if self.split not in ("train", "all"):
             raise ValueError(f"gan.split {self.split!r} is not 'train' or 'all'")
         if self.device not in ("auto", "cpu", "cuda"):
