@@ -1,5 +1,7 @@
 """Stage "gan": the generator of SHARP Br patches.
 
+* :mod:`.layers` -- building blocks shared by the networks (noise maps of a latent, binomial
+  low-pass, mapping network, modulated convolution, minibatch-std channel);
 * :mod:`.model` -- the networks (the published ``paper`` pair, the ``stable`` training of the
   same nets and the ``mapping`` generator with an intermediate latent W), their losses,
   DiffAugment, loading a trained generator and generating images (from z or whitened W codes);

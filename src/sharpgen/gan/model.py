@@ -36,7 +36,6 @@ The training loop is :mod:`sharpgen.gan.train`.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -46,6 +45,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from sharpgen import warmup
+from sharpgen.gan.layers import (  # noqa: F401  (re-exported: sharpgen.gan.model.* as before)
+    NOISE_SEED,
+    MappingNetwork,
+    ModulatedConv,
+    _check_size,
+    binomial_blur,
+    minibatch_std,
+    projected_noise,
+    register_noise_projections,
+)
 
 ARCHITECTURES = ("paper", "stable", "mapping")
 #: architectures trained with the stable recipe (spectral norm, hinge, DiffAugment, EMA)
@@ -54,8 +63,6 @@ STABLE_RECIPE = ("stable", "mapping")
 MAPPING_CHANNELS = (64, 64, 32, 16)
 #: latents used to fix the statistics of W (mean, covariance) when training ends
 W_STATS_SAMPLES = 20000
-#: seed of the fixed noise projections of the mapping generator (part of the architecture)
-NOISE_SEED = 20250205
 #: seed of the speckle projection (``gan.speckle``), another draw than the noise inputs'
 SPECKLE_SEED = NOISE_SEED + 1
 #: initial bias of the speckle strength logit: softplus(-3) = 0.049, a 5 % grain to start from
@@ -66,11 +73,6 @@ SPECKLE_MAX = 2.0
 
 class GanError(RuntimeError):
     """Base class for GAN training/loading errors."""
-
-
-def _check_size(size: int) -> None:
-    if size < 32 or size & (size - 1):
-        raise ValueError(f"patch size must be a power of two >= 32, got {size}")
 
 
 class PaperGenerator(nn.Module):
@@ -94,27 +96,6 @@ class PaperGenerator(nn.Module):
         return x[:, :, : self.size, : self.size]
 
 
-def projected_noise(code: torch.Tensor, proj: torch.Tensor, r: int) -> torch.Tensor:
-    """A pixel map (B, 1, r, r) that is a deterministic function of a latent code (B, D):
-    ``proj (code / rms(code)) / sqrt(D)`` with a fixed Gaussian projection ``proj`` (r^2, D);
-    ~N(0, 1) per pixel and white across pixels (the noise inputs of the stable and mapping
-    generators)."""
-    cn = code.float() * torch.rsqrt(code.float().square().mean(1, keepdim=True) + 1e-8)
-    return (cn @ proj.T / math.sqrt(code.shape[1])).view(-1, 1, r, r)
-
-
-def register_noise_projections(module: nn.Module, size: int, dim: int) -> None:
-    """Give ``module`` the fixed Gaussian projections ``noise_proj_{S/2}`` and ``noise_proj_{S}``
-    ((r^2, dim) each) of :func:`projected_noise`, drawn from :data:`NOISE_SEED` on the CPU: part of
-    the architecture, rebuilt identically on load, not in the state_dict. Created on the default
-    device ("meta" under ``torch.device("meta")``, for FLOP counting)."""
-    gen = torch.Generator().manual_seed(NOISE_SEED)
-    default = torch.empty(0).device
-    for r in (size // 2, size):
-        proj = torch.randn(r * r, dim, generator=gen, device="cpu")
-        module.register_buffer(f"noise_proj_{r}", proj.to(default), persistent=False)
-
-
 #: upsampling layers of the stable generator (``gan.upsample``)
 UPSAMPLING = ("transposed", "blur", "resize")
 #: pixel-scale grain of the stable generator (``gan.speckle``)
@@ -124,21 +105,6 @@ OUTPUTS = ("tanh", "clipped")
 #: ``gan.output: clipped`` is ``clamp(CLIPPED_GAIN * tanh(x), -1, 1)``: exactly +-1 (the clip
 #: level of the real patches) from |x| >= atanh(1 / CLIPPED_GAIN) = 1.10 on
 CLIPPED_GAIN = 1.25
-
-
-def binomial_blur(x: torch.Tensor) -> torch.Tensor:
-    """Depthwise 3x3 binomial low-pass ([1, 2, 1] / 4 in each axis; edge pixels replicated):
-    zero response at the Nyquist frequency, so the 2-pixel pattern a stride-2 transposed
-    convolution leaves (checkerboard) is removed, and ~unit response at low frequencies.
-    (B, C, H, W) -> same shape."""
-    C = x.shape[1]
-    xp = F.pad(x, (1, 1, 1, 1), mode="replicate")
-    if C == 1:  # one channel: two shifted sums (5x faster than a depthwise conv on the CPU)
-        y = 0.25 * xp[..., :-2] + 0.5 * xp[..., 1:-1] + 0.25 * xp[..., 2:]
-        return 0.25 * y[..., :-2, :] + 0.5 * y[..., 1:-1, :] + 0.25 * y[..., 2:, :]
-    k = torch.tensor([1.0, 2.0, 1.0], device=x.device, dtype=x.dtype) / 4.0
-    k2 = (k[:, None] * k[None, :]).expand(C, 1, 3, 3).contiguous()
-    return F.conv2d(xp, k2, groups=C)
 
 
 class StableGenerator(nn.Module):
@@ -278,49 +244,6 @@ class StableGenerator(nn.Module):
         return self._out(out)
 
 
-class MappingNetwork(nn.Module):
-    """z (B, nz) -> w (B, w_dim): second-moment normalisation of z, then ``layers`` x
-    (Linear + LeakyReLU(0.2)); He-initialised so that the scale of w does not shrink with depth."""
-
-    def __init__(self, nz: int, w_dim: int, layers: int):
-        super().__init__()
-        if layers < 1:
-            raise ValueError(f"mapping network needs >= 1 layer, got {layers}")
-        self.layers = nn.ModuleList(nn.Linear(nz if i == 0 else w_dim, w_dim) for i in range(layers))
-        for lin in self.layers:
-            nn.init.kaiming_normal_(lin.weight, a=0.2, nonlinearity="leaky_relu")
-            nn.init.zeros_(lin.bias)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = z * torch.rsqrt(z.float().square().mean(1, keepdim=True) + 1e-8).to(z.dtype)
-        for lin in self.layers:
-            x = F.leaky_relu(lin(x), 0.2)
-        return x
-
-
-class ModulatedConv(nn.Module):
-    """k x k convolution whose input channels are scaled per sample by an affine map of w, with
-    optional demodulation (output scaled to unit expected variance): StyleGAN2's modulated
-    convolution in its non-grouped form (scale input, convolve, scale output), which is exact
-    and runs as one ordinary convolution."""
-
-    def __init__(self, cin: int, cout: int, k: int, w_dim: int, demodulate: bool = True):
-        super().__init__()
-        self.k, self.demodulate = k, demodulate
-        self.weight = nn.Parameter(torch.randn(cout, cin, k, k) / math.sqrt(cin * k * k))
-        self.bias = nn.Parameter(torch.zeros(cout))
-        self.affine = nn.Linear(w_dim, cin)
-        nn.init.ones_(self.affine.bias)
-
-    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        s = self.affine(w)                                           # (B, cin)
-        x = F.conv2d(x * s[:, :, None, None].to(x.dtype), self.weight, padding=self.k // 2)
-        if self.demodulate:
-            d = torch.rsqrt(s.float().square() @ self.weight.float().square().sum((2, 3)).T + 1e-8)
-            x = x * d[:, :, None, None].to(x.dtype)                  # (B, cout)
-        return x + self.bias[None, :, None, None].to(x.dtype)
-
-
 class MappingGenerator(nn.Module):
     """z (B, nz) -> image (B, 1, S, S) in [-1, 1] through an intermediate latent w (B, w_dim).
 
@@ -456,21 +379,6 @@ class PaperDiscriminator(nn.Module):
             x = minibatch_std(x)
         x = F.leaky_relu(self.fc1(x.flatten(1)), 0.2)
         return self.fc2(x).squeeze(1)
-
-
-def minibatch_std(x: torch.Tensor, group: int = 4) -> torch.Tensor:
-    """Append one feature map holding the mean across-group standard deviation (Karras et al.
-    2018): lets D see the diversity of a batch, which counters mode collapse. (B, C, H, W) ->
-    (B, C+1, H, W); groups of ``group`` samples (or the whole batch if it does not divide)."""
-    B, C, H, W = x.shape
-    g = group if B % group == 0 else B
-    y = x.float().view(g, -1, C, H, W)
-    # the variance over the group written out: Tensor.var over the leading axis of a
-    # channels_last view takes a slow strided path on the CPU (27 ms vs ~5 ms for (32, 64, 15, 15))
-    y = (y - y.mean(dim=0)).square().mean(dim=0)
-    y = (y + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (B/g,)
-    y = y.repeat(g).view(B, 1, 1, 1).expand(B, 1, H, W).to(x.dtype)
-    return torch.cat([x, y], dim=1)
 
 
 def build_generator(arch: str, size: int, nz: int = 100, mapping_layers: int = 4,
