@@ -804,6 +804,9 @@ def test_stable_speckle_grain_is_a_function_of_z_scaled_per_pixel(tmp_path, tiny
     assert len(folders) == 3
     with pytest.raises(ValueError, match="gan.speckle"):
         GanConfig.from_dict({**TINY, "speckle": "gaussian"})
+    for key in ("noise", "refine", "mapping_noise"):     # booleans: the Python API refuses "yes"
+        with pytest.raises(ValueError, match=f"gan.{key} must be true or false"):
+            GanConfig.from_dict({**TINY, key: "yes"})
     # the pipeline's config validation refuses it too
     from sharpgen.config import ConfigError, load_config, validate_config
 

@@ -140,6 +140,9 @@ class GanConfig:
         return cfg
 
     def check(self) -> None:
+        for k in ("mapping_noise", "noise", "refine"):  # the pipeline's schema checks these too;
+            if not isinstance(getattr(self, k), bool):   # the Python API would take "yes" as on
+                raise ValueError(f"gan.{k} must be true or false, got {getattr(self, k)!r}")
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"gan.arch {self.arch!r} is not one of {list(ARCHITECTURES)}")
         if self.upsample not in UPSAMPLING:
