@@ -31,16 +31,21 @@ def projected_noise(code: torch.Tensor, proj: torch.Tensor, r: int) -> torch.Ten
     return (cn @ proj.T / math.sqrt(code.shape[1])).view(-1, 1, r, r)
 
 
+def register_projection(module: nn.Module, name: str, rows: int, dim: int, gen: torch.Generator) -> None:
+    """Give ``module`` the buffer ``name``: a fixed Gaussian projection (rows, dim) for
+    :func:`projected_noise`, drawn from ``gen`` on the CPU -- part of the architecture, rebuilt
+    identically on load, not in the state_dict. Created on the default device ("meta" under
+    ``torch.device("meta")``, for FLOP counting)."""
+    proj = torch.randn(rows, dim, generator=gen, device="cpu")
+    module.register_buffer(name, proj.to(torch.empty(0).device), persistent=False)
+
+
 def register_noise_projections(module: nn.Module, size: int, dim: int) -> None:
-    """Give ``module`` the fixed Gaussian projections ``noise_proj_{S/2}`` and ``noise_proj_{S}``
-    ((r^2, dim) each) of :func:`projected_noise`, drawn from :data:`NOISE_SEED` on the CPU: part of
-    the architecture, rebuilt identically on load, not in the state_dict. Created on the default
-    device ("meta" under ``torch.device("meta")``, for FLOP counting)."""
+    """Give ``module`` the projections ``noise_proj_{S/2}`` and ``noise_proj_{S}`` ((r^2, dim)
+    each, :func:`register_projection`), drawn in that order from :data:`NOISE_SEED`."""
     gen = torch.Generator().manual_seed(NOISE_SEED)
-    default = torch.empty(0).device
     for r in (size // 2, size):
-        proj = torch.randn(r * r, dim, generator=gen, device="cpu")
-        module.register_buffer(f"noise_proj_{r}", proj.to(default), persistent=False)
+        register_projection(module, f"noise_proj_{r}", r * r, dim, gen)
 
 
 def binomial_blur(x: torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,7 @@ from sharpgen.gan.layers import (  # noqa: F401  (re-exported: sharpgen.gan.mode
     minibatch_std,
     projected_noise,
     register_noise_projections,
+    register_projection,
 )
 
 ARCHITECTURES = ("paper", "stable", "mapping")
@@ -188,9 +189,8 @@ class StableGenerator(nn.Module):
             self.noise_filter = nn.Conv2d(1, 1, 3, padding=1, bias=False)
             nn.init.normal_(self.noise_filter.weight, std=0.003)
         if speckle != "none":
-            gen = torch.Generator().manual_seed(SPECKLE_SEED)
-            proj = torch.randn(size * size, nz, generator=gen, device="cpu")
-            self.register_buffer("speckle_proj", proj.to(torch.empty(0).device), persistent=False)
+            register_projection(self, "speckle_proj", size * size, nz,
+                                torch.Generator().manual_seed(SPECKLE_SEED))
             self.speckle_filter = nn.Conv2d(1, 1, 3, padding=1, bias=False)
             with torch.no_grad():
                 self.speckle_filter.weight.zero_()[0, 0, 1, 1] = 1.0

@@ -143,14 +143,10 @@ class GanConfig:
         for k in ("mapping_noise", "noise", "refine"):  # the pipeline's schema checks these too;
             if not isinstance(getattr(self, k), bool):   # the Python API would take "yes" as on
                 raise ValueError(f"gan.{k} must be true or false, got {getattr(self, k)!r}")
-        if self.arch not in ARCHITECTURES:
-            raise ValueError(f"gan.arch {self.arch!r} is not one of {list(ARCHITECTURES)}")
-        if self.upsample not in UPSAMPLING:
-            raise ValueError(f"gan.upsample {self.upsample!r} is not one of {list(UPSAMPLING)}")
-        if self.output not in OUTPUTS:
-            raise ValueError(f"gan.output {self.output!r} is not one of {list(OUTPUTS)}")
-        if self.speckle not in SPECKLES:
-            raise ValueError(f"gan.speckle {self.speckle!r} is not one of {list(SPECKLES)}")
+        for k, allowed in (("arch", ARCHITECTURES), ("upsample", UPSAMPLING), ("output", OUTPUTS),
+                           ("speckle", SPECKLES)):
+            if getattr(self, k) not in allowed:
+                raise ValueError(f"gan.{k} {getattr(self, k)!r} is not one of {list(allowed)}")
         if self.split not in ("train", "all"):
             raise ValueError(f"gan.split {self.split!r} is not 'train' or 'all'")
         if self.device not in ("auto", "cpu", "cuda"):
