@@ -399,6 +399,28 @@ def test_traversal_metrics_monotone_and_disentangled(traversal):
     assert held["reduction"] > 0.9
 
 
+def test_traversal_metrics_flag_a_held_parameter_at_its_floor():
+    """A held parameter that sits at a floor (r_value = 0: no strong-field PIL) on most bases
+    has a median slope of exactly 0 -- not a hold. frac_flat says so, conditional_moving gives
+    the slope where it moves."""
+    eps = np.linspace(-1.0, 1.0, 5)
+    rows = []
+    for key, hold in (("a", ""), ("a|b", "b")):
+        for base in range(10):
+            moves = base < 3 or not hold  # conditional: b flat on 7 of 10 bases
+            for e in eps:
+                rows.append({"direction": key, "target": "a", "hold": hold, "base": base, "eps": e,
+                             "beyond_fold": False, "a": base + 2.0 * e, "b": 0.5 * e * (base + 1) if moves else 0.0})
+    m = dr.traversal_metrics(pd.DataFrame(rows), ["a", "b"], {"a": 1.0, "b": 1.0})
+    held = m["a|b"]["held"]["b"]
+    assert held["conditional"] == 0.0  # the median over bases is the floor's 0 ...
+    assert held["frac_flat"] == pytest.approx(0.7)  # ... on 7 of 10 bases
+    assert held["conditional_moving"] == pytest.approx(0.5)  # slopes 0.5, 1, 1.5 -> 1 / 2
+    assert m["a"]["frac_flat"] == {"a": 0.0, "b": 0.0}
+    assert m["a"]["entanglement"]["b"] == pytest.approx(5.5 * 0.5 / 2.0)
+    assert "_entanglement_moving" not in m["a|b"]
+
+
 def test_calibration_and_requests(traversal, standin):
     normals, vectors, df = traversal
     cal = dr.fit_calibration(df, "tuf|block", n_bootstrap=50)

@@ -146,7 +146,9 @@ def traversal_metrics(tm: Mapping) -> dict:
     of the target along its direction on the base's side of the polarity fold (``spearman``),
     over the whole eps range across the fold (``spearman_full``), the fraction of the eps grid
     beyond the fold (``frac_beyond_fold``), and for conditional directions the entanglement of
-    each held parameter (cond. vs uncond.)."""
+    each held parameter (cond. vs uncond.), with the share of bases on which it sits at a floor
+    (``frac_flat``; it pulls the median ``conditional`` towards 0, to exactly 0 at >= 0.5) and its entanglement over the
+    bases where it moves (``conditional_moving``)."""
     dirs = tm.get("directions", {})
     out: dict[str, Any] = {
         "spearman": {k: _num(v.get("spearman_median")) for k, v in dirs.items()},
@@ -156,7 +158,8 @@ def traversal_metrics(tm: Mapping) -> dict:
     held = {}
     for k, v in dirs.items():
         for h, d in (v.get("held") or {}).items():
-            held[f"{k}:{h}"] = {kk: _num(d.get(kk)) for kk in ("conditional", "unconditional", "reduction")}
+            held[f"{k}:{h}"] = {kk: _num(d.get(kk)) for kk in ("conditional", "unconditional", "reduction",
+                                                                 "frac_flat", "conditional_moving")}
     if held:
         out["held_entanglement"] = held
     return out

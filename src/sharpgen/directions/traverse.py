@@ -93,6 +93,16 @@ def per_base_slopes(eps: np.ndarray, Y: np.ndarray) -> np.ndarray:
     return out
 
 
+def flat_bases(Y: np.ndarray) -> np.ndarray:
+    """Rows of Y (B, E) that do not change along the walk (>= 2 finite values, all equal):
+    the parameter sits at a floor there (r_value = 0 with no strong-field polarity inversion
+    line), so its slope is exactly 0 whatever the direction does -> (B,) bool."""
+    finite = np.isfinite(Y)
+    lo = np.where(finite, Y, np.inf).min(axis=1)
+    hi = np.where(finite, Y, -np.inf).max(axis=1)
+    return (finite.sum(axis=1) >= 2) & (hi == lo)
+
+
 def pivot(df: pd.DataFrame, col: str) -> tuple[np.ndarray, np.ndarray]:
     """Rows of one direction -> (eps (E,), values (B, E))."""
     p = df.pivot_table(index="base", columns="eps", values=col, aggfunc="first", dropna=False)
@@ -108,9 +118,14 @@ def traversal_metrics(df: pd.DataFrame, params: Sequence[str], std: Mapping[str,
     bases of the Spearman correlation of the target with eps), ``spearman_frac_ge_0.9``,
     ``slope_std`` (median over bases of d(param_j / std_j)/d eps) and ``entanglement``
     (slope_std[j] / slope_std[target]: change of every parameter per unit change of the target,
-    in standardised units). For conditional directions, ``held`` gives for each held parameter
-    the entanglement under the conditional and the unconditional direction and
-    ``reduction = 1 - |cond| / |uncond|``.
+    in standardised units), ``frac_flat`` (share of bases on which the parameter does not change
+    at all along the walk, :func:`flat_bases`). For conditional directions, ``held`` gives for
+    each held parameter the entanglement under the conditional and the unconditional direction,
+    ``reduction = 1 - |cond| / |uncond|``, the held parameter's ``frac_flat`` under the
+    conditional direction and ``conditional_moving`` (the entanglement from the median slope
+    over the bases where it moves; NaN if it moves on none). Flat bases pull the median slope
+    towards 0 (exactly 0 when ``frac_flat`` >= 0.5), so ``conditional`` then reads as a better
+    hold than there is: read ``conditional_moving`` beside it.
     """
     from scipy.stats import spearmanr
 
@@ -125,17 +140,26 @@ def traversal_metrics(df: pd.DataFrame, params: Sequence[str], std: Mapping[str,
     for key, g_all in df.groupby("direction", sort=False):
         spec = DirectionSpec.parse(key)
         g = within_fold(g_all)
-        slopes = {}
+        slopes, slopes_moving, frac_flat = {}, {}, {}
         for p in params:
             eps, Y = pivot(g.assign(_y=to_fit_space(p, g[p])), "_y")
             s = std.get(p, np.nan)
-            slopes[p] = float(np.nanmedian(per_base_slopes(eps, Y / s))) if s and np.isfinite(s) and s > 0 else np.nan
+            flat = flat_bases(Y)
+            frac_flat[p] = float(flat.mean()) if len(flat) else np.nan
+            if not (s and np.isfinite(s) and s > 0):
+                slopes[p] = slopes_moving[p] = np.nan
+                continue
+            per_base = per_base_slopes(eps, Y / s)
+            slopes[p] = float(np.nanmedian(per_base))
+            moving = per_base[~flat]
+            slopes_moving[p] = float(np.nanmedian(moving)) if np.isfinite(moving).any() else np.nan
         eps, Y = pivot(g, spec.target)
         rhos = spearmans(Y, eps)
         eps_f, Y_f = pivot(g_all, spec.target)
         rhos_full = spearmans(Y_f, eps_f)
         st = slopes.get(spec.target, np.nan)
         ent = {p: (slopes[p] / st if st and np.isfinite(st) else np.nan) for p in params}
+        ent_moving = {p: (slopes_moving[p] / st if st and np.isfinite(st) else np.nan) for p in params}
         out[key] = {
             "target": spec.target,
             "hold": list(spec.hold),
@@ -148,6 +172,8 @@ def traversal_metrics(df: pd.DataFrame, params: Sequence[str], std: Mapping[str,
             "spearman_full_median": float(np.nanmedian(rhos_full)) if np.isfinite(rhos_full).any() else np.nan,
             "slope_std": slopes,
             "entanglement": ent,
+            "frac_flat": frac_flat,
+            "_entanglement_moving": ent_moving,
         }
     for key, m in out.items():
         if not m["hold"] or m["target"] not in out:
@@ -157,8 +183,12 @@ def traversal_metrics(df: pd.DataFrame, params: Sequence[str], std: Mapping[str,
         for h in m["hold"]:
             c, u = m["entanglement"].get(h, np.nan), unc.get(h, np.nan)
             held[h] = {"conditional": c, "unconditional": u,
-                       "reduction": float(1 - abs(c) / abs(u)) if u and np.isfinite(u) and np.isfinite(c) else np.nan}
+                       "reduction": float(1 - abs(c) / abs(u)) if u and np.isfinite(u) and np.isfinite(c) else np.nan,
+                       "frac_flat": m["frac_flat"].get(h, np.nan),
+                       "conditional_moving": m["_entanglement_moving"].get(h, np.nan)}
         m["held"] = held
+    for m in out.values():
+        del m["_entanglement_moving"]
     return out
 
 
