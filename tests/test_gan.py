@@ -743,7 +743,7 @@ def test_stable_speckle_grain_is_a_function_of_z_scaled_per_pixel(tmp_path, tiny
     additive out(m + softplus(a) f(n)) -- the grain n is white, N(0, 1), a function of z from its
     own fixed projection; where the strength logit a is very negative the field m comes out
     alone, where it is large the grain dominates (lognormal: always with the sign of m)."""
-    from sharpgen.gan.model import SPECKLE_BIAS0, SPECKLE_MAX
+    from sharpgen.gan.model import SPECKLE_BIAS0, SPECKLE_FADE, SPECKLE_MAX
 
     G = gan.build_generator("stable", 32, speckle="lognormal", stable_noise=True).eval()
     assert G.up3.out_channels == 2 and float(G.up3.bias[1]) == SPECKLE_BIAS0
@@ -773,7 +773,31 @@ def test_stable_speckle_grain_is_a_function_of_z_scaled_per_pixel(tmp_path, tiny
         expect = G._out(y[:, :1] + torch.nn.functional.softplus(y[:, 1:2]) * G.speckle_filter(n)
                         + G.noise_filter(G.noise_map(z, 32)))
     torch.testing.assert_close(x, expect)
+    # signed: additive, but the grain's part against the field's sign fades as exp(-|m| / FADE)
+    G.speckle = "signed"
+    with torch.no_grad():
+        x = G(z)
+        y = maps["y"]
+        m, g = y[:, :1], G.speckle_filter(n)
+        s = torch.nn.functional.softplus(y[:, 1:2])
+        against = (g < 0) & (m >= 0) | (g > 0) & (m < 0)
+        grain = torch.where(against, g * torch.exp(-m.abs() / SPECKLE_FADE), g)
+        expect = G._out(m + s * grain + G.noise_filter(G.noise_map(z, 32)))
+    torch.testing.assert_close(x, expect)
     hook.remove()
+    # at full strength the additive grain punches the other polarity into strong field, signed not
+    G = gan.build_generator("stable", 32, speckle="additive").eval()
+    field = torch.where(torch.arange(32)[:, None] < 16, 1.0, -1.0).expand(32, 32)  # two +-1 halves
+    # (a hook that returns a value replaces the layer's output: field m, strength softplus(2) ~ 2)
+    G.up3.register_forward_hook(lambda mod, inp, out: torch.stack(
+        [field.expand(len(out), 32, 32), torch.full((len(out), 32, 32), 2.0)], 1))
+    flips = {}
+    with torch.no_grad():
+        for kind in ("additive", "signed"):
+            G.speckle = kind
+            x = torch.atanh(G(z).clamp(-0.999999, 0.999999))  # tanh output: back to m + grain
+            flips[kind] = float((torch.sign(x) != field).float().mean())
+    assert flips["additive"] > 0.1 and flips["signed"] == 0.0
     # the strength bias: the field alone (s ~ 0), or a log-normal grain of strength SPECKLE_MAX
     G = gan.build_generator("stable", 32, speckle="lognormal").eval()  # tanh output, no noise inputs
     G.up3.register_forward_hook(lambda mod, inp, out: maps.update(y=out))
@@ -800,8 +824,8 @@ def test_stable_speckle_grain_is_a_function_of_z_scaled_per_pixel(tmp_path, tiny
     # none (the setting before the key) is left out of the checkpoint hash; each grain is its own
     assert "speckle" not in GanConfig.from_dict(TINY).trajectory_dict()
     folders = {gan.checkpoint_folder(tmp_path, GanConfig.from_dict({**TINY, "speckle": s}), 32, 16, "t")
-               for s in ("none", "additive", "lognormal")}
-    assert len(folders) == 3
+               for s in ("none", "additive", "lognormal", "signed")}
+    assert len(folders) == 4
     with pytest.raises(ValueError, match="gan.speckle"):
         GanConfig.from_dict({**TINY, "speckle": "gaussian"})
     for key in ("noise", "refine", "mapping_noise"):     # booleans: the Python API refuses "yes"

@@ -70,6 +70,8 @@ SPECKLE_SEED = NOISE_SEED + 1
 SPECKLE_BIAS0 = -3.0
 #: largest speckle strength s (log-normal factor exp(s n - s^2 / 2); s = 2 spans 0.02-7x at 2 sigma)
 SPECKLE_MAX = 2.0
+#: ``signed`` grain: field (pre-activation units) over which the opposing part fades by 1/e
+SPECKLE_FADE = 0.1
 
 
 class GanError(RuntimeError):
@@ -100,7 +102,7 @@ class PaperGenerator(nn.Module):
 #: upsampling layers of the stable generator (``gan.upsample``)
 UPSAMPLING = ("transposed", "blur", "resize")
 #: pixel-scale grain of the stable generator (``gan.speckle``)
-SPECKLES = ("none", "additive", "lognormal")
+SPECKLES = ("none", "additive", "lognormal", "signed")
 #: output layers of the stable generator (``gan.output``)
 OUTPUTS = ("tanh", "clipped")
 #: ``gan.output: clipped`` is ``clamp(CLIPPED_GAIN * tanh(x), -1, 1)``: exactly +-1 (the clip
@@ -144,7 +146,12 @@ class StableGenerator(nn.Module):
 
     * ``additive``: ``m + softplus(a) g`` (grain of either sign, also inside spots);
     * ``lognormal``: ``m exp(s g - s^2 / 2)``, ``s = min(softplus(a), SPECKLE_MAX)`` (grain of
-      the field's own sign, none where ``m`` = 0).
+      the field's own sign, none where ``m`` = 0);
+    * ``signed``: ``additive`` whose part against the field's sign fades where the field is
+      strong: ``m + softplus(a) sgn(m) (max(u, 0) - max(-u, 0) exp(-|m| / SPECKLE_FADE))``,
+      ``u = sgn(m) g`` (``sgn(0) = 1``; continuous through ``m = 0``, where it is ``additive``).
+      The grain can brighten a spot or plage but not punch pixels of the other polarity into it
+      (what puts the ``additive`` grain's r_paper off: docs/gan.md).
 
     Measured in docs/gan.md; not the default.
 
@@ -220,6 +227,12 @@ class StableGenerator(nn.Module):
         grain = self.speckle_filter(self.speckle_map(z).to(y.dtype))
         if self.speckle == "additive":
             return y[:, :1] + F.softplus(y[:, 1:2]) * grain
+        if self.speckle == "signed":
+            m = y[:, :1]
+            sgn = torch.where(m >= 0, 1.0, -1.0).to(m.dtype)
+            u = sgn * grain
+            u = F.relu(u) - F.relu(-u) * torch.exp(-m.abs() / SPECKLE_FADE)
+            return m + F.softplus(y[:, 1:2]) * sgn * u
         s = F.softplus(y[:, 1:2]).clamp(max=SPECKLE_MAX)
         return y[:, :1] * torch.exp(s * grain - 0.5 * s * s)
 
