@@ -137,6 +137,7 @@ def traversal_metrics(df: pd.DataFrame, params: Sequence[str], std: Mapping[str,
         return np.array(rhos)
 
     out: dict = {}
+    ent_moving: dict = {}  # direction -> entanglement over the moving bases (for ``held``)
     for key, g_all in df.groupby("direction", sort=False):
         spec = DirectionSpec.parse(key)
         g = within_fold(g_all)
@@ -159,7 +160,7 @@ def traversal_metrics(df: pd.DataFrame, params: Sequence[str], std: Mapping[str,
         rhos_full = spearmans(Y_f, eps_f)
         st = slopes.get(spec.target, np.nan)
         ent = {p: (slopes[p] / st if st and np.isfinite(st) else np.nan) for p in params}
-        ent_moving = {p: (slopes_moving[p] / st if st and np.isfinite(st) else np.nan) for p in params}
+        ent_moving[key] = {p: (slopes_moving[p] / st if st and np.isfinite(st) else np.nan) for p in params}
         out[key] = {
             "target": spec.target,
             "hold": list(spec.hold),
@@ -173,7 +174,6 @@ def traversal_metrics(df: pd.DataFrame, params: Sequence[str], std: Mapping[str,
             "slope_std": slopes,
             "entanglement": ent,
             "frac_flat": frac_flat,
-            "_entanglement_moving": ent_moving,
         }
     for key, m in out.items():
         if not m["hold"] or m["target"] not in out:
@@ -185,10 +185,8 @@ def traversal_metrics(df: pd.DataFrame, params: Sequence[str], std: Mapping[str,
             held[h] = {"conditional": c, "unconditional": u,
                        "reduction": float(1 - abs(c) / abs(u)) if u and np.isfinite(u) and np.isfinite(c) else np.nan,
                        "frac_flat": m["frac_flat"].get(h, np.nan),
-                       "conditional_moving": m["_entanglement_moving"].get(h, np.nan)}
+                       "conditional_moving": ent_moving[key].get(h, np.nan)}
         m["held"] = held
-    for m in out.values():
-        del m["_entanglement_moving"]
     return out
 
 

@@ -227,12 +227,11 @@ class StableGenerator(nn.Module):
         grain = self.speckle_filter(self.speckle_map(z).to(y.dtype))
         if self.speckle == "additive":
             return y[:, :1] + F.softplus(y[:, 1:2]) * grain
-        if self.speckle == "signed":
+        if self.speckle == "signed":  # the grain against the field's sign fades with |m|
             m = y[:, :1]
-            sgn = torch.where(m >= 0, 1.0, -1.0).to(m.dtype)
-            u = sgn * grain
-            u = F.relu(u) - F.relu(-u) * torch.exp(-m.abs() / SPECKLE_FADE)
-            return m + F.softplus(y[:, 1:2]) * sgn * u
+            against = torch.where(m >= 0, grain < 0, grain > 0)
+            grain = torch.where(against, grain * torch.exp(-m.abs() / SPECKLE_FADE), grain)
+            return m + F.softplus(y[:, 1:2]) * grain
         s = F.softplus(y[:, 1:2]).clamp(max=SPECKLE_MAX)
         return y[:, :1] * torch.exp(s * grain - 0.5 * s * s)
 
