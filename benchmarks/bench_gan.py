@@ -9,6 +9,7 @@ MFU = achieved / matmul. CUDA is benchmarked too when available (bf16 autocast, 
 
     .venv/bin/python benchmarks/bench_gan.py                 # batch 32, 128x128, all threads
     .venv/bin/python benchmarks/bench_gan.py --steps 10 --threads 1 2 --json out.json
+    .venv/bin/python benchmarks/bench_gan.py --inference 1024 --threads 1   # generation layouts
 """
 
 from __future__ import annotations
@@ -86,6 +87,40 @@ def bench_arch(arch: str, device: torch.device, size: int, batch: int, steps: in
             "gflop_per_step": flops / 1e9, "achieved_gflops": flops / dt / 1e9}
 
 
+def bench_inference(device: torch.device, size: int, n: int, reps: int = 3) -> list[dict]:
+    """Generation (no gradients, :func:`sharpgen.gan.generate`, batches of 256) of ``n`` images
+    by a freshly built ``stable`` generator of each upsampling / grain, in the default NCHW layout
+    (the reference, measured in the same run) and in channels_last (what
+    :func:`sharpgen.gan.load_generator` returns). Best of ``reps``; the ratio is NCHW / channels_last."""
+    import numpy as np
+
+    z = np.random.default_rng(0).standard_normal((n, 100)).astype(np.float32)
+    rows = []
+    for opts in ({}, {"upsample": "blur"}, {"upsample": "blur", "speckle": "signed"}):
+        torch.manual_seed(0)
+        G = gan.build_generator("stable", size, output="clipped", **opts).to(device).eval()
+        times = {}
+        for layout, mem in (("nchw", torch.contiguous_format), ("channels_last", torch.channels_last)):
+            G.to(memory_format=mem)
+            gan.generate(G, z[:256])  # warm-up (oneDNN kernel selection)
+            best = float("inf")
+            for _ in range(reps):
+                _sync(device)
+                t = time.perf_counter()
+                gan.generate(G, z)
+                _sync(device)
+                best = min(best, time.perf_counter() - t)
+            times[layout] = best
+        r = {"generator": "stable " + (" + ".join(f"{k}={v}" for k, v in opts.items()) or "transposed"),
+             "device": device.type, "threads": torch.get_num_threads(), "n": n,
+             "nchw_s": times["nchw"], "channels_last_s": times["channels_last"],
+             "speedup": times["nchw"] / times["channels_last"]}
+        print(f"  inference {r['generator']:<36} {n} images: NCHW {r['nchw_s']:.2f} s, "
+              f"channels_last {r['channels_last_s']:.2f} s, ratio {r['speedup']:.2f}x")
+        rows.append(r)
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--size", type=int, default=128)
@@ -99,10 +134,21 @@ def main(argv=None) -> int:
                     help="also try the contiguous (NCHW) memory format on the CPU; training "
                          "uses channels_last everywhere")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    ap.add_argument("--inference", type=int, default=0, metavar="N",
+                    help="instead of training: generate N images per stable generator variant, "
+                         "NCHW vs channels_last")
     args = ap.parse_args(argv)
 
     results = []
     cpu = torch.device("cpu")
+    if args.inference:
+        for threads in args.threads or [torch.get_num_threads()]:
+            torch.set_num_threads(threads)
+            results += bench_inference(cpu, args.size, args.inference)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+        return 0
     for threads in args.threads or [torch.get_num_threads()]:
         torch.set_num_threads(threads)
         print(f"CPU, {threads} thread(s); the matmul reference is measured right before and "

@@ -45,6 +45,7 @@ from sharpgen.gan.model import (  # noqa: F401
     SPECKLES,
     UPSAMPLING,
     GanError,
+    MEMORY_FORMAT,
     build_discriminator,
     build_generator,
     d_loss_fn,
@@ -123,6 +124,9 @@ class GanConfig:
     # options whose setting before they existed is left out of the hash (configurations from
     # before the option keep their checkpoints): key -> that setting
     OPTIONS_OFF = {"refine": False, "output": "tanh", "speckle": "none"}
+    # generator options only the `stable` generator reads: left out of the hash of the other
+    # architectures, so a change of their defaults never moves a `paper` or `mapping` checkpoint
+    STABLE_ONLY = ("upsample", "noise", "refine", "output", "speckle")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "GanConfig":
@@ -181,6 +185,9 @@ class GanConfig:
         for k, off in self.OPTIONS_OFF.items():  # likewise for these options
             if d.get(k) == off:
                 d.pop(k)
+        if self.arch != "stable":
+            for k in self.STABLE_ONLY:
+                d.pop(k, None)
         return d
 
 
@@ -244,11 +251,6 @@ def save_grid_png(path: str | os.PathLike, images: np.ndarray, clip_gauss: float
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
-
-
-#: channels_last: required for fast cuDNN convolutions, and measured 1.3-1.8x faster with
-#: oneDNN on this project's CPU too (benchmarks/bench_gan.py --channels-last-cpu)
-MEMORY_FORMAT = torch.channels_last
 
 
 #: keys every GAN checkpoint holds (a file without them is treated as corrupt)
