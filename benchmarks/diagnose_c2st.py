@@ -6,7 +6,8 @@ generated samples against its held-out real patches on several *views* of both s
 pixel values mapped onto the real pixel histogram, strong-field polarity masks only, 4x4 block
 means), and the floor: real train patches vs real held-out patches (HARP-grouped folds). A view
 whose accuracy stays near 1 did not remove what gives the generator away. Not a benchmark (not
-run by ``make bench``); ~1 minute per view on one CPU thread with the default sizes.
+run by ``make bench``); ~1 minute per view and repeat on one CPU thread with the default sizes
+(the protocol's 3 repeats; ``--repeats 1`` for a quick look).
 
     .venv/bin/python benchmarks/diagnose_c2st.py results            # a finished pipeline run
     .venv/bin/python benchmarks/diagnose_c2st.py results --views as_is low_pass_2px --json d.json
@@ -35,6 +36,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-reference", action="store_true", help="skip real train vs held-out")
     ap.add_argument("--generated", type=int, default=2000, help="generated samples to read")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="C2ST repeats per view (default: the protocol's, sharpgen.c2st.PROTOCOL)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -47,13 +50,15 @@ def main(argv=None) -> int:
     gen = read_images(images, rows=np.arange(min(a.generated, image_count(images))))
     print(f"held-out real {real.shape[0]} patches ({np.unique(harps[held]).size} HARPs), "
           f"generated {gen.shape[0]}, clip {clip:g} G; C2ST accuracy (0.5 = indistinguishable)")
+    rep = {} if a.repeats is None else {"repeats": a.repeats}
     out = {}
     for name in a.views or list(diagnostic_views(clip)):
-        res = c2st_diagnostics(real, gen, clip_gauss=clip, real_groups=harps[held], views=[name])[name]
+        res = c2st_diagnostics(real, gen, clip_gauss=clip, real_groups=harps[held], views=[name],
+                               **rep)[name]
         out[name] = res
         print(f"  {name:24s} accuracy {res['accuracy']:.3f}  AUC {res['auc']:.3f}", flush=True)
     if not a.no_reference:
-        res = c2st(store.read(train), real, real_groups=harps[train], generated_groups=harps[held])
+        res = c2st(store.read(train), real, real_groups=harps[train], generated_groups=harps[held], **rep)
         out["reference_real_train_vs_heldout"] = {k: res[k] for k in ("accuracy", "auc", "p_value",
                                                                      "n_per_class")}
         print(f"  {'real train vs held-out':24s} accuracy {res['accuracy']:.3f}  AUC {res['auc']:.3f}")

@@ -10,8 +10,8 @@ from sharpgen import c2st as c2st_mod
 from sharpgen.c2st import C2stError, c2st, stratified_folds
 from test_gan import synthetic_bipoles
 
-#: small and quick: 32x32 maps, 3 folds, the protocol's epochs
-FAST = dict(folds=3, epochs=15)
+#: small and quick: 32x32 maps, 3 folds, the protocol's epochs, one repeat
+FAST = dict(folds=3, epochs=15, repeats=1)
 
 
 @pytest.fixture(autouse=True)
@@ -78,6 +78,29 @@ def test_deterministic_and_seeded():
     assert r1 == r2
     assert r1["protocol"]["seed"] == 3 and r1["protocol"]["folds"] == 3
     assert r1["protocol"]["classifier"] == c2st_mod.PROTOCOL["classifier"]
+
+
+def test_repeats_average_independent_runs_and_keep_the_first():
+    """The protocol's accuracy is the mean of `repeats` runs with seeds seed, seed + 1, ...; the
+    first repeat is the single run (the number before repeats existed), each repeat differs."""
+    a = synthetic_bipoles(40, 32, seed=1)
+    b = synthetic_bipoles(60, 32, seed=2)  # the same distribution: accuracies around 0.5
+    fast = dict(folds=3, epochs=15)
+    single = [c2st(a, b, seed=s, repeats=1, **fast) for s in (5, 6, 7)]
+    rep = c2st(a, b, seed=5, repeats=3, **fast)
+    assert rep["accuracy_repeats"] == [r["accuracy"] for r in single]
+    assert rep["accuracy"] == pytest.approx(np.mean(rep["accuracy_repeats"]))
+    assert rep["accuracy_repeats_std"] == pytest.approx(np.std(rep["accuracy_repeats"], ddof=1))
+    assert len(set(rep["accuracy_repeats"])) > 1  # other subsets, folds and networks
+    assert rep["fold_accuracy"] == [f for r in single for f in r["fold_accuracy"]]
+    assert rep["n_correct"] == sum(r["n_correct"] for r in single)
+    assert rep["p_value"] == max(r["p_value"] for r in single)
+    assert rep["auc"] == pytest.approx(np.mean([r["auc"] for r in single]))
+    assert rep["protocol"]["repeats"] == 3 and rep["protocol"]["seed"] == 5
+    assert single[0]["accuracy_repeats_std"] == 0.0
+    assert c2st_mod.PROTOCOL["repeats"] == 3  # the pipeline's default
+    with pytest.raises(C2stError, match="repeat"):
+        c2st(a, b, repeats=0, **fast)
 
 
 def test_input_errors():

@@ -64,7 +64,8 @@ def gan_metrics(quality: Mapping) -> dict:
     """``gan``: normalised Wasserstein and KS per parameter, pixel and spectrum summaries, the
     largest lattice peak of the generated and the real axis spectra (``lattice_log10_peak``), and
     the held-out accuracy of the classifier two-sample test (``c2st_accuracy``, fixed protocol
-    of :mod:`sharpgen.c2st`; null when the real split is too small for it)."""
+    of :mod:`sharpgen.c2st`: the mean over its repeats, whose standard deviation is
+    ``c2st_accuracy_repeats_std``; null when the real split is too small for it)."""
     params = quality.get("parameters", {})
     out: dict[str, Any] = {
         "wasserstein_norm": {p: _num(v.get("wasserstein_norm")) for p, v in params.items()},
@@ -86,6 +87,7 @@ def gan_metrics(quality: Mapping) -> dict:
         out["real_split"] = quality["real"].get("split")
     if "c2st" in quality:
         out["c2st_accuracy"] = _num(quality["c2st"].get("accuracy"))
+        out["c2st_accuracy_repeats_std"] = _num(quality["c2st"].get("accuracy_repeats_std"))
     return out
 
 
