@@ -721,7 +721,8 @@ def test_stable_upsampling_variants_train_save_and_load(tmp_path, tiny_patches, 
     np.testing.assert_array_equal(gan.generate(gan.load_generator(a / "generator.pt"), zn), gan.generate(Gl, zn))
     # another upsampling / noise setting is another training: another checkpoint folder
     fa = gan.checkpoint_folder(tmp_path, GanConfig.from_dict({**TINY, "upsample": upsample, "noise": noise}), 32, 16, "t")
-    fb = gan.checkpoint_folder(tmp_path, GanConfig.from_dict(TINY), 32, 16, "t")
+    other = next(u for u in ("transposed", "blur", "resize") if u != upsample)
+    fb = gan.checkpoint_folder(tmp_path, GanConfig.from_dict({**TINY, "upsample": other, "noise": noise}), 32, 16, "t")
     assert fa != fb
     assert gan.training_flops_per_step("stable", 32, 2, upsample=upsample, stable_noise=noise) > 0
     with pytest.raises(ValueError, match="upsample"):
@@ -848,7 +849,8 @@ def test_stable_speckle_grain_is_a_function_of_z_scaled_per_pixel(tmp_path, tiny
     zn = np.random.default_rng(1).standard_normal((2, 100)).astype(np.float32)
     np.testing.assert_array_equal(gan.generate(Gl, zn), gan.generate(Gl, zn))
     # none (the setting before the key) is left out of the checkpoint hash; each grain is its own
-    assert "speckle" not in GanConfig.from_dict(TINY).trajectory_dict()
+    assert "speckle" not in GanConfig.from_dict({**TINY, "speckle": "none"}).trajectory_dict()
+    assert GanConfig.from_dict(TINY).trajectory_dict()["speckle"] == "signed"  # the default
     folders = {gan.checkpoint_folder(tmp_path, GanConfig.from_dict({**TINY, "speckle": s}), 32, 16, "t")
                for s in ("none", "additive", "lognormal", "signed")}
     assert len(folders) == 4
