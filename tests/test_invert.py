@@ -240,9 +240,13 @@ TINY_TARGETS = ("results/invert/inversion.json", "results/figures/inversion.png"
                 "results/directions/calibration.json", "results/ssl/embeddings.npz")
 #: the tiny config with a GAN trained long enough that TUF follows its calibrated direction, more
 #: samples for the boundaries, and a conditional direction that is not degenerate (with the tiny
-#: sample, tuf and tpf get the same median-split labels, so tuf|tpf has nothing left to move)
+#: sample, tuf and tpf get the same median-split labels, so tuf|tpf has nothing left to move).
+#: The generator stays the one this was tuned with (transposed, no grain): 60 steps of the
+#: default `blur` + `signed` at 32 px make one polarity only (tnf = 0 in all 256 samples,
+#: measured 2026-12-01), and tuf|tnf needs both; the default generator's own tests are in
+#: tests/test_gan.py, and tests/test_workflow.py runs the whole DAG with it.
 TINY_OVERLAY = """\
-gan: {steps: 60}
+gan: {steps: 60, upsample: transposed, speckle: none}
 sampling: {n: 256}
 directions:
   conditional: [{target: tuf, hold: [tnf]}]
