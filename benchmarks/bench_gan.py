@@ -145,10 +145,7 @@ def main(argv=None) -> int:
         for threads in args.threads or [torch.get_num_threads()]:
             torch.set_num_threads(threads)
             results += bench_inference(cpu, args.size, args.inference)
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(results, indent=2) + "\n")
-        return 0
+        return _write_json(args.json, results)
     for threads in args.threads or [torch.get_num_threads()]:
         torch.set_num_threads(threads)
         print(f"CPU, {threads} thread(s); the matmul reference is measured right before and "
@@ -174,9 +171,14 @@ def main(argv=None) -> int:
             _print(r)
     else:
         print("CUDA not available: no GPU numbers")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return _write_json(args.json, results)
+
+
+def _write_json(path: Path | None, results: list[dict]) -> int:
+    """Write ``results`` to ``path`` (when given); the exit status 0."""
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
 

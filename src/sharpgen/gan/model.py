@@ -105,6 +105,10 @@ UPSAMPLING = ("transposed", "blur", "resize")
 SPECKLES = ("none", "additive", "lognormal", "signed")
 #: output layers of the stable generator (``gan.output``)
 OUTPUTS = ("tanh", "clipped")
+#: memory format of the networks and their batches in training and of a loaded generator:
+#: required for fast cuDNN convolutions, and faster with oneDNN on this project's CPU too
+#: (training 1.3-1.8x, benchmarks/bench_gan.py --channels-last-cpu; generation 1.7-1.8x, --inference)
+MEMORY_FORMAT = torch.channels_last
 #: ``gan.output: clipped`` is ``clamp(CLIPPED_GAIN * tanh(x), -1, 1)``: exactly +-1 (the clip
 #: level of the real patches) from |x| >= atanh(1 / CLIPPED_GAIN) = 1.10 on
 CLIPPED_GAIN = 1.25
@@ -479,13 +483,7 @@ def diff_augment(x: torch.Tensor, gen: torch.Generator, translation: float = 0.1
         in_x = (xs >= ox) & (xs < ox + cw)
         keep = ~(in_y[:, :, None] & in_x[:, None, :])
         x = x * keep[:, None].to(x.dtype)
-    return x.contiguous(memory_format=torch.channels_last)
-
-
-#: channels_last: required for fast cuDNN convolutions, and measured 1.3-1.8x faster with
-#: oneDNN on this project's CPU too, for training (benchmarks/bench_gan.py --channels-last-cpu)
-#: and for inference (a loaded generator: 1.7x `transposed`, 2.1x `blur` + `speckle`, one thread)
-MEMORY_FORMAT = torch.channels_last
+    return x.contiguous(memory_format=MEMORY_FORMAT)
 
 
 def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
