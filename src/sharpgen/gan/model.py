@@ -36,6 +36,7 @@ The training loop is :mod:`sharpgen.gan.train`.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -72,6 +73,19 @@ SPECKLE_BIAS0 = -3.0
 SPECKLE_MAX = 2.0
 #: ``signed`` grain: field (pre-activation units) over which the opposing part fades by 1/e
 SPECKLE_FADE = 0.1
+#: ``intermittent`` grain: largest tail t of the white map's transform sinh(t n) / sd(t)
+#: (kurtosis 3 at t -> 0, 7.8 at 0.7, 36 at 1; the real plage's high-pass kurtosis is 13-30)
+SPECKLE_TAIL_MAX = 1.0
+#: ``intermittent`` grain: initial tail, t = 0.3 (kurtosis 3.3, nearly the Gaussian grain)
+SPECKLE_TAIL0 = 0.3
+
+
+def heavy_tail(n: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``sinh(t n) / sd(t)`` with ``sd(t)^2 = (exp(2 t^2) - 1) / 2``: for n ~ N(0, 1) a map of
+    zero mean and unit variance whose tails grow with t >= 0 (kurtosis 3 at t -> 0, 36 at t = 1);
+    ``n`` and ``t`` broadcast (e.g. (B, 1, S, S) and a per-pixel tail of the same shape)."""
+    t = t.clamp(min=1e-3)
+    return torch.sinh(t * n) / torch.sqrt(0.5 * torch.expm1(2.0 * t * t))
 
 
 class GanError(RuntimeError):
@@ -102,7 +116,7 @@ class PaperGenerator(nn.Module):
 #: upsampling layers of the stable generator (``gan.upsample``)
 UPSAMPLING = ("transposed", "blur", "resize")
 #: pixel-scale grain of the stable generator (``gan.speckle``)
-SPECKLES = ("none", "additive", "lognormal", "signed")
+SPECKLES = ("none", "additive", "lognormal", "signed", "intermittent")
 #: output layers of the stable generator (``gan.output``)
 OUTPUTS = ("tanh", "clipped")
 #: memory format of the networks and their batches in training and of a loaded generator:
@@ -140,7 +154,7 @@ class StableGenerator(nn.Module):
     layer) and another at S/4 (after the first upsampling) -- non-linear capacity for the
     region's layout, which the linear layer alone makes from z; x1.37 the step FLOPs (S = 128).
 
-    ``speckle`` (``gan.speckle``, ``none`` by default): pixel-scale grain whose strength the
+    ``speckle`` (``gan.speckle``, ``none`` here by default): pixel-scale grain whose strength the
     generator sets per place -- plage is speckled with small flux concentrations, the quiet Sun
     nearly flat, and a transposed convolution from a S/8 grid can only place them on its
     lattice. The last layer makes a second map, a strength logit ``a``; with ``g = f(n)``, ``n``
@@ -155,9 +169,13 @@ class StableGenerator(nn.Module):
       strong: ``m + softplus(a) sgn(m) (max(u, 0) - max(-u, 0) exp(-|m| / SPECKLE_FADE))``,
       ``u = sgn(m) g`` (``sgn(0) = 1``; continuous through ``m = 0``, where it is ``additive``).
       The grain can brighten a spot or plage but not punch pixels of the other polarity into it
-      (what puts the ``additive`` grain's r_paper off: docs/gan.md).
+      (what puts the ``additive`` grain's r_paper off: docs/gan.md);
+    * ``intermittent``: ``signed`` with a heavy-tailed white map, ``n`` replaced by
+      :func:`heavy_tail` ``(n, t)``, the tail ``t = SPECKLE_TAIL_MAX sigmoid(b)`` set per pixel by
+      a third map ``b`` of the last layer (starting at ``SPECKLE_TAIL0``): real plage is a few
+      strong flux concentrations among weak ones, a Gaussian grain of the same strength is not.
 
-    Measured in docs/gan.md; not the default.
+    ``signed`` is the pipeline's default (config schema); the others are measured in docs/gan.md.
 
     ``output`` (``gan.output``): ``tanh``, or ``clipped``, ``clamp(1.25 tanh(x), -1, 1)``, which
     reaches exactly +-1 -- the +-clip_gauss plateaus of the real patches -- at finite x. The
@@ -184,7 +202,7 @@ class StableGenerator(nn.Module):
             self.refine0 = nn.Conv2d(64, 64, 3, padding=1)
             self.refine1 = nn.Conv2d(64, 64, 3, padding=1)
         c3 = 32 + (1 if self.noise else 0)
-        c_out = 1 if speckle == "none" else 2
+        c_out = {"none": 1, "intermittent": 3}.get(speckle, 2)
         if upsample == "resize":
             self.up1 = nn.Conv2d(64, 64, 3, padding=1)
             self.up2 = nn.Conv2d(64, 32, 3, padding=1)
@@ -206,6 +224,9 @@ class StableGenerator(nn.Module):
             with torch.no_grad():
                 self.speckle_filter.weight.zero_()[0, 0, 1, 1] = 1.0
                 self.up3.bias[1] = SPECKLE_BIAS0
+                if speckle == "intermittent":  # tail logit: t = SPECKLE_TAIL_MAX sigmoid(.)
+                    q = SPECKLE_TAIL0 / SPECKLE_TAIL_MAX
+                    self.up3.bias[2] = math.log(q / (1.0 - q))
 
     def _up(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.upsample == "resize":
@@ -228,10 +249,13 @@ class StableGenerator(nn.Module):
         y = self._up(self.up3, x)
         if self.speckle == "none":
             return y
-        grain = self.speckle_filter(self.speckle_map(z).to(y.dtype))
+        white = self.speckle_map(z).to(y.dtype)
+        if self.speckle == "intermittent":  # heavy-tailed per pixel, then as signed
+            white = heavy_tail(white, SPECKLE_TAIL_MAX * torch.sigmoid(y[:, 2:3]))
+        grain = self.speckle_filter(white)
         if self.speckle == "additive":
             return y[:, :1] + F.softplus(y[:, 1:2]) * grain
-        if self.speckle == "signed":  # the grain against the field's sign fades with |m|
+        if self.speckle in ("signed", "intermittent"):  # the grain against the field's sign fades with |m|
             m = y[:, :1]
             against = torch.where(m >= 0, grain < 0, grain > 0)
             grain = torch.where(against, grain * torch.exp(-m.abs() / SPECKLE_FADE), grain)

@@ -100,7 +100,7 @@ class GanConfig:
     noise: bool                       # stable: deterministic pixel-scale noise inputs from z
     refine: bool                      # stable: 3x3 convs at S/8 and S/4 (StableGenerator)
     output: str                       # stable: tanh | clipped (StableGenerator)
-    speckle: str                      # stable: none | additive | lognormal | signed grain (StableGenerator)
+    speckle: str                      # stable: none | additive | lognormal | signed | intermittent grain
     r1_gamma: float                   # R1 penalty weight on D(real) (0 = off)
     r1_every: int                     # lazy R1: every N steps, weighted by N
     pl_weight: float                  # path-length penalty weight on G (0 = off)
