@@ -765,6 +765,67 @@ def test_stable_refine_and_clipped_output_train_save_and_load(tmp_path, tiny_pat
         GanConfig.from_dict({**TINY, "output": "sigmoid"})
 
 
+def test_heavy_tail_keeps_unit_variance_and_grows_the_tails():
+    """heavy_tail(n, t) = sinh(t n) / sd(t): zero mean and unit variance for n ~ N(0, 1) at every
+    tail t, the Gaussian itself as t -> 0, kurtosis rising with t (36 at t = 1 in theory)."""
+    from sharpgen.gan.model import heavy_tail
+
+    n = torch.randn(400_000, generator=torch.Generator().manual_seed(0))
+    kurt = {}
+    for t in (0.0, 0.3, 0.7, 1.0):
+        h = heavy_tail(n, torch.tensor(t))
+        assert abs(float(h.mean())) < 0.01 and abs(float(h.std()) - 1.0) < 0.02
+        kurt[t] = float(((h - h.mean()) ** 4).mean() / h.var() ** 2)
+    torch.testing.assert_close(heavy_tail(n, torch.tensor(0.0)), n, atol=1e-5, rtol=1e-5)
+    assert abs(kurt[0.0] - 3.0) < 0.1 and 3.2 < kurt[0.3] < 3.7 and 6.5 < kurt[0.7] < 9.0
+    assert kurt[1.0] > 20.0
+    # per-pixel tails broadcast, and the tail is differentiable (the generator learns it)
+    t = torch.full((2, 1, 4, 4), 0.5, requires_grad=True)
+    heavy_tail(torch.randn(2, 1, 4, 4), t).pow(4).sum().backward()
+    assert t.grad is not None and torch.isfinite(t.grad).all() and float(t.grad.abs().sum()) > 0
+
+
+def test_stable_intermittent_speckle_is_signed_with_a_per_pixel_tail():
+    """gan.speckle: intermittent -- a third map b of the last layer sets the tail
+    t = SPECKLE_TAIL_MAX sigmoid(b) of the white map (starting at SPECKLE_TAIL0), then the grain
+    is combined as `signed`: it never punches the other polarity into strong field."""
+    from sharpgen.gan.model import SPECKLE_FADE, SPECKLE_TAIL0, SPECKLE_TAIL_MAX, heavy_tail
+
+    G = gan.build_generator("stable", 32, speckle="intermittent", upsample="blur").eval()
+    assert G.up3.out_channels == 3
+    assert abs(SPECKLE_TAIL_MAX * float(torch.sigmoid(G.up3.bias[2])) - SPECKLE_TAIL0) < 1e-6
+    z = torch.randn(16, 100, generator=torch.Generator().manual_seed(4))
+    maps = {}
+    hook = G._up  # the last layer's three maps, after the blur
+    G._up = lambda layer, x: maps.setdefault(id(layer), hook(layer, x))
+    with torch.no_grad():
+        x = G(z)
+        y = maps[id(G.up3)]
+        t = SPECKLE_TAIL_MAX * torch.sigmoid(y[:, 2:3])
+        m, g = y[:, :1], G.speckle_filter(heavy_tail(G.speckle_map(z), t))
+        against = (g < 0) & (m >= 0) | (g > 0) & (m < 0)
+        grain = torch.where(against, g * torch.exp(-m.abs() / SPECKLE_FADE), g)
+        expect = G._out(m + torch.nn.functional.softplus(y[:, 1:2]) * grain)
+    torch.testing.assert_close(x, expect)
+    # a strong tail in one place and none in another: the grain's outliers follow the tail map
+    field = torch.zeros(32, 32)
+    tail_logit = torch.where(torch.arange(32)[None, :] < 16, -30.0, 30.0).expand(32, 32)
+    G._up = lambda layer, x: (torch.stack([field.expand(len(x), 32, 32),
+                                           torch.full((len(x), 32, 32), -2.0),
+                                           tail_logit.expand(len(x), 32, 32)], 1)
+                              if layer is G.up3 else hook(layer, x))
+    G.speckle_filter.weight.data.zero_()[0, 0, 1, 1] = 1.0
+    with torch.no_grad():
+        out = torch.atanh(G(torch.randn(256, 100, generator=torch.Generator().manual_seed(5)))
+                          .clamp(-0.999999, 0.999999))
+    left, right = out[..., :16].flatten(), out[..., 16:].flatten()
+    kurt = [float(((v - v.mean()) ** 4).mean() / v.var() ** 2) for v in (left, right)]
+    # (same strength on both sides; the heavy side's sample std converges slowly, and the white
+    # map, a projection of z, has slightly lighter tails than N(0, 1), which sinh amplifies)
+    assert abs(float(left.std()) - float(right.std())) < 0.1 * float(left.std())
+    assert abs(kurt[0] - 3.0) < 0.3 and kurt[1] > 15.0
+
+
 def test_stable_speckle_grain_is_a_function_of_z_scaled_per_pixel(tmp_path, tiny_patches):
     """gan.speckle: lognormal out(m exp(s f(n) - s^2 / 2)), s = min(softplus(a), SPECKLE_MAX), or
     additive out(m + softplus(a) f(n)) -- the grain n is white, N(0, 1), a function of z from its
@@ -852,8 +913,8 @@ def test_stable_speckle_grain_is_a_function_of_z_scaled_per_pixel(tmp_path, tiny
     assert "speckle" not in GanConfig.from_dict({**TINY, "speckle": "none"}).trajectory_dict()
     assert GanConfig.from_dict(TINY).trajectory_dict()["speckle"] == "signed"  # the default
     folders = {gan.checkpoint_folder(tmp_path, GanConfig.from_dict({**TINY, "speckle": s}), 32, 16, "t")
-               for s in ("none", "additive", "lognormal", "signed")}
-    assert len(folders) == 4
+               for s in ("none", "additive", "lognormal", "signed", "intermittent")}
+    assert len(folders) == 5
     with pytest.raises(ValueError, match="gan.speckle"):
         GanConfig.from_dict({**TINY, "speckle": "gaussian"})
     for key in ("noise", "refine", "mapping_noise"):     # booleans: the Python API refuses "yes"

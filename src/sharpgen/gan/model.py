@@ -73,6 +73,12 @@ SPECKLE_BIAS0 = -3.0
 SPECKLE_MAX = 2.0
 #: ``signed`` grain: field (pre-activation units) over which the opposing part fades by 1/e
 SPECKLE_FADE = 0.1
+#: ``padding: window``: the data extent e = min(PAD_GAIN sigmoid(a), 1) per axis reaches exactly 1
+PAD_GAIN = 1.25
+#: ``padding: window``: initial spread of the extent logits over z (a few samples start padded)
+PAD_INIT_STD = 0.5
+#: ``padding: window``: initial extent logit, sigmoid(1.386) = 0.8 -> e = 1 (no padding) on average
+PAD_BIAS0 = 1.386
 #: ``intermittent`` grain: largest tail t of the white map's transform sinh(t n) / sd(t)
 #: (kurtosis 3 at t -> 0, 7.8 at 0.7, 36 at 1; the real plage's high-pass kurtosis is 13-30)
 SPECKLE_TAIL_MAX = 1.0
@@ -117,6 +123,8 @@ class PaperGenerator(nn.Module):
 UPSAMPLING = ("transposed", "blur", "resize")
 #: pixel-scale grain of the stable generator (``gan.speckle``)
 SPECKLES = ("none", "additive", "lognormal", "signed", "intermittent")
+#: zero padding of the stable generator (``gan.padding``)
+PADDINGS = ("none", "window")
 #: output layers of the stable generator (``gan.output``)
 OUTPUTS = ("tanh", "clipped")
 #: memory format of the networks and their batches in training and of a loaded generator:
@@ -185,7 +193,7 @@ class StableGenerator(nn.Module):
 
     def __init__(self, nz: int = 100, size: int = 128, upsample: str = "transposed",
                  noise: bool = False, refine: bool = False, output: str = "tanh",
-                 speckle: str = "none"):
+                 speckle: str = "none", padding: str = "none"):
         super().__init__()
         _check_size(size)
         if upsample not in UPSAMPLING:
@@ -194,9 +202,11 @@ class StableGenerator(nn.Module):
             raise ValueError(f"unknown output layer {output!r}; known: {list(OUTPUTS)}")
         if speckle not in SPECKLES:
             raise ValueError(f"unknown speckle {speckle!r}; known: {list(SPECKLES)}")
+        if padding not in PADDINGS:
+            raise ValueError(f"unknown padding {padding!r}; known: {list(PADDINGS)}")
         self.nz, self.size, self.s0, self.upsample = nz, size, size // 8, upsample
         self.noise, self.refine, self.output = bool(noise), bool(refine), output
-        self.speckle = speckle
+        self.speckle, self.padding = speckle, padding
         self.fc = nn.Linear(nz, 64 * self.s0 * self.s0)
         if self.refine:
             self.refine0 = nn.Conv2d(64, 64, 3, padding=1)
@@ -227,6 +237,22 @@ class StableGenerator(nn.Module):
                 if speckle == "intermittent":  # tail logit: t = SPECKLE_TAIL_MAX sigmoid(.)
                     q = SPECKLE_TAIL0 / SPECKLE_TAIL_MAX
                     self.up3.bias[2] = math.log(q / (1.0 - q))
+
+        if padding == "window":  # z -> data extent (height, width) of a centred window
+            self.pad_head = nn.Linear(nz, 2)
+            nn.init.normal_(self.pad_head.weight, std=PAD_INIT_STD / math.sqrt(nz))
+            nn.init.constant_(self.pad_head.bias, PAD_BIAS0)
+
+    def window_mask(self, z: torch.Tensor) -> torch.Tensor:
+        """``padding: window``: the data mask (B, 1, S, S) of z -- 1 inside a centred rectangle
+        of extent (e_y S, e_x S), ``e = min(PAD_GAIN sigmoid(pad_head(z)), 1)``, exactly 0 outside
+        it, linear across its one-pixel edge. The real crops are zero-padded so where their record
+        is smaller than the window, symmetrically about its centre (``patch_cut.crop_window``)."""
+        e = (PAD_GAIN * torch.sigmoid(self.pad_head(z))).clamp(max=1.0)      # (B, 2)
+        c = torch.arange(self.size, device=z.device, dtype=e.dtype) + 0.5 - self.size / 2.0
+        half = 0.5 * self.size * e                                          # (B, 2)
+        inside = (half[:, :, None] - c.abs()[None, None, :] + 0.5).clamp(0.0, 1.0)  # (B, 2, S)
+        return (inside[:, 0, :, None] * inside[:, 1, None, :])[:, None]
 
     def _up(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.upsample == "resize":
@@ -269,6 +295,10 @@ class StableGenerator(nn.Module):
         return torch.tanh(x)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self._field(z)
+        return x * self.window_mask(z).to(x.dtype) if self.padding == "window" else x
+
+    def _field(self, z: torch.Tensor) -> torch.Tensor:
         x = F.leaky_relu(self.fc(z), 0.2).view(-1, 64, self.s0, self.s0)
         if self.refine:
             x = F.leaky_relu(self.refine0(x), 0.2)
@@ -425,9 +455,9 @@ def build_generator(arch: str, size: int, nz: int = 100, mapping_layers: int = 4
                     channels: tuple[int, ...] | list[int] = MAPPING_CHANNELS,
                     noise: bool = True, upsample: str = "transposed",
                     stable_noise: bool = False, refine: bool = False,
-                    output: str = "tanh", speckle: str = "none") -> nn.Module:
+                    output: str = "tanh", speckle: str = "none", padding: str = "none") -> nn.Module:
     """The generator of ``arch``; ``mapping_layers``, ``channels`` and ``noise`` only for
-    ``mapping``, ``upsample``, ``stable_noise``, ``refine``, ``output`` and ``speckle`` only for
+    ``mapping``, ``upsample``, ``stable_noise``, ``refine``, ``output``, ``speckle`` and ``padding`` only for
     ``stable``."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown GAN architecture {arch!r}; known: {list(ARCHITECTURES)}")
@@ -436,7 +466,7 @@ def build_generator(arch: str, size: int, nz: int = 100, mapping_layers: int = 4
                                 noise=noise)
     if arch == "stable":
         return StableGenerator(nz=nz, size=size, upsample=upsample, noise=stable_noise,
-                               refine=refine, output=output, speckle=speckle)
+                               refine=refine, output=output, speckle=speckle, padding=padding)
     return PaperGenerator(nz=nz, size=size)
 
 
@@ -525,7 +555,8 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") 
                             stable_noise=bool(cfg.get("noise", False)),
                             refine=bool(cfg.get("refine", False)),
                             output=str(cfg.get("output", "tanh")),
-                            speckle=str(cfg.get("speckle", "none")))
+                            speckle=str(cfg.get("speckle", "none")),
+                            padding=str(cfg.get("padding", "none")))
         G.load_state_dict(blob["state_dict"])
     except Exception as err:
         raise GanError(f"cannot load generator {path}: {type(err).__name__}: {err}") from err

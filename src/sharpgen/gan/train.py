@@ -43,6 +43,7 @@ from sharpgen.gan.model import (  # noqa: F401
     STABLE_RECIPE,
     OUTPUTS,
     SPECKLES,
+    PADDINGS,
     UPSAMPLING,
     GanError,
     MEMORY_FORMAT,
@@ -101,6 +102,7 @@ class GanConfig:
     refine: bool                      # stable: 3x3 convs at S/8 and S/4 (StableGenerator)
     output: str                       # stable: tanh | clipped (StableGenerator)
     speckle: str                      # stable: none | additive | lognormal | signed | intermittent grain
+    padding: str                      # stable: none | window (exact-zero margins of a centred data window)
     r1_gamma: float                   # R1 penalty weight on D(real) (0 = off)
     r1_every: int                     # lazy R1: every N steps, weighted by N
     pl_weight: float                  # path-length penalty weight on G (0 = off)
@@ -123,10 +125,10 @@ class GanConfig:
                       "keep_checkpoints", "devices")
     # options whose setting before they existed is left out of the hash (configurations from
     # before the option keep their checkpoints): key -> that setting
-    OPTIONS_OFF = {"refine": False, "output": "tanh", "speckle": "none"}
+    OPTIONS_OFF = {"refine": False, "output": "tanh", "speckle": "none", "padding": "none"}
     # generator options only the `stable` generator reads: left out of the hash of the other
     # architectures, so a change of their defaults never moves a `paper` or `mapping` checkpoint
-    STABLE_ONLY = ("upsample", "noise", "refine", "output", "speckle")
+    STABLE_ONLY = ("upsample", "noise", "refine", "output", "speckle", "padding")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "GanConfig":
@@ -148,7 +150,7 @@ class GanConfig:
             if not isinstance(getattr(self, k), bool):   # the Python API would take "yes" as on
                 raise ValueError(f"gan.{k} must be true or false, got {getattr(self, k)!r}")
         for k, allowed in (("arch", ARCHITECTURES), ("upsample", UPSAMPLING), ("output", OUTPUTS),
-                           ("speckle", SPECKLES)):
+                           ("speckle", SPECKLES), ("padding", PADDINGS)):
             if getattr(self, k) not in allowed:
                 raise ValueError(f"gan.{k} {getattr(self, k)!r} is not one of {list(allowed)}")
         if self.split not in ("train", "all"):
@@ -282,7 +284,7 @@ def _build_run(cfg: GanConfig, size: int, device: torch.device) -> _Run:
                         channels=cfg.mapping_channels,
                         noise=cfg.mapping_noise, upsample=cfg.upsample,
                         stable_noise=cfg.noise, refine=cfg.refine,
-                        output=cfg.output, speckle=cfg.speckle).to(device, memory_format=MEMORY_FORMAT)
+                        output=cfg.output, speckle=cfg.speckle, padding=cfg.padding).to(device, memory_format=MEMORY_FORMAT)
     D = build_discriminator(cfg.arch, size).to(device, memory_format=MEMORY_FORMAT)
     ema = (copy.deepcopy(G).eval().requires_grad_(False)
            if cfg.arch in STABLE_RECIPE and cfg.ema_decay > 0 else None)
