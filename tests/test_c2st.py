@@ -135,6 +135,16 @@ def test_diagnostic_views_remove_what_they_name():
     views = diagnostic_views(1000.0)
     r, g = views["strong_polarity_masks"](x, x * 0.1)
     assert np.abs(g).max() == 0 and np.abs(r).max() == 1  # 0.1 x never exceeds 150 G
+    # the high-pass split by the low-passed field: weak + strong = the whole high-pass
+    from sharpgen.c2st import high_pass_where
+
+    field = np.where(xx < 8, 0.6, 0.01).astype(np.float32)[None] + 0.05 * x[:1]
+    weak, strong = high_pass_where(field, 0.15, True), high_pass_where(field, 0.15, False)
+    np.testing.assert_allclose(weak + strong, field - low_pass(field, 2.0), atol=1e-6)
+    assert np.abs(weak[:, :, :6]).max() == 0 and np.abs(strong[:, :, 10:]).max() == 0
+    assert np.abs(weak[:, :, 10:]).max() > 0 and np.abs(strong[:, :, :6]).max() > 0
+    r, g = views["high_pass_weak_field"](field, field)
+    np.testing.assert_array_equal(r, weak)
 
 
 def test_diagnostics_find_the_giveaway():

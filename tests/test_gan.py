@@ -826,6 +826,62 @@ def test_stable_intermittent_speckle_is_signed_with_a_per_pixel_tail():
     assert abs(kurt[0] - 3.0) < 0.3 and kurt[1] > 15.0
 
 
+def test_stable_window_padding_is_exact_zero_around_a_centred_window(tmp_path):
+    """gan.padding: window -- G(z) = field x mask(z), the mask 1 inside a centred rectangle of
+    extent e S per axis (e = min(PAD_GAIN sigmoid(pad_head(z)), 1)) and exactly 0 outside, laid
+    out like the real crops' zero padding (patch_cut.crop_window of a record smaller than S)."""
+    from sharpgen.gan.model import PAD_GAIN
+    from sharpgen.gan.train import GanConfig
+    from sharpgen.patch_cut import crop_window
+
+    S = 32
+    G = gan.build_generator("stable", S, upsample="blur", speckle="signed", output="clipped",
+                            padding="window").eval()
+    z = torch.randn(64, 100, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        x, mask = G(z), G.window_mask(z)
+        G.padding = "none"
+        field = G(z)
+        G.padding = "window"
+    assert mask.shape == (64, 1, S, S) and float(mask.min()) >= 0.0 and float(mask.max()) <= 1.0
+    torch.testing.assert_close(x, field * mask)
+    assert torch.equal(x == 0, (mask == 0) | (field == 0))          # exact zeros, nowhere else
+    assert 0.0 < float((mask == 0).float().mean()) < 0.5            # some samples start padded
+    # a record of 20 x 32 pixels in a 32 x 32 window: the crop's padding, pixel for pixel
+    for rows, cols in ((20, 32), (32, 12), (16, 26)):
+        with torch.no_grad():
+            e = torch.tensor([rows / S, cols / S])
+            G.pad_head.weight.zero_()
+            G.pad_head.bias.copy_(torch.logit(e / PAD_GAIN))
+            m = G.window_mask(z[:1])[0, 0].numpy()
+        window, pad = crop_window(np.ones((rows, cols)), S)
+        np.testing.assert_allclose(m, window, atol=1e-5)
+        assert abs(float(1.0 - m.mean()) - pad) < 1e-5
+    # extent 1 reached exactly at finite logits: no padding at all
+    with torch.no_grad():
+        G.pad_head.bias.fill_(3.0)
+        assert torch.equal(G.window_mask(z), torch.ones(64, 1, S, S))
+    # the extent is learned from z (gradients reach the head)
+    G.pad_head.bias.data.fill_(0.5)
+    G.train()
+    G(z[:8]).pow(2).mean().backward()
+    assert G.pad_head.weight.grad is not None and float(G.pad_head.weight.grad.abs().sum()) > 0
+    # saved and loaded back with its head; none (the setting before the key) keeps every hash
+    path = tmp_path / "generator.pt"
+    torch.save({"arch": "stable", "size": S, "nz": 100, "state_dict": G.state_dict(),
+                "config": {"upsample": "blur", "speckle": "signed", "output": "clipped",
+                           "padding": "window"}}, path)
+    Gl = gan.load_generator(path)
+    zn = np.random.default_rng(2).standard_normal((4, 100)).astype(np.float32)
+    np.testing.assert_allclose(gan.generate(Gl, zn), gan.generate(G.eval(), zn), atol=1e-6)
+    assert "padding" not in GanConfig.from_dict({**TINY, "padding": "none"}).trajectory_dict()
+    assert GanConfig.from_dict({**TINY, "padding": "window"}).trajectory_dict()["padding"] == "window"
+    with pytest.raises(ValueError, match="gan.padding"):
+        GanConfig.from_dict({**TINY, "padding": "mirror"})
+    with pytest.raises(ValueError, match="unknown padding"):
+        gan.build_generator("stable", S, padding="mirror")
+
+
 def test_stable_speckle_grain_is_a_function_of_z_scaled_per_pixel(tmp_path, tiny_patches):
     """gan.speckle: lognormal out(m exp(s f(n) - s^2 / 2)), s = min(softplus(a), SPECKLE_MAX), or
     additive out(m + softplus(a) f(n)) -- the grain n is white, N(0, 1), a function of z from its

@@ -306,6 +306,16 @@ def block_mean(images: np.ndarray, k: int) -> np.ndarray:
     return x.reshape(n, s // k, k, s // k, k).mean(axis=(2, 4))
 
 
+def high_pass_where(images: np.ndarray, threshold: float, weak: bool, sigma_px: float = 2.0) -> np.ndarray:
+    """(N, S, S) -> (N, S, S) float32: the high-pass ``x - low_pass(x, sigma_px)`` kept only
+    where the low-passed field is weak (``|low_pass| < threshold``, ``weak=True``) or strong
+    (the rest), 0 elsewhere -- where in the field the texture differs."""
+    x = np.asarray(images, dtype=np.float32)
+    lp = low_pass(x, sigma_px)
+    keep = (np.abs(lp) < threshold) if weak else (np.abs(lp) >= threshold)
+    return np.where(keep, x - lp, 0.0).astype(np.float32)
+
+
 def diagnostic_views(clip_gauss: float, strong_gauss: float = 150.0) -> dict:
     """The views :func:`c2st_diagnostics` compares, name -> function (real, generated) ->
     (real', generated'), images in [-1, 1] (Br / ``clip_gauss``). Each removes one kind of
@@ -318,6 +328,8 @@ def diagnostic_views(clip_gauss: float, strong_gauss: float = 150.0) -> dict:
         "low_pass_1px": lambda r, g: (low_pass(r, 1.0), low_pass(g, 1.0)),
         "low_pass_2px": lambda r, g: (low_pass(r, 2.0), low_pass(g, 2.0)),
         "high_pass_2px": lambda r, g: (r - low_pass(r, 2.0), g - low_pass(g, 2.0)),
+        "high_pass_weak_field": lambda r, g: (high_pass_where(r, thr, True), high_pass_where(g, thr, True)),
+        "high_pass_strong_field": lambda r, g: (high_pass_where(r, thr, False), high_pass_where(g, thr, False)),
         "pixel_values_matched": lambda r, g: (r, quantile_map(g, r)),
         "strong_polarity_masks": lambda r, g: (polarity_masks(r, thr), polarity_masks(g, thr)),
         "block_mean_4px": lambda r, g: (block_mean(r, 4), block_mean(g, 4)),
