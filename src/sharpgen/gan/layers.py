@@ -48,6 +48,24 @@ def register_noise_projections(module: nn.Module, size: int, dim: int) -> None:
         register_projection(module, f"noise_proj_{r}", r * r, dim, gen)
 
 
+def heavy_tail(n: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``sinh(t n) / sd(t)`` with ``sd(t)^2 = (exp(2 t^2) - 1) / 2``: for n ~ N(0, 1) a map of
+    zero mean and unit variance whose tails grow with t >= 0 (kurtosis 3 at t -> 0, 36 at t = 1);
+    ``n`` and ``t`` broadcast (e.g. (B, 1, S, S) and a per-pixel tail of the same shape)."""
+    t = t.clamp(min=1e-3)
+    return torch.sinh(t * n) / torch.sqrt(0.5 * torch.expm1(2.0 * t * t))
+
+
+def centred_window(extent: torch.Tensor, size: int) -> torch.Tensor:
+    """Masks (B, 1, S, S) of centred rectangles of extent ``extent`` (B, 2) (height, width, as
+    fractions of S in [0, 1]): 1 inside, exactly 0 outside, linear across the one-pixel edge --
+    for an extent of n / S with n and S even, the layout of ``patch_cut.crop_window``'s padding."""
+    c = torch.arange(size, device=extent.device, dtype=extent.dtype) + 0.5 - size / 2.0
+    half = 0.5 * size * extent                                                  # (B, 2)
+    inside = (half[:, :, None] - c.abs()[None, None, :] + 0.5).clamp(0.0, 1.0)  # (B, 2, S)
+    return (inside[:, 0, :, None] * inside[:, 1, None, :])[:, None]
+
+
 def binomial_blur(x: torch.Tensor) -> torch.Tensor:
     """Depthwise 3x3 binomial low-pass ([1, 2, 1] / 4 in each axis; edge pixels replicated):
     zero response at the Nyquist frequency, so the 2-pixel pattern a stride-2 transposed

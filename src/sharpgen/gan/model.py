@@ -52,6 +52,8 @@ from sharpgen.gan.layers import (  # noqa: F401  (re-exported: sharpgen.gan.mode
     ModulatedConv,
     _check_size,
     binomial_blur,
+    centred_window,
+    heavy_tail,
     minibatch_std,
     projected_noise,
     register_noise_projections,
@@ -84,14 +86,6 @@ PAD_BIAS0 = 1.386
 SPECKLE_TAIL_MAX = 1.0
 #: ``intermittent`` grain: initial tail, t = 0.3 (kurtosis 3.3, nearly the Gaussian grain)
 SPECKLE_TAIL0 = 0.3
-
-
-def heavy_tail(n: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """``sinh(t n) / sd(t)`` with ``sd(t)^2 = (exp(2 t^2) - 1) / 2``: for n ~ N(0, 1) a map of
-    zero mean and unit variance whose tails grow with t >= 0 (kurtosis 3 at t -> 0, 36 at t = 1);
-    ``n`` and ``t`` broadcast (e.g. (B, 1, S, S) and a per-pixel tail of the same shape)."""
-    t = t.clamp(min=1e-3)
-    return torch.sinh(t * n) / torch.sqrt(0.5 * torch.expm1(2.0 * t * t))
 
 
 class GanError(RuntimeError):
@@ -248,11 +242,7 @@ class StableGenerator(nn.Module):
         of extent (e_y S, e_x S), ``e = min(PAD_GAIN sigmoid(pad_head(z)), 1)``, exactly 0 outside
         it, linear across its one-pixel edge. The real crops are zero-padded so where their record
         is smaller than the window, symmetrically about its centre (``patch_cut.crop_window``)."""
-        e = (PAD_GAIN * torch.sigmoid(self.pad_head(z))).clamp(max=1.0)      # (B, 2)
-        c = torch.arange(self.size, device=z.device, dtype=e.dtype) + 0.5 - self.size / 2.0
-        half = 0.5 * self.size * e                                          # (B, 2)
-        inside = (half[:, :, None] - c.abs()[None, None, :] + 0.5).clamp(0.0, 1.0)  # (B, 2, S)
-        return (inside[:, 0, :, None] * inside[:, 1, None, :])[:, None]
+        return centred_window((PAD_GAIN * torch.sigmoid(self.pad_head(z))).clamp(max=1.0), self.size)
 
     def _up(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.upsample == "resize":
