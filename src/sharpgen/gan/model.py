@@ -240,8 +240,8 @@ class StableGenerator(nn.Module):
     def window_mask(self, z: torch.Tensor) -> torch.Tensor:
         """``padding: window``: the data mask (B, 1, S, S) of z -- 1 inside a centred rectangle
         of extent (e_y S, e_x S), ``e = min(PAD_GAIN sigmoid(pad_head(z)), 1)``, exactly 0 outside
-        it, linear across its one-pixel edge. The real crops are zero-padded so where their record
-        is smaller than the window, symmetrically about its centre (``patch_cut.crop_window``)."""
+        it, linear across its one-pixel edge. The real crops are zero-padded where their record is
+        smaller than the window, symmetrically about its centre (``patch_cut.crop_window``)."""
         return centred_window((PAD_GAIN * torch.sigmoid(self.pad_head(z))).clamp(max=1.0), self.size)
 
     def _up(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
