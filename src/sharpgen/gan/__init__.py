@@ -4,7 +4,8 @@
   low-pass, mapping network, modulated convolution, minibatch-std channel);
 * :mod:`.model` -- the networks (the published ``paper`` pair, the ``stable`` training of the
   same nets and the ``mapping`` generator with an intermediate latent W), their losses,
-  DiffAugment, loading a trained generator and generating images (from z or whitened W codes);
+  loading a trained generator and generating images (from z or whitened W codes);
+* :mod:`.augment` -- DiffAugment, the discriminator's translation and cutout;
 * :mod:`.train` -- the training loop (rules/gan.smk -> workflow_scripts/train_gan.py ->
   :func:`.train.train_gan_stage` -> :func:`.train.train_gan`), its config, checkpoints, outputs;
 * :mod:`.steps` -- the update steps it runs: adversarial step, lazy R1 and path-length penalties.

@@ -14,8 +14,8 @@ Three architectures (config ``gan.arch``):
 ``stable``
     The same two networks (same FLOPs) trained the way small data sets and short budgets need:
     spectral normalisation on every discriminator layer, hinge loss, DiffAugment with
-    translation and cutout only (both fill with 0 G, so field values are never rescaled; no
-    brightness/contrast/saturation), and an exponential moving average (EMA) of the generator
+    translation and cutout only (:mod:`sharpgen.gan.augment`: field values are never rescaled;
+    no brightness/contrast/saturation), and an exponential moving average (EMA) of the generator
     weights, which is what ``generator.pt`` stores.
 
 ``mapping``
@@ -46,7 +46,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from sharpgen import warmup
+from sharpgen.gan.augment import diff_augment  # noqa: F401  (re-exported)
 from sharpgen.gan.layers import (  # noqa: F401  (re-exported: sharpgen.gan.model.* as before)
+    MEMORY_FORMAT,
     NOISE_SEED,
     MappingNetwork,
     ModulatedConv,
@@ -121,10 +123,6 @@ SPECKLES = ("none", "additive", "lognormal", "signed", "intermittent")
 PADDINGS = ("none", "window")
 #: output layers of the stable generator (``gan.output``)
 OUTPUTS = ("tanh", "clipped")
-#: memory format of the networks and their batches in training and of a loaded generator:
-#: required for fast cuDNN convolutions, and faster with oneDNN on this project's CPU too
-#: (training 1.3-1.8x, benchmarks/bench_gan.py --channels-last-cpu; generation 1.7-1.8x, --inference)
-MEMORY_FORMAT = torch.channels_last
 #: ``gan.output: clipped`` is ``clamp(CLIPPED_GAIN * tanh(x), -1, 1)``: exactly +-1 (the clip
 #: level of the real patches) from |x| >= atanh(1 / CLIPPED_GAIN) = 1.10 on
 CLIPPED_GAIN = 1.25
@@ -487,47 +485,6 @@ def g_loss_fn(arch: str, fake_logit: torch.Tensor) -> torch.Tensor:
         return -fake_logit.mean()
     # non-saturating: maximise log D(G(z))
     return F.binary_cross_entropy_with_logits(fake_logit, torch.ones_like(fake_logit))
-
-
-def diff_augment(x: torch.Tensor, gen: torch.Generator, translation: float = 0.125,
-                 cutout: float = 0.25, rows: torch.Tensor | None = None,
-                 batch: int | None = None) -> torch.Tensor:
-    """Differentiable translation + cutout (Zhao et al. 2020) on (B, C, H, W); fill is 0 (0 G).
-
-    Only geometric augmentations: pixel values are never rescaled, so the field strengths the
-    discriminator sees stay physical. Data-parallel training passes ``rows`` (B,) and
-    ``batch``: ``x`` holds these rows of a global batch of ``batch`` samples; the random shifts
-    and cutouts are drawn for the global batch and these rows kept, so N processes augment
-    exactly as one process would (:func:`sharpgen.distributed.shard_rows`).
-    """
-    B, C, H, W = x.shape
-    dev = x.device
-    n_draw = B if rows is None else int(batch if batch is not None else B)
-
-    def draw(lo: int, hi: int, shape_tail: tuple[int, ...]) -> torch.Tensor:
-        r = torch.randint(lo, hi, (n_draw, *shape_tail), generator=gen, device=dev)
-        return r if rows is None else r.index_select(0, rows)
-
-    if translation > 0:
-        sh, sw = int(H * translation + 0.5), int(W * translation + 0.5)
-        ty = draw(-sh, sh + 1, (1, 1))
-        tx = draw(-sw, sw + 1, (1, 1))
-        gy = (torch.arange(H, device=dev).view(1, H, 1) + ty + 1).clamp_(0, H + 1)
-        gx = (torch.arange(W, device=dev).view(1, 1, W) + tx + 1).clamp_(0, W + 1)
-        xp = F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1)          # (B, H+2, W+2, C)
-        b = torch.arange(B, device=dev).view(B, 1, 1)
-        x = xp[b, gy, gx].permute(0, 3, 1, 2)
-    if cutout > 0:
-        ch, cw = int(H * cutout + 0.5), int(W * cutout + 0.5)
-        oy = draw(0, H + (1 - ch % 2), (1,)) - ch // 2
-        ox = draw(0, W + (1 - cw % 2), (1,)) - cw // 2
-        ys = torch.arange(H, device=dev).view(1, H)
-        xs = torch.arange(W, device=dev).view(1, W)
-        in_y = (ys >= oy) & (ys < oy + ch)
-        in_x = (xs >= ox) & (xs < ox + cw)
-        keep = ~(in_y[:, :, None] & in_x[:, None, :])
-        x = x * keep[:, None].to(x.dtype)
-    return x.contiguous(memory_format=MEMORY_FORMAT)
 
 
 def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:

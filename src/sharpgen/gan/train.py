@@ -37,6 +37,7 @@ from sharpgen.gan.steps import (  # noqa: F401  (re-exported: tests, benchmarks)
     train_step,
     training_flops_per_step,
 )
+from sharpgen.gan.augment import TRANSLATION_FILLS, diff_augment
 from sharpgen.gan.structure import LatentStructure, check_names, describe, fit_structure, structure_loss
 from sharpgen.gan.model import (  # noqa: F401
     ARCHITECTURES,
@@ -50,7 +51,6 @@ from sharpgen.gan.model import (  # noqa: F401
     build_discriminator,
     build_generator,
     d_loss_fn,
-    diff_augment,
     g_loss_fn,
     generate,
     load_generator,
@@ -93,6 +93,7 @@ class GanConfig:
     ema_decay: float                  # stable, mapping
     augment_translation: float        # stable, mapping: max shift, fraction of S
     augment_cutout: float             # stable, mapping: cutout square side, fraction of S
+    augment_translation_fill: str     # stable, mapping: zero | reflect (what a shift brings in)
     mapping_layers: int               # mapping: depth of the z -> w MLP
     mapping_lr_mult: float            # mapping: learning rate of the MLP = lr_g x this
     mapping_channels: tuple[int, ...]  # mapping: synthesis widths at S/8, S/4, S/2, S
@@ -125,7 +126,8 @@ class GanConfig:
                       "keep_checkpoints", "devices")
     # options whose setting before they existed is left out of the hash (configurations from
     # before the option keep their checkpoints): key -> that setting
-    OPTIONS_OFF = {"refine": False, "output": "tanh", "speckle": "none", "padding": "none"}
+    OPTIONS_OFF = {"refine": False, "output": "tanh", "speckle": "none", "padding": "none",
+                   "augment_translation_fill": "zero"}
     # generator options only the `stable` generator reads: left out of the hash of the other
     # architectures, so a change of their defaults never moves a `paper` or `mapping` checkpoint
     STABLE_ONLY = ("upsample", "noise", "refine", "output", "speckle", "padding")
@@ -150,7 +152,8 @@ class GanConfig:
             if not isinstance(getattr(self, k), bool):   # the Python API would take "yes" as on
                 raise ValueError(f"gan.{k} must be true or false, got {getattr(self, k)!r}")
         for k, allowed in (("arch", ARCHITECTURES), ("upsample", UPSAMPLING), ("output", OUTPUTS),
-                           ("speckle", SPECKLES), ("padding", PADDINGS)):
+                           ("speckle", SPECKLES), ("padding", PADDINGS),
+                           ("augment_translation_fill", TRANSLATION_FILLS)):
             if getattr(self, k) not in allowed:
                 raise ValueError(f"gan.{k} {getattr(self, k)!r} is not one of {list(allowed)}")
         if self.split not in ("train", "all"):
@@ -459,7 +462,8 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
             if main:
                 logger.info(describe(structure))
         aug = (partial(diff_augment, gen=run.gen, translation=cfg.augment_translation,
-                       cutout=cfg.augment_cutout, rows=rows, batch=bs)
+                       cutout=cfg.augment_cutout, rows=rows, batch=bs,
+                       fill=cfg.augment_translation_fill)
                if cfg.arch in STABLE_RECIPE else None)
         end = cfg.steps if max_steps_this_run is None else min(cfg.steps,
                                                                run.step + max_steps_this_run)
