@@ -74,9 +74,11 @@ def test_sharded_augmentations_are_the_rows_of_the_global_ones():
             full = augment(x, aug, torch.Generator().manual_seed(3))
             part = augment(x[rows], aug, torch.Generator().manual_seed(3), rows=rows, batch=16)
             assert torch.equal(part, full[rows])
-            full = diff_augment(x, torch.Generator().manual_seed(4))
-            part = diff_augment(x[rows], torch.Generator().manual_seed(4), rows=rows, batch=16)
-            assert torch.equal(part, full[rows])
+            for fill in ("zero", "reflect"):
+                full = diff_augment(x, torch.Generator().manual_seed(4), fill=fill)
+                part = diff_augment(x[rows], torch.Generator().manual_seed(4), rows=rows, batch=16,
+                                    fill=fill)
+                assert torch.equal(part, full[rows])
 
 
 def test_torchrun_environment_is_read_and_checked():

@@ -184,6 +184,46 @@ def test_diff_augment_only_moves_and_zeros_pixels():
     assert torch.equal(y, gan.diff_augment(x, gen2, 0.125, 0.25))
 
 
+@pytest.mark.parametrize("fill, np_mode", [("zero", "constant"), ("reflect", "reflect")])
+def test_diff_augment_translation_is_a_shift_of_the_numpy_padded_image(fill, np_mode):
+    """Translation only: each image is its numpy-padded self (0 G or mirrored) shifted by the
+    drawn (ty, tx), which the same generator reproduces; reflect brings in no new zeros."""
+    B, H, W, t = 6, 24, 32, 0.25
+    x = torch.rand(B, 1, H, W) + 1.0
+    y = gan.diff_augment(x, torch.Generator().manual_seed(5), t, 0.0, fill=fill)
+    sh, sw = int(H * t + 0.5), int(W * t + 0.5)
+    g = torch.Generator().manual_seed(5)  # the draws diff_augment makes, in its order
+    ty = torch.randint(-sh, sh + 1, (B, 1, 1), generator=g).view(B).tolist()
+    tx = torch.randint(-sw, sw + 1, (B, 1, 1), generator=g).view(B).tolist()
+    assert any(ty) and any(tx)
+    xp = np.pad(x.numpy(), ((0, 0), (0, 0), (sh, sh), (sw, sw)), mode=np_mode)
+    for b in range(B):
+        want = xp[b, :, sh + ty[b]:sh + ty[b] + H, sw + tx[b]:sw + tx[b] + W]
+        np.testing.assert_array_equal(y[b].numpy(), want)
+    assert ((y == 0).any().item()) == (fill == "zero")
+    with pytest.raises(ValueError, match="translation fill 'wrap'"):
+        gan.diff_augment(x, torch.Generator(), fill="wrap")
+
+
+def test_translation_fill_reflect_keeps_a_padded_crop_padded_on_its_padded_sides():
+    """A real crop zero-padded left and right by 20 px (> the 16 px shift): after a reflect
+    translation the zero columns are still at both sides and nowhere else; a zero fill adds
+    zero rows to an unpadded image, a reflect fill does not."""
+    S = 128
+    x = torch.rand(16, 1, S, S) + 1.0
+    x[..., :20] = 0.0
+    x[..., -20:] = 0.0
+    y = gan.diff_augment(x, torch.Generator().manual_seed(1), 0.125, 0.0, fill="reflect")
+    zero_col = (y == 0).all(dim=2).squeeze(1)                    # (B, S)
+    assert zero_col[:, :4].all() and zero_col[:, -4:].all()      # both sides, every image
+    assert not zero_col[:, 36:-36].any() and not (y[..., 36:-36] == 0).any()
+    z = torch.rand(16, 1, S, S) + 1.0
+    zero_row = lambda im: (im == 0).all(dim=3).any().item()      # noqa: E731
+    assert zero_row(gan.diff_augment(z, torch.Generator().manual_seed(1), 0.125, 0.0))
+    assert not (gan.diff_augment(z, torch.Generator().manual_seed(1), 0.125, 0.0,
+                                 fill="reflect") == 0).any()
+
+
 # --------------------------------------------------------------------------------------------
 # training: determinism, resume, outputs
 # --------------------------------------------------------------------------------------------
@@ -875,6 +915,12 @@ def test_stable_window_padding_is_exact_zero_around_a_centred_window(tmp_path):
     zn = np.random.default_rng(2).standard_normal((4, 100)).astype(np.float32)
     np.testing.assert_allclose(gan.generate(Gl, zn), gan.generate(G.eval(), zn), atol=1e-6)
     assert "padding" not in GanConfig.from_dict({**TINY, "padding": "none"}).trajectory_dict()
+    # the translation's fill: the default (zero) keeps every existing checkpoint's hash
+    assert "augment_translation_fill" not in GanConfig.from_dict(TINY).trajectory_dict()
+    assert GanConfig.from_dict({**TINY, "augment_translation_fill": "reflect"}
+                               ).trajectory_dict()["augment_translation_fill"] == "reflect"
+    with pytest.raises(ValueError, match="augment_translation_fill"):
+        GanConfig.from_dict({**TINY, "augment_translation_fill": "wrap"})
     assert GanConfig.from_dict({**TINY, "padding": "window"}).trajectory_dict()["padding"] == "window"
     with pytest.raises(ValueError, match="gan.padding"):
         GanConfig.from_dict({**TINY, "padding": "mirror"})
