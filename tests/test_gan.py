@@ -866,6 +866,78 @@ def test_stable_intermittent_speckle_is_signed_with_a_per_pixel_tail():
     assert abs(kurt[0] - 3.0) < 0.3 and kurt[1] > 15.0
 
 
+def test_crop_extents_of_real_records_give_the_crop_windows_pad_fraction(shared_data):
+    """crop_extents reads the zero margins patch_cut.crop_window leaves around real records
+    smaller than the window: 1 - e_y e_x is the crop's own pad_fraction, exactly."""
+    from sharpgen.gan.layers import crop_extents
+    from sharpgen.patch_cut import bin_image, crop_window
+    from sharpgen.sharp_io import read_sharp
+
+    seen = set()
+    for path in sorted((shared_data / "sharp").glob("*.Br.fits")):
+        data = read_sharp(path).data
+        for b in (2, 4):
+            window, pad = crop_window(bin_image(data, b), 128)
+            e = crop_extents(np.nan_to_num(window)[None].astype(np.float32))[0]
+            assert abs((1.0 - e[0] * e[1]) - pad) < 1e-12, (path.name, b, e, pad)
+            seen.add(round(pad, 3))
+    assert len(seen) >= 3 and 0.0 in seen        # unpadded and several padded crops
+    assert crop_extents(np.zeros((1, 8, 8)))[0].tolist() == [0.0, 0.0]
+
+
+def test_matched_padding_draws_the_training_crops_extents(tmp_path):
+    """gan.padding: matched -- e = Q(Phi(u)) per axis, u = z on the head's unit directions: the
+    extents follow the training crops' distribution for any head weights (the head picks only
+    which z are padded); train_gan stores the crops' quantiles in generator.pt."""
+    from sharpgen.gan.layers import crop_extents, extent_quantiles, quantile_extent
+
+    S, rng = 32, np.random.default_rng(3)
+    patches = rng.uniform(-1, 1, (40, S, S)).astype(np.float32)
+    for i in range(12):                                 # 30 %: 20-30 of 32 rows
+        patches[i, : 1 + i % 6], patches[i, S - 1 - i % 6:] = 0, 0
+    patches[:4, :, :4], patches[:4, :, -4:] = 0, 0      # 10 %: also 24 of 32 columns
+    ext = crop_extents(patches)
+    assert (ext[:6, 0] == (S - 2 - 2 * np.arange(6)) / S).all() and (ext[12:, 0] == 1).all()
+    assert (ext[:, 1] < 1).sum() == 4
+    q = extent_quantiles(ext)
+    assert (np.diff(q[0].numpy()) >= 0).all() and (np.diff(q[0, :70].numpy()) > 0).sum() > 50
+    u = torch.randn(200_000, 2, generator=torch.Generator().manual_seed(0))
+    e = quantile_extent(u, q)
+    # the crops' padded shares and extents (to within one quantile step, 1 / 256)
+    assert abs(float((e[:, 0] < 1).float().mean()) - 0.3) < 0.01
+    assert abs(float((e[:, 1] < 1).float().mean()) - 0.1) < 0.01
+    assert abs(float(e[:, 0].min()) - 20 / S) < 1e-6 and float(e.max()) == 1.0
+    for v in (20 / S, 30 / S):                          # each extent keeps its mass (1 / 12 of 30 %)
+        assert abs(float((e[:, 0] - v).abs().le(1 / S).float().mean()) - 0.05) < 0.015
+    G = gan.build_generator("stable", S, upsample="blur", speckle="signed", output="clipped",
+                            padding="matched").eval()
+    assert G.pad_head.bias is None and torch.equal(G.pad_quantiles, torch.ones_like(G.pad_quantiles))
+    z = torch.randn(4000, 100, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert torch.equal(G.window_mask(z), torch.ones(4000, 1, S, S))   # before the data: none
+        G.pad_quantiles.copy_(q)
+        for scale in (0.01, 1.0, 30.0):                 # the head's scale does not change the shares
+            G.pad_head.weight.mul_(scale)
+            m = G.window_mask(z)
+            rows = (m[:, 0, :, S // 2] > 0).float().sum(1) / S
+            assert abs(float((rows < 1).float().mean()) - 0.3) < 0.03
+    # gradients reach the head (it learns which z are padded)
+    G.train()
+    G(z[:16]).pow(2).mean().backward()
+    assert float(G.pad_head.weight.grad.abs().sum()) > 0
+    # trained: generator.pt carries the crops' quantiles, and the samples pad like the crops
+    out = gan.train_gan(patches, {**TINY, "padding": "matched"}, checkpoint_root=tmp_path / "ck",
+                        generator_path=tmp_path / "g.pt", log_csv=tmp_path / "log.csv",
+                        progress=False)
+    assert out["steps"] == TINY["steps"]
+    Gl = gan.load_generator(tmp_path / "g.pt")
+    torch.testing.assert_close(Gl.pad_quantiles, q)
+    x = gan.generate(Gl, z[:2000].numpy())
+    rows = (x != 0).any(axis=2).sum(axis=1) / S
+    assert abs(float((rows < 1).mean()) - 0.3) < 0.05
+    assert "padding" in GanConfig.from_dict({**TINY, "padding": "matched"}).trajectory_dict()
+
+
 def test_stable_window_padding_is_exact_zero_around_a_centred_window(tmp_path):
     """gan.padding: window -- G(z) = field x mask(z), the mask 1 inside a centred rectangle of
     extent e S per axis (e = min(PAD_GAIN sigmoid(pad_head(z)), 1)) and exactly 0 outside, laid

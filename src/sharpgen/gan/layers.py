@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -69,6 +70,63 @@ def centred_window(extent: torch.Tensor, size: int) -> torch.Tensor:
     half = 0.5 * size * extent                                                  # (B, 2)
     inside = (half[:, :, None] - c.abs()[None, None, :] + 0.5).clamp(0.0, 1.0)  # (B, 2, S)
     return (inside[:, 0, :, None] * inside[:, 1, None, :])[:, None]
+
+
+#: ``padding: matched``: number of levels of the stored extent quantile functions
+PAD_QUANTILE_LEVELS = 257
+
+
+def crop_extents(patches: np.ndarray) -> np.ndarray:
+    """Data extents (N, 2) -- height, width as fractions of S -- of crops (N, S, S): the span
+    from the first to the last row (column) holding a non-zero pixel, so 1 for a crop without
+    zero margins and (S - margins) / S for one ``patch_cut.crop_window`` padded; 0 for an
+    all-zero crop."""
+    nonzero = np.asarray(patches) != 0
+
+    def span(has: np.ndarray) -> np.ndarray:  # (N, S) bool -> (N,)
+        S = has.shape[1]
+        first, last = has.argmax(1), S - 1 - has[:, ::-1].argmax(1)
+        return np.where(has.any(1), (last - first + 1) / S, 0.0)
+
+    return np.stack([span(nonzero.any(2)), span(nonzero.any(1))], axis=1)
+
+
+def extent_quantiles(extents: np.ndarray, levels: int = PAD_QUANTILE_LEVELS) -> torch.Tensor:
+    """Quantile functions (2, levels) float32 of extents (N, 2) (:func:`crop_extents`) at the
+    probabilities ``linspace(0, 1, levels)``: exactly 1 on the unpadded crops' share, and below
+    it piecewise linear through each distinct padded extent placed at the middle of its
+    probability mass -- strictly increasing where the crops are padded (the crops' extents are
+    whole pixels, so an empirical quantile function is flat over each tie and gives no
+    gradient), with the padded share and each extent's mass kept to within one level."""
+    extents = np.asarray(extents, dtype=np.float64)
+    if extents.ndim != 2 or extents.shape[1] != 2 or extents.shape[0] == 0:
+        raise ValueError(f"extents must have shape (N, 2) with N > 0, got {extents.shape}")
+    p = np.linspace(0.0, 1.0, levels)
+    q = np.ones((2, levels))
+    for a in range(2):
+        padded = np.sort(extents[extents[:, a] < 1.0, a])
+        if padded.size == 0:
+            continue
+        values, counts = np.unique(padded, return_counts=True)
+        upper = np.cumsum(counts) / extents.shape[0]            # CDF at each distinct extent
+        mid = upper - 0.5 * counts / extents.shape[0]
+        below = p < upper[-1]                                   # the padded share
+        q[a, below] = np.interp(p[below], mid, values)
+    return torch.from_numpy(q.astype(np.float32))
+
+
+def quantile_extent(u: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
+    """Extents (B, 2) from standard-normal scores u (B, 2): each axis's piecewise-linear quantile
+    function (``quantiles`` (2, K), :func:`extent_quantiles`) at Phi(u). For u ~ N(0, 1) the
+    extents follow the crops' distribution on each axis; differentiable in u between knots."""
+    K = quantiles.shape[1]
+    p = torch.special.ndtr(u.float()) * (K - 1)
+    lo = p.detach().floor().clamp(0, K - 2)
+    frac = p - lo
+    lo = lo.long()
+    axis = torch.arange(2, device=u.device)
+    q = quantiles.float()
+    return q[axis, lo] + frac * (q[axis, lo + 1] - q[axis, lo])
 
 
 def binomial_blur(x: torch.Tensor) -> torch.Tensor:

@@ -50,6 +50,7 @@ from sharpgen.gan.augment import diff_augment  # noqa: F401  (re-exported)
 from sharpgen.gan.layers import (  # noqa: F401  (re-exported: sharpgen.gan.model.* as before)
     MEMORY_FORMAT,
     NOISE_SEED,
+    PAD_QUANTILE_LEVELS,
     MappingNetwork,
     ModulatedConv,
     _check_size,
@@ -57,6 +58,7 @@ from sharpgen.gan.layers import (  # noqa: F401  (re-exported: sharpgen.gan.mode
     centred_window,
     heavy_tail,
     minibatch_std,
+    quantile_extent,
     projected_noise,
     register_noise_projections,
     register_projection,
@@ -120,7 +122,7 @@ UPSAMPLING = ("transposed", "blur", "resize")
 #: pixel-scale grain of the stable generator (``gan.speckle``)
 SPECKLES = ("none", "additive", "lognormal", "signed", "intermittent")
 #: zero padding of the stable generator (``gan.padding``)
-PADDINGS = ("none", "window")
+PADDINGS = ("none", "window", "matched")
 #: output layers of the stable generator (``gan.output``)
 OUTPUTS = ("tanh", "clipped")
 #: ``gan.output: clipped`` is ``clamp(CLIPPED_GAIN * tanh(x), -1, 1)``: exactly +-1 (the clip
@@ -230,16 +232,26 @@ class StableGenerator(nn.Module):
                     q = SPECKLE_TAIL0 / SPECKLE_TAIL_MAX
                     self.up3.bias[2] = math.log(q / (1.0 - q))
 
-        if padding == "window":  # z -> data extent (height, width) of a centred window
-            self.pad_head = nn.Linear(nz, 2)
+        if padding != "none":  # z -> data extent (height, width) of a centred window
+            self.pad_head = nn.Linear(nz, 2, bias=padding == "window")
             nn.init.normal_(self.pad_head.weight, std=PAD_INIT_STD / math.sqrt(nz))
+        if padding == "window":
             nn.init.constant_(self.pad_head.bias, PAD_BIAS0)
+        if padding == "matched":  # the crops' extent quantiles (2, K), set from the data by training
+            self.register_buffer("pad_quantiles", torch.ones(2, PAD_QUANTILE_LEVELS))
 
     def window_mask(self, z: torch.Tensor) -> torch.Tensor:
         """``padding: window``: the data mask (B, 1, S, S) of z -- 1 inside a centred rectangle
         of extent (e_y S, e_x S), ``e = min(PAD_GAIN sigmoid(pad_head(z)), 1)``, exactly 0 outside
         it, linear across its one-pixel edge. The real crops are zero-padded where their record is
-        smaller than the window, symmetrically about its centre (``patch_cut.crop_window``)."""
+        smaller than the window, symmetrically about its centre (``patch_cut.crop_window``).
+        ``padding: matched``: ``e = Q(Phi(u))`` instead, u = z projected on the head's two unit
+        directions (~N(0, 1)) and Q each axis's quantile function of the training crops' extents
+        (``pad_quantiles``): the padded share and extents are the data's by construction, the head
+        learns only which z are padded."""
+        if self.padding == "matched":
+            u = self.pad_head(z).float() / self.pad_head.weight.float().norm(dim=1)
+            return centred_window(quantile_extent(u, self.pad_quantiles), self.size)
         return centred_window((PAD_GAIN * torch.sigmoid(self.pad_head(z))).clamp(max=1.0), self.size)
 
     def _up(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -284,7 +296,7 @@ class StableGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self._field(z)
-        return x * self.window_mask(z).to(x.dtype) if self.padding == "window" else x
+        return x if self.padding == "none" else x * self.window_mask(z).to(x.dtype)
 
     def _field(self, z: torch.Tensor) -> torch.Tensor:
         x = F.leaky_relu(self.fc(z), 0.2).view(-1, 64, self.s0, self.s0)

@@ -38,6 +38,7 @@ from sharpgen.gan.steps import (  # noqa: F401  (re-exported: tests, benchmarks)
     training_flops_per_step,
 )
 from sharpgen.gan.augment import TRANSLATION_FILLS, diff_augment
+from sharpgen.gan.layers import crop_extents, extent_quantiles
 from sharpgen.gan.structure import LatentStructure, check_names, describe, fit_structure, structure_loss
 from sharpgen.gan.model import (  # noqa: F401
     ARCHITECTURES,
@@ -103,7 +104,7 @@ class GanConfig:
     refine: bool                      # stable: 3x3 convs at S/8 and S/4 (StableGenerator)
     output: str                       # stable: tanh | clipped (StableGenerator)
     speckle: str                      # stable: none | additive | lognormal | signed | intermittent grain
-    padding: str                      # stable: none | window (exact-zero margins of a centred data window)
+    padding: str                      # stable: none | window | matched (zero margins about a centred data window)
     r1_gamma: float                   # R1 penalty weight on D(real) (0 = off)
     r1_every: int                     # lazy R1: every N steps, weighted by N
     pl_weight: float                  # path-length penalty weight on G (0 = off)
@@ -438,6 +439,10 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
     with distributed.main_only(dist, lock):
         # ---- state: fresh, or the newest readable checkpoint; the live CSV log to match ------
         run = _build_run(cfg, size, device)
+        if cfg.padding == "matched":  # G pads as often and as much as the training crops
+            quantiles = extent_quantiles(crop_extents(patches)).to(device)
+            for net in filter(None, (run.G, run.ema)):
+                net.pad_quantiles.copy_(quantiles)
         last_good = _resume(run, folder, cfg, meta, device, dist)
         log = training.CsvLog(folder / "train_log.csv", CSV_COLUMNS, key="step") if main else None
         if log is not None:
