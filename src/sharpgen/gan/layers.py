@@ -1,8 +1,10 @@
 """Building blocks shared by the generators and the discriminator of :mod:`sharpgen.gan.model`:
 the size check, the deterministic noise maps of a latent (``projected_noise``, fixed
-projections drawn from :data:`NOISE_SEED`), the binomial low-pass, the mapping network and
-modulated convolution of the ``mapping`` generator, the minibatch-standard-deviation
-channel and the networks' memory format. Re-exported by :mod:`sharpgen.gan.model`.
+projections drawn from :data:`NOISE_SEED`), the padding window (its mask and, for
+``padding: matched``, the crops' extents and their quantile functions), the binomial
+low-pass, the mapping network and modulated convolution of the ``mapping`` generator, the
+minibatch-standard-deviation channel and the networks' memory format. Re-exported by
+:mod:`sharpgen.gan.model`.
 """
 
 from __future__ import annotations
