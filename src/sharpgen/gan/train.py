@@ -194,6 +194,8 @@ class GanConfig:
         if self.arch != "stable":
             for k in self.STABLE_ONLY:
                 d.pop(k, None)
+        if self.arch == "paper":  # no DiffAugment: its fill never moves a paper checkpoint
+            d.pop("augment_translation_fill", None)
         return d
 
 
