@@ -441,7 +441,7 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
     with distributed.main_only(dist, lock):
         # ---- state: fresh, or the newest readable checkpoint; the live CSV log to match ------
         run = _build_run(cfg, size, device)
-        if cfg.padding == "matched":  # G pads as often and as much as the training crops
+        if cfg.arch == "stable" and cfg.padding == "matched":  # G pads like the training crops
             quantiles = extent_quantiles(crop_extents(patches)).to(device)
             for net in filter(None, (run.G, run.ema)):
                 net.pad_quantiles.copy_(quantiles)
