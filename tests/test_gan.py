@@ -987,7 +987,8 @@ def test_stable_window_padding_is_exact_zero_around_a_centred_window(tmp_path):
     zn = np.random.default_rng(2).standard_normal((4, 100)).astype(np.float32)
     np.testing.assert_allclose(gan.generate(Gl, zn), gan.generate(G.eval(), zn), atol=1e-6)
     assert "padding" not in GanConfig.from_dict({**TINY, "padding": "none"}).trajectory_dict()
-    # the translation's fill: the default (zero) keeps every existing checkpoint's hash
+    # the translation's fill: zero (the setting before the key) keeps every existing checkpoint's
+    # hash, and the paper architecture (no DiffAugment) never has it in its hash
     zero_fill = {**TINY, "augment_translation_fill": "zero"}
     assert "augment_translation_fill" not in GanConfig.from_dict(zero_fill).trajectory_dict()
     assert "augment_translation_fill" not in GanConfig.from_dict({**TINY, "arch": "paper"}).trajectory_dict()

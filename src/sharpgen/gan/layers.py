@@ -106,10 +106,10 @@ def extent_quantiles(extents: np.ndarray, levels: int = PAD_QUANTILE_LEVELS) -> 
     p = np.linspace(0.0, 1.0, levels)
     q = np.ones((2, levels))
     for a in range(2):
-        padded = np.sort(extents[extents[:, a] < 1.0, a])
+        padded = extents[extents[:, a] < 1.0, a]
         if padded.size == 0:
             continue
-        values, counts = np.unique(padded, return_counts=True)
+        values, counts = np.unique(padded, return_counts=True)  # sorted distinct extents
         upper = np.cumsum(counts) / extents.shape[0]            # CDF at each distinct extent
         mid = upper - 0.5 * counts / extents.shape[0]
         below = p < upper[-1]                                   # the padded share

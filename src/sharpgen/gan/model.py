@@ -58,8 +58,8 @@ from sharpgen.gan.layers import (  # noqa: F401  (re-exported: sharpgen.gan.mode
     centred_window,
     heavy_tail,
     minibatch_std,
-    quantile_extent,
     projected_noise,
+    quantile_extent,
     register_noise_projections,
     register_projection,
 )
