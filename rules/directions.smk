@@ -7,6 +7,9 @@
 rule fit_boundaries:
     input:
         latents=R("samples/latents.parquet"),
+        # directions.hold: measured solves the conditional directions on the generator
+        generator=R("gan/generator.pt"),
+        zarr=R("data/patches.zarr"),
         code=CODE("fit_boundaries.py"),
     output:
         npz=R("directions/boundaries.npz"),
@@ -17,10 +20,11 @@ rule fit_boundaries:
         BENCH("fit_boundaries")
     conda:
         "../envs/torch.yaml"
-    threads: 1
+    threads: 2
     resources:
-        mem_mb=2000,
-        runtime=20,
+        gpu=1,
+        mem_mb=4000,
+        runtime=60,
     params:
         directions=config["directions"],
     script:

@@ -418,6 +418,9 @@ def test_traversal_metrics_flag_a_held_parameter_at_its_floor():
     assert held["conditional_moving"] == pytest.approx(0.5)  # slopes 0.5, 1, 1.5 -> 1 / 2
     assert m["a"]["frac_flat"] == {"a": 0.0, "b": 0.0}
     assert m["a"]["entanglement"]["b"] == pytest.approx(5.5 * 0.5 / 2.0)
+    # per walk: |0.5 (base + 1) / 2| over the 10 bases -> median of 0.25 .. 2.5 = 1.375
+    assert m["a"]["entanglement_abs_per_base"]["b"] == pytest.approx(1.375)
+    assert held["conditional_abs_per_base"] == 0.0  # 7 of 10 walks leave b at its floor
     assert "_entanglement_moving" not in m["a|b"]
 
 
@@ -555,6 +558,7 @@ def test_directions_rules_end_to_end(repo_root, tmp_path):
     )
     (tmp_path / "overlay.yaml").write_text(
         "directions:\n  parameters: [tuf, tpf, tnf]\n  conditional: [{target: tuf, hold: [tpf]}]\n"
+        "  hold_fit: {n_base: 6, max_evaluations: 4}\n"
         "  traversal: {n_base: 3, n_eps: 5, batch_size: 64, device: cpu}\n"
         "  calibration: {n_bootstrap: 5, n_requests: 4, evaluate: [tuf, 'tuf|tpf']}\n"
     )
@@ -584,6 +588,12 @@ def test_directions_rules_end_to_end(repo_root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     b = json.loads((res / "directions" / "boundaries.json").read_text())
     assert set(b["parameters"]) >= {"tuf", "tpf", "tnf"}
+    # the measured hold of tuf|tpf ran on the generator (at most 4 traversals of 6 bases)
+    hold = b["hold"]["directions"]["tuf|tpf"]
+    assert b["hold"]["method"] == "measured" and 1 <= hold["n_evaluations"] <= 4
+    assert len(hold["history"]) == hold["n_evaluations"]
+    holds = dr.load_direction_field(res / "directions" / "boundaries.npz").holds
+    assert holds == ({"tuf|tpf": tuple(hold["coefficients"])} if hold["method"] == "measured" else {})
     # the rule's numbers are fit_boundaries' on the same latents with the config's settings
     # (the script adds no logic; an untrained generator gives no particular accuracy to check)
     lat = pd.read_parquet(res / "samples" / "latents.parquet")

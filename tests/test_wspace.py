@@ -19,6 +19,7 @@ from test_gan import make_patch_store
 
 PARAMS = ["tuf", "tpf", "tnf"]
 DIRS = {"parameters": PARAMS, "conditional": [{"target": "tuf", "hold": ["tpf"]}],
+        "hold_fit": {"n_base": 4, "max_evaluations": 3},
         "traversal": {"n_base": 3, "n_eps": 5, "batch_size": 64, "device": "cpu"},
         "strips": {"directions": ["tuf", "tuf|tpf"], "n_steps": 3},
         "calibration": {"n_bootstrap": 5, "n_requests": 4, "evaluate": ["tuf", "tuf|tpf"]}}
@@ -66,12 +67,15 @@ def test_sampling_writes_whitened_w_codes(wrun):
 def test_boundaries_traversal_calibration_in_w(wrun, tmp_path):
     tmp, zpath, _ = wrun
     lat = tmp / "samples" / "latents.parquet"
-    summary = dr.run_fit_boundaries(lat, DIRS, tmp_path / "b.npz", tmp_path / "b.json")
+    gen = {"generator_path": tmp / "generator.pt", "patches_zarr": zpath}
+    summary = dr.run_fit_boundaries(lat, DIRS, tmp_path / "b.npz", tmp_path / "b.json", **gen)
     assert summary["latent_space"] == "w"
     field = dr.load_direction_field(tmp_path / "b.npz")
     assert field.space == "w"
+    # the measured hold of tuf|tpf walked in W (3 evaluations at most)
+    assert 1 <= summary["hold"]["directions"]["tuf|tpf"]["n_evaluations"] <= 3
     # the same latents in z give other normals (and say so)
-    sz = dr.run_fit_boundaries(lat, {**DIRS, "space": "z"}, tmp_path / "bz.npz", tmp_path / "bz.json")
+    sz = dr.run_fit_boundaries(lat, {**DIRS, "space": "z"}, tmp_path / "bz.npz", tmp_path / "bz.json", **gen)
     assert sz["latent_space"] == "z" and dr.load_direction_field(tmp_path / "bz.npz").space == "z"
     corr = summary["parameters"]["_parameter_correlations"]
     assert corr["pearson"]["tuf"]["tuf"] == pytest.approx(1.0)

@@ -150,7 +150,9 @@ def traversal_metrics(tm: Mapping) -> dict:
     beyond the fold (``frac_beyond_fold``), and for conditional directions the entanglement of
     each held parameter (cond. vs uncond.), with the share of bases on which it sits at a floor
     (``frac_flat``; it pulls the median ``conditional`` towards 0, to exactly 0 at >= 0.5) and its entanglement over the
-    bases where it moves (``conditional_moving``)."""
+    bases where it moves (``conditional_moving``) and the median over bases of its absolute
+    per-walk entanglement (``conditional_abs_per_base``: a median of 0 from moves of both signs
+    is a hold on average only)."""
     dirs = tm.get("directions", {})
     out: dict[str, Any] = {
         "spearman": {k: _num(v.get("spearman_median")) for k, v in dirs.items()},
@@ -161,7 +163,8 @@ def traversal_metrics(tm: Mapping) -> dict:
     for k, v in dirs.items():
         for h, d in (v.get("held") or {}).items():
             held[f"{k}:{h}"] = {kk: _num(d.get(kk)) for kk in ("conditional", "unconditional", "reduction",
-                                                                 "frac_flat", "conditional_moving")}
+                                                                 "frac_flat", "conditional_moving",
+                                                                 "conditional_abs_per_base")}
     if held:
         out["held_entanglement"] = held
     return out

@@ -4,7 +4,8 @@ traversals along them, calibration, and ``sharpgen generate``.
 One module per rule (rules/directions.smk -> workflow_scripts/<rule>.py -> here):
 :mod:`.boundaries` (fit_boundaries), :mod:`.traverse` (traverse), :mod:`.calibrate` (calibrate);
 :mod:`.generate` is the ``sharpgen generate`` command, :mod:`.geometry` the shared pure geometry
-(conditional projection, direction keys, the polarity fold) and :mod:`.config` the typed section.
+(conditional projection, direction keys, the polarity fold), :mod:`.holds` the measured holds of
+the conditional directions (run by fit_boundaries) and :mod:`.config` the typed section.
 
 The GAN maps a latent vector ``z`` (shape ``(D,)``, ``D = 100``, ``z ~ N(0, I)``) to a Br image.
 For each physical parameter ``p`` (table column names as in :mod:`sharpgen.physics`) we
@@ -12,8 +13,10 @@ For each physical parameter ``p`` (table column names as in :mod:`sharpgen.physi
 1. label generated samples by a median split (the paper) or by the top / bottom ``fraction``,
    fit a linear classifier in ``z`` space and keep its unit normal ``n_p`` (shape ``(D,)``)
    -- :func:`train_boundary`, :func:`fit_boundaries`;
-2. make *conditional* directions that move ``p`` while holding other parameters, by projecting
-   the other normals out of ``n_p`` -- :func:`project_boundary`;
+2. make *conditional* directions that move ``p`` while holding other parameters: by projecting
+   the other normals out of ``n_p`` (the paper, :func:`project_boundary`), or, by default
+   (``directions.hold: measured``), as ``n_p - sum_k b_k n_hk`` with ``b`` solved on the generator
+   so that the held parameters' measured slopes vanish -- :mod:`.holds`, :func:`combine_hold`;
 3. walk ``z + eps * n`` for a grid of ``eps`` from a set of base latents, measure every parameter
    on the generated images and quantify monotonicity and entanglement -- :func:`traverse`,
    :func:`traversal_metrics`;
@@ -46,6 +49,8 @@ from sharpgen.directions.boundaries import (  # noqa: F401
     file_sha256,
     latents_from_table,
     load_boundaries,
+    direction_field,
+    hold_arrays,
     load_boundary,
     load_direction_field,
     make_labels,
@@ -72,6 +77,7 @@ from sharpgen.directions.geometry import (  # noqa: F401
     RequestOutOfRange,
     as_boundaries,
     beyond_bounds,
+    combine_hold,
     direction_rows,
     direction_specs,
     direction_title,
@@ -79,8 +85,10 @@ from sharpgen.directions.geometry import (  # noqa: F401
     folded_values,
     latent_from_seed,
     project_boundary,
+    projection_coefficients,
     reflect,
 )
+from sharpgen.directions.holds import fit_holds, held_residuals, solve_hold  # noqa: F401
 from sharpgen.directions.traverse import (  # noqa: F401
     eps_grid,
     generated_std,

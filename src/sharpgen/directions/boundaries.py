@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -23,6 +23,8 @@ from sharpgen.directions.geometry import (
     FOLD_PARAMETER,
     Boundaries,
     DirectionError,
+    DirectionSpec,
+    direction_specs,
     fold_latents,
     folded_values,
 )
@@ -347,18 +349,41 @@ def load_boundary(npz_path, param: str) -> tuple[np.ndarray, float, float]:
         return np.asarray(f["normals"][i], dtype=float), float(f["intercepts"][i]), acc
 
 
-def load_direction_field(npz_path) -> Boundaries:
-    """boundaries.npz -> :class:`Boundaries` (normals + polarity fold + latent space; files
-    without the fold arrays, or with a zero fold normal, give no fold; without ``space``, z)."""
-    with np.load(npz_path) as f:
-        names = [str(n) for n in f["names"]]
-        normals = {n: np.asarray(v, dtype=np.float64) for n, v in zip(names, f["normals"])}
-        fold = np.asarray(f["fold_normal"], dtype=np.float64) if "fold_normal" in f.files else None
-        folded = [n for n, k in zip(names, f["folded"]) if k] if "folded" in f.files else []
-        space = str(f["space"]) if "space" in f.files else "z"
+def direction_field(arrays: Mapping[str, np.ndarray]) -> Boundaries:
+    """The arrays of boundaries.npz (or of :func:`fit_boundaries`) -> :class:`Boundaries`
+    (normals + polarity fold + latent space + measured holds; without the fold arrays, or with a
+    zero fold normal, no fold; without ``space``, z; without ``hold_keys``, every conditional
+    direction projects its held normals out)."""
+    names = [str(n) for n in arrays["names"]]
+    normals = {n: np.asarray(v, dtype=np.float64) for n, v in zip(names, arrays["normals"])}
+    fold = np.asarray(arrays["fold_normal"], dtype=np.float64) if "fold_normal" in arrays else None
+    folded = frozenset(n for n, k in zip(names, arrays["folded"]) if k) if "folded" in arrays else frozenset()
+    space = str(arrays["space"]) if "space" in arrays else "z"
+    holds = {}
+    if "hold_keys" in arrays:
+        for key, row in zip(arrays["hold_keys"], np.atleast_2d(arrays["hold_coefficients"])):
+            k = len(DirectionSpec.parse(str(key)).hold)
+            holds[str(key)] = tuple(float(b) for b in row[:k])
     if fold is None or not np.any(fold):
-        return Boundaries(normals, space=space)
-    return Boundaries(normals, fold / np.linalg.norm(fold), frozenset(folded), space=space)
+        return Boundaries(normals, space=space, holds=holds)
+    return Boundaries(normals, fold / np.linalg.norm(fold), folded, space=space, holds=holds)
+
+
+def hold_arrays(holds: Mapping[str, Sequence[float]]) -> dict[str, np.ndarray]:
+    """Measured holds -> the boundaries.npz arrays ``hold_keys`` (M,) and ``hold_coefficients``
+    (M, K_max) (NaN beyond each key's number of held parameters)."""
+    keys = list(holds)
+    kmax = max((len(v) for v in holds.values()), default=1)
+    coef = np.full((len(keys), kmax), np.nan)
+    for i, k in enumerate(keys):
+        coef[i, :len(holds[k])] = holds[k]
+    return {"hold_keys": np.array(keys, dtype=str), "hold_coefficients": coef}
+
+
+def load_direction_field(npz_path) -> Boundaries:
+    """boundaries.npz -> :class:`Boundaries` (:func:`direction_field`)."""
+    with np.load(npz_path) as f:
+        return direction_field({k: f[k] for k in f.files})
 
 
 def file_sha256(path) -> str:
@@ -390,8 +415,42 @@ def resolve_space(requested: str, columns) -> str:
     return requested
 
 
-def run_fit_boundaries(latents_path, cfg, npz_out, json_out) -> dict:
-    """Stage fit_boundaries: latents.parquet -> boundaries.npz + boundaries.json."""
+def measure_holds(arrays: Mapping[str, np.ndarray], cfg: DirectionsConfig, generator_path, patches_zarr,
+                  latents_path, threads: int | None = None) -> tuple[dict, dict]:
+    """``directions.hold: measured``: solve every configured conditional direction's hold on the
+    generator (:func:`sharpgen.directions.holds.fit_holds`; base latents from their own stream,
+    the traversal's eps grid and device). Returns ``(holds, summary)``."""
+    from sharpgen.directions.holds import fit_holds
+    from sharpgen.directions.traverse import eps_grid, generated_std
+    from sharpgen.gan import load_generator
+    from sharpgen.measure import MeasurementContext, make_renderer, space_codes
+    from sharpgen.seeds import stream
+    from sharpgen.store import PatchStore
+    from sharpgen.training import setup_device
+
+    specs = [s for s in direction_specs(cfg.parameters, cfg.conditional) if s.hold]
+    if not specs:
+        return {}, {}
+    if generator_path is None or patches_zarr is None:
+        raise DirectionError("directions.hold: measured needs the generator and the patch store "
+                             "(or set directions.hold: projection)")
+    field = direction_field(arrays)
+    tc = cfg.traversal
+    device = setup_device(tc.device, key="directions.traversal.device", threads=threads, log=logger)
+    ctx = MeasurementContext.from_store(PatchStore.open(patches_zarr))
+    G = load_generator(generator_path, device=device)
+    params = sorted({p for s in specs for p in (s.target, *s.hold)})
+    render = make_renderer(G, ctx, params, batch_size=tc.batch_size, space=field.space)
+    base = space_codes(G, stream(cfg.seed, "hold_fit_bases").standard_normal((cfg.hold_fit.n_base, G.nz)),
+                       field.space)
+    return fit_holds(render, field, specs, base, eps_grid(tc.eps_max, tc.n_eps), generated_std(latents_path, params),
+                     tol=cfg.hold_fit.tol, max_evaluations=cfg.hold_fit.max_evaluations)
+
+
+def run_fit_boundaries(latents_path, cfg, npz_out, json_out, generator_path=None, patches_zarr=None,
+                       threads: int | None = None) -> dict:
+    """Stage fit_boundaries: latents.parquet (+ generator.pt and patches.zarr for measured holds)
+    -> boundaries.npz + boundaries.json."""
     from sharpgen.atomic import write_json
 
     cfg = directions_config(cfg)
@@ -401,6 +460,12 @@ def run_fit_boundaries(latents_path, cfg, npz_out, json_out) -> dict:
     logger.info("fitting boundaries in %s", "whitened W" if space == "w" else "z")
     arrays, summary = fit_boundaries(Z, table, cfg)
     arrays["space"] = np.array(space)
+    holds_summary: dict = {}
+    if cfg.hold == "measured":
+        holds, holds_summary = measure_holds(arrays, cfg, generator_path, patches_zarr, latents_path, threads)
+        arrays.update(hold_arrays(holds))
+    elif cfg.hold != "projection":
+        raise DirectionError(f"unknown directions.hold {cfg.hold!r} (measured | projection)")
     save_boundaries(npz_out, arrays)
     summary = {
         "parameters": summary,
@@ -410,6 +475,8 @@ def run_fit_boundaries(latents_path, cfg, npz_out, json_out) -> dict:
         "labels": cfg.labels,
         "classifier": cfg.classifier,
         "fold": summary.pop("_fold"),
+        "hold": {"method": cfg.hold, "n_base": cfg.hold_fit.n_base, "tol": cfg.hold_fit.tol,
+                 "directions": holds_summary},
         "targets": {
             "tuf_val_accuracy_ge_0.90": bool(summary.get("tuf", {}).get("val_accuracy", 0) >= 0.90),
             "r_value_val_accuracy_ge_0.85": bool(summary.get("r_value", {}).get("val_accuracy", 0) >= 0.85),

@@ -35,6 +35,13 @@ class CalibrationConfig:
 
 
 @dataclass(frozen=True)
+class HoldFitConfig:
+    n_base: int
+    max_evaluations: int
+    tol: float
+
+
+@dataclass(frozen=True)
 class DirectionsConfig:
     parameters: tuple[str, ...]
     labels: str
@@ -48,6 +55,8 @@ class DirectionsConfig:
     fold_min_balance: float           # no fold when one leading polarity is rarer than this
     space: str                        # auto | z | w (whitened W of a mapping generator)
     conditional: tuple[Any, ...]
+    hold: str                         # measured | projection (sharpgen.directions.holds)
+    hold_fit: HoldFitConfig
     traversal: TraversalConfig
     strips: StripsConfig
     calibration: CalibrationConfig

@@ -245,7 +245,7 @@ def write_generated_fits(path, result: Mapping, *, seed: int, target: str, value
     hdr["ZSHA"] = (hashlib.sha256(z.tobytes()).hexdigest()[:16], "sha256 of float32 z bytes")
     hdr["DIRECTN"] = (result["key"], "latent direction (target|held)")
     hdr["TARGET"] = (target, "requested parameter")
-    hdr["HOLD"] = (",".join(hold) or "none", "held parameters (projected out)")
+    hdr["HOLD"] = (",".join(hold) or "none", "held parameters (boundaries.npz holds)")
     hdr["EPS"] = (float(result["eps"]), "z = z_base + EPS * direction")
     hdr["REQVAL"] = (float(value), "requested value")
     hdr["ACHVAL"] = (float(result["achieved"]), "achieved (measured) value")

@@ -6,7 +6,7 @@ direction is a unit ``(D,)`` vector, or ``(N, D)`` with one unit direction per b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -72,6 +72,36 @@ def project_boundary(primal, *conditions, tol: float = 1e-6) -> np.ndarray:
     return out / norm
 
 
+def combine_hold(primal, conditions, coefficients) -> np.ndarray:
+    """Measured-hold conditional direction: unit ``n - sum_k b_k c_k``.
+
+    primal: (D,) target normal; conditions: (K, D) held normals; coefficients: (K,) ``b``
+    (:mod:`sharpgen.directions.holds` solves them so that the held parameters' measured slopes
+    vanish; the projection of :func:`project_boundary` is the special case
+    ``b = (C^T C)^-1 C^T n``). Returns a unit (D,) vector.
+    Raises :class:`DirectionError` when the combination is zero or not finite.
+    """
+    n = np.asarray(primal, dtype=np.float64).ravel()
+    C = np.atleast_2d(np.asarray(conditions, dtype=np.float64))
+    b = np.asarray(coefficients, dtype=np.float64).ravel()
+    if C.shape != (b.size, n.size):
+        raise DirectionError(f"{b.size} hold coefficients for {C.shape[0]} conditions of dimension {C.shape[1]} "
+                             f"(primal {n.size})")
+    out = n - b @ C
+    norm = np.linalg.norm(out)
+    if not np.isfinite(norm) or norm < 1e-9:
+        raise DirectionError(f"hold coefficients {b.tolist()} cancel the primal direction")
+    return out / norm
+
+
+def projection_coefficients(primal, conditions) -> np.ndarray:
+    """The ``b`` (K,) with ``n - b @ C`` = :func:`project_boundary` ``(n, *C)`` up to its norm:
+    the least-squares coefficients of ``n`` on the conditions' span. conditions: (K, D)."""
+    C = np.atleast_2d(np.asarray(conditions, dtype=np.float64))
+    n = np.asarray(primal, dtype=np.float64).ravel()
+    return np.linalg.lstsq(C.T, n, rcond=None)[0]
+
+
 @dataclass(frozen=True)
 class DirectionSpec:
     """Move ``target`` while holding the parameters ``hold`` (sorted tuple; empty = unconditional)."""
@@ -93,12 +123,16 @@ class DirectionSpec:
         target, _, hold = key.partition("|")
         return cls(target.strip(), tuple(h.strip() for h in hold.split(",") if h.strip()))
 
-    def vector(self, normals: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Unit (D,) direction from the boundary normals (conditions projected out)."""
+    def vector(self, normals: Mapping[str, np.ndarray], coefficients=None) -> np.ndarray:
+        """Unit (D,) direction from the boundary normals: the conditions projected out, or, with
+        ``coefficients`` (K,) (a measured hold, :mod:`sharpgen.directions.holds`),
+        :func:`combine_hold` of the target normal and the held normals in ``hold`` order."""
         missing = [p for p in (self.target, *self.hold) if p not in normals]
         if missing:
             raise DirectionError(f"direction {self.key!r}: no boundary for {missing} (available: {sorted(normals)})")
         try:
+            if coefficients is not None and self.hold:
+                return combine_hold(normals[self.target], [normals[h] for h in self.hold], coefficients)
             return project_boundary(normals[self.target], *[normals[h] for h in self.hold])
         except DirectionError as err:
             raise DirectionError(f"direction {self.key!r}: {err}") from None
@@ -192,12 +226,15 @@ class Boundaries:
     :func:`sharpgen.measure.space_codes` maps seeded z there, the renderers take the codes).
     A base latent z with ``z.u >= 0`` moves along the normals as fitted; one with ``z.u < 0``
     along the reflected normal of the polarity partner, ``H n_partner`` (:meth:`side_normals`).
+    holds: conditional direction key -> coefficients (K,) of a measured hold (the same on both
+    sides of the fold); conditional keys not in it project their held normals out.
     """
 
     normals: Mapping[str, np.ndarray]
     fold: np.ndarray | None = None
     folded: frozenset = frozenset()
     space: str = "z"
+    holds: Mapping[str, tuple] = field(default_factory=dict)
 
     @property
     def dim(self) -> int:
@@ -222,8 +259,9 @@ class Boundaries:
 
     def vectors(self, spec: DirectionSpec) -> tuple[np.ndarray, np.ndarray]:
         """(positive-side, negative-side) unit (D,) directions of ``spec``."""
-        pos = spec.vector(self.side_normals(False))
-        return pos, (spec.vector(self.side_normals(True)) if self.fold is not None else pos)
+        coef = self.holds.get(spec.key)
+        pos = spec.vector(self.side_normals(False), coef)
+        return pos, (spec.vector(self.side_normals(True), coef) if self.fold is not None else pos)
 
     def per_base(self, spec: DirectionSpec, latent_codes) -> np.ndarray:
         """Direction of ``spec`` for each base latent: (N, D) -> (N, D) unit rows."""

@@ -118,12 +118,16 @@ def traversal_metrics(df: pd.DataFrame, params: Sequence[str], std: Mapping[str,
     bases of the Spearman correlation of the target with eps), ``spearman_frac_ge_0.9``,
     ``slope_std`` (median over bases of d(param_j / std_j)/d eps) and ``entanglement``
     (slope_std[j] / slope_std[target]: change of every parameter per unit change of the target,
-    in standardised units), ``frac_flat`` (share of bases on which the parameter does not change
-    at all along the walk, :func:`flat_bases`). For conditional directions, ``held`` gives for
+    in standardised units), ``entanglement_moving`` (the same from the median slope over the
+    bases where the parameter moves), ``entanglement_abs_per_base`` (median over bases of
+    abs(slope_j / slope_target) on each base: how far a parameter moves on a typical single walk,
+    whichever way; a median slope of 0 can hide large moves of both signs), ``frac_flat`` (share
+    of bases on which the parameter does not change at all along the walk, :func:`flat_bases`). For conditional directions, ``held`` gives for
     each held parameter the entanglement under the conditional and the unconditional direction,
     ``reduction = 1 - |cond| / |uncond|``, the held parameter's ``frac_flat`` under the
-    conditional direction and ``conditional_moving`` (the entanglement from the median slope
-    over the bases where it moves; NaN if it moves on none). Flat bases pull the median slope
+    conditional direction, ``conditional_moving`` (the entanglement from the median slope
+    over the bases where it moves; NaN if it moves on none) and ``conditional_abs_per_base``
+    (from ``entanglement_abs_per_base``). Flat bases pull the median slope
     towards 0 (exactly 0 when ``frac_flat`` >= 0.5), so ``conditional`` then reads as a better
     hold than there is: read ``conditional_moving`` beside it.
     """
@@ -141,7 +145,7 @@ def traversal_metrics(df: pd.DataFrame, params: Sequence[str], std: Mapping[str,
     for key, g_all in df.groupby("direction", sort=False):
         spec = DirectionSpec.parse(key)
         g = within_fold(g_all)
-        slopes, slopes_moving, frac_flat = {}, {}, {}
+        slopes, slopes_moving, frac_flat, per_base_std = {}, {}, {}, {}
         for p in params:
             eps, Y = pivot(g.assign(_y=to_fit_space(p, g[p])), "_y")
             s = std.get(p, np.nan)
@@ -151,6 +155,7 @@ def traversal_metrics(df: pd.DataFrame, params: Sequence[str], std: Mapping[str,
                 slopes[p] = slopes_moving[p] = np.nan
                 continue
             per_base = per_base_slopes(eps, Y / s)
+            per_base_std[p] = per_base
             slopes[p] = float(np.nanmedian(per_base))
             moving = per_base[~flat]
             slopes_moving[p] = float(np.nanmedian(moving)) if np.isfinite(moving).any() else np.nan
@@ -161,6 +166,11 @@ def traversal_metrics(df: pd.DataFrame, params: Sequence[str], std: Mapping[str,
         st = slopes.get(spec.target, np.nan)
         ent = {p: (slopes[p] / st if st and np.isfinite(st) else np.nan) for p in params}
         ent_moving[key] = {p: (slopes_moving[p] / st if st and np.isfinite(st) else np.nan) for p in params}
+        pt = per_base_std.get(spec.target)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ent_abs = {p: (float(np.nanmedian(np.abs(per_base_std[p] / pt)))
+                           if pt is not None and p in per_base_std and np.isfinite(per_base_std[p] / pt).any()
+                           else np.nan) for p in params}
         out[key] = {
             "target": spec.target,
             "hold": list(spec.hold),
@@ -173,6 +183,8 @@ def traversal_metrics(df: pd.DataFrame, params: Sequence[str], std: Mapping[str,
             "spearman_full_median": float(np.nanmedian(rhos_full)) if np.isfinite(rhos_full).any() else np.nan,
             "slope_std": slopes,
             "entanglement": ent,
+            "entanglement_moving": ent_moving[key],
+            "entanglement_abs_per_base": ent_abs,
             "frac_flat": frac_flat,
         }
     for key, m in out.items():
@@ -185,7 +197,8 @@ def traversal_metrics(df: pd.DataFrame, params: Sequence[str], std: Mapping[str,
             held[h] = {"conditional": c, "unconditional": u,
                        "reduction": float(1 - abs(c) / abs(u)) if u and np.isfinite(u) and np.isfinite(c) else np.nan,
                        "frac_flat": m["frac_flat"].get(h, np.nan),
-                       "conditional_moving": ent_moving[key].get(h, np.nan)}
+                       "conditional_moving": ent_moving[key].get(h, np.nan),
+                       "conditional_abs_per_base": m["entanglement_abs_per_base"].get(h, np.nan)}
         m["held"] = held
     return out
 
