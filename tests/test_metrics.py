@@ -23,7 +23,8 @@ def _inputs(params=P7):
                "power_spectrum": {"log10_ratio_rms": 0.1, "log10_ratio_low_k": -0.02, "k_cycles_per_pixel": [0.1]},
                "lattice": {"periods_px": [8.0], "log10_excess_generated": [0.4], "log10_excess_real": [0.01],
                            "log10_peak_generated": 0.4, "log10_peak_real": 0.01},
-               "c2st": {"accuracy": 0.86, "accuracy_repeats": [0.82, 0.9, 0.86], "accuracy_repeats_std": 0.04}}
+               "c2st": {"accuracy": 0.86, "accuracy_repeats": [0.82, 0.9, 0.86], "accuracy_repeats_std": 0.04},
+               "reference": {"split": "train", "n": 7, "wasserstein_norm": {**{p: 0.1 for p in P7}, "psep": 0.27}}}
     boundaries = {"parameters": {**{p: {"val_accuracy": 0.9, "train_accuracy": 0.95,
                                         "regression_cosine": 0.8} for p in params},
                                  "_normal_cosines": {"tuf": {"tuf": 1.0}}}}
@@ -61,6 +62,8 @@ def test_full_metrics_validate_and_hold_the_headline_numbers():
     assert m["gan"]["pixels"] == {"wasserstein_norm": 0.05, "ks": 0.01}  # arrays left out
     assert m["gan"]["lattice_log10_peak"] == {"generated": 0.4, "real": 0.01}
     assert m["gan"]["c2st_accuracy"] == 0.86 and m["gan"]["c2st_accuracy_repeats_std"] == 0.04
+    assert m["gan"]["wasserstein_norm_reference"]["psep"] == 0.27
+    assert m["gan"]["wasserstein_norm_reference"]["tuf"] == 0.1
     assert m["svm"]["accuracy"]["r_value"] == 0.9 and "_normal_cosines" not in m["svm"]["accuracy"]
     assert m["traversal"]["spearman"]["r_value|tuf"] == 0.9
     assert m["traversal"]["held_entanglement"]["r_value|tuf:tuf"] == {

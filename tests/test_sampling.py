@@ -112,6 +112,22 @@ def test_run_sampling_end_to_end(tmp_path):
     assert q["generated"]["n"] == 20
     assert set(q["targets"]["wasserstein_norm"]) == {"tuf", "psep", "r_value", "r_paper"}
     assert rep["parameters"]["tuf"]["n_gen"] == 20
+    assert "reference" not in q  # scored against the training split itself: no real-vs-real floor
+
+
+def test_reference_distances_score_real_patches_like_generated_ones():
+    rng = np.random.default_rng(0)
+    real = pd.DataFrame({"tuf": rng.normal(10.0, 2.0, 400), "psep": rng.normal(40.0, 10.0, 400)})
+    ref = sampling.reference_distances(real, real, "train")
+    assert ref["split"] == "train" and ref["n"] == 400
+    assert ref["wasserstein_norm"] == {"tuf": 0.0, "psep": 0.0} and ref["ks"] == {"tuf": 0.0, "psep": 0.0}
+    shifted = real.assign(psep=real["psep"] + 5.0)  # W of a shift is the shift: 5 / std
+    ref = sampling.reference_distances(real, shifted, "train")
+    assert ref["wasserstein_norm"]["psep"] == pytest.approx(5.0 / real["psep"].std(ddof=0))
+    # the same number quality_report gives a "generated" table equal to the reference patches
+    imgs = rng.uniform(-1, 1, (4, 16, 16)).astype(np.float32)
+    q = sampling.quality_report(real, shifted, imgs, imgs, 1000.0)
+    assert q["parameters"]["psep"]["wasserstein_norm"] == pytest.approx(ref["wasserstein_norm"]["psep"])
 
 
 def test_generator_size_mismatch_is_refused(tmp_path):

@@ -63,7 +63,9 @@ def data_metrics(table: pd.DataFrame) -> dict:
 def gan_metrics(quality: Mapping) -> dict:
     """``gan``: normalised Wasserstein and KS per parameter, pixel and spectrum summaries, the
     largest lattice peak of the generated and the real axis spectra (``lattice_log10_peak``), and
-    the held-out accuracy of the classifier two-sample test (``c2st_accuracy``, fixed protocol
+    ``wasserstein_norm_reference`` (the training split's real patches scored the same way: the
+    floor set by the two real splits' own difference), the held-out accuracy of the classifier
+    two-sample test (``c2st_accuracy``, fixed protocol
     of :mod:`sharpgen.c2st`: the mean over its repeats, whose standard deviation is
     ``c2st_accuracy_repeats_std``; null when the real split is too small for it)."""
     params = quality.get("parameters", {})
@@ -71,6 +73,9 @@ def gan_metrics(quality: Mapping) -> dict:
         "wasserstein_norm": {p: _num(v.get("wasserstein_norm")) for p, v in params.items()},
         "ks": {p: _num(v.get("ks")) for p, v in params.items()},
     }
+    ref = quality.get("reference") or {}
+    if ref.get("wasserstein_norm"):  # real training patches scored like the generated ones
+        out["wasserstein_norm_reference"] = {p: _num(v) for p, v in ref["wasserstein_norm"].items()}
     px = quality.get("pixels", {})
     if px:
         out["pixels"] = {k: _num(px.get(k)) for k in ("wasserstein_norm", "ks", "js_divergence_bits",
