@@ -174,3 +174,16 @@ def test_a_median_hold_made_of_moves_of_both_signs_says_so():
     held = m["a|b"]["held"]["b"]
     assert held["conditional"] == pytest.approx(0.0, abs=1e-12)
     assert held["conditional_abs_per_base"] == pytest.approx(0.3)
+
+
+def test_a_held_parameter_that_never_moves_is_held_by_the_projection():
+    """Held at a floor on every base (r_value = 0 without a strong-field PIL): residual exactly 0,
+    nothing to solve, the projection stays and counts as converged."""
+    field = dr.Boundaries(ToyField.normals)
+    render = lambda Z: ToyField.render(Z).assign(h=0.0)  # noqa: E731
+    holds, summary = dr.fit_holds(render, field, [dr.DirectionSpec("a", ("h",))],
+                                  np.random.default_rng(5).standard_normal((8, D)), dr.eps_grid(1.0, 5),
+                                  {"a": 1.0, "h": 1.0})
+    rec = summary["a|h"]
+    assert holds == {} and rec["method"] == "projection" and rec["converged"]
+    assert rec["n_evaluations"] == 1 and rec["residual"] == [0.0] and "within tol" in rec["reason"]

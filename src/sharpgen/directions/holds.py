@@ -153,6 +153,7 @@ def fit_holds(render: Renderer, field: Boundaries, specs: Sequence[DirectionSpec
                                 b0, tol=tol, max_evaluations=max_evaluations)
         start, best = history[0], min(history, key=lambda e: e["max_abs"])
         improved = best["max_abs"] < start["max_abs"]
+        converged = bool(min(best["max_abs"], start["max_abs"]) < tol)
         for e in history:  # JSON has no inf: an unusable point (target not increasing) is null
             e["max_abs"] = e["max_abs"] if np.isfinite(e["max_abs"]) else None
         rec = {
@@ -162,7 +163,7 @@ def fit_holds(render: Renderer, field: Boundaries, specs: Sequence[DirectionSpec
             "projection_coefficients": b0.tolist(),
             "residual_projection": start["residual"],
             "residual": best["residual"] if improved else start["residual"],
-            "converged": bool(min(best["max_abs"] or np.inf, start["max_abs"] or np.inf) < tol),
+            "converged": converged,
             "target_spearman_median": best["spearman_median"] if improved else start["spearman_median"],
             "n_evaluations": len(history),
             "history": history,
