@@ -497,13 +497,16 @@ def test_cli_generate_standin(standin, planted, tmp_path, monkeypatch):
     ctx = {"clip_gauss": 1000.0, "mode": "crop", "size": S}
     sc = physics.PixelScale.cea(0.03, bin_factor=8)
     ctx.update(pixel_size_mm=sc.size_mm, pixel_area_cm2=sc.area_cm2, pixel_size_arcsec=sc.size_arcsec)
-    normals = {"tuf": w, "r_value": v}
-    arrays = {"names": np.array(["tuf", "r_value"]), "normals": np.stack([w, v])}
-    dr.save_boundaries(tmp_path / "boundaries.npz", arrays)
-    render = make_renderer(standin, ctx, ["tuf", "r_value", "psep"], batch_size=64)
     key = "tuf|r_value"
+    # a measured hold (fit_boundaries' default): the CLI walks n_tuf - 0.3 n_r, not the projection
+    arrays = {"names": np.array(["tuf", "r_value"]), "normals": np.stack([w, v]), **dr.hold_arrays({key: (0.3,)})}
+    dr.save_boundaries(tmp_path / "boundaries.npz", arrays)
+    direction = dr.combine_hold(w, [v], [0.3])
+    np.testing.assert_allclose(dr.load_direction_field(tmp_path / "boundaries.npz").vectors(
+        dr.DirectionSpec.parse(key))[0], direction)
+    render = make_renderer(standin, ctx, ["tuf", "r_value", "psep"], batch_size=64)
     base = np.random.default_rng(8).standard_normal((6, D))
-    df = dr.traverse(render, base, {key: dr.DirectionSpec.parse(key).vector(normals)}, dr.eps_grid(2.0, 9))
+    df = dr.traverse(render, base, {key: direction}, dr.eps_grid(2.0, 9))
     cal = dr.build_calibration(df, {"calibration": {"n_bootstrap": 20}}, ctx,
                                dr.file_sha256(tmp_path / "boundaries.npz"))
     (tmp_path / "calibration.json").write_text(json.dumps(cal))
@@ -520,13 +523,14 @@ def test_cli_generate_standin(standin, planted, tmp_path, monkeypatch):
     with fits.open(out) as hdul:
         h = hdul[0].header
         assert h["DIRECTN"] == key and h["SEED"] == 1 and h["HOLD"] == "r_value"
+        assert h["HOLDFIT"] == "measured b=0.3"
         assert h["RELERR"] < 0.05
         assert h["REQVAL"] == pytest.approx(request, rel=1e-6)
         assert hdul[0].data.shape == (S, S)
         z = hdul["LATENT"].data["z"][0]
         zb = hdul["LATENT"].data["z_base"][0]
         np.testing.assert_allclose(zb, dr.latent_from_seed(1, D))
-        np.testing.assert_allclose(z - zb, h["EPS"] * dr.DirectionSpec.parse(key).vector(normals), atol=1e-5)
+        np.testing.assert_allclose(z - zb, h["EPS"] * direction, atol=1e-5)
         # the recorded measurement is what physics says about the stored image
         meas = physics.compute_parameters(hdul[0].data.astype(np.float64), sc)
         assert meas["tuf"][0] == pytest.approx(h["HIERARCH MEAS TUF"], rel=1e-5)

@@ -466,6 +466,11 @@ def test_edit_by_a_factor_holding_a_parameter(tiny_pipeline, tmp_path):
     assert "held tnf" in proc.stdout
     hdr = fits.getheader(out)
     assert hdr["EDITDIR"] == "tuf|tnf" and hdr["INVERR"] <= hdr["INVBOUND"] == pytest.approx(0.9)
+    # the direction's hold as fit_boundaries solved it (directions.hold: measured, the default)
+    hold = json.loads((work / "results" / "directions" / "boundaries.json").read_text())["hold"]["directions"]
+    rec = hold["tuf|tnf"]
+    assert hdr["HOLDFIT"] == ("measured b=" + ",".join(f"{b:.4g}" for b in rec["coefficients"])
+                              if rec["method"] == "measured" else "projection")
     assert hdr["BEFORE TUF"] == pytest.approx(before, rel=1e-6)
     assert hdr["REQVAL"] == pytest.approx(factor * hdr["BEFORE TUF"], rel=1e-6)
     cal = _calibration(work)["directions"]["tuf|tnf"]

@@ -107,6 +107,7 @@ def generate_request(render: Renderer, G, normals: "Boundaries | Mapping[str, np
         "measured": {k: float(v) for k, v in measured.items()},
         "base_measured": {k: float(v) for k, v in base_df.iloc[0].to_dict().items()},
         "unit": unit, "mode": mode, "cal": cal,
+        "hold_fit": field.hold_fit(spec),  # measured coefficients or the projection
     }
 
 
@@ -220,7 +221,7 @@ def write_generated_fits(path, result: Mapping, *, seed: int, target: str, value
     Primary HDU: (S, S) float32 Br = clip_gauss * image, BUNIT ``G``, a Carrington CEA WCS with
     a nominal date and observer (:func:`nominal_cea_wcs`: ``sunpy.map.Map(path)`` is a
     Carrington map at the measurement's pixel scale), TELESCOP/ORIGIN naming sharpgen. Header:
-    SEED, ZSHA (sha256 of the float32 z bytes, 16 hex), DIRECTN, TARGET, HOLD, EPS, REQVAL,
+    SEED, ZSHA (sha256 of the float32 z bytes, 16 hex), DIRECTN, TARGET, HOLD, HOLDFIT, EPS, REQVAL,
     ACHVAL, RELERR, UNITMODE, UNIT, CLIPG, GENERATR and one ``HIERARCH MEAS <PARAM>`` per
     measured parameter; strings longer than a card are kept whole (CONTINUE cards). Extension
     ``LATENT``: binary table with the columns ``z_base`` and ``z`` (D float32 each).
@@ -245,7 +246,9 @@ def write_generated_fits(path, result: Mapping, *, seed: int, target: str, value
     hdr["ZSHA"] = (hashlib.sha256(z.tobytes()).hexdigest()[:16], "sha256 of float32 z bytes")
     hdr["DIRECTN"] = (result["key"], "latent direction (target|held)")
     hdr["TARGET"] = (target, "requested parameter")
-    hdr["HOLD"] = (",".join(hold) or "none", "held parameters (boundaries.npz holds)")
+    hdr["HOLD"] = (",".join(hold) or "none", "held parameters")
+    hdr["HOLDFIT"] = (str(result.get("hold_fit", "projection" if hold else "none")),
+                      "direction: measured hold (n_t - b n_h) or projection")
     hdr["EPS"] = (float(result["eps"]), "z = z_base + EPS * direction")
     hdr["REQVAL"] = (float(value), "requested value")
     hdr["ACHVAL"] = (float(result["achieved"]), "achieved (measured) value")

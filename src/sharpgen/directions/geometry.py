@@ -263,6 +263,13 @@ class Boundaries:
         pos = spec.vector(self.side_normals(False), coef)
         return pos, (spec.vector(self.side_normals(True), coef) if self.fold is not None else pos)
 
+    def hold_fit(self, spec: DirectionSpec) -> str:
+        """How ``spec`` holds its held parameters, for provenance (FITS HOLDFIT): ``"measured
+        b=<b_1>,..."`` (coefficients solved on the generator), ``"projection"`` or ``"none"``."""
+        if spec.key in self.holds:
+            return "measured b=" + ",".join(f"{b:.4g}" for b in self.holds[spec.key])
+        return "projection" if spec.hold else "none"
+
     def per_base(self, spec: DirectionSpec, latent_codes) -> np.ndarray:
         """Direction of ``spec`` for each base latent: (N, D) -> (N, D) unit rows."""
         Z = np.atleast_2d(np.asarray(latent_codes, dtype=np.float64))

@@ -409,6 +409,7 @@ def run_edit(args) -> int:
     achieved = float(after[target])
     info = {"EDITDIR": (res["key"], "latent direction (target|held)"), "TARGET": (target, "edited parameter"),
             "HOLD": (",".join(hold) or "none", "held parameters"),
+            "HOLDFIT": (ed.field.hold_fit(spec), "direction: measured hold (n_t - b n_h) or projection"),
             "REQUEST": (str(getattr(args, target)), "as given (xF: factor of BEFORE)"),
             "REQVAL": (float(value), f"requested value [{res['unit']}]"),
             "ACHVAL": (achieved, "achieved value (AFTER)"),
