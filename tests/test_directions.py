@@ -524,6 +524,7 @@ def test_cli_generate_standin(standin, planted, tmp_path, monkeypatch):
         h = hdul[0].header
         assert h["DIRECTN"] == key and h["SEED"] == 1 and h["HOLD"] == "r_value"
         assert h["HOLDFIT"] == "measured b=0.3"
+        assert h["EPSHOLD"] == "none"  # r_value has no calibrated direction here: no feedback hold
         assert h["RELERR"] < 0.05
         assert h["REQVAL"] == pytest.approx(request, rel=1e-6)
         assert hdul[0].data.shape == (S, S)

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from sharpgen import directions as dr
+from sharpgen.parameters import relative_error
 
 D = 8
 
@@ -187,3 +188,56 @@ def test_a_held_parameter_that_never_moves_is_held_by_the_projection():
     rec = summary["a|h"]
     assert holds == {} and rec["method"] == "projection" and rec["converged"]
     assert rec["n_evaluations"] == 1 and rec["residual"] == [0.0] and "within tol" in rec["reason"]
+
+
+# ------------------------------------------------------------------------------- feedback hold (per request)
+
+
+def _toy_request_render(Z):
+    """a = z0 (target); h = 0.6 z0 + z1 + 0.3 z1^2 (held): moving a along e0 drags h along."""
+    Z = np.asarray(Z, dtype=np.float64)
+    return pd.DataFrame({"a": Z[:, 0], "h": 0.6 * Z[:, 0] + Z[:, 1] + 0.3 * Z[:, 1] ** 2})
+
+
+def test_held_correctors_prefer_the_direction_that_holds_the_target():
+    cals = {"h|a": {"slope": 1.0}, "h": {"slope": 1.0}, "g": {"slope": 2.0}, "g|a": {"calibrated": False}}
+    assert dr.held_correctors(cals, dr.DirectionSpec("a", ("h",))) == [("h", "h|a")]
+    assert dr.held_correctors(cals, dr.DirectionSpec("a", ("g", "h"))) == [("g", "g"), ("h", "h|a")]
+    assert dr.held_correctors({"a": {"slope": 1.0}}, dr.DirectionSpec("a", ("h",))) == []
+
+
+def test_refine_held_brings_the_held_parameter_back_without_losing_the_target():
+    rng = np.random.default_rng(6)
+    N = 40
+    Zb = rng.standard_normal((N, D))
+    base = _toy_request_render(Zb)
+    req = base["a"].to_numpy() + rng.uniform(-1.5, 1.5, N)
+    eps = req - base["a"].to_numpy()  # the target's own solution along e0: exact for a, drags h
+    out = dr.refine_held(_toy_request_render, Zb, e(0), np.tile(e(1), (N, 1, 1)), [1.0, 1.0], req,
+                         base[["h"]].to_numpy(), eps, target="a", held=["h"], tol=0.02, steps=6)
+    start = relative_error("h", out["start_held_values"][:, 0], base["h"].to_numpy())
+    assert np.median(start) > 0.3  # without the feedback h moved
+    assert np.median(out["held_rel_error"][:, 0]) < 0.02 and np.median(out["rel_error"]) < 0.02
+    # the start served a exactly: no point with a target error above tol may replace it
+    assert np.all(out["rel_error"] <= 0.02 + 1e-9)
+    again = _toy_request_render(out["z"])  # the returned latents give the reported values
+    np.testing.assert_allclose(again["h"], out["held_values"][:, 0], rtol=1e-5)  # rendered in float32
+    np.testing.assert_allclose(out["z"], Zb + out["eps"][:, None] * e(0) + out["eps_held"][:, :1] * e(1))
+    assert out["calls"].max() <= 7
+
+
+def test_feedback_hold_of_one_request_through_the_direction_field():
+    field = dr.Boundaries({"a": e(0), "h": e(1)})
+    cals = {"a|h": {"slope": 1.0}, "h|a": {"slope": 1.0}}
+    spec = dr.DirectionSpec("a", ("h",))
+    zb = np.random.default_rng(7).standard_normal(D)
+    base = _toy_request_render(zb[None]).iloc[0]
+    z, info = dr.feedback_hold(_toy_request_render, field, cals, spec, zb, e(0), base["a"] + 1.0, base, 1.0,
+                               steps=6)
+    after = _toy_request_render(z[None]).iloc[0]
+    assert info["correctors"] == {"h": "h|a"} and set(info["eps_held"]) == {"h"}
+    assert abs(after["a"] - (base["a"] + 1.0)) < 0.02 * abs(base["a"] + 1.0) + 1e-9
+    assert relative_error("h", after["h"], base["h"]) < 0.02
+    z0, none = dr.feedback_hold(_toy_request_render, field, cals, spec, zb, e(0), base["a"] + 1.0, base, 1.0,
+                                steps=0)
+    assert none == {} and np.allclose(z0, zb + e(0))

@@ -471,6 +471,8 @@ def test_edit_by_a_factor_holding_a_parameter(tiny_pipeline, tmp_path):
     rec = hold["tuf|tnf"]
     assert hdr["HOLDFIT"] == ("measured b=" + ",".join(f"{b:.4g}" for b in rec["coefficients"])
                               if rec["method"] == "measured" else "projection")
+    # the feedback hold (calibration.hold_steps) corrected tnf along its own calibrated direction
+    assert hdr["EPSHOLD"].startswith("tnf ") and hdr["EPSHOLD"].endswith(" along tnf")
     assert hdr["BEFORE TUF"] == pytest.approx(before, rel=1e-6)
     assert hdr["REQVAL"] == pytest.approx(factor * hdr["BEFORE TUF"], rel=1e-6)
     cal = _calibration(work)["directions"]["tuf|tnf"]

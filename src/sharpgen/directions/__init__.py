@@ -62,7 +62,10 @@ from sharpgen.directions.boundaries import (  # noqa: F401
 from sharpgen.directions.calibrate import (  # noqa: F401
     build_calibration,
     evaluate_requests,
+    feedback_hold,
     fit_calibration,
+    held_correctors,
+    refine_held,
     run_calibrate,
     seed_range,
     solve_requests,

@@ -153,6 +153,135 @@ def solve_requests(render_target: Callable[[np.ndarray], np.ndarray], z_base, ve
             "steps": steps, "in_range": in_range, "y0": y0}
 
 
+def held_correctors(calibrations: Mapping, spec: DirectionSpec) -> list[tuple[str, str]]:
+    """For each held parameter ``h`` of ``spec``, the calibrated direction that moves it while
+    holding the target (and the other held parameters): ``h|target,others``, else ``h|target``,
+    else ``h``. Returns ``[(h, key), ...]``; a held parameter with no calibrated direction is
+    left out (it is then held only by the direction itself)."""
+    out = []
+    for h in spec.hold:
+        others = tuple(x for x in spec.hold if x != h)
+        for cand in (DirectionSpec(h, (spec.target, *others)), DirectionSpec(h, (spec.target,)), DirectionSpec(h)):
+            c = calibrations.get(cand.key)
+            if c is not None and c.get("calibrated", True) and "slope" in c:
+                out.append((h, cand.key))
+                break
+    return out
+
+
+def refine_held(render: Callable[[np.ndarray], pd.DataFrame], z_base, vector, held_vectors, slopes, requested,
+                held0, eps, *, target: str, held, tol: float = 0.02, steps: int = 6,
+                eps_bounds=None) -> dict:
+    """Feedback hold: after the target's own solve, also bring each held parameter back to its
+    base value by re-measuring it, one request per row.
+
+    render: z (M, D) -> table with the ``target`` and ``held`` columns (physical); z_base (N, D);
+    vector (N, D) the target's direction; held_vectors (N, K, D) one correcting direction per held
+    parameter (:func:`held_correctors`); slopes (1 + K,) fit-space change per unit eps of the
+    target along ``vector`` and of each held parameter along its corrector (the initial Jacobian,
+    diagonal); requested (N,) physical; held0 (N, K) physical held values at the base; eps (N,)
+    the target's solution (:func:`solve_requests`); eps_bounds: optional (N, 2) range of the
+    target's eps (the polarity fold).
+    The start ``z_base + eps * vector`` is measured, then up to ``steps`` Broyden steps on
+    ``F = (y_target - y_requested, y_h - y_h0)`` in fit space (steps clipped to a unit norm in
+    eps). A point replaces the best one only when its target error is at most
+    ``max(tol, the start's)`` -- the target is never served worse than without the hold -- and its
+    largest held relative error (:func:`relative_error`) is smaller; a request stops once both
+    are within ``tol``.
+    Returns (N,...) arrays: ``z`` (N, D) the best latent, ``eps``, ``eps_held`` (N, K),
+    ``achieved``, ``rel_error``, ``held_values`` (N, K), ``held_rel_error`` (N, K), ``start_held_values``
+    (N, K) (before the feedback) and ``calls`` (generator calls made here).
+    """
+    held = list(held)
+    Zb = np.asarray(z_base, dtype=np.float64)
+    V = direction_rows(vector, Zb)
+    H = np.asarray(held_vectors, dtype=np.float64).reshape(Zb.shape[0], len(held), Zb.shape[1])
+    N, K = Zb.shape[0], len(held)
+    req = np.asarray(requested, dtype=np.float64).ravel()
+    h0 = np.asarray(held0, dtype=np.float64).reshape(N, K)
+    goal = np.column_stack([to_fit_space(target, req)] + [to_fit_space(h, h0[:, k]) for k, h in enumerate(held)])
+    lim = np.tile([-np.inf, np.inf], (N, 1)) if eps_bounds is None else np.asarray(eps_bounds, np.float64)
+    E = np.column_stack([np.asarray(eps, np.float64), np.zeros((N, K))])
+
+    def measure_at(E, idx):
+        z = Zb[idx] + E[idx, :1] * V[idx] + np.einsum("nk,nkd->nd", E[idx, 1:], H[idx])
+        m = render(z.astype(np.float32))
+        vals = np.column_stack([m[target].to_numpy(np.float64)] + [m[h].to_numpy(np.float64) for h in held])
+        return z, vals
+
+    def errors(vals, idx):
+        t = relative_error(target, vals[:, 0], req[idx])
+        hh = np.column_stack([relative_error(h, vals[:, 1 + k], h0[idx, k]) for k, h in enumerate(held)])
+        return np.where(np.isfinite(t), t, np.inf), np.where(np.isfinite(hh), hh, np.inf)
+
+    def fit(vals):
+        return np.column_stack([to_fit_space(target, vals[:, 0])] +
+                               [to_fit_space(h, vals[:, 1 + k]) for k, h in enumerate(held)])
+
+    everyone = np.arange(N)
+    z, vals = measure_at(E, everyone)
+    calls = np.ones(N, int)
+    t_err, h_err = errors(vals, everyone)
+    best = {"z": z.copy(), "E": E.copy(), "vals": vals.copy(), "t": t_err.copy(), "h": h_err.copy()}
+    t_cap = np.maximum(tol, t_err)
+    F = fit(vals) - goal
+    J = np.tile(np.diag(np.asarray(slopes, np.float64))[None], (N, 1, 1))
+    active = np.isfinite(F).all(1) & ((t_err > tol) | (h_err.max(1) > tol))
+    for _ in range(int(steps)):
+        idx = np.flatnonzero(active)
+        if idx.size == 0:
+            break
+        step = -np.linalg.lstsq(J[idx[0]], F[idx[0]], rcond=None)[0][None] if idx.size == 1 else \
+            -np.stack([np.linalg.lstsq(J[i], F[i], rcond=None)[0] for i in idx])
+        step *= np.minimum(1.0, 1.0 / np.maximum(np.linalg.norm(step, axis=1, keepdims=True), 1e-12))
+        En = E.copy()
+        En[idx] = E[idx] + step
+        En[idx, 0] = np.clip(En[idx, 0], lim[idx, 0], lim[idx, 1])
+        step = En[idx] - E[idx]
+        zn, vn = measure_at(En, idx)
+        calls[idx] += 1
+        Fn = fit(vn) - goal[idx]
+        good = np.isfinite(Fn).all(1) & (np.einsum("nk,nk->n", step, step) > 0)
+        upd = (Fn - F[idx] - np.einsum("nij,nj->ni", J[idx], step))[:, :, None] * step[:, None, :]
+        upd /= np.maximum(np.einsum("nk,nk->n", step, step), 1e-12)[:, None, None]
+        J[idx[good]] += upd[good]
+        E[idx[good]], F[idx[good]] = En[idx[good]], Fn[good]
+        t_n, h_n = errors(vn, idx)
+        better = good & (t_n <= t_cap[idx]) & (h_n.max(1) < best["h"][idx].max(1))
+        b = idx[better]
+        best["z"][b], best["E"][b], best["vals"][b] = zn[better], En[b], vn[better]
+        best["t"][b], best["h"][b] = t_n[better], h_n[better]
+        active[idx] = good & ((best["t"][idx] > tol) | (best["h"][idx].max(1) > tol))
+    return {"z": best["z"], "eps": best["E"][:, 0], "eps_held": best["E"][:, 1:], "achieved": best["vals"][:, 0],
+            "rel_error": best["t"], "held_values": best["vals"][:, 1:], "held_rel_error": best["h"],
+            "start_held_values": vals[:, 1:], "calls": calls}
+
+
+def feedback_hold(render: Callable[[np.ndarray], pd.DataFrame], field, calibrations: Mapping, spec: DirectionSpec,
+                  z_base, vector, value: float, base_values: Mapping, eps: float, *, tol: float = 0.02,
+                  steps: int = 0, eps_bounds=None) -> tuple[np.ndarray, dict]:
+    """One request's feedback hold (``sharpgen generate`` / ``edit``): :func:`refine_held` from the
+    target's solution ``eps`` along ``vector`` (D,), the held parameters corrected along their
+    calibrated directions (:func:`held_correctors` over ``calibrations``, vectors from ``field``,
+    a :class:`Boundaries`). base_values: the base image's measured parameters. Returns ``(z (D,),
+    info)``; info is empty (and z the plain step) with ``steps = 0``, no held parameter or no
+    corrector, else ``eps`` (the target's, possibly moved), ``eps_held`` {h: eps} and
+    ``correctors`` {h: key}."""
+    zb = np.asarray(z_base, dtype=np.float64)[None, :]
+    z = zb[0] + float(eps) * np.asarray(vector, dtype=np.float64)
+    corr = held_correctors(calibrations, spec) if steps > 0 and spec.hold else []
+    if not corr:
+        return z, {}
+    hs = [h for h, _ in corr]
+    fb = refine_held(render, zb, np.asarray(vector, np.float64)[None, :],
+                     np.stack([field.per_base(DirectionSpec.parse(c), zb) for _, c in corr], axis=1),
+                     [calibrations[spec.key]["slope"]] + [calibrations[c]["slope"] for _, c in corr], [value],
+                     np.array([[float(base_values[h]) for h in hs]]), [float(eps)], target=spec.target, held=hs,
+                     tol=tol, steps=steps, eps_bounds=None if eps_bounds is None else np.atleast_2d(eps_bounds))
+    return fb["z"][0], {"eps": float(fb["eps"][0]), "eps_held": dict(zip(hs, map(float, fb["eps_held"][0]))),
+                        "correctors": dict(corr)}
+
+
 def seed_range(cal: Mapping, y0: float, eps_bounds=None) -> tuple[float, float]:
     """Physical target range reachable from a base with fit-space value y0 (calibrated eps range,
     intersected with the base's fold range ``eps_bounds`` (2,) when given)."""
@@ -166,7 +295,8 @@ def seed_range(cal: Mapping, y0: float, eps_bounds=None) -> tuple[float, float]:
 def evaluate_requests(render: Renderer, vectors: Mapping, calibrations: Mapping[str, Mapping], dim: int, *,
                       n_requests: int = 200, seed: int = 0, refine_steps: int = 2, tol: float = 0.02,
                       margin: float = 0.05, bounds: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
-                      to_codes: Callable[[np.ndarray], np.ndarray] | None = None) -> dict:
+                      to_codes: Callable[[np.ndarray], np.ndarray] | None = None, hold_steps: int = 0,
+                      correctors: Mapping | None = None) -> dict:
     """Achieved relative error over random in-range requests, per calibrated direction.
 
     vectors: direction key -> unit (D,) or a callable mapping base latents (N, D) to one unit
@@ -181,6 +311,11 @@ def evaluate_requests(render: Renderer, vectors: Mapping, calibrations: Mapping[
     refinement and after the calibrated step alone), the fraction below 10%, the mean number of
     generator calls and, for conditional directions, the median absolute change of each held
     parameter (fit space, physical value for identity parameters).
+    hold_steps, correctors: with ``hold_steps > 0``, conditional requests also get the feedback
+    hold (:func:`refine_held`) along ``correctors`` (key -> [(held parameter, corrector key,
+    its unit vector or per-base callable like ``vectors``, its calibrated slope)]); the held
+    change is then reported after it and, as ``median_abs_change_held_fit_space_no_feedback``,
+    before it.
     """
     rng = np.random.default_rng(seed)
     out = {}
@@ -215,13 +350,27 @@ def evaluate_requests(render: Renderer, vectors: Mapping, calibrations: Mapping[
         solved = res["in_range"] & np.isfinite(res["rel_error"])
         err = res["rel_error"][solved]
         first = res["rel_error_first"][solved]
+        held_before, calls = {}, res["steps"].astype(float)
+        corr = list((correctors or {}).get(key, ())) if hold_steps > 0 else []
         if spec.hold and solved.any():
-            zf = Zb[idx][solved] + res["eps"][solved, None] * V[idx][solved]
-            final_df = render(zf.astype(np.float32))
+            zs, rows = Zb[idx][solved], idx[solved]
+            z_start = zs + res["eps"][solved, None] * V[idx][solved]
+            z_final = z_start
+            if corr:
+                hs = [c[0] for c in corr]
+                fb = refine_held(render, zs, V[idx][solved],
+                                 np.stack([direction_rows(v, zs) for _, _, v, _ in corr], axis=1),
+                                 [cal["slope"]] + [slope for _, _, _, slope in corr], req[rows],
+                                 base_df[hs].to_numpy(np.float64)[rows], res["eps"][solved], target=spec.target,
+                                 held=hs, tol=tol, steps=hold_steps, eps_bounds=lim[rows])
+                err, z_final = fb["rel_error"], fb["z"]
+                calls[solved] += fb["calls"]
+            final_df = render(z_final.astype(np.float32))
+            start_df = render(z_start.astype(np.float32)) if corr else final_df
             for h in spec.hold:
-                a = to_fit_space(h, final_df[h])
-                b = to_fit_space(h, base_df[h].to_numpy()[idx][solved])
-                held_after[h] = float(np.nanmedian(np.abs(a - b)))
+                b = to_fit_space(h, base_df[h].to_numpy()[rows])
+                held_after[h] = float(np.nanmedian(np.abs(to_fit_space(h, final_df[h]) - b)))
+                held_before[h] = float(np.nanmedian(np.abs(to_fit_space(h, start_df[h]) - b)))
         out[key] = {
             "target": spec.target,
             "hold": list(spec.hold),
@@ -238,8 +387,10 @@ def evaluate_requests(render: Renderer, vectors: Mapping, calibrations: Mapping[
                 spec.target, from_fit_space(spec.target, y0[idx][solved]), req[idx][solved])))
             if solved.any() else np.nan,
             "median_reachable_span_fit_space": float(np.nanmedian(np.abs(cal["slope"]) * (cal["eps_max"] - cal["eps_min"]))),
-            "mean_generator_calls": float(res["steps"][solved].mean()) if solved.any() else np.nan,
+            "mean_generator_calls": float(calls[solved].mean()) if solved.any() else np.nan,
             "median_abs_change_held_fit_space": held_after,
+            "median_abs_change_held_fit_space_no_feedback": held_before,
+            "feedback_hold": {c[0]: c[1] for c in corr},
         }
         logger.info("requests %s: median relative error %.3f (calibrated step alone %.3f), %d/%d solved",
                     key, out[key]["median_rel_error"], out[key]["median_rel_error_calibrated_step"],
@@ -274,7 +425,7 @@ def build_calibration(traversals: pd.DataFrame, cfg, measurement: Mapping,
         "log_params": list(LOG_FIT),  # provenance: the registry's fit space when this was made
         "measurement": dict(measurement),
         "units": "physical" if mode == "crop" else "image units (patches mode 'resize': not physical)",
-        "settings": {"refine_steps": cc.refine_steps, "tol": cc.tol},
+        "settings": {"refine_steps": cc.refine_steps, "tol": cc.tol, "hold_steps": cc.hold_steps},
         "boundaries_sha256": boundaries_sha256,
     }
 
@@ -303,6 +454,8 @@ def run_calibrate(traversals_path, metrics_path, generator_path, boundaries_path
         logger.warning("not evaluating uncalibrated directions %s", skipped)
     keys = [k for k in keys if k not in skipped]
     vectors = {k: (lambda Z, _s=DirectionSpec.parse(k): field.per_base(_s, Z)) for k in keys}
+    correctors = {k: [(h, c, (lambda Z, _s=DirectionSpec.parse(c): field.per_base(_s, Z)), cal["directions"][c]["slope"])
+                      for h, c in held_correctors(cal["directions"], DirectionSpec.parse(k))] for k in keys}
     bounds = {k: (lambda Z, _s=DirectionSpec.parse(k): field.eps_bounds(_s, Z)) for k in keys}
     G = load_generator(generator_path, device=device)
     render = make_renderer(G, MeasurementContext.from_dict(ctx_dict), list(cfg.parameters),
@@ -310,7 +463,7 @@ def run_calibrate(traversals_path, metrics_path, generator_path, boundaries_path
     cal["evaluation"] = evaluate_requests(
         render, vectors, {k: cal["directions"][k] for k in keys}, G.nz,
         n_requests=cc.n_requests, seed=int_seed(cfg.seed, "calibration_requests"), refine_steps=cc.refine_steps, tol=cc.tol, bounds=bounds,
-        to_codes=lambda Z: space_codes(G, Z, field.space))
+        to_codes=lambda Z: space_codes(G, Z, field.space), hold_steps=cc.hold_steps, correctors=correctors)
     cal["targets"] = {f"{k}_median_rel_error_lt_0.10": bool(np.nan_to_num(v["median_rel_error"], nan=1.0) < 0.10)
                       for k, v in cal["evaluation"].items()}
     cal["targets"].update({f"{k}_median_rel_error_lt_0.10": False for k in skipped})

@@ -32,6 +32,7 @@ class CalibrationConfig:
     evaluate: tuple[str, ...]
     refine_steps: int
     tol: float
+    hold_steps: int                   # feedback hold: generator calls to bring held parameters back
 
 
 @dataclass(frozen=True)

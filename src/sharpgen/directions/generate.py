@@ -20,7 +20,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from sharpgen.directions.boundaries import file_sha256, load_direction_field
-from sharpgen.directions.calibrate import seed_range, solve_requests
+from sharpgen.directions.calibrate import feedback_hold, seed_range, solve_requests
 from sharpgen.directions.geometry import (
     Boundaries,
     DirectionError,
@@ -51,7 +51,8 @@ class GenerateError(ValueError):
 
 def generate_request(render: Renderer, G, normals: "Boundaries | Mapping[str, np.ndarray]",
                      calibration: Mapping, target: str, value: float, hold: Sequence[str] = (),
-                     seed: int = 0, refine_steps: int = 2, tol: float = 0.02, batch_size: int = 16) -> dict:
+                     seed: int = 0, refine_steps: int = 2, tol: float = 0.02, batch_size: int = 16,
+                     hold_steps: int = 0) -> dict:
     """Generate one image whose ``target`` equals ``value`` (physical units of the calibration).
 
     normals: a :class:`Boundaries` (the direction of a base on the far side of the polarity fold
@@ -97,7 +98,11 @@ def generate_request(render: Renderer, G, normals: "Boundaries | Mapping[str, np
     res = solve_requests(render_target, z_base[None, :], vector, [value], cal, refine_steps=refine_steps,
                          tol=tol, y0=y0, eps_bounds=lim)
     eps = float(res["eps"][0])
-    z = (z_base.astype(np.float64) + eps * vector).astype(np.float32)
+    # feedback hold: re-measure the held parameters and step them back along their own directions
+    z, fb = feedback_hold(render, field, calibration["directions"], spec, z_base, vector, value,
+                          base_df.iloc[0], eps, tol=tol, steps=hold_steps, eps_bounds=lim[0])
+    eps = fb.get("eps", eps)
+    z = z.astype(np.float32)
     image = generate(G, z[None, :], batch_size=batch_size, space=field.space)[0]
     measured = render(z[None, :]).iloc[0].to_dict()
     return {
@@ -108,6 +113,7 @@ def generate_request(render: Renderer, G, normals: "Boundaries | Mapping[str, np
         "base_measured": {k: float(v) for k, v in base_df.iloc[0].to_dict().items()},
         "unit": unit, "mode": mode, "cal": cal,
         "hold_fit": field.hold_fit(spec),  # measured coefficients or the projection
+        "eps_held": fb.get("eps_held", {}), "correctors": fb.get("correctors", {}),
     }
 
 
@@ -221,7 +227,7 @@ def write_generated_fits(path, result: Mapping, *, seed: int, target: str, value
     Primary HDU: (S, S) float32 Br = clip_gauss * image, BUNIT ``G``, a Carrington CEA WCS with
     a nominal date and observer (:func:`nominal_cea_wcs`: ``sunpy.map.Map(path)`` is a
     Carrington map at the measurement's pixel scale), TELESCOP/ORIGIN naming sharpgen. Header:
-    SEED, ZSHA (sha256 of the float32 z bytes, 16 hex), DIRECTN, TARGET, HOLD, HOLDFIT, EPS, REQVAL,
+    SEED, ZSHA (sha256 of the float32 z bytes, 16 hex), DIRECTN, TARGET, HOLD, HOLDFIT, EPS, EPSHOLD, REQVAL,
     ACHVAL, RELERR, UNITMODE, UNIT, CLIPG, GENERATR and one ``HIERARCH MEAS <PARAM>`` per
     measured parameter; strings longer than a card are kept whole (CONTINUE cards). Extension
     ``LATENT``: binary table with the columns ``z_base`` and ``z`` (D float32 each).
@@ -249,7 +255,10 @@ def write_generated_fits(path, result: Mapping, *, seed: int, target: str, value
     hdr["HOLD"] = (",".join(hold) or "none", "held parameters")
     hdr["HOLDFIT"] = (str(result.get("hold_fit", "projection" if hold else "none")),
                       "direction: measured hold (n_t - b n_h) or projection")
-    hdr["EPS"] = (float(result["eps"]), "z = z_base + EPS * direction")
+    hdr["EPS"] = (float(result["eps"]), "z = z_base + EPS * direction (+ EPSHOLD)")
+    hdr["EPSHOLD"] = ("; ".join(f"{h} {e:+.4f} along {result['correctors'][h]}"
+                                for h, e in result.get("eps_held", {}).items()) or "none",
+                      "feedback hold: steps along the held parameters' directions")
     hdr["REQVAL"] = (float(value), "requested value")
     hdr["ACHVAL"] = (float(result["achieved"]), "achieved (measured) value")
     hdr["RELERR"] = (float(result["rel_error"]), "relative error |ach-req|/req")
@@ -352,6 +361,7 @@ def run_generate(args) -> int:
         render, G, normals, calibration, target, value, hold, seed=args.seed,
         refine_steps=args.refine_steps if args.refine_steps is not None else int(settings.get("refine_steps", 2)),
         tol=args.tol if args.tol is not None else float(settings.get("tol", 0.02)),
+        hold_steps=int(settings.get("hold_steps", 0)),  # calibration.json of before 2026-12-02: none
     )
     write_generated_fits(output, res, seed=args.seed, target=target, value=value, hold=hold,
                          clip_gauss=ctx.clip_gauss, measurement=calibration["measurement"],

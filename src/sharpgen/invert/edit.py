@@ -233,11 +233,12 @@ class Editor:
         """Serve one request from ``code`` like ``sharpgen generate`` (calibrated step + secant
         refinement). Raises RequestOutOfRange (with the ranges) when it cannot be reached.
         Returns eps, code, image, measured (dict), base_measured, achieved, rel_error, key."""
-        from sharpgen.directions.calibrate import solve_requests
+        from sharpgen.directions.calibrate import feedback_hold, solve_requests
 
         spec, cal = self.direction(target, hold)
         settings = self.calibration.get("settings", {})
         refine_steps = int(settings.get("refine_steps", 2)) if refine_steps is None else int(refine_steps)
+        hold_steps = int(settings.get("hold_steps", 0))  # calibration.json of before 2026-12-02: none
         tol = float(settings.get("tol", 0.02)) if tol is None else float(tol)
         code = np.asarray(code, np.float32)
         base = self.measure(self.render(code)).iloc[0]
@@ -265,14 +266,20 @@ class Editor:
         eps = float(res["eps"][0])
         if not np.isfinite(eps):
             raise RequestOutOfRange(f"requested {target}={value:.4g} could not be reached along {spec.key!r}")
-        new = (code.astype(np.float64) + eps * vector).astype(np.float32)
+        # feedback hold: re-measure the held parameters and step them back along their own directions
+        new, fb = feedback_hold(lambda z: self.measure(self.render(np.asarray(z, np.float32))), self.field,
+                                self.calibration["directions"], spec, code, vector, value, base, eps, tol=tol,
+                                steps=hold_steps, eps_bounds=r["fold"])
+        eps = fb.get("eps", eps)
+        new = new.astype(np.float32)
         image = self.render(new)[0]
         measured = self.measure(image[None]).iloc[0]
         return {"key": spec.key, "eps": eps, "code": new, "image": image, "unit": unit,
                 "measured": {k: float(v) for k, v in measured.items()},
                 "base_measured": {k: float(v) for k, v in base.items()},
                 "achieved": float(measured[target]),
-                "rel_error": float(relative_error(target, measured[target], value)), "cal": cal}
+                "rel_error": float(relative_error(target, measured[target], value)), "cal": cal,
+                "eps_held": fb.get("eps_held", {}), "correctors": fb.get("correctors", {})}
 
 
 # --------------------------------------------------------------------------------------------
@@ -414,7 +421,10 @@ def run_edit(args) -> int:
             "REQVAL": (float(value), f"requested value [{res['unit']}]"),
             "ACHVAL": (achieved, "achieved value (AFTER)"),
             "RELERR": (float(relative_error(target, achieved, value)), "relative error of ACHVAL"),
-            "EPS": (res["eps"], "code = code_base + EPS * direction"), "SPACE": (ed.space, "latent space"),
+            "EPS": (res["eps"], "code = code_base + EPS * direction (+ EPSHOLD)"),
+            "EPSHOLD": ("; ".join(f"{h} {e:+.4f} along {res['correctors'][h]}" for h, e in res["eps_held"].items())
+                        or "none", "feedback hold: steps along the held parameters' directions"),
+            "SPACE": (ed.space, "latent space"),
             "INVERR": (float(inv.rel_error[0]), "inversion ||G(c*)-x||/||x||"),
             "INVBOUND": (ed.max_rel_error, "largest INVERR accepted"),
             "RESIDUAL": (bool(args.keep_residual), "input - G(c*) added back"),
