@@ -36,9 +36,13 @@ def _inputs(params=P7):
                                                                  "conditional_abs_per_base": 0.45}}}}}
     calibration = {"directions": {"tuf": {"r2": 0.9}},
                    "evaluation": {"tuf": {"median_rel_error_calibrated_step": 0.04, "median_rel_error": 0.01,
-                                          "p90_rel_error": 0.1, "refusal_rate": 0.25},
+                                          "p90_rel_error": 0.1, "refusal_rate": 0.25,
+                                          "median_abs_change_held_fit_space": {},
+                                          "median_abs_change_held_fit_space_no_feedback": {}},
                                   "r_value|tuf": {"median_rel_error_calibrated_step": float("nan"),
-                                                  "median_rel_error": float("nan"), "refusal_rate": 0.5}}}
+                                                  "median_rel_error": float("nan"), "refusal_rate": 0.5,
+                                                  "median_abs_change_held_fit_space": {"tuf": 0.003},
+                                                  "median_abs_change_held_fit_space_no_feedback": {"tuf": 0.03}}}}
     corr = {m: {p: {"pearson": 0.5, "spearman": 0.6, "n": 10, "pearson_raw": 0.4} for p in P7}
             for m in ("simsiam", "params_euclidean", "params_mahalanobis", "random")}
     for m in corr:
@@ -73,6 +77,8 @@ def test_full_metrics_validate_and_hold_the_headline_numbers():
     assert m["calibration"]["median_rel_error"] == {"tuf": 0.04, "r_value|tuf": None}  # NaN -> null
     assert m["calibration"]["median_rel_error_refined"]["tuf"] == 0.01
     assert m["calibration"]["refusal_rate"] == {"tuf": 0.25, "r_value|tuf": 0.5}
+    assert m["calibration"]["held_abs_change"] == {"r_value|tuf:tuf": 0.003}
+    assert m["calibration"]["held_abs_change_no_feedback"] == {"r_value|tuf:tuf": 0.03}
     assert set(m["retrieval"]) == {"database", "simsiam", "oracle_physical_euclidean",
                                    "oracle_physical_mahalanobis", "random", "all_database"}
     assert m["retrieval"]["database"] == "heldout" and m["retrieval_real"]["database"] == "val"

@@ -180,14 +180,23 @@ def calibration_metrics(cal: Mapping) -> dict:
     calibrated step alone (the calibration's own accuracy, the headline);
     ``median_rel_error_refined`` after up to ``refine_steps`` secant steps that re-measure the
     generated image (what ``sharpgen generate`` delivers); ``refusal_rate`` of in-range requests
-    the fold / calibrated range could not serve; ``p90_rel_error`` (refined); slope R^2."""
+    the fold / calibrated range could not serve; ``p90_rel_error`` (refined); slope R^2;
+    ``held_abs_change`` / ``held_abs_change_no_feedback`` (``"direction:held"``: the median
+    absolute change of a held parameter in fit space, with and without the feedback hold)."""
     ev = cal.get("evaluation", {})
     return {"median_rel_error": {k: _num(v.get("median_rel_error_calibrated_step")) for k, v in ev.items()},
             "median_rel_error_refined": {k: _num(v.get("median_rel_error")) for k, v in ev.items()},
             "refusal_rate": {k: _num(v.get("refusal_rate", v.get("n_refused", 0) / max(v.get("n_requests", 1), 1)))
                              for k, v in ev.items()},
             "p90_rel_error": {k: _num(v.get("p90_rel_error")) for k, v in ev.items()},
-            "slope_r2": {k: _num(v.get("r2")) for k, v in cal.get("directions", {}).items()}}
+            "slope_r2": {k: _num(v.get("r2")) for k, v in cal.get("directions", {}).items()},
+            # median |change| of each held parameter (fit space) over the requests, with the
+            # feedback hold (what generate / edit deliver) and by the direction alone
+            "held_abs_change": {f"{k}:{h}": _num(x) for k, v in ev.items()
+                                for h, x in (v.get("median_abs_change_held_fit_space") or {}).items()},
+            "held_abs_change_no_feedback": {
+                f"{k}:{h}": _num(x) for k, v in ev.items()
+                for h, x in (v.get("median_abs_change_held_fit_space_no_feedback") or {}).items()}}
 
 
 def _corr_block(corr: Mapping) -> dict:
