@@ -231,8 +231,7 @@ def refine_held(render: Callable[[np.ndarray], pd.DataFrame], z_base, vector, he
         idx = np.flatnonzero(active)
         if idx.size == 0:
             break
-        step = -np.linalg.lstsq(J[idx[0]], F[idx[0]], rcond=None)[0][None] if idx.size == 1 else \
-            -np.stack([np.linalg.lstsq(J[i], F[i], rcond=None)[0] for i in idx])
+        step = -np.einsum("nij,nj->ni", np.linalg.pinv(J[idx]), F[idx])  # least squares, batched
         step *= np.minimum(1.0, 1.0 / np.maximum(np.linalg.norm(step, axis=1, keepdims=True), 1e-12))
         En = E.copy()
         En[idx] = E[idx] + step
