@@ -416,10 +416,11 @@ def resolve_space(requested: str, columns) -> str:
 
 
 def measure_holds(arrays: Mapping[str, np.ndarray], cfg: DirectionsConfig, generator_path, patches_zarr,
-                  latents_path, threads: int | None = None) -> tuple[dict, dict]:
+                  table: pd.DataFrame, threads: int | None = None) -> tuple[dict, dict]:
     """``directions.hold: measured``: solve every configured conditional direction's hold on the
     generator (:func:`sharpgen.directions.holds.fit_holds`; base latents from their own stream,
-    the traversal's eps grid and device). Returns ``(holds, summary)``."""
+    the traversal's eps grid and device; parameters standardised by their std over ``table``,
+    latents.parquet). Returns ``(holds, summary)``."""
     from sharpgen.directions.holds import fit_holds
     from sharpgen.directions.traverse import eps_grid, generated_std
     from sharpgen.gan import load_generator
@@ -443,7 +444,7 @@ def measure_holds(arrays: Mapping[str, np.ndarray], cfg: DirectionsConfig, gener
     render = make_renderer(G, ctx, params, batch_size=tc.batch_size, space=field.space)
     base = space_codes(G, stream(cfg.seed, "hold_fit_bases").standard_normal((cfg.hold_fit.n_base, G.nz)),
                        field.space)
-    return fit_holds(render, field, specs, base, eps_grid(tc.eps_max, tc.n_eps), generated_std(latents_path, params),
+    return fit_holds(render, field, specs, base, eps_grid(tc.eps_max, tc.n_eps), generated_std(table, params),
                      tol=cfg.hold_fit.tol, max_evaluations=cfg.hold_fit.max_evaluations)
 
 
@@ -462,7 +463,7 @@ def run_fit_boundaries(latents_path, cfg, npz_out, json_out, generator_path=None
     arrays["space"] = np.array(space)
     holds_summary: dict = {}
     if cfg.hold == "measured":
-        holds, holds_summary = measure_holds(arrays, cfg, generator_path, patches_zarr, latents_path, threads)
+        holds, holds_summary = measure_holds(arrays, cfg, generator_path, patches_zarr, table, threads)
         arrays.update(hold_arrays(holds))
     elif cfg.hold != "projection":
         raise DirectionError(f"unknown directions.hold {cfg.hold!r} (measured | projection)")

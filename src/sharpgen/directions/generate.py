@@ -219,6 +219,16 @@ def nominal_cea_wcs(measurement: "MeasurementContext | Mapping", size: int) -> t
     return keys, notes
 
 
+def hold_cards(result: Mapping) -> dict:
+    """FITS cards of how a request held its parameters (``sharpgen generate`` and ``edit``):
+    HOLDFIT (the direction's measured hold coefficients, or the projection) and EPSHOLD (the
+    feedback hold's steps along the held parameters' own directions), from a request result
+    with ``hold_fit``, ``eps_held`` and ``correctors``."""
+    steps = "; ".join(f"{h} {e:+.4f} along {result['correctors'][h]}" for h, e in result.get("eps_held", {}).items())
+    return {"HOLDFIT": (str(result.get("hold_fit", "none")), "direction: measured hold (n_t - b n_h) or projection"),
+            "EPSHOLD": (steps or "none", "feedback hold: steps along the held parameters' directions")}
+
+
 def write_generated_fits(path, result: Mapping, *, seed: int, target: str, value: float, hold: Sequence[str],
                          clip_gauss: float, measurement: "MeasurementContext | Mapping",
                          generator_path: str | None = None) -> None:
@@ -253,12 +263,10 @@ def write_generated_fits(path, result: Mapping, *, seed: int, target: str, value
     hdr["DIRECTN"] = (result["key"], "latent direction (target|held)")
     hdr["TARGET"] = (target, "requested parameter")
     hdr["HOLD"] = (",".join(hold) or "none", "held parameters")
-    hdr["HOLDFIT"] = (str(result.get("hold_fit", "projection" if hold else "none")),
-                      "direction: measured hold (n_t - b n_h) or projection")
+    cards = hold_cards(result)
+    hdr["HOLDFIT"] = cards["HOLDFIT"]
     hdr["EPS"] = (float(result["eps"]), "z = z_base + EPS * direction (+ EPSHOLD)")
-    hdr["EPSHOLD"] = ("; ".join(f"{h} {e:+.4f} along {result['correctors'][h]}"
-                                for h, e in result.get("eps_held", {}).items()) or "none",
-                      "feedback hold: steps along the held parameters' directions")
+    hdr["EPSHOLD"] = cards["EPSHOLD"]
     hdr["REQVAL"] = (float(value), "requested value")
     hdr["ACHVAL"] = (float(result["achieved"]), "achieved (measured) value")
     hdr["RELERR"] = (float(result["rel_error"]), "relative error |ach-req|/req")

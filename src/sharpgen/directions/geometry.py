@@ -123,17 +123,23 @@ class DirectionSpec:
         target, _, hold = key.partition("|")
         return cls(target.strip(), tuple(h.strip() for h in hold.split(",") if h.strip()))
 
+    def normals_of(self, normals: Mapping[str, np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(target normal (D,), held normals in ``hold`` order); DirectionError naming the
+        parameters without a boundary."""
+        missing = [p for p in (self.target, *self.hold) if p not in normals]
+        if missing:
+            raise DirectionError(f"direction {self.key!r}: no boundary for {missing} (available: {sorted(normals)})")
+        return normals[self.target], [normals[h] for h in self.hold]
+
     def vector(self, normals: Mapping[str, np.ndarray], coefficients=None) -> np.ndarray:
         """Unit (D,) direction from the boundary normals: the conditions projected out, or, with
         ``coefficients`` (K,) (a measured hold, :mod:`sharpgen.directions.holds`),
         :func:`combine_hold` of the target normal and the held normals in ``hold`` order."""
-        missing = [p for p in (self.target, *self.hold) if p not in normals]
-        if missing:
-            raise DirectionError(f"direction {self.key!r}: no boundary for {missing} (available: {sorted(normals)})")
+        n_t, n_h = self.normals_of(normals)
         try:
             if coefficients is not None and self.hold:
-                return combine_hold(normals[self.target], [normals[h] for h in self.hold], coefficients)
-            return project_boundary(normals[self.target], *[normals[h] for h in self.hold])
+                return combine_hold(n_t, n_h, coefficients)
+            return project_boundary(n_t, *n_h)
         except DirectionError as err:
             raise DirectionError(f"direction {self.key!r}: {err}") from None
 

@@ -30,7 +30,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from sharpgen.directions.geometry import Boundaries, DirectionError, DirectionSpec, projection_coefficients
+from sharpgen.directions.geometry import Boundaries, DirectionSpec, projection_coefficients
 from sharpgen.measure import Renderer
 
 logger = logging.getLogger(__name__)
@@ -144,11 +144,7 @@ def fit_holds(render: Renderer, field: Boundaries, specs: Sequence[DirectionSpec
     for spec in specs:
         if not spec.hold:
             continue
-        normals = field.normals
-        missing = [p for p in (spec.target, *spec.hold) if p not in normals]
-        if missing:
-            raise DirectionError(f"direction {spec.key!r}: no boundary for {missing} (available: {sorted(normals)})")
-        b0 = projection_coefficients(normals[spec.target], [normals[h] for h in spec.hold])
+        b0 = projection_coefficients(*spec.normals_of(field.normals))
         b, history = solve_hold(lambda x, _s=spec: held_residuals(render, field, _s, x, base_z, eps, std),
                                 b0, tol=tol, max_evaluations=max_evaluations)
         start, best = history[0], min(history, key=lambda e: e["max_abs"])

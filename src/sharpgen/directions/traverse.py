@@ -167,10 +167,11 @@ def traversal_metrics(df: pd.DataFrame, params: Sequence[str], std: Mapping[str,
         ent = {p: (slopes[p] / st if st and np.isfinite(st) else np.nan) for p in params}
         ent_moving[key] = {p: (slopes_moving[p] / st if st and np.isfinite(st) else np.nan) for p in params}
         pt = per_base_std.get(spec.target)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ent_abs = {p: (float(np.nanmedian(np.abs(per_base_std[p] / pt)))
-                           if pt is not None and p in per_base_std and np.isfinite(per_base_std[p] / pt).any()
-                           else np.nan) for p in params}
+        ent_abs = {}
+        for p in params:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                r = np.abs(per_base_std[p] / pt) if pt is not None and p in per_base_std else np.array([np.nan])
+            ent_abs[p] = float(np.nanmedian(r)) if np.isfinite(r).any() else np.nan
         out[key] = {
             "target": spec.target,
             "hold": list(spec.hold),
@@ -203,9 +204,10 @@ def traversal_metrics(df: pd.DataFrame, params: Sequence[str], std: Mapping[str,
     return out
 
 
-def generated_std(latents_path, params: Sequence[str]) -> dict:
-    """Std of each parameter (fit space) over the generated population of latents.parquet."""
-    table = pd.read_parquet(latents_path, columns=list(params))
+def generated_std(latents, params: Sequence[str]) -> dict:
+    """Std of each parameter (fit space) over the generated population: latents.parquet's path,
+    or its table already read."""
+    table = latents if isinstance(latents, pd.DataFrame) else pd.read_parquet(latents, columns=list(params))
     return {p: float(np.nanstd(to_fit_space(p, table[p]))) for p in params}
 
 

@@ -279,6 +279,7 @@ class Editor:
                 "base_measured": {k: float(v) for k, v in base.items()},
                 "achieved": float(measured[target]),
                 "rel_error": float(relative_error(target, measured[target], value)), "cal": cal,
+                "hold_fit": self.field.hold_fit(spec),
                 "eps_held": fb.get("eps_held", {}), "correctors": fb.get("correctors", {})}
 
 
@@ -390,7 +391,7 @@ def write_edited_fits(path, image: np.ndarray, header, *, clip_gauss: float, inf
 
 def run_edit(args) -> int:
     """``sharpgen edit`` (options: :func:`sharpgen.cli.add_edit_parser`)."""
-    from sharpgen.directions.generate import check_output_path
+    from sharpgen.directions.generate import check_output_path, hold_cards
     from sharpgen.parameters import REQUESTABLE
 
     target = next(n for n in REQUESTABLE if getattr(args, n, None) is not None)
@@ -414,16 +415,16 @@ def run_edit(args) -> int:
         image = np.clip(patch + (image - inv.images[0]), -1.0, 1.0).astype(np.float32)
     after = ed.measure(image[None]).iloc[0].to_dict()
     achieved = float(after[target])
+    cards = hold_cards(res)
     info = {"EDITDIR": (res["key"], "latent direction (target|held)"), "TARGET": (target, "edited parameter"),
             "HOLD": (",".join(hold) or "none", "held parameters"),
-            "HOLDFIT": (ed.field.hold_fit(spec), "direction: measured hold (n_t - b n_h) or projection"),
+            "HOLDFIT": cards["HOLDFIT"],
             "REQUEST": (str(getattr(args, target)), "as given (xF: factor of BEFORE)"),
             "REQVAL": (float(value), f"requested value [{res['unit']}]"),
             "ACHVAL": (achieved, "achieved value (AFTER)"),
             "RELERR": (float(relative_error(target, achieved, value)), "relative error of ACHVAL"),
             "EPS": (res["eps"], "code = code_base + EPS * direction (+ EPSHOLD)"),
-            "EPSHOLD": ("; ".join(f"{h} {e:+.4f} along {res['correctors'][h]}" for h, e in res["eps_held"].items())
-                        or "none", "feedback hold: steps along the held parameters' directions"),
+            "EPSHOLD": cards["EPSHOLD"],
             "SPACE": (ed.space, "latent space"),
             "INVERR": (float(inv.rel_error[0]), "inversion ||G(c*)-x||/||x||"),
             "INVBOUND": (ed.max_rel_error, "largest INVERR accepted"),
