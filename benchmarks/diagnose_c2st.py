@@ -4,7 +4,8 @@ Runs the fixed-protocol classifier two-sample test (:mod:`sharpgen.c2st`) of a p
 generated samples against its held-out real patches on several *views* of both samples
 (:func:`sharpgen.c2st.diagnostic_views`: as is, low-passed, high-passed, the high-pass in weak
 or strong field only, with the generated pixel values mapped onto the real pixel histogram,
-strong-field polarity masks only, 4x4 block means), and the floor: real train patches vs real
+strong-field polarity masks only, 4x4 block means, and the weak-field texture with its values
+shuffled within each image, whitened by its local rms, or with random Fourier phases), and the floor: real train patches vs real
 held-out patches (HARP-grouped folds). A view whose accuracy stays near 1 did not remove what gives the generator away. Not a benchmark (not
 run by ``make bench``); ~1 minute per view and repeat on one CPU thread with the default sizes
 (the protocol's 3 repeats; ``--repeats 1`` for a quick look). ``--unpadded`` keeps only the

@@ -161,3 +161,47 @@ def test_diagnostics_find_the_giveaway():
     assert d["low_pass_2px"]["accuracy"] <= 0.7, d
     with pytest.raises(C2stError, match="unknown C2ST diagnostic"):
         c2st_diagnostics(a, b, clip_gauss=1000.0, views=["nope"])
+
+
+def test_weak_texture_views_keep_what_they_name():
+    from sharpgen.c2st import (diagnostic_views, low_pass, randomise_phases, shuffle_where,
+                               weak_texture, whiten_where)
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:64, 0:64]
+    # a strong block on the left, smooth-correlated weak texture elsewhere, zero padding at the top
+    tex = low_pass(rng.normal(0, 0.02, (6, 64, 64)).astype(np.float32), 1.0)
+    x = np.where(xx < 10, 0.6, 0.0).astype(np.float32)[None] + tex
+    x[:, :3] = 0.0
+    hp, weak = weak_texture(x, 0.15)
+    np.testing.assert_allclose(hp, x - low_pass(x, 2.0), atol=1e-6)
+    assert not weak[:, :3].any() and not weak[:, :, :6].any() and weak[:, 5:, 16:].all()
+    # shuffled: each image keeps its own masked values, nothing outside, lag-1 correlation gone
+    s = shuffle_where(hp, weak, seed=0)
+    for i in range(6):
+        np.testing.assert_array_equal(np.sort(s[i][weak[i]]), np.sort(hp[i][weak[i]]))
+    assert (s[~weak] == 0).all()
+
+    def lag1(h, m):
+        both = m[:, :, 1:] & m[:, :, :-1]
+        return float((h[:, :, 1:] * h[:, :, :-1])[both].mean() / (h[m] ** 2).mean())
+
+    assert lag1(hp, weak) > 0.3 and abs(lag1(s, weak)) < 0.1
+    np.testing.assert_array_equal(shuffle_where(hp, weak, seed=0), s)  # seeded
+    assert not np.array_equal(shuffle_where(hp, weak, seed=1), s)
+    # whitened: a texture whose amplitude doubles across the image comes out with one amplitude
+    amp = np.where(xx < 32, 1.0, 2.0)[None] * rng.normal(0, 0.05, (2, 64, 64))
+    w = whiten_where(amp, np.ones_like(amp, bool))
+    left, right = w[:, 8:56, 4:24].std(), w[:, 8:56, 40:60].std()
+    assert abs(left / right - 1) < 0.1 and abs(w.std() - 0.1) < 0.02
+    # phase-randomised (no mask): every image keeps its 2D power spectrum, not its pixels
+    full = np.ones_like(hp, bool)
+    p = randomise_phases(hp, full, seed=0)
+    np.testing.assert_allclose(np.abs(np.fft.fft2(p)), np.abs(np.fft.fft2(hp)), rtol=1e-3, atol=1e-5)
+    assert np.abs(p - hp).max() > 0.01
+    views = diagnostic_views(1000.0)
+    for name in ("weak_texture_shuffled", "weak_texture_whitened", "weak_texture_phase_random"):
+        r, g = views[name](x, x)
+        assert r.shape == g.shape == x.shape and (r[~weak] == 0).all()
+    r, g = views["weak_texture_shuffled"](x, x)  # the two sides draw other permutations
+    assert not np.array_equal(r, g)

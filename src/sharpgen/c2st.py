@@ -316,12 +316,82 @@ def high_pass_where(images: np.ndarray, threshold: float, weak: bool, sigma_px: 
     return np.where(keep, x - lp, 0.0).astype(np.float32)
 
 
+def weak_texture(images: np.ndarray, threshold: float, sigma_px: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    """(N, S, S) -> (high-pass (N, S, S) float32, weak (N, S, S) bool): ``x - low_pass(x,
+    sigma_px)`` and where the low-passed field is under ``threshold`` -- the weak-field texture --
+    without exact zeros (a crop's zero padding holds no texture to compare)."""
+    x = np.asarray(images, dtype=np.float32)
+    lp = low_pass(x, sigma_px)
+    return (x - lp).astype(np.float32), (np.abs(lp) < threshold) & (x != 0)
+
+
+def shuffle_where(values: np.ndarray, mask: np.ndarray, seed: int) -> np.ndarray:
+    """(N, S, S) -> (N, S, S) float32: each image's values inside ``mask`` permuted at random
+    among its own masked pixels (seeded), 0 outside. Keeps every image's value distribution and
+    mask, removes all spatial structure. Vectorised: the masked pixels in random order
+    (``argsort`` of random keys, unmasked keys infinite) are written to the masked pixels in
+    order (a stable ``argsort`` of the mask); past each image's count both lists hold its
+    unmasked pixels in the same order, which the mask then zeroes."""
+    v = np.asarray(values, dtype=np.float32).reshape(len(values), -1)
+    m = np.asarray(mask, dtype=bool).reshape(v.shape)
+    keys = np.where(m, np.random.default_rng(seed).random(v.shape), np.inf)
+    source = np.argsort(keys, axis=1, kind="stable")
+    target = np.argsort(~m, axis=1, kind="stable")
+    out = np.empty_like(v)
+    np.put_along_axis(out, target, np.take_along_axis(v, source, axis=1), axis=1)
+    return np.where(m, out, 0.0).astype(np.float32).reshape(np.shape(values))
+
+
+def whiten_where(values: np.ndarray, mask: np.ndarray, sigma_px: float = 4.0) -> np.ndarray:
+    """(N, S, S) -> (N, S, S) float32: ``values`` inside ``mask`` divided by their local rms
+    (a Gaussian window of ``sigma_px`` over the masked pixels only), 0 outside: the texture's
+    amplitude and its modulation across the image removed, its spatial pattern kept. Scaled by
+    0.1 so that the result stays in the classifier's input range."""
+    from scipy import ndimage
+
+    h = np.where(mask, values, 0.0).astype(np.float32)
+    var = ndimage.gaussian_filter(h * h, (0, sigma_px, sigma_px), mode="nearest")
+    weight = ndimage.gaussian_filter(np.asarray(mask, np.float32), (0, sigma_px, sigma_px), mode="nearest")
+    rms = np.sqrt(var / np.maximum(weight, 1e-6)) + 1e-6
+    return np.where(mask, 0.1 * h / rms, 0.0).astype(np.float32)
+
+
+def randomise_phases(values: np.ndarray, mask: np.ndarray, seed: int) -> np.ndarray:
+    """(N, S, S) -> (N, S, S) float32: each image of ``values`` (0 outside ``mask``) with its
+    Fourier amplitudes kept and its phases replaced by those of seeded white noise, then masked
+    again. Keeps each image's own 2D power spectrum (second-order statistics), removes the shapes
+    of its features and everything beyond second order."""
+    h = np.where(mask, values, 0.0).astype(np.float64)
+    noise = np.fft.fft2(np.random.default_rng(seed).standard_normal(h.shape))
+    phase = noise / np.maximum(np.abs(noise), 1e-12)
+    y = np.real(np.fft.ifft2(np.abs(np.fft.fft2(h)) * phase))
+    return np.where(mask, y, 0.0).astype(np.float32)
+
+
+def _texture_view(kind: str, threshold: float):
+    """A weak-field texture view (real, generated) -> (real', generated') of kind ``shuffled``,
+    ``whitened`` or ``phase_random`` (seeds 0 for the real images, 1 for the generated)."""
+    def one(x, seed):
+        hp, weak = weak_texture(x, threshold)
+        if kind == "shuffled":
+            return shuffle_where(hp, weak, seed)
+        if kind == "whitened":
+            return whiten_where(hp, weak)
+        return randomise_phases(hp, weak, seed)
+
+    return lambda r, g: (one(r, 0), one(g, 1))
+
+
 def diagnostic_views(clip_gauss: float, strong_gauss: float = 150.0) -> dict:
     """The views :func:`c2st_diagnostics` compares, name -> function (real, generated) ->
     (real', generated'), images in [-1, 1] (Br / ``clip_gauss``). Each removes one kind of
     information from *both* samples (except ``pixel_values_matched``, which gives the generated
     images the real pooled pixel histogram), so the accuracy that remains says whether that
-    information was what told them apart."""
+    information was what told them apart. The ``weak_texture_*`` views take the high-pass in weak
+    field (:func:`weak_texture`, padding excluded) and keep one kind of information of it:
+    ``shuffled`` its value distribution (:func:`shuffle_where`), ``whitened`` its spatial pattern
+    without amplitude (:func:`whiten_where`), ``phase_random`` each image's power spectrum
+    (:func:`randomise_phases`)."""
     thr = strong_gauss / clip_gauss
     return {
         "as_is": lambda r, g: (r, g),
@@ -330,6 +400,9 @@ def diagnostic_views(clip_gauss: float, strong_gauss: float = 150.0) -> dict:
         "high_pass_2px": lambda r, g: (r - low_pass(r, 2.0), g - low_pass(g, 2.0)),
         "high_pass_weak_field": lambda r, g: (high_pass_where(r, thr, True), high_pass_where(g, thr, True)),
         "high_pass_strong_field": lambda r, g: (high_pass_where(r, thr, False), high_pass_where(g, thr, False)),
+        "weak_texture_shuffled": _texture_view("shuffled", thr),
+        "weak_texture_whitened": _texture_view("whitened", thr),
+        "weak_texture_phase_random": _texture_view("phase_random", thr),
         "pixel_values_matched": lambda r, g: (r, quantile_map(g, r)),
         "strong_polarity_masks": lambda r, g: (polarity_masks(r, thr), polarity_masks(g, thr)),
         "block_mean_4px": lambda r, g: (block_mean(r, 4), block_mean(g, 4)),
