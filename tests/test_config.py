@@ -190,7 +190,7 @@ def test_validation_fills_every_default_and_typed_sections_need_no_get():
            "results_dir": "r", "checkpoint_dir": "c"}
     validate_config(cfg)
     assert cfg["patches"]["bin"] == 2 and cfg["patches"]["clip_gauss"] == 500.0  # given value wins
-    assert cfg["directions"]["traversal"]["n_base"] == 32 and cfg["gan"]["log_every"] == 25
+    assert cfg["directions"]["traversal"]["n_base"] == 128 and cfg["gan"]["log_every"] == 25
     d = typed(DirectionsConfig, cfg["directions"])
     assert d.traversal.n_eps == 13 and d.parameters[0] == "tuf" and isinstance(d.strips.directions, tuple)
     assert section("ssl", {"augment": {"hflip": False}})["augment"]["vflip"] is True

@@ -175,6 +175,23 @@ def test_a_median_hold_made_of_moves_of_both_signs_says_so():
     held = m["a|b"]["held"]["b"]
     assert held["conditional"] == pytest.approx(0.0, abs=1e-12)
     assert held["conditional_abs_per_base"] == pytest.approx(0.3)
+    # ... and the median itself is fragile: another draw of 9 walks moves it by the +-0.3 of a walk
+    assert 0.1 < held["conditional_se"] < 0.4
+    assert np.isnan(m["a|b"]["entanglement_se"]["a"])  # the target has none
+
+
+def test_bootstrap_ratio_se_is_the_sampling_error_of_a_median_ratio():
+    from sharpgen.directions.traverse import bootstrap_ratio_se
+
+    rng = np.random.default_rng(1)
+    num = rng.normal(0.0, 1.0, 400)
+    # median of 400 N(0, 1) values: standard error sqrt(pi / 2) / sqrt(400) = 0.063; a target slope of 2 halves it
+    se = bootstrap_ratio_se(num, np.full(400, 2.0), n_boot=400)
+    assert 0.025 < se < 0.04
+    assert bootstrap_ratio_se(num, np.full(400, 2.0), n_boot=400) == se  # seeded
+    assert bootstrap_ratio_se(num[:100], np.full(100, 2.0)) > se  # fewer bases, larger error
+    assert np.isnan(bootstrap_ratio_se(num[:2], np.ones(2)))
+    assert np.isnan(bootstrap_ratio_se(np.full(5, np.nan), np.ones(5)))
 
 
 def test_a_held_parameter_that_never_moves_is_held_by_the_projection():

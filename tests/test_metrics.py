@@ -33,7 +33,8 @@ def _inputs(params=P7):
                                                 "held": {"tuf": {"conditional": 0.1, "unconditional": 0.8,
                                                                  "reduction": 0.875, "frac_flat": 0.6,
                                                                  "conditional_moving": 0.3,
-                                                                 "conditional_abs_per_base": 0.45}}}}}
+                                                                 "conditional_abs_per_base": 0.45,
+                                                                 "conditional_se": 0.12}}}}}
     calibration = {"directions": {"tuf": {"r2": 0.9}},
                    "evaluation": {"tuf": {"median_rel_error_calibrated_step": 0.04, "median_rel_error": 0.01,
                                           "p90_rel_error": 0.1, "refusal_rate": 0.25,
@@ -72,7 +73,7 @@ def test_full_metrics_validate_and_hold_the_headline_numbers():
     assert m["traversal"]["spearman"]["r_value|tuf"] == 0.9
     assert m["traversal"]["held_entanglement"]["r_value|tuf:tuf"] == {
         "conditional": 0.1, "unconditional": 0.8, "reduction": 0.875, "frac_flat": 0.6, "conditional_moving": 0.3,
-        "conditional_abs_per_base": 0.45}
+        "conditional_abs_per_base": 0.45, "conditional_se": 0.12}
     # the calibrated step alone is the headline; re-measured error and refusals under their own keys
     assert m["calibration"]["median_rel_error"] == {"tuf": 0.04, "r_value|tuf": None}  # NaN -> null
     assert m["calibration"]["median_rel_error_refined"]["tuf"] == 0.01

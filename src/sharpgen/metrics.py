@@ -157,7 +157,8 @@ def traversal_metrics(tm: Mapping) -> dict:
     (``frac_flat``; it pulls the median ``conditional`` towards 0, to exactly 0 at >= 0.5) and its entanglement over the
     bases where it moves (``conditional_moving``) and the median over bases of its absolute
     per-walk entanglement (``conditional_abs_per_base``: a median of 0 from moves of both signs
-    is a hold on average only)."""
+    is a hold on average only), and the bootstrap standard error of ``conditional`` over the
+    traversal bases (``conditional_se``: the sampling error of a median over ``n_base`` walks)."""
     dirs = tm.get("directions", {})
     out: dict[str, Any] = {
         "spearman": {k: _num(v.get("spearman_median")) for k, v in dirs.items()},
@@ -169,7 +170,8 @@ def traversal_metrics(tm: Mapping) -> dict:
         for h, d in (v.get("held") or {}).items():
             held[f"{k}:{h}"] = {kk: _num(d.get(kk)) for kk in ("conditional", "unconditional", "reduction",
                                                                  "frac_flat", "conditional_moving",
-                                                                 "conditional_abs_per_base")}
+                                                                 "conditional_abs_per_base",
+                                                                 "conditional_se")}
     if held:
         out["held_entanglement"] = held
     return out

@@ -93,6 +93,26 @@ def per_base_slopes(eps: np.ndarray, Y: np.ndarray) -> np.ndarray:
     return out
 
 
+def bootstrap_ratio_se(num: np.ndarray, den: np.ndarray, n_boot: int = 200, seed: int = 0) -> float:
+    """Bootstrap standard error, over bases, of ``nanmedian(num) / nanmedian(den)``.
+
+    num, den: (B,) per-base slopes of the same walks (a held parameter's and the target's). The
+    bases are resampled with replacement, the same ones for both (``n_boot`` seeded resamples,
+    one vectorised median each): the sampling error of an entanglement measured on B bases, i.e.
+    how far another draw of B base latents would typically move it. NaN with fewer than 3 bases
+    where both are finite."""
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    ok = np.isfinite(num) & np.isfinite(den)
+    if ok.sum() < 3:
+        return float("nan")
+    num, den = num[ok], den[ok]
+    idx = np.random.default_rng(seed).integers(0, num.size, (int(n_boot), num.size))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.median(num[idx], axis=1) / np.median(den[idx], axis=1)
+    r = r[np.isfinite(r)]
+    return float(np.std(r, ddof=1)) if r.size > 1 else float("nan")
+
+
 def flat_bases(Y: np.ndarray) -> np.ndarray:
     """Rows of Y (B, E) that do not change along the walk (>= 2 finite values, all equal):
     the parameter sits at a floor there (r_value = 0 with no strong-field polarity inversion
@@ -121,13 +141,15 @@ def traversal_metrics(df: pd.DataFrame, params: Sequence[str], std: Mapping[str,
     in standardised units), ``entanglement_moving`` (the same from the median slope over the
     bases where the parameter moves), ``entanglement_abs_per_base`` (median over bases of
     abs(slope_j / slope_target) on each base: how far a parameter moves on a typical single walk,
-    whichever way; a median slope of 0 can hide large moves of both signs), ``frac_flat`` (share
+    whichever way; a median slope of 0 can hide large moves of both signs), ``entanglement_se``
+    (its bootstrap standard error over the bases, :func:`bootstrap_ratio_se`: how far another draw
+    of as many bases would typically move it; NaN for the target), ``frac_flat`` (share
     of bases on which the parameter does not change at all along the walk, :func:`flat_bases`). For conditional directions, ``held`` gives for
     each held parameter the entanglement under the conditional and the unconditional direction,
     ``reduction = 1 - |cond| / |uncond|``, the held parameter's ``frac_flat`` under the
     conditional direction, ``conditional_moving`` (the entanglement from the median slope
-    over the bases where it moves; NaN if it moves on none) and ``conditional_abs_per_base``
-    (from ``entanglement_abs_per_base``). Flat bases pull the median slope
+    over the bases where it moves; NaN if it moves on none), ``conditional_abs_per_base``
+    (from ``entanglement_abs_per_base``) and ``conditional_se`` (``entanglement_se``). Flat bases pull the median slope
     towards 0 (exactly 0 when ``frac_flat`` >= 0.5), so ``conditional`` then reads as a better
     hold than there is: read ``conditional_moving`` beside it.
     """
@@ -167,8 +189,10 @@ def traversal_metrics(df: pd.DataFrame, params: Sequence[str], std: Mapping[str,
         ent = {p: (slopes[p] / st if st and np.isfinite(st) else np.nan) for p in params}
         ent_moving[key] = {p: (slopes_moving[p] / st if st and np.isfinite(st) else np.nan) for p in params}
         pt = per_base_std.get(spec.target)
-        ent_abs = {}
+        ent_abs, ent_se = {}, {}
         for p in params:
+            ent_se[p] = (bootstrap_ratio_se(per_base_std[p], pt)
+                         if pt is not None and p in per_base_std and p != spec.target else np.nan)
             with np.errstate(divide="ignore", invalid="ignore"):
                 r = np.abs(per_base_std[p] / pt) if pt is not None and p in per_base_std else np.array([np.nan])
             ent_abs[p] = float(np.nanmedian(r)) if np.isfinite(r).any() else np.nan
@@ -186,6 +210,7 @@ def traversal_metrics(df: pd.DataFrame, params: Sequence[str], std: Mapping[str,
             "entanglement": ent,
             "entanglement_moving": ent_moving[key],
             "entanglement_abs_per_base": ent_abs,
+            "entanglement_se": ent_se,
             "frac_flat": frac_flat,
         }
     for key, m in out.items():
@@ -199,7 +224,8 @@ def traversal_metrics(df: pd.DataFrame, params: Sequence[str], std: Mapping[str,
                        "reduction": float(1 - abs(c) / abs(u)) if u and np.isfinite(u) and np.isfinite(c) else np.nan,
                        "frac_flat": m["frac_flat"].get(h, np.nan),
                        "conditional_moving": ent_moving[key].get(h, np.nan),
-                       "conditional_abs_per_base": m["entanglement_abs_per_base"].get(h, np.nan)}
+                       "conditional_abs_per_base": m["entanglement_abs_per_base"].get(h, np.nan),
+                       "conditional_se": m["entanglement_se"].get(h, np.nan)}
         m["held"] = held
     return out
 
