@@ -387,20 +387,19 @@ def _reachable(work, src, *args) -> tuple[float, float] | None:
     return lo, hi
 
 
-def _editable_record(work, *args) -> tuple[Path, tuple[float, float]]:
-    """A record of the tiny pipeline from which a calibrated TUF range is reachable: the first
-    of the three records whose TUF is nearest the middle of the direction's calibrated range
-    (geometric mean). The tiny config's 60-step GAN moves TUF little along its direction
-    (measured: 0.03 dex per unit eps), so most records cannot reach the calibrated range."""
+def _editable_records(work, *args, n: int = 3):
+    """Records of the tiny pipeline from which a calibrated TUF range is reachable, with that
+    range: of the ``n`` records whose TUF is nearest the middle of the direction's calibrated range
+    (geometric mean), nearest first. The tiny config's 60-step GAN moves TUF little along its
+    direction (measured: 0.03 dex per unit eps), so most records cannot reach the calibrated range."""
     lo, hi = _calibration(work)["directions"]["tuf"]["range"]
     patches = pd.read_parquet(work / "results" / "data" / "patches.parquet")
     dist = (np.log10(patches["tuf"]) - 0.5 * np.log10(lo * hi)).abs()
-    for i in dist.sort_values().index[:3]:
+    for i in dist.sort_values().index[:n]:
         src = work / patches.loc[i, "path"]
         reach = _reachable(work, src, *args)
         if reach is not None:
-            return src, reach
-    raise AssertionError("no record of the tiny pipeline near the calibrated range can be edited along tuf")
+            yield src, reach
 
 
 def _calibration(work) -> dict:
@@ -425,11 +424,23 @@ def test_edit_a_real_record_keeps_its_wcs_and_reaches_the_request(tiny_pipeline,
 
     work = tiny_pipeline
     cal = _calibration(work)
-    src, (lo, hi) = _editable_record(work, "--max-error", "5")  # a 60-step GAN reconstructs poorly
-    value = lo + 0.7 * (hi - lo)
-    out = tmp_path / "edited.fits"
-    proc = _edit(work, src, "--tuf", f"{value:.6g}", "--max-error", "5", "-o", out)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # The reachable range is predicted from the calibrated slope; on the tiny 60-step GAN some
+    # records' TUF responds far less along the direction than the calibration predicts (seen on
+    # an AMD-trained tiny GAN: 15 % short at the eps limit). Such a miss must be reported, never
+    # silent; the edit must reach the request on a record that responds (5 candidates).
+    missed = []
+    for src, (lo, hi) in _editable_records(work, "--max-error", "5", n=5):  # a 60-step GAN reconstructs poorly
+        value = lo + 0.7 * (hi - lo)
+        out = tmp_path / f"edited_{len(missed)}.fits"
+        proc = _edit(work, src, "--tuf", f"{value:.6g}", "--max-error", "5", "-o", out)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        if "the request was missed" not in proc.stderr:
+            break
+        assert "responds less than the calibration predicts" in proc.stderr, proc.stderr
+        assert fits.getheader(out)["RELERR"] > 0.02, proc.stderr
+        missed.append((src.name, fits.getheader(out)["RELERR"]))
+    else:
+        raise AssertionError(f"the edit missed its request on every candidate record: {missed}")
     assert "wrote" in proc.stdout and "inversion: relative pixel error" in proc.stdout
     m = sunpy_map.Map(out)
     assert m.data.shape == (S, S) and m.coordinate_frame.name == "heliographic_carrington"
