@@ -174,6 +174,30 @@ def test_entanglement_centred_on_zero():
     assert norm.vcenter == 0 and norm.vmin == -norm.vmax and norm.vmax >= 1
 
 
+def test_entanglement_cells_carry_their_standard_error(tmp_path):
+    """A finite standard error is written under its cell's value ("± 0.05"), a missing one is
+    not, and the builder takes them from traversal_metrics.json's entanglement_se."""
+    m = pd.DataFrame([[1.0, 0.2], [-3.0, 1.0]], index=["a", "b"], columns=["a", "b"])
+    se = pd.DataFrame([[np.nan, 0.05], [0.31, np.nan]], index=["a", "b"], columns=["a", "b"])
+    fig = R.fig_entanglement({"unc": m}, errors={"unc": se})
+    texts = sorted(t.get_text() for t in fig.axes[0].texts)
+    assert texts == ["-3.00\n±0.31", "0.20\n±0.05", "1.00", "1.00"], texts
+
+    d = {"tuf": {"target": "tuf", "hold": [], "n_base": 128,
+                 "entanglement": {"tuf": 1.0, "psep": 0.4}, "entanglement_se": {"tuf": 0.0, "psep": 0.07}},
+         "psep|tuf": {"target": "psep", "hold": ["tuf"], "n_base": 128,
+                      "entanglement": {"tuf": -0.06, "psep": 1.0},
+                      "entanglement_se": {"tuf": 0.049, "psep": 0.0}}}
+    d["psep"] = {"target": "psep", "hold": [], "n_base": 128, "entanglement": {"tuf": 0.5, "psep": 1.0}}
+    path = tmp_path / "traversal_metrics.json"
+    path.write_text(json.dumps({"directions": d, "std_fit_space": {"tuf": 1.0, "psep": 1.0}}))
+    fig = R.build_entanglement({"traversal_metrics": path}, {})
+    cells = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert "-0.06\n±0.05" in cells and "0.40\n±0.07" in cells
+    assert "0.50" in cells  # a direction without entanglement_se (an older run): the value alone
+    assert "over 128 walks" in fig._suptitle.get_text().replace("\n", " ")
+
+
 def test_traversals_and_retrieval_examples_layout(rng):
     imgs = _bipoles(rng, 5)
     strips = [{"label": "tuf", "images": imgs, "steps": np.linspace(-2, 2, 5),

@@ -274,11 +274,13 @@ def build_svm_accuracy(inp: Mapping, cfg: Mapping) -> Figure:
 
 def fig_entanglement(matrices: Mapping[str, pd.DataFrame], title: str = "Entanglement",
                      cbar_label: str = "Δ parameter / Δ target [population std]",
-                     ) -> Figure:
+                     errors: Mapping[str, pd.DataFrame] | None = None) -> Figure:
     """Heat maps (RdBu_r, centred on 0, symmetric range) of direction x parameter matrices.
 
     matrices: {panel title: DataFrame (rows = direction moved, columns = parameter measured)}.
     Values are written in each cell; the colour range is symmetric, at least [-1, 1].
+    errors: {panel title: DataFrame of the same shape}, optional: each finite value is written
+    under its cell's value as "± se" (the standard error of the median slope over the bases).
     """
     n = len(matrices)
     k = max(m.shape[1] for m in matrices.values())
@@ -298,10 +300,13 @@ def fig_entanglement(matrices: Mapping[str, pd.DataFrame], title: str = "Entangl
         ax.set_xlabel("parameter measured")
         ax.set_ylabel("direction traversed")
         ax.set_title(name, fontsize=10)
+        se = (errors or {}).get(name)
+        se = se.reindex(index=mat.index, columns=mat.columns).to_numpy(dtype=float) if se is not None else None
         for (r, c), v in np.ndenumerate(a):
             if np.isfinite(v):
-                ax.text(c, r, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if abs(v) > 0.6 * lim else "black")
+                err = f"\n±{se[r, c]:.2f}" if se is not None and np.isfinite(se[r, c]) else ""
+                ax.text(c, r, f"{v:.2f}{err}", ha="center", va="center", fontsize=7 if not err else 6,
+                        color="white" if abs(v) > 0.6 * lim else "black", linespacing=0.9)
             else:  # undefined, e.g. a target that does not change along its direction
                 ax.text(c, r, "n/a", ha="center", va="center", fontsize=6.5, color="0.5")
     cb = fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
@@ -317,13 +322,13 @@ def build_entanglement(inp: Mapping, cfg: Mapping) -> Figure:
     dirs = js["directions"]
     params = canonical_order(js.get("std_fit_space") or next(iter(dirs.values()))["entanglement"])
 
-    def mat(keys):
-        return pd.DataFrame([[dirs[k]["entanglement"].get(p, np.nan) for p in params] for k in keys],
+    def mat(keys, field="entanglement"):
+        return pd.DataFrame([[dirs[k].get(field, {}).get(p, np.nan) for p in params] for k in keys],
                             index=[direction_title(k) for k in keys], columns=params, dtype=float)
 
     unc = canonical_order([k for k, v in dirs.items() if not v.get("hold")])
     cond = canonical_order([k for k, v in dirs.items() if v.get("hold")])
-    panels = {"unconditional directions": mat(unc)}
+    panels = {"unconditional directions": unc}
     if cond:
         # each conditional direction next to its unconditional counterpart
         both = []
@@ -332,9 +337,15 @@ def build_entanglement(inp: Mapping, cfg: Mapping) -> Figure:
             if t in dirs and t not in both:
                 both.append(t)
             both.append(k)
-        panels["conditional vs unconditional"] = mat(both)
-    return fig_entanglement(panels, title="Entanglement: d(parameter)/d(target) along each "
-                                          "direction, in population-std units")
+        panels["conditional vs unconditional"] = both
+    errors = {t: mat(k, "entanglement_se") for t, k in panels.items()}
+    n_base = sorted({int(v["n_base"]) for v in dirs.values() if "n_base" in v})
+    has_se = any(np.isfinite(e.to_numpy()).any() for e in errors.values())
+    walks = (f"; ± the standard error of the median over {'/'.join(map(str, n_base))} walks"
+             if has_se and n_base else "")
+    return fig_entanglement({t: mat(k) for t, k in panels.items()}, errors=errors,
+                            title="Entanglement: d(parameter)/d(target) along each direction, in "
+                                  "population-std units" + walks)
 
 
 def calibration_curves(traversals: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
