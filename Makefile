@@ -17,7 +17,8 @@ EXTRAS ?= test,slurm
 CORES ?= $(shell nproc 2>/dev/null || echo 2)
 SNAKE_ARGS ?=
 # pytest worker processes for `make test` (pytest-xdist; 0 = one process). Each test file runs
-# whole in one worker (tests/conftest.py): measured in the closing note of 2026-12-02
+# whole in one worker (tests/conftest.py). On 2 cores (AMD, 2026-12-02): 16.6 min with 2 workers,
+# 24-27 min in one process
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 STAMP := $(VENV)/.sharpgen-installed
