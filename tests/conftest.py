@@ -64,26 +64,27 @@ SHARED_FIXTURE_GROUPS = {"tests/test_explore.py": "tests/test_invert.py"}
 #: the files that run a Snakemake pipeline or several trainings (minutes each on 2 cores, measured
 #: 2026-12-02 with --durations), heaviest first: handed to the workers first, so that no worker
 #: starts a long file when the others are about to finish
-HEAVY_FILES = ("test_workflow", "test_invert", "test_explore", "test_slurm", "test_scale",
-               "test_distributed", "test_directions", "test_gan", "test_data")
+#: (test_explore.py runs with test_invert.py, see above)
+HEAVY_FILES = ("test_workflow", "test_invert", "test_slurm", "test_scale", "test_distributed",
+               "test_directions", "test_gan", "test_data")
 
 
-def _file_group(path: str) -> str:
-    """The unit of work of a test (its file, test_explore.py with test_invert.py): "tests/x.py"."""
+def _file_group(nodeid: str) -> str:
+    """The unit of work of a test node id (its file, test_explore.py with test_invert.py): "tests/x.py"."""
+    path = nodeid.split("::")[0]
     return SHARED_FIXTURE_GROUPS.get(path, path)
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """The heavy files first (without xdist too: only the order of the files changes, tests within
     a file keep theirs)."""
     rank = {stem: i for i, stem in enumerate(HEAVY_FILES)}
     first_seen = {}
     for i, item in enumerate(items):
-        first_seen.setdefault(_file_group(item.nodeid.split("::")[0]), i)
+        first_seen.setdefault(_file_group(item.nodeid), i)
 
     def key(item):
-        group = _file_group(item.nodeid.split("::")[0])
+        group = _file_group(item.nodeid)
         return rank.get(Path(group).stem, len(rank)), first_seen[group]
 
     items.sort(key=key)
@@ -99,7 +100,7 @@ def pytest_xdist_make_scheduler(config, log):
 
     class FileGroupScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return _file_group(nodeid.split("::")[0])
+            return _file_group(nodeid)
 
     config.option.loadscopereorder = False  # keep the heavy-first order
     return FileGroupScheduling(config, log)
