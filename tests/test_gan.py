@@ -1003,6 +1003,77 @@ def test_stable_window_padding_is_exact_zero_around_a_centred_window(tmp_path):
         gan.build_generator("stable", S, padding="mirror")
 
 
+def test_isotropic_and_radial_grain_filters(tmp_path):
+    """gan.speckle_kernel: the grain's filter of its white map. ``isotropic`` (a mix of a delta
+    and sampled Gaussians on 5x5) and ``radial`` (H(|k|) by FFT) start as the identity, stay
+    isotropic whatever they learn -- axis / diagonal power of the filtered white map within 0.2
+    of 1 in every |k| band (``isotropic``: below the Nyquist band) -- where the free 3x3 filter
+    the default generator learned (docs/gan.md) is 2-8x off; they learn (gradients reach their
+    gains), load back with their generator, and ``free`` keeps every existing checkpoint hash."""
+    from sharpgen.gan.layers import IsotropicKernel, RadialFilter, isotropic_basis
+    from sharpgen.gan.train import GanConfig
+    from sharpgen.imagestats import orientation_ratio
+
+    S = 64
+    white = torch.randn(24, 1, S, S, generator=torch.Generator().manual_seed(0))
+    iso, rad = IsotropicKernel(), RadialFilter(S)
+    with torch.no_grad():
+        torch.testing.assert_close(iso(white), white)
+        torch.testing.assert_close(rad(white), white, atol=1e-5, rtol=1e-5)
+    basis = isotropic_basis()
+    assert basis.shape == (4, 5, 5)
+    torch.testing.assert_close(basis.flatten(1).norm(dim=1), torch.ones(4))
+    torch.testing.assert_close(basis, basis.transpose(1, 2))
+    torch.testing.assert_close(basis, basis.flip(1))
+
+    def ratios(filt) -> np.ndarray:
+        with torch.no_grad():
+            return np.median(orientation_ratio(filt(white)[:, 0].double().numpy()), axis=0)
+
+    gen = torch.Generator().manual_seed(1)
+    knots = torch.linspace(0.0, 1.0, 9)
+    for _ in range(3):  # random learned states (smooth in |k|: a band's two wedges sample |k|
+        with torch.no_grad():  # slightly differently, which a jagged H would turn into a ratio)
+            iso.coef.copy_(torch.rand(4, generator=gen) * 2 - 0.5)
+            width = 0.3 + torch.rand(1, generator=gen)
+            rad.gain.copy_(torch.exp(-(knots / width) ** 2) * (1 + 0.2 * torch.rand(9, generator=gen)))
+        assert np.all(np.abs(ratios(rad) - 1.0) < 0.2), ratios(rad)
+        assert np.all(np.abs(ratios(iso)[:3] - 1.0) < 0.2), ratios(iso)
+    # H depends on |k| alone: the same on the transposed grid (ky <-> kx where both exist)
+    H = rad.transfer().detach()
+    torch.testing.assert_close(H[: S // 2 + 1], H[: S // 2 + 1].T)
+    free = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    with torch.no_grad():  # the default generator's learned filter (centre, edges, corners)
+        free.weight.copy_(torch.tensor([[0.48, 0.51, 0.30], [0.52, 0.65, 0.51], [0.31, 0.52, 0.49]]))
+    r_free = ratios(free)
+    assert r_free[3] > 2.0 and r_free[2] < 0.7
+    # in a generator: they learn, and load back with their kind
+    for kind, param in (("isotropic", "coef"), ("radial", "gain")):
+        G = gan.build_generator("stable", 32, upsample="blur", speckle="signed", output="clipped",
+                                speckle_kernel=kind)
+        z = torch.randn(8, 100, generator=torch.Generator().manual_seed(2))
+        G(z).pow(2).mean().backward()
+        assert float(getattr(G.speckle_filter, param).grad.abs().sum()) > 0
+        with torch.no_grad():
+            getattr(G.speckle_filter, param).mul_(0.7)
+        path = tmp_path / f"{kind}.pt"
+        torch.save({"arch": "stable", "size": 32, "nz": 100, "state_dict": G.state_dict(),
+                    "config": {"upsample": "blur", "speckle": "signed", "output": "clipped",
+                               "speckle_kernel": kind}}, path)
+        Gl = gan.load_generator(path)
+        assert type(Gl.speckle_filter) is type(G.speckle_filter)
+        zn = np.random.default_rng(2).standard_normal((4, 100)).astype(np.float32)
+        np.testing.assert_allclose(gan.generate(Gl, zn), gan.generate(G.eval(), zn), atol=1e-5)
+        assert GanConfig.from_dict({**TINY, "speckle_kernel": kind}).trajectory_dict()["speckle_kernel"] == kind
+    assert "speckle_kernel" not in GanConfig.from_dict({**TINY, "speckle_kernel": "free"}).trajectory_dict()
+    assert "speckle_kernel" not in GanConfig.from_dict({**TINY, "arch": "paper",
+                                                        "speckle_kernel": "radial"}).trajectory_dict()
+    with pytest.raises(ValueError, match="gan.speckle_kernel"):
+        GanConfig.from_dict({**TINY, "speckle_kernel": "gaussian"})
+    with pytest.raises(ValueError, match="unknown speckle kernel"):
+        gan.build_generator("stable", 32, speckle="signed", speckle_kernel="gaussian")
+
+
 def test_stable_speckle_grain_is_a_function_of_z_scaled_per_pixel(tmp_path, tiny_patches):
     """gan.speckle: lognormal out(m exp(s f(n) - s^2 / 2)), s = min(softplus(a), SPECKLE_MAX), or
     additive out(m + softplus(a) f(n)) -- the grain n is white, N(0, 1), a function of z from its

@@ -7,7 +7,9 @@ Every function takes Br maps in Gauss, shape (N, S, S) or (S, S), NaN -> 0:
 * :func:`mean_power_spectrum` -- the same averaged over the images, without k = 0;
 * :func:`mean_gradient` -- mean gradient magnitude per image [G / pixel];
 * :func:`axis_power_spectrum` -- 1-D power spectrum along the pixel axes, averaged [G^2];
-* :func:`lattice_peaks` -- excess power at the periods an upsampling generator's grid leaves.
+* :func:`lattice_peaks` -- excess power at the periods an upsampling generator's grid leaves;
+* :func:`orientation_ratio` -- power along the pixel axes over power along the diagonals, per
+  image and |k| band (1 for isotropic texture; a grid-aligned generator's texture is not).
 """
 
 from __future__ import annotations
@@ -143,3 +145,51 @@ def lattice_peaks(images: np.ndarray, periods_px=LATTICE_PERIODS_PX) -> dict:
         excess.append(float(logp[ki] - 0.5 * (logp[ki - 1] + logp[hi])))
     return {"periods_px": out_periods, "k_cycles_per_pixel": out_k, "log10_excess": excess,
             "log10_peak": max(excess) if excess else None}
+
+
+#: |k| bands of :func:`orientation_ratio`, as fractions of the Nyquist wavenumber S/2
+#: (4-16, 16-32, 32-48 and 48-64 cycles per image at S = 128)
+ORIENTATION_BANDS = ((0.0625, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))
+#: wedges of :func:`orientation_ratio` [deg]: within AXIS_DEG of kx or ky, and DIAGONAL_DEG
+#: (equal areas: 4 x 20 deg each)
+ORIENTATION_AXIS_DEG = 10.0
+ORIENTATION_DIAGONAL_DEG = (35.0, 55.0)
+
+
+def orientation_ratio(images: np.ndarray, bands=ORIENTATION_BANDS, chunk: int = 256) -> np.ndarray:
+    """Axis over diagonal power per image and |k| band: the mean 2-D power |FFT|^2 of each image
+    with the wavevector within :data:`ORIENTATION_AXIS_DEG` of a pixel axis, over the mean with it
+    within :data:`ORIENTATION_DIAGONAL_DEG` (a diagonal), in each band of ``bands`` (fractions of
+    the Nyquist wavenumber S/2, lower edge included).
+
+    ``images`` (N, S, S) or (S, S) -> (N, len(bands)); NaN where an image has no power on the
+    diagonals of a band. 1 for isotropic texture; > 1 where it is aligned with the pixel grid
+    (rows and columns of blocks, a box-like filter's grain near Nyquist), < 1 where the diagonals
+    dominate. Rotating an image by 90 degrees or transposing it leaves the ratios unchanged.
+    """
+    a = np.asarray(images)
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3 or a.shape[1] != a.shape[2]:
+        raise ValueError(f"expected square images (N, S, S) or (S, S), got {a.shape}")
+    s = a.shape[1]
+    k = np.fft.fftfreq(s) * s
+    ky, kx = np.meshgrid(k, k, indexing="ij")
+    kr = np.hypot(kx, ky)
+    ang = np.degrees(np.arctan2(np.abs(ky), np.abs(kx)))            # 0..90 within each quadrant
+    on_axis = (ang < ORIENTATION_AXIS_DEG) | (ang > 90.0 - ORIENTATION_AXIS_DEG)
+    lo_d, hi_d = ORIENTATION_DIAGONAL_DEG
+    on_diag = (ang > lo_d) & (ang < hi_d)
+    half = s / 2
+    wedges = []
+    for lo, hi in bands:
+        band = (kr >= lo * half) & ((kr < hi * half) if hi < 1.0 else (kr <= half))
+        wedges.append((band & on_axis, band & on_diag))
+    out = np.empty((a.shape[0], len(bands)))
+    for i in range(0, a.shape[0], chunk):
+        p = np.abs(np.fft.fft2(_stack(a[i: i + chunk]))) ** 2         # (n, S, S)
+        for j, (ax, dg) in enumerate(wedges):
+            num, den = p[:, ax].mean(axis=1), p[:, dg].mean(axis=1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[i: i + chunk, j] = np.where(den > 0, num / den, np.nan)
+    return out

@@ -62,7 +62,9 @@ def data_metrics(table: pd.DataFrame) -> dict:
 
 def gan_metrics(quality: Mapping) -> dict:
     """``gan``: normalised Wasserstein and KS per parameter, pixel and spectrum summaries, the
-    largest lattice peak of the generated and the real axis spectra (``lattice_log10_peak``), and
+    largest lattice peak of the generated and the real axis spectra (``lattice_log10_peak``), the
+    weak-field texture's axis over diagonal power per |k| band (``weak_field_axis_over_diagonal``,
+    :func:`sharpgen.sampling.weak_field_orientation`), and
     ``wasserstein_norm_reference`` (the training split's real patches scored the same way: the
     floor set by the two real splits' own difference), the held-out accuracy of the classifier
     two-sample test (``c2st_accuracy``, fixed protocol
@@ -88,6 +90,12 @@ def gan_metrics(quality: Mapping) -> dict:
     if lat:  # the generator's grid pattern: log10 excess of the axis spectrum at 8/4/2.7/2 px
         out["lattice_log10_peak"] = {"generated": _num(lat.get("log10_peak_generated")),
                                      "real": _num(lat.get("log10_peak_real"))}
+    ori = quality.get("orientation", {})
+    if ori:  # the weak-field texture's axis / diagonal power per |k| band (1 = isotropic)
+        out["weak_field_axis_over_diagonal"] = {
+            "generated": [_num(v) for v in ori.get("axis_over_diagonal_generated", [])],
+            "real": [_num(v) for v in ori.get("axis_over_diagonal_real", [])],
+            "log10_ratio_max_abs": _num(ori.get("log10_ratio_max_abs"))}
     if "real" in quality:
         out["real_split"] = quality["real"].get("split")
     if "c2st" in quality:

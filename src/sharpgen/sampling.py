@@ -24,7 +24,7 @@ import pandas as pd
 from scipy import stats
 
 from sharpgen.atomic import atomic_path
-from sharpgen.imagestats import lattice_peaks, mean_power_spectrum
+from sharpgen.imagestats import ORIENTATION_BANDS, lattice_peaks, mean_power_spectrum, orientation_ratio
 from sharpgen.parameters import PARAMETER_NAMES, REALISM_TARGETS
 
 logger = logging.getLogger(__name__)
@@ -222,6 +222,7 @@ def quality_report(real_params: pd.DataFrame, gen_params: pd.DataFrame, real_ima
         "log10_excess_generated": lat_g["log10_excess"], "log10_excess_real": lat_r["log10_excess"],
         "log10_peak_generated": lat_g["log10_peak"], "log10_peak_real": lat_r["log10_peak"],
     }
+    report["orientation"] = weak_field_orientation(ri, gi)
     targets = {name: report["parameters"].get(name, {}).get("wasserstein_norm")
                for name in REALISM_TARGETS}
     report["targets"] = {
@@ -230,6 +231,38 @@ def quality_report(real_params: pd.DataFrame, gen_params: pd.DataFrame, real_ima
         "pass": all(v is not None and v < TARGET_WASSERSTEIN for v in targets.values()),
     }
     return report
+
+
+#: |B| [G] under which the low-passed field counts as weak for :func:`weak_field_orientation`
+#: (the strong-field threshold of the C2ST's diagnostic views, sharpgen.c2st)
+WEAK_FIELD_GAUSS = 150.0
+
+
+def weak_field_orientation(real_gauss: np.ndarray, gen_gauss: np.ndarray) -> dict:
+    """How grid-aligned the weak-field texture is, real and generated: the texture
+    (:func:`sharpgen.c2st.weak_texture`: the high-pass of each image, 0 where the low-passed
+    field is at or over :data:`WEAK_FIELD_GAUSS` or on a crop's zero padding) and its axis over
+    diagonal power (:func:`sharpgen.imagestats.orientation_ratio`) per |k| band, median over the
+    images. Both inputs (N, S, S) in Gauss. Returns the bands (fractions of the Nyquist
+    wavenumber, and cycles per image), ``axis_over_diagonal_real`` / ``_generated`` (one per
+    band) and ``log10_ratio_max_abs``: the largest |log10(generated / real)| over the bands (0
+    when the generated texture is as isotropic as the real one; 0.3 is a factor of 2)."""
+    from sharpgen.c2st import weak_texture
+
+    med = {}
+    for label, images in (("real", real_gauss), ("generated", gen_gauss)):
+        high, weak = weak_texture(images, WEAK_FIELD_GAUSS)
+        med[label] = np.nanmedian(orientation_ratio(np.where(weak, high, 0.0)), axis=0)
+    s = np.shape(gen_gauss)[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dev = np.abs(np.log10(med["generated"] / med["real"]))
+    return {
+        "bands_nyquist": [list(b) for b in ORIENTATION_BANDS],
+        "bands_cycles_per_image": [[lo * s / 2, hi * s / 2] for lo, hi in ORIENTATION_BANDS],
+        "axis_over_diagonal_real": [float(v) for v in med["real"]],
+        "axis_over_diagonal_generated": [float(v) for v in med["generated"]],
+        "log10_ratio_max_abs": float(np.nanmax(dev)) if np.isfinite(dev).any() else None,
+    }
 
 
 def reference_distances(real_params: pd.DataFrame, reference_params: pd.DataFrame, label: str) -> dict:

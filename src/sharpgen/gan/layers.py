@@ -2,9 +2,9 @@
 the size check, the deterministic noise maps of a latent (``projected_noise``, fixed
 projections drawn from :data:`NOISE_SEED`), the padding window (its mask and, for
 ``padding: matched``, the crops' extents and their quantile functions), the binomial
-low-pass, the mapping network and modulated convolution of the ``mapping`` generator, the
-minibatch-standard-deviation channel and the networks' memory format. Re-exported by
-:mod:`sharpgen.gan.model`.
+low-pass, the isotropic and radial grain filters, the mapping network and modulated convolution of the
+``mapping`` generator, the minibatch-standard-deviation channel and the networks' memory
+format. Re-exported by :mod:`sharpgen.gan.model`.
 """
 
 from __future__ import annotations
@@ -144,6 +144,89 @@ def binomial_blur(x: torch.Tensor) -> torch.Tensor:
     k = torch.tensor([1.0, 2.0, 1.0], device=x.device, dtype=x.dtype) / 4.0
     k2 = (k[:, None] * k[None, :]).expand(C, 1, 3, 3).contiguous()
     return F.conv2d(xp, k2, groups=C)
+
+
+#: widths (px) of the sampled Gaussians an isotropic grain kernel mixes beside a delta
+#: (``gan.speckle_kernel: isotropic``); the widest still spans +-2 sigma of its 5x5 support
+ISOTROPIC_SIGMAS_PX = (0.5, 0.7, 1.0)
+#: support (px) of the isotropic grain kernel
+ISOTROPIC_KERNEL_PX = 5
+
+
+def isotropic_basis(sigmas_px: tuple[float, ...] = ISOTROPIC_SIGMAS_PX,
+                    size: int = ISOTROPIC_KERNEL_PX) -> torch.Tensor:
+    """Radially symmetric kernels (1 + len(sigmas), size, size), each of unit L2 norm (so each
+    alone turns white noise of unit variance into a grain of unit variance): a delta, then
+    sampled Gaussians of the given widths. Every mix of them has a radially symmetric
+    profile, and its frequency response is isotropic wherever it has power (unlike a free 3x3
+    filter, whose box-like solutions pass 2-7x more power along the axes than along the
+    diagonals near the Nyquist frequency; docs/gan.md)."""
+    r = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    r2 = r[:, None] ** 2 + r[None, :] ** 2
+    delta = (r2 == 0).double()
+    kernels = [delta] + [torch.exp(-r2 / (2.0 * s * s)) for s in sigmas_px]
+    basis = torch.stack(kernels)
+    return (basis / basis.flatten(1).norm(dim=1)[:, None, None]).float()
+
+
+class IsotropicKernel(nn.Module):
+    """A learned single-channel filter constrained to be isotropic: ``w = sum_j c_j b_j`` over
+    :func:`isotropic_basis` (fixed, rebuilt on construction), ``c`` learned, starting as the
+    delta (c = [1, 0, 0, 0]: the white map passes unchanged, as the free 3x3 filter starts).
+    (B, 1, H, W) -> same shape (zero padding, like ``nn.Conv2d(1, 1, k, padding=k // 2)``)."""
+
+    def __init__(self, sigmas_px: tuple[float, ...] = ISOTROPIC_SIGMAS_PX,
+                 size: int = ISOTROPIC_KERNEL_PX):
+        super().__init__()
+        self.register_buffer("basis", isotropic_basis(sigmas_px, size), persistent=False)
+        coef = torch.zeros(len(sigmas_px) + 1)
+        coef[0] = 1.0
+        self.coef = nn.Parameter(coef)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The filter as a conv weight (1, 1, size, size)."""
+        return torch.einsum("j,jhw->hw", self.coef, self.basis)[None, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.to(x.dtype)
+        return F.conv2d(x, w, padding=w.shape[-1] // 2)
+
+
+#: knots of the radial grain filter (``gan.speckle_kernel: radial``), equally spaced in |k|
+#: from 0 to the corner of the spectrum (sqrt(2) x the Nyquist wavenumber)
+RADIAL_KNOTS = 9
+
+
+class RadialFilter(nn.Module):
+    """A learned single-channel filter whose transfer function depends on |k| alone -- isotropic
+    at every wavenumber, the Nyquist band included (where a sampled Gaussian is not):
+    ``H(|k|)`` piecewise linear between ``knots`` learned gains at |k| = 0, ..., sqrt(2) k_Nyq,
+    starting at 1 (the white map passes unchanged). Applied by FFT, so periodically -- it filters
+    the white map of z, which has no edges to respect. (B, 1, S, S) -> same shape, S = ``size``."""
+
+    def __init__(self, size: int, knots: int = RADIAL_KNOTS):
+        super().__init__()
+        if knots < 2:
+            raise ValueError(f"a radial filter needs >= 2 knots, got {knots}")
+        ky = torch.fft.fftfreq(size, dtype=torch.float64) * size
+        kx = torch.fft.rfftfreq(size, dtype=torch.float64) * size
+        r = torch.hypot(ky[:, None], kx[None, :]) / (size / 2) / math.sqrt(2.0)  # 0..1
+        t = r * (knots - 1)
+        lo = t.floor().long().clamp(max=knots - 2)
+        self.size = size
+        self.register_buffer("knot_lo", lo, persistent=False)
+        self.register_buffer("knot_frac", (t - lo).float(), persistent=False)
+        self.gain = nn.Parameter(torch.ones(knots))
+
+    def transfer(self) -> torch.Tensor:
+        """H on the rfft2 grid (S, S // 2 + 1)."""
+        g_lo, g_hi = self.gain[self.knot_lo], self.gain[self.knot_lo + 1]
+        return g_lo + (g_hi - g_lo) * self.knot_frac
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spec = torch.fft.rfft2(x.float()) * self.transfer()
+        return torch.fft.irfft2(spec, s=(self.size, self.size)).to(x.dtype)
 
 
 class MappingNetwork(nn.Module):

@@ -50,8 +50,10 @@ from sharpgen.gan.augment import diff_augment  # noqa: F401  (re-exported)
 from sharpgen.gan.layers import (  # noqa: F401  (re-exported: sharpgen.gan.model.* as before)
     MEMORY_FORMAT,
     NOISE_SEED,
+    IsotropicKernel,
     PAD_QUANTILE_LEVELS,
     MappingNetwork,
+    RadialFilter,
     ModulatedConv,
     _check_size,
     binomial_blur,
@@ -121,6 +123,9 @@ class PaperGenerator(nn.Module):
 UPSAMPLING = ("transposed", "blur", "resize")
 #: pixel-scale grain of the stable generator (``gan.speckle``)
 SPECKLES = ("none", "additive", "lognormal", "signed", "intermittent")
+#: the grain's filter (``gan.speckle_kernel``): a free 3x3 conv, an isotropic 5x5 mix of a delta
+#: and sampled Gaussians, or a radial transfer function H(|k|) applied by FFT
+SPECKLE_KERNELS = ("free", "isotropic", "radial")
 #: zero padding of the stable generator (``gan.padding``)
 PADDINGS = ("none", "window", "matched")
 #: output layers of the stable generator (``gan.output``)
@@ -161,8 +166,11 @@ class StableGenerator(nn.Module):
     nearly flat, and a transposed convolution from a S/8 grid can only place them on its
     lattice. The last layer makes a second map, a strength logit ``a``; with ``g = f(n)``, ``n``
     the deterministic white map :meth:`speckle_map` of z at S (its own fixed projection,
-    :data:`SPECKLE_SEED`, rebuilt on load) and ``f`` a learned 3x3 filter (``speckle_filter``,
-    starting as the identity), the output layer gets, instead of the field ``m`` alone,
+    :data:`SPECKLE_SEED`, rebuilt on load) and ``f`` a learned filter (``speckle_filter``,
+    starting as the identity: ``speckle_kernel`` ``free``, a 3x3 convolution; ``isotropic``,
+    :class:`~sharpgen.gan.layers.IsotropicKernel`; ``radial``,
+    :class:`~sharpgen.gan.layers.RadialFilter`), the output layer gets, instead of the field
+    ``m`` alone,
 
     * ``additive``: ``m + softplus(a) g`` (grain of either sign, also inside spots);
     * ``lognormal``: ``m exp(s g - s^2 / 2)``, ``s = min(softplus(a), SPECKLE_MAX)`` (grain of
@@ -187,7 +195,7 @@ class StableGenerator(nn.Module):
 
     def __init__(self, nz: int = 100, size: int = 128, upsample: str = "transposed",
                  noise: bool = False, refine: bool = False, output: str = "tanh",
-                 speckle: str = "none", padding: str = "none"):
+                 speckle: str = "none", padding: str = "none", speckle_kernel: str = "free"):
         super().__init__()
         _check_size(size)
         if upsample not in UPSAMPLING:
@@ -196,11 +204,13 @@ class StableGenerator(nn.Module):
             raise ValueError(f"unknown output layer {output!r}; known: {list(OUTPUTS)}")
         if speckle not in SPECKLES:
             raise ValueError(f"unknown speckle {speckle!r}; known: {list(SPECKLES)}")
+        if speckle_kernel not in SPECKLE_KERNELS:
+            raise ValueError(f"unknown speckle kernel {speckle_kernel!r}; known: {list(SPECKLE_KERNELS)}")
         if padding not in PADDINGS:
             raise ValueError(f"unknown padding {padding!r}; known: {list(PADDINGS)}")
         self.nz, self.size, self.s0, self.upsample = nz, size, size // 8, upsample
         self.noise, self.refine, self.output = bool(noise), bool(refine), output
-        self.speckle, self.padding = speckle, padding
+        self.speckle, self.padding, self.speckle_kernel = speckle, padding, speckle_kernel
         self.fc = nn.Linear(nz, 64 * self.s0 * self.s0)
         if self.refine:
             self.refine0 = nn.Conv2d(64, 64, 3, padding=1)
@@ -224,9 +234,15 @@ class StableGenerator(nn.Module):
         if speckle != "none":
             register_projection(self, "speckle_proj", size * size, nz,
                                 torch.Generator().manual_seed(SPECKLE_SEED))
-            self.speckle_filter = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+            if speckle_kernel == "isotropic":  # starts as the delta too
+                self.speckle_filter = IsotropicKernel()
+            elif speckle_kernel == "radial":  # starts as H = 1
+                self.speckle_filter = RadialFilter(size)
+            else:
+                self.speckle_filter = nn.Conv2d(1, 1, 3, padding=1, bias=False)
             with torch.no_grad():
-                self.speckle_filter.weight.zero_()[0, 0, 1, 1] = 1.0
+                if speckle_kernel == "free":
+                    self.speckle_filter.weight.zero_()[0, 0, 1, 1] = 1.0
                 self.up3.bias[1] = SPECKLE_BIAS0
                 if speckle == "intermittent":  # tail logit: t = SPECKLE_TAIL_MAX sigmoid(.)
                     q = SPECKLE_TAIL0 / SPECKLE_TAIL_MAX
@@ -455,10 +471,11 @@ def build_generator(arch: str, size: int, nz: int = 100, mapping_layers: int = 4
                     channels: tuple[int, ...] | list[int] = MAPPING_CHANNELS,
                     noise: bool = True, upsample: str = "transposed",
                     stable_noise: bool = False, refine: bool = False,
-                    output: str = "tanh", speckle: str = "none", padding: str = "none") -> nn.Module:
+                    output: str = "tanh", speckle: str = "none", padding: str = "none",
+                    speckle_kernel: str = "free") -> nn.Module:
     """The generator of ``arch``; ``mapping_layers``, ``channels`` and ``noise`` only for
-    ``mapping``, ``upsample``, ``stable_noise``, ``refine``, ``output``, ``speckle`` and ``padding`` only for
-    ``stable``."""
+    ``mapping``, ``upsample``, ``stable_noise``, ``refine``, ``output``, ``speckle``, ``padding`` and
+    ``speckle_kernel`` only for ``stable``."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown GAN architecture {arch!r}; known: {list(ARCHITECTURES)}")
     if arch == "mapping":
@@ -466,7 +483,8 @@ def build_generator(arch: str, size: int, nz: int = 100, mapping_layers: int = 4
                                 noise=noise)
     if arch == "stable":
         return StableGenerator(nz=nz, size=size, upsample=upsample, noise=stable_noise,
-                               refine=refine, output=output, speckle=speckle, padding=padding)
+                               refine=refine, output=output, speckle=speckle, padding=padding,
+                               speckle_kernel=speckle_kernel)
     return PaperGenerator(nz=nz, size=size)
 
 
@@ -515,7 +533,8 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") 
                             refine=bool(cfg.get("refine", False)),
                             output=str(cfg.get("output", "tanh")),
                             speckle=str(cfg.get("speckle", "none")),
-                            padding=str(cfg.get("padding", "none")))
+                            padding=str(cfg.get("padding", "none")),
+                            speckle_kernel=str(cfg.get("speckle_kernel", "free")))
         G.load_state_dict(blob["state_dict"])
     except Exception as err:
         raise GanError(f"cannot load generator {path}: {type(err).__name__}: {err}") from err

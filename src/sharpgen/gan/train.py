@@ -44,6 +44,7 @@ from sharpgen.gan.model import (  # noqa: F401
     ARCHITECTURES,
     STABLE_RECIPE,
     OUTPUTS,
+    SPECKLE_KERNELS,
     SPECKLES,
     PADDINGS,
     UPSAMPLING,
@@ -105,6 +106,7 @@ class GanConfig:
     output: str                       # stable: tanh | clipped (StableGenerator)
     speckle: str                      # stable: none | additive | lognormal | signed | intermittent grain
     padding: str                      # stable: none | window | matched (zero margins about a centred data window)
+    speckle_kernel: str               # stable: free (3x3 conv) | isotropic (5x5 radial mix) | radial (H(|k|), FFT)
     r1_gamma: float                   # R1 penalty weight on D(real) (0 = off)
     r1_every: int                     # lazy R1: every N steps, weighted by N
     pl_weight: float                  # path-length penalty weight on G (0 = off)
@@ -128,10 +130,10 @@ class GanConfig:
     # options whose setting before they existed is left out of the hash (configurations from
     # before the option keep their checkpoints): key -> that setting
     OPTIONS_OFF = {"refine": False, "output": "tanh", "speckle": "none", "padding": "none",
-                   "augment_translation_fill": "zero"}
+                   "augment_translation_fill": "zero", "speckle_kernel": "free"}
     # generator options only the `stable` generator reads: left out of the hash of the other
     # architectures, so a change of their defaults never moves a `paper` or `mapping` checkpoint
-    STABLE_ONLY = ("upsample", "noise", "refine", "output", "speckle", "padding")
+    STABLE_ONLY = ("upsample", "noise", "refine", "output", "speckle", "padding", "speckle_kernel")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "GanConfig":
@@ -154,6 +156,7 @@ class GanConfig:
                 raise ValueError(f"gan.{k} must be true or false, got {getattr(self, k)!r}")
         for k, allowed in (("arch", ARCHITECTURES), ("upsample", UPSAMPLING), ("output", OUTPUTS),
                            ("speckle", SPECKLES), ("padding", PADDINGS),
+                           ("speckle_kernel", SPECKLE_KERNELS),
                            ("augment_translation_fill", TRANSLATION_FILLS)):
             if getattr(self, k) not in allowed:
                 raise ValueError(f"gan.{k} {getattr(self, k)!r} is not one of {list(allowed)}")
@@ -290,7 +293,8 @@ def _build_run(cfg: GanConfig, size: int, device: torch.device) -> _Run:
                         channels=cfg.mapping_channels,
                         noise=cfg.mapping_noise, upsample=cfg.upsample,
                         stable_noise=cfg.noise, refine=cfg.refine,
-                        output=cfg.output, speckle=cfg.speckle, padding=cfg.padding).to(device, memory_format=MEMORY_FORMAT)
+                        output=cfg.output, speckle=cfg.speckle, padding=cfg.padding,
+                        speckle_kernel=cfg.speckle_kernel).to(device, memory_format=MEMORY_FORMAT)
     D = build_discriminator(cfg.arch, size).to(device, memory_format=MEMORY_FORMAT)
     ema = (copy.deepcopy(G).eval().requires_grad_(False)
            if cfg.arch in STABLE_RECIPE and cfg.ema_decay > 0 else None)
