@@ -245,9 +245,7 @@ def check_gan(ctx: dict, arch: str) -> dict:
     losses = log[["d_loss", "g_loss", "d_real", "d_fake"]].to_numpy()
     ips = log["images_per_s"].to_numpy()
     ips_steady = float(np.median(ips[1:] if len(ips) > 1 else ips))
-    flops = gan.training_flops_per_step(arch, plan.size, plan.batch, cfg.nz, upsample=cfg.upsample,
-                                        stable_noise=cfg.noise, refine=cfg.refine, output=cfg.output,
-                                        speckle=cfg.speckle)
+    flops = gan.training_flops_per_step(arch, plan.size, plan.batch, cfg.nz, **cfg.generator_options())
     achieved = flops * ips_steady / plan.batch
     G = gan.load_generator(out / "generator.pt", device=dev)
     imgs1 = gan.generate(G, z)

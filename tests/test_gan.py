@@ -1072,6 +1072,23 @@ def test_isotropic_and_radial_grain_filters(tmp_path):
         GanConfig.from_dict({**TINY, "speckle_kernel": "gaussian"})
     with pytest.raises(ValueError, match="unknown speckle kernel"):
         gan.build_generator("stable", 32, speckle="signed", speckle_kernel="gaussian")
+    # FLOPs: the radial filter's FFTs are counted (5 N log2 N per complex transform, half per
+    # real one), and the FLOP count builds the generator a config describes
+    from torch.utils.flop_counter import FlopCounterMode
+    from sharpgen.gan import steps
+    aten = torch.ops.aten
+    counter = FlopCounterMode(display=False, custom_mapping={aten._fft_r2c: steps._fft_r2c_flop,
+                                                             aten._fft_c2r: steps._fft_c2r_flop})
+    with torch.device("meta"):
+        x = torch.randn(4, 1, 32, 32)
+    with counter:
+        torch.fft.irfft2(torch.fft.rfft2(x), s=(32, 32))
+    assert counter.get_total_flops() == 2 * int(2.5 * 4 * 32 * 32 * 10)
+    opts = GanConfig.from_dict({**TINY, "speckle": "signed", "speckle_kernel": "radial"}).generator_options()
+    assert opts["speckle_kernel"] == "radial" and opts["speckle"] == "signed"
+    flops = {k: gan.training_flops_per_step("stable", 32, 2, **{**opts, "speckle_kernel": k})
+             for k in ("free", "radial")}
+    assert flops["radial"] != flops["free"] and min(flops.values()) > 0
 
 
 def test_stable_speckle_grain_is_a_function_of_z_scaled_per_pixel(tmp_path, tiny_patches):

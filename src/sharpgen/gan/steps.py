@@ -7,6 +7,8 @@ step. Plus the FLOP count of one step (the MFU of benchmarks).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -108,11 +110,32 @@ def path_length_step(G: nn.Module, z: torch.Tensor, gen: torch.Generator, pl_mea
     return pl_mean, penalty.detach()
 
 
+def _fft_flops(shape, dims) -> float:
+    """The textbook 5 N log2 N FLOPs of complex FFTs of N = prod(shape[dims]) points, over the
+    other axes of ``shape`` (a real-input or real-output transform: half of it)."""
+    n = math.prod(shape[d] for d in dims)
+    return 5.0 * math.prod(shape) * math.log2(n) if n > 1 else 0.0
+
+
+def _fft_r2c_flop(x_shape, dims, *args, out_shape=None, **kwargs) -> int:
+    return int(0.5 * _fft_flops(x_shape, dims))
+
+
+def _fft_c2r_flop(x_shape, dims, *args, out_shape=None, **kwargs) -> int:
+    return int(0.5 * _fft_flops(out_shape, dims))
+
+
+def _fft_c2c_flop(x_shape, dims, *args, out_shape=None, **kwargs) -> int:
+    return int(_fft_flops(x_shape, dims))
+
+
 def training_flops_per_step(arch: str, size: int, batch_size: int, nz: int = 100,
                             **generator_options) -> float:
     """FLOPs of one training step (D step + G step), counted with FlopCounterMode on the meta
-    device (convolutions, matmuls and their backward passes; elementwise ops not counted).
-    ``generator_options``: keywords of :func:`build_generator` (``upsample``, ``stable_noise``...)."""
+    device (convolutions, matmuls, FFTs (5 N log2 N per complex transform, half for a real one;
+    the `radial` grain filter) and their backward passes; elementwise ops not counted).
+    ``generator_options``: keywords of :func:`build_generator` (``upsample``, ``stable_noise``...;
+    :meth:`GanConfig.generator_options` gives a config's)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with torch.device("meta"):
@@ -120,7 +143,9 @@ def training_flops_per_step(arch: str, size: int, batch_size: int, nz: int = 100
         D = PaperDiscriminator(size, mbstd=arch in STABLE_RECIPE)  # SN adds only O(params) work
         z = torch.randn(batch_size, nz)
         real = torch.randn(batch_size, 1, size, size)
-    counter = FlopCounterMode(display=False)
+    aten = torch.ops.aten
+    counter = FlopCounterMode(display=False, custom_mapping={
+        aten._fft_r2c: _fft_r2c_flop, aten._fft_c2r: _fft_c2r_flop, aten._fft_c2c: _fft_c2c_flop})
     with counter:
         train_step(G, D, real, z, arch)
     return float(counter.get_total_flops())

@@ -184,6 +184,14 @@ class GanConfig:
         d["structure"] = list(d["structure"])
         return d
 
+    def generator_options(self) -> dict:
+        """The keywords of :func:`sharpgen.gan.model.build_generator` this config sets (all but
+        ``arch``, ``size`` and ``nz``): one place for training and the FLOP count."""
+        return dict(mapping_layers=self.mapping_layers, channels=self.mapping_channels,
+                    noise=self.mapping_noise, upsample=self.upsample, stable_noise=self.noise,
+                    refine=self.refine, output=self.output, speckle=self.speckle,
+                    padding=self.padding, speckle_kernel=self.speckle_kernel)
+
     def trajectory_dict(self) -> dict:
         d = self.as_dict()
         for k in self.NON_TRAJECTORY:
@@ -289,12 +297,8 @@ def _build_run(cfg: GanConfig, size: int, device: torch.device) -> _Run:
     """Fresh G and D (weights seeded by ``cfg.seed``, channels_last on ``device``), the EMA copy,
     Adam optimisers and the training generator (seed ``cfg.seed + 1``)."""
     torch.manual_seed(cfg.seed)
-    G = build_generator(cfg.arch, size, cfg.nz, mapping_layers=cfg.mapping_layers,
-                        channels=cfg.mapping_channels,
-                        noise=cfg.mapping_noise, upsample=cfg.upsample,
-                        stable_noise=cfg.noise, refine=cfg.refine,
-                        output=cfg.output, speckle=cfg.speckle, padding=cfg.padding,
-                        speckle_kernel=cfg.speckle_kernel).to(device, memory_format=MEMORY_FORMAT)
+    G = build_generator(cfg.arch, size, cfg.nz, **cfg.generator_options()).to(
+        device, memory_format=MEMORY_FORMAT)
     D = build_discriminator(cfg.arch, size).to(device, memory_format=MEMORY_FORMAT)
     ema = (copy.deepcopy(G).eval().requires_grad_(False)
            if cfg.arch in STABLE_RECIPE and cfg.ema_decay > 0 else None)
