@@ -51,7 +51,13 @@ _FIGURES = {
         {"boundaries_json": R("directions/boundaries.json")},
         "2. Latent directions",
     ),
-    "traversals": ({"strips": R("directions/strips.npz")}, "2. Latent directions"),
+    "traversals": (
+        {
+            "strips": R("directions/strips.npz"),
+            "traversal_metrics": R("directions/traversal_metrics.json"),
+        },
+        "2. Latent directions",
+    ),
     "entanglement": (
         {"traversal_metrics": R("directions/traversal_metrics.json")},
         "2. Latent directions",

@@ -457,6 +457,17 @@ def test_traversal_annotations_are_measured_values(tree):
         if i >= 3:  # the conditional row also shows the held value
             assert float(shown["tpf"]) == pytest.approx(m["tpf"], rel=6e-3)
     assert all(lab.endswith("Mx") or "\n" in lab for lab in labels)
+    # beside the conditional row: what its held parameter did over all the measured walks
+    walks = json.loads((tree / "traversal_metrics.json").read_text())["directions"]
+    notes = [t.get_text() for ax in fig.axes for t in ax.texts]
+    cond = [k for k in walks if "|" in k and walks[k].get("held")]
+    assert cond and len(notes) == 1, notes
+    held = next(iter(walks[cond[0]]["held"].values()))
+    assert f"median {held['conditional']:+.2f}" in notes[0]
+    assert f"|{held['conditional_abs_per_base']:.2f}|" in notes[0]
+    assert f"over {walks[cond[0]]['n_base']} walks" in notes[0]
+    bare = report.build("traversals", {"strips": tree / "strips.npz"}, CFG)  # the one walk alone
+    assert not [t for ax in bare.axes for t in ax.texts]
 
 
 def test_retrieval_examples_label_records(tree):

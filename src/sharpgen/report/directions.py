@@ -204,7 +204,9 @@ def fig_traversals(strips: Sequence[Mapping], title: str = "Latent traversals") 
 
     strips: sequence of mappings with keys ``label`` (row title), ``images`` (K, S, S) [G],
     ``steps`` (K,) the step along the direction (in units of the latent norm), ``annotations``
-    (list of K strings, e.g. the measured parameter values, one or two lines each).
+    (list of K strings, e.g. the measured parameter values, one or two lines each) and
+    optionally ``note`` (a line written beside the row title, e.g. what the population of walks
+    measured, where one row is one walk).
     """
     n_rows = len(strips)
     k_max = max(len(s["images"]) for s in strips)
@@ -222,16 +224,37 @@ def fig_traversals(strips: Sequence[Mapping], title: str = "Latent traversals") 
             ax.set_title(f"step {s['steps'][k]:+.1f}", fontsize=7, pad=2)
             ax.set_xlabel(s["annotations"][k], fontsize=6.5, labelpad=2)
         row[0].set_ylabel(s["label"], fontsize=9, fontweight="bold")
+        if s.get("note"):
+            row[0].text(-0.3, 0.5, s["note"], transform=row[0].transAxes, rotation=90,
+                        ha="center", va="center", fontsize=6.5)
     suptitle(fig, title)
     br_colorbar(fig, im, ax=axes, shrink=0.5, pad=0.01, aspect=30)
     return fig
 
 
+def held_note(direction: Mapping) -> str:
+    """What all the walks of a conditional direction measured for its held parameters, for the
+    one walk a strip shows: ``direction`` is a ``traversal_metrics.json`` ``directions`` entry
+    (``held`` -> per held parameter its median slope ``conditional`` in population std per std
+    of the target, ``conditional_se``, ``conditional_abs_per_base``; ``n_base`` walks)."""
+    parts = [f"{h}: median {v['conditional']:+.2f} \u00b1 {v['conditional_se']:.2f}, "
+             f"per walk |{v['conditional_abs_per_base']:.2f}|"
+             for h, v in direction.get("held", {}).items()]
+    if not parts:
+        return ""
+    return (f"held, std per std over {int(direction['n_base'])} walks\n" + "; ".join(parts))
+
+
 def build_traversals(inp: Mapping, cfg: Mapping) -> Figure:
     """Traversal strips (inputs: strips = directions/strips.npz, written by the traverse rule:
-    one seeded base latent, images and their measured values along each direction)."""
+    one seeded base latent, images and their measured values along each direction; optional
+    traversal_metrics = directions/traversal_metrics.json: beside each conditional row, what
+    the held parameters did over all the measured walks, since the row is one walk)."""
     with np.load(inp["strips"], allow_pickle=False) as f:
         s = {k: f[k] for k in f.files}
+    walks = {}
+    if inp.get("traversal_metrics"):
+        walks = json.loads(Path(inp["traversal_metrics"]).read_text()).get("directions", {})
     names = [str(p) for p in s["parameters"]]
     clip = float(s["clip_gauss"])
     strips = []
@@ -242,7 +265,7 @@ def build_traversals(inp: Mapping, cfg: Mapping) -> Figure:
                + ("\nbeyond the fold" if s["beyond_fold"][i, j] else "")
                for j in range(len(s["eps"]))]
         strips.append({"label": direction_title(key), "images": s["images"][i] * clip, "steps": s["eps"],
-                       "annotations": ann})
+                       "annotations": ann, "note": held_note(walks[key]) if key in walks else ""})
     side = ("; base on the reflected side of the polarity fold" if bool(s["base_reflected"]) else
             "; polarity-folded directions" if bool(s["has_fold"]) else "")
     return fig_traversals(strips, title="Latent traversals along the SVM normals "
