@@ -1076,9 +1076,7 @@ def test_isotropic_and_radial_grain_filters(tmp_path):
     # real one), and the FLOP count builds the generator a config describes
     from torch.utils.flop_counter import FlopCounterMode
     from sharpgen.gan import steps
-    aten = torch.ops.aten
-    counter = FlopCounterMode(display=False, custom_mapping={aten._fft_r2c: steps._fft_r2c_flop,
-                                                             aten._fft_c2r: steps._fft_c2r_flop})
+    counter = FlopCounterMode(display=False, custom_mapping=steps.fft_flop_mapping())
     with torch.device("meta"):
         x = torch.randn(4, 1, 32, 32)
     with counter:

@@ -129,6 +129,13 @@ def _fft_c2c_flop(x_shape, dims, *args, out_shape=None, **kwargs) -> int:
     return int(_fft_flops(x_shape, dims))
 
 
+def fft_flop_mapping() -> dict:
+    """``FlopCounterMode(custom_mapping=...)`` entries for the FFT ops, which torch's counter
+    leaves out: the `radial` grain filter's rfft2 / irfft2 (and complex FFTs)."""
+    aten = torch.ops.aten
+    return {aten._fft_r2c: _fft_r2c_flop, aten._fft_c2r: _fft_c2r_flop, aten._fft_c2c: _fft_c2c_flop}
+
+
 def training_flops_per_step(arch: str, size: int, batch_size: int, nz: int = 100,
                             **generator_options) -> float:
     """FLOPs of one training step (D step + G step), counted with FlopCounterMode on the meta
@@ -143,9 +150,7 @@ def training_flops_per_step(arch: str, size: int, batch_size: int, nz: int = 100
         D = PaperDiscriminator(size, mbstd=arch in STABLE_RECIPE)  # SN adds only O(params) work
         z = torch.randn(batch_size, nz)
         real = torch.randn(batch_size, 1, size, size)
-    aten = torch.ops.aten
-    counter = FlopCounterMode(display=False, custom_mapping={
-        aten._fft_r2c: _fft_r2c_flop, aten._fft_c2r: _fft_c2r_flop, aten._fft_c2c: _fft_c2c_flop})
+    counter = FlopCounterMode(display=False, custom_mapping=fft_flop_mapping())
     with counter:
         train_step(G, D, real, z, arch)
     return float(counter.get_total_flops())
