@@ -1089,6 +1089,58 @@ def test_isotropic_and_radial_grain_filters(tmp_path):
     assert flops["radial"] != flops["free"] and min(flops.values()) > 0
 
 
+def test_speckle_floor_is_one_level_per_image(tmp_path):
+    """gan.speckle_floor: image adds softplus(floor_head(z)), one number per image, to the grain's
+    per-pixel strength: where the generator turns its own strength map off, the grain is still
+    there at the image's level, the same at every pixel (the data's noise is set per record);
+    without the floor the same generator puts out the bare field. It loads back, and is in the
+    checkpoint hash only when on with a grain (``speckle: none`` has nothing to floor)."""
+    from sharpgen.gan.train import GanConfig
+
+    z = torch.randn(6, 100, generator=torch.Generator().manual_seed(3))
+
+    def flat(floor: str):
+        G = gan.build_generator("stable", 32, upsample="blur", speckle="signed", output="clipped",
+                                speckle_kernel="radial", speckle_floor=floor).eval()
+        with torch.no_grad():  # field m = 0 and the per-pixel strength logit at -30 everywhere
+            G.up3.weight.zero_()
+            G.up3.bias.copy_(torch.tensor([0.0, -30.0]))
+        return G
+
+    G0 = flat("none")
+    with torch.no_grad():
+        assert float(G0(z).abs().max()) < 1e-6
+    G = flat("image")
+    with torch.no_grad():
+        G.floor_head.weight.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(4))
+        G.floor_head.bias.fill_(-2.0)
+        level = torch.nn.functional.softplus(G.floor_head(z))[:, 0]  # (B,)
+        x = torch.atanh(G(z)[:, 0] / 1.25)        # the clipped output layer's input
+        white = G.speckle_filter(G.speckle_map(z))[:, 0]
+    ratio = (x / white).flatten(1)
+    torch.testing.assert_close(ratio, level[:, None].expand_as(ratio), atol=1e-4, rtol=1e-4)
+    assert float(level.std()) > 0  # a function of z: another level per image
+    path = tmp_path / "floor.pt"
+    torch.save({"arch": "stable", "size": 32, "nz": 100, "state_dict": G.state_dict(),
+                "config": {"upsample": "blur", "speckle": "signed", "output": "clipped",
+                           "speckle_kernel": "radial", "speckle_floor": "image"}}, path)
+    zn = z[:3].numpy()
+    np.testing.assert_allclose(gan.generate(gan.load_generator(path), zn), gan.generate(G, zn), atol=1e-5)
+    assert GanConfig.from_dict({**TINY, "speckle_floor": "image"}).trajectory_dict()["speckle_floor"] == "image"
+    assert GanConfig.from_dict({**TINY}).speckle_floor == "image"  # the default since 2026-12-03
+    assert "speckle_floor" not in GanConfig.from_dict({**TINY, "speckle_floor": "none"}).trajectory_dict()
+    assert "speckle_floor" not in GanConfig.from_dict({**TINY, "arch": "paper",
+                                                       "speckle_floor": "image"}).trajectory_dict()
+    # without a grain there is nothing to floor: no head, and the hash of a run from before the option
+    assert "speckle_floor" not in GanConfig.from_dict({**TINY, "speckle": "none",
+                                                       "speckle_floor": "image"}).trajectory_dict()
+    assert not hasattr(gan.build_generator("stable", 32, speckle_floor="image"), "floor_head")
+    with pytest.raises(ValueError, match="gan.speckle_floor"):
+        GanConfig.from_dict({**TINY, "speckle_floor": "pixel"})
+    with pytest.raises(ValueError, match="unknown speckle floor"):
+        gan.build_generator("stable", 32, speckle="signed", speckle_floor="pixel")
+
+
 def test_stable_speckle_grain_is_a_function_of_z_scaled_per_pixel(tmp_path, tiny_patches):
     """gan.speckle: lognormal out(m exp(s f(n) - s^2 / 2)), s = min(softplus(a), SPECKLE_MAX), or
     additive out(m + softplus(a) f(n)) -- the grain n is white, N(0, 1), a function of z from its

@@ -264,3 +264,50 @@ def test_weak_field_orientation_in_the_quality_report(real_windows):
     grid_ori = sampling.weak_field_orientation(gauss, grid)
     assert grid_ori["axis_over_diagonal_generated"][3] > 2.0
     assert grid_ori["log10_ratio_max_abs"] > 0.3
+
+
+def test_quiet_block_share_finds_texture_switched_off_in_places():
+    """imagestats.quiet_block_share: homogeneous noise has (almost) no quiet 8 x 8 blocks; the same
+    noise with a 32 x 32 square turned down to 10 % has exactly that square's 16 of 256 blocks
+    quiet; blocks partly outside the mask are not compared; an image without a whole block is NaN."""
+    from sharpgen.imagestats import quiet_block_share
+
+    rng = np.random.default_rng(5)
+    noise = 30.0 * rng.standard_normal((6, 128, 128))
+    full = np.ones(noise.shape, bool)
+    share, count = quiet_block_share(noise, full)
+    assert np.all(count == 256) and np.all(share == 0.0)
+    patchy = noise.copy()
+    patchy[:, 40:72, 64:96] *= 0.1
+    share, _ = quiet_block_share(patchy, full)
+    np.testing.assert_allclose(share, 16 / 256)
+    mask = full.copy()
+    mask[:, :, :4] = False  # the first column of blocks is no longer whole
+    share, count = quiet_block_share(patchy, mask)
+    assert np.all(count == 256 - 16)
+    np.testing.assert_allclose(share, 16 / 240)
+    share, count = quiet_block_share(noise[:1], np.zeros((1, 128, 128), bool))
+    assert np.isnan(share[0]) and count[0] == 0
+    with pytest.raises(ValueError, match="multiple of 8"):
+        quiet_block_share(np.zeros((1, 20, 20)), np.ones((1, 20, 20), bool))
+
+
+def test_weak_field_quiet_blocks_in_the_quality_report(real_windows):
+    """quality.json's ``quiet_blocks``: the real HMI windows' weak-field texture is there
+    everywhere (under 2 % of the blocks quiet, no patchy image among the 64 windows of HARP 377);
+    the same windows with their weak field flattened in a square (as a generator that turns its
+    grain off in places makes them) are told apart, and metrics.json carries both shares."""
+    from sharpgen.metrics import gan_metrics
+
+    x, _ = real_windows
+    gauss = x * 1000.0
+    q = sampling.weak_field_quiet_blocks(gauss, gauss)
+    assert q["mean_share_real"] == q["mean_share_generated"] < 0.02
+    assert q["patchy_images_real"] == 0.0
+    flat = gauss.copy()
+    weak = np.abs(flat[:, 16:112, 16:112]) < 150.0
+    flat[:, 16:112, 16:112] = np.where(weak, 0.05 * flat[:, 16:112, 16:112], flat[:, 16:112, 16:112])
+    q2 = sampling.weak_field_quiet_blocks(gauss, flat)
+    assert q2["mean_share_generated"] > 0.2 and q2["patchy_images_generated"] > 0.9
+    m = gan_metrics({"quiet_blocks": q2})["weak_field_quiet_blocks"]
+    assert m["generated"] == q2["mean_share_generated"] and m["real"] == q["mean_share_real"]

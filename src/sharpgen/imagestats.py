@@ -8,11 +8,14 @@ Every function takes Br maps in Gauss, shape (N, S, S) or (S, S), NaN -> 0:
 * :func:`mean_gradient` -- mean gradient magnitude per image [G / pixel];
 * :func:`axis_power_spectrum` -- 1-D power spectrum along the pixel axes, averaged [G^2];
 * :func:`lattice_peaks` -- excess power at the periods an upsampling generator's grid leaves;
+* :func:`quiet_block_share` -- share of blocks where an image's texture is (nearly) absent;
 * :func:`orientation_ratio` -- power along the pixel axes over power along the diagonals, per
   image and |k| band (1 for isotropic texture; a grid-aligned generator's texture is not).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
@@ -193,3 +196,43 @@ def orientation_ratio(images: np.ndarray, bands=ORIENTATION_BANDS, chunk: int = 
             with np.errstate(divide="ignore", invalid="ignore"):
                 out[i: i + chunk, j] = np.where(den > 0, num / den, np.nan)
     return out
+
+
+#: side [px] of the blocks :func:`quiet_block_share` compares
+QUIET_BLOCK_PX = 8
+#: a block is quiet when its texture rms is under this fraction of its image's median block rms
+QUIET_BLOCK_FRACTION = 1.0 / 3.0
+
+
+def quiet_block_share(texture: np.ndarray, mask: np.ndarray, block: int = QUIET_BLOCK_PX,
+                      fraction: float = QUIET_BLOCK_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+    """How much of each image's texture is missing in places: the share of its blocks whose rms
+    is under ``fraction`` of the image's median block rms.
+
+    texture: (N, S, S) high-passed maps [G] (:func:`sharpgen.c2st.weak_texture`); mask: (N, S, S)
+    bool, where the texture counts (the weak field off the zero padding). Only ``block`` x
+    ``block`` blocks wholly inside the mask are compared (S a multiple of ``block``). Returns
+    ``(share (N,), n_blocks (N,))``: the share of quiet blocks (NaN for an image without a whole
+    block) and the number of blocks compared. A record's noise is homogeneous, so in real patches
+    the share is near 0; a generator that turns its grain off in places leaves quiet blocks.
+    Vectorised over the images (one reshape)."""
+    t = np.asarray(texture, dtype=np.float64)
+    m = np.asarray(mask, dtype=bool)
+    if t.ndim == 2:
+        t, m = t[None], m[None]
+    n, s = t.shape[0], t.shape[-1]
+    if t.shape != m.shape or t.ndim != 3 or t.shape[1] != s or s % block:
+        raise ValueError(f"expected texture and mask of one shape (N, S, S), S a multiple of {block}; "
+                         f"got {t.shape} and {m.shape}")
+    nb = s // block
+    inside = m.reshape(n, nb, block, nb, block).all(axis=(2, 4)).reshape(n, -1)
+    power = (np.where(m, t, 0.0) ** 2).reshape(n, nb, block, nb, block).mean(axis=(2, 4)).reshape(n, -1)
+    rms = np.where(inside, np.sqrt(power), np.nan)
+    count = inside.sum(axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: an image without a whole block
+        median = np.nanmedian(rms, axis=1, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        quiet = (rms < fraction * median) & inside
+    share = np.where(count > 0, quiet.sum(axis=1) / np.maximum(count, 1), np.nan)
+    return share, count

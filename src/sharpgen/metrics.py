@@ -64,7 +64,8 @@ def gan_metrics(quality: Mapping) -> dict:
     """``gan``: normalised Wasserstein and KS per parameter, pixel and spectrum summaries, the
     largest lattice peak of the generated and the real axis spectra (``lattice_log10_peak``), the
     weak-field texture's axis over diagonal power per |k| band (``weak_field_axis_over_diagonal``,
-    :func:`sharpgen.sampling.weak_field_orientation`), and
+    :func:`sharpgen.sampling.weak_field_orientation`), the share of its blocks where it is
+    missing (``weak_field_quiet_blocks``, :func:`sharpgen.sampling.weak_field_quiet_blocks`), and
     ``wasserstein_norm_reference`` (the training split's real patches scored the same way: the
     floor set by the two real splits' own difference), the held-out accuracy of the classifier
     two-sample test (``c2st_accuracy``, fixed protocol
@@ -96,6 +97,12 @@ def gan_metrics(quality: Mapping) -> dict:
             "generated": [_num(v) for v in ori.get("axis_over_diagonal_generated", [])],
             "real": [_num(v) for v in ori.get("axis_over_diagonal_real", [])],
             "log10_ratio_max_abs": _num(ori.get("log10_ratio_max_abs"))}
+    quiet = quality.get("quiet_blocks", {})
+    if quiet:  # share of the weak-field texture's blocks where it is missing (real: ~0)
+        out["weak_field_quiet_blocks"] = {"generated": _num(quiet.get("mean_share_generated")),
+                                          "real": _num(quiet.get("mean_share_real")),
+                                          "patchy_images_generated": _num(quiet.get("patchy_images_generated")),
+                                          "patchy_images_real": _num(quiet.get("patchy_images_real"))}
     if "real" in quality:
         out["real_split"] = quality["real"].get("split")
     if "c2st" in quality:

@@ -24,7 +24,15 @@ import pandas as pd
 from scipy import stats
 
 from sharpgen.atomic import atomic_path
-from sharpgen.imagestats import ORIENTATION_BANDS, lattice_peaks, mean_power_spectrum, orientation_ratio
+from sharpgen.imagestats import (
+    ORIENTATION_BANDS,
+    QUIET_BLOCK_FRACTION,
+    QUIET_BLOCK_PX,
+    lattice_peaks,
+    mean_power_spectrum,
+    orientation_ratio,
+    quiet_block_share,
+)
 from sharpgen.parameters import PARAMETER_NAMES, REALISM_TARGETS
 
 logger = logging.getLogger(__name__)
@@ -223,6 +231,7 @@ def quality_report(real_params: pd.DataFrame, gen_params: pd.DataFrame, real_ima
         "log10_peak_generated": lat_g["log10_peak"], "log10_peak_real": lat_r["log10_peak"],
     }
     report["orientation"] = weak_field_orientation(ri, gi)
+    report["quiet_blocks"] = weak_field_quiet_blocks(ri, gi)
     targets = {name: report["parameters"].get(name, {}).get("wasserstein_norm")
                for name in REALISM_TARGETS}
     report["targets"] = {
@@ -263,6 +272,32 @@ def weak_field_orientation(real_gauss: np.ndarray, gen_gauss: np.ndarray) -> dic
         "axis_over_diagonal_generated": [float(v) for v in med["generated"]],
         "log10_ratio_max_abs": float(np.nanmax(dev)) if np.isfinite(dev).any() else None,
     }
+
+
+#: an image counts as patchy when more than this share of its weak-field blocks is quiet
+QUIET_IMAGE_SHARE = 0.05
+
+
+def weak_field_quiet_blocks(real_gauss: np.ndarray, gen_gauss: np.ndarray) -> dict:
+    """Where the weak-field texture is missing, real and generated: per image, the share of its
+    :data:`~sharpgen.imagestats.QUIET_BLOCK_PX`-pixel blocks of weak-field texture
+    (:func:`sharpgen.c2st.weak_texture`, as :func:`weak_field_orientation`) whose rms is under
+    :data:`~sharpgen.imagestats.QUIET_BLOCK_FRACTION` of the image's median block rms
+    (:func:`sharpgen.imagestats.quiet_block_share`). Both inputs (N, S, S) in Gauss. Returns
+    ``mean_share_real`` / ``_generated`` (mean over the images) and ``patchy_images_real`` /
+    ``_generated`` (the share of images with more than :data:`QUIET_IMAGE_SHARE` of their blocks
+    quiet), with the block size and fraction. A record's noise is homogeneous (real: ~0); a
+    generator that turns its grain off in places leaves grain-free flat patches."""
+    from sharpgen.c2st import weak_texture
+
+    out: dict = {"block_px": QUIET_BLOCK_PX, "fraction_of_median_rms": QUIET_BLOCK_FRACTION,
+                 "patchy_over_share": QUIET_IMAGE_SHARE}
+    for label, images in (("real", real_gauss), ("generated", gen_gauss)):
+        share, _ = quiet_block_share(*weak_texture(images, WEAK_FIELD_GAUSS))
+        ok = np.isfinite(share)
+        out[f"mean_share_{label}"] = float(share[ok].mean()) if ok.any() else None
+        out[f"patchy_images_{label}"] = float((share[ok] > QUIET_IMAGE_SHARE).mean()) if ok.any() else None
+    return out
 
 
 def reference_distances(real_params: pd.DataFrame, reference_params: pd.DataFrame, label: str) -> dict:

@@ -77,6 +77,8 @@ W_STATS_SAMPLES = 20000
 SPECKLE_SEED = NOISE_SEED + 1
 #: initial bias of the speckle strength logit: softplus(-3) = 0.049, a 5 % grain to start from
 SPECKLE_BIAS0 = -3.0
+#: initial weight scale of the per-image floor's head (``gan.speckle_floor: image``), x 1/sqrt(nz)
+FLOOR_INIT_STD = 0.1
 #: largest speckle strength s (log-normal factor exp(s n - s^2 / 2); s = 2 spans 0.02-7x at 2 sigma)
 SPECKLE_MAX = 2.0
 #: ``signed`` grain: field (pre-activation units) over which the opposing part fades by 1/e
@@ -126,6 +128,9 @@ SPECKLES = ("none", "additive", "lognormal", "signed", "intermittent")
 #: the grain's filter (``gan.speckle_kernel``): a free 3x3 conv, an isotropic 5x5 mix of a delta
 #: and sampled Gaussians, or a radial transfer function H(|k|) applied by FFT
 SPECKLE_KERNELS = ("free", "isotropic", "radial")
+#: a floor under the grain's strength (``gan.speckle_floor``): none, or one level per image
+#: (a function of z), added to the per-pixel strength everywhere
+SPECKLE_FLOORS = ("none", "image")
 #: zero padding of the stable generator (``gan.padding``)
 PADDINGS = ("none", "window", "matched")
 #: output layers of the stable generator (``gan.output``)
@@ -187,6 +192,14 @@ class StableGenerator(nn.Module):
 
     ``signed`` is the pipeline's default (config schema); the others are measured in docs/gan.md.
 
+    ``speckle_floor`` (``gan.speckle_floor``): ``image`` adds to the strength ``softplus(a)`` a
+    level of its own for each image, ``softplus(floor_head(z))`` (one linear head of z, starting
+    at :data:`SPECKLE_BIAS0`), the same at every pixel: where the last layer turns its strength
+    map down the grain stays at the image's level, as a record's noise does (HMI's noise is
+    homogeneous within a record, its level set by the position on the disc). ``none``: the
+    per-pixel strength alone; without a grain (``speckle: none``) the floor has nothing to act on
+    and is ``none`` whatever is asked.
+
     ``output`` (``gan.output``): ``tanh``, or ``clipped``, ``clamp(1.25 tanh(x), -1, 1)``, which
     reaches exactly +-1 -- the +-clip_gauss plateaus of the real patches -- at finite x. The
     pipeline's default is ``clipped`` (config schema); ``tanh`` here and for generators saved
@@ -195,7 +208,8 @@ class StableGenerator(nn.Module):
 
     def __init__(self, nz: int = 100, size: int = 128, upsample: str = "transposed",
                  noise: bool = False, refine: bool = False, output: str = "tanh",
-                 speckle: str = "none", padding: str = "none", speckle_kernel: str = "free"):
+                 speckle: str = "none", padding: str = "none", speckle_kernel: str = "free",
+                 speckle_floor: str = "none"):
         super().__init__()
         _check_size(size)
         if upsample not in UPSAMPLING:
@@ -208,9 +222,12 @@ class StableGenerator(nn.Module):
             raise ValueError(f"unknown speckle kernel {speckle_kernel!r}; known: {list(SPECKLE_KERNELS)}")
         if padding not in PADDINGS:
             raise ValueError(f"unknown padding {padding!r}; known: {list(PADDINGS)}")
+        if speckle_floor not in SPECKLE_FLOORS:
+            raise ValueError(f"unknown speckle floor {speckle_floor!r}; known: {list(SPECKLE_FLOORS)}")
         self.nz, self.size, self.s0, self.upsample = nz, size, size // 8, upsample
         self.noise, self.refine, self.output = bool(noise), bool(refine), output
         self.speckle, self.padding, self.speckle_kernel = speckle, padding, speckle_kernel
+        self.speckle_floor = speckle_floor if speckle != "none" else "none"  # a floor of no grain: none
         self.fc = nn.Linear(nz, 64 * self.s0 * self.s0)
         if self.refine:
             self.refine0 = nn.Conv2d(64, 64, 3, padding=1)
@@ -247,6 +264,10 @@ class StableGenerator(nn.Module):
                 if speckle == "intermittent":  # tail logit: t = SPECKLE_TAIL_MAX sigmoid(.)
                     q = SPECKLE_TAIL0 / SPECKLE_TAIL_MAX
                     self.up3.bias[2] = math.log(q / (1.0 - q))
+            if self.speckle_floor == "image":  # z -> one strength logit per image, starting at SPECKLE_BIAS0
+                self.floor_head = nn.Linear(nz, 1)
+                nn.init.normal_(self.floor_head.weight, std=FLOOR_INIT_STD / math.sqrt(nz))
+                nn.init.constant_(self.floor_head.bias, SPECKLE_BIAS0)
 
         if padding != "none":  # z -> data extent (height, width) of a centred window
             self.pad_head = nn.Linear(nz, 2, bias=padding == "window")
@@ -295,14 +316,17 @@ class StableGenerator(nn.Module):
         if self.speckle == "intermittent":  # heavy-tailed per pixel, then as signed
             white = heavy_tail(white, SPECKLE_TAIL_MAX * torch.sigmoid(y[:, 2:3]))
         grain = self.speckle_filter(white)
+        strength = F.softplus(y[:, 1:2])
+        if self.speckle_floor == "image":  # the image's own level, everywhere (HMI's noise is set per record)
+            strength = strength + F.softplus(self.floor_head(z).to(y.dtype))[:, :, None, None]
         if self.speckle == "additive":
-            return y[:, :1] + F.softplus(y[:, 1:2]) * grain
+            return y[:, :1] + strength * grain
         if self.speckle in ("signed", "intermittent"):  # the grain against the field's sign fades with |m|
             m = y[:, :1]
             against = torch.where(m >= 0, grain < 0, grain > 0)
             grain = torch.where(against, grain * torch.exp(-m.abs() / SPECKLE_FADE), grain)
-            return m + F.softplus(y[:, 1:2]) * grain
-        s = F.softplus(y[:, 1:2]).clamp(max=SPECKLE_MAX)
+            return m + strength * grain
+        s = strength.clamp(max=SPECKLE_MAX)
         return y[:, :1] * torch.exp(s * grain - 0.5 * s * s)
 
     def _out(self, x: torch.Tensor) -> torch.Tensor:
@@ -472,10 +496,10 @@ def build_generator(arch: str, size: int, nz: int = 100, mapping_layers: int = 4
                     noise: bool = True, upsample: str = "transposed",
                     stable_noise: bool = False, refine: bool = False,
                     output: str = "tanh", speckle: str = "none", padding: str = "none",
-                    speckle_kernel: str = "free") -> nn.Module:
+                    speckle_kernel: str = "free", speckle_floor: str = "none") -> nn.Module:
     """The generator of ``arch``; ``mapping_layers``, ``channels`` and ``noise`` only for
-    ``mapping``, ``upsample``, ``stable_noise``, ``refine``, ``output``, ``speckle``, ``padding`` and
-    ``speckle_kernel`` only for ``stable``."""
+    ``mapping``, ``upsample``, ``stable_noise``, ``refine``, ``output``, ``speckle``, ``padding``,
+    ``speckle_kernel`` and ``speckle_floor`` only for ``stable``."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown GAN architecture {arch!r}; known: {list(ARCHITECTURES)}")
     if arch == "mapping":
@@ -484,7 +508,7 @@ def build_generator(arch: str, size: int, nz: int = 100, mapping_layers: int = 4
     if arch == "stable":
         return StableGenerator(nz=nz, size=size, upsample=upsample, noise=stable_noise,
                                refine=refine, output=output, speckle=speckle, padding=padding,
-                               speckle_kernel=speckle_kernel)
+                               speckle_kernel=speckle_kernel, speckle_floor=speckle_floor)
     return PaperGenerator(nz=nz, size=size)
 
 
@@ -534,7 +558,8 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") 
                             output=str(cfg.get("output", "tanh")),
                             speckle=str(cfg.get("speckle", "none")),
                             padding=str(cfg.get("padding", "none")),
-                            speckle_kernel=str(cfg.get("speckle_kernel", "free")))
+                            speckle_kernel=str(cfg.get("speckle_kernel", "free")),
+                            speckle_floor=str(cfg.get("speckle_floor", "none")))
         G.load_state_dict(blob["state_dict"])
     except Exception as err:
         raise GanError(f"cannot load generator {path}: {type(err).__name__}: {err}") from err

@@ -44,6 +44,7 @@ from sharpgen.gan.model import (  # noqa: F401
     ARCHITECTURES,
     STABLE_RECIPE,
     OUTPUTS,
+    SPECKLE_FLOORS,
     SPECKLE_KERNELS,
     SPECKLES,
     PADDINGS,
@@ -107,6 +108,7 @@ class GanConfig:
     speckle: str                      # stable: none | additive | lognormal | signed | intermittent grain
     padding: str                      # stable: none | window | matched (zero margins about a centred data window)
     speckle_kernel: str               # stable: free (3x3 conv) | isotropic (5x5 radial mix) | radial (H(|k|), FFT)
+    speckle_floor: str                # stable: none | image (a per-image floor under the grain's strength)
     r1_gamma: float                   # R1 penalty weight on D(real) (0 = off)
     r1_every: int                     # lazy R1: every N steps, weighted by N
     pl_weight: float                  # path-length penalty weight on G (0 = off)
@@ -130,10 +132,12 @@ class GanConfig:
     # options whose setting before they existed is left out of the hash (configurations from
     # before the option keep their checkpoints): key -> that setting
     OPTIONS_OFF = {"refine": False, "output": "tanh", "speckle": "none", "padding": "none",
-                   "augment_translation_fill": "zero", "speckle_kernel": "free"}
+                   "augment_translation_fill": "zero", "speckle_kernel": "free",
+                   "speckle_floor": "none"}
     # generator options only the `stable` generator reads: left out of the hash of the other
     # architectures, so a change of their defaults never moves a `paper` or `mapping` checkpoint
-    STABLE_ONLY = ("upsample", "noise", "refine", "output", "speckle", "padding", "speckle_kernel")
+    STABLE_ONLY = ("upsample", "noise", "refine", "output", "speckle", "padding", "speckle_kernel",
+                   "speckle_floor")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "GanConfig":
@@ -156,7 +160,7 @@ class GanConfig:
                 raise ValueError(f"gan.{k} must be true or false, got {getattr(self, k)!r}")
         for k, allowed in (("arch", ARCHITECTURES), ("upsample", UPSAMPLING), ("output", OUTPUTS),
                            ("speckle", SPECKLES), ("padding", PADDINGS),
-                           ("speckle_kernel", SPECKLE_KERNELS),
+                           ("speckle_kernel", SPECKLE_KERNELS), ("speckle_floor", SPECKLE_FLOORS),
                            ("augment_translation_fill", TRANSLATION_FILLS)):
             if getattr(self, k) not in allowed:
                 raise ValueError(f"gan.{k} {getattr(self, k)!r} is not one of {list(allowed)}")
@@ -190,7 +194,8 @@ class GanConfig:
         return dict(mapping_layers=self.mapping_layers, channels=self.mapping_channels,
                     noise=self.mapping_noise, upsample=self.upsample, stable_noise=self.noise,
                     refine=self.refine, output=self.output, speckle=self.speckle,
-                    padding=self.padding, speckle_kernel=self.speckle_kernel)
+                    padding=self.padding, speckle_kernel=self.speckle_kernel,
+                    speckle_floor=self.speckle_floor)
 
     def trajectory_dict(self) -> dict:
         d = self.as_dict()
@@ -199,6 +204,8 @@ class GanConfig:
         if not self.structure:  # off: the hash of configurations from before the option
             d.pop("structure")
             d.pop("structure_weight")
+        if self.speckle == "none":  # a floor of no grain: the generator has none (StableGenerator)
+            d["speckle_floor"] = "none"
         for k, off in self.OPTIONS_OFF.items():  # likewise for these options
             if d.get(k) == off:
                 d.pop(k)
