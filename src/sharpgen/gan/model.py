@@ -128,8 +128,7 @@ SPECKLES = ("none", "additive", "lognormal", "signed", "intermittent")
 #: the grain's filter (``gan.speckle_kernel``): a free 3x3 conv, an isotropic 5x5 mix of a delta
 #: and sampled Gaussians, or a radial transfer function H(|k|) applied by FFT
 SPECKLE_KERNELS = ("free", "isotropic", "radial")
-#: a floor under the grain's strength (``gan.speckle_floor``): none, or one level per image
-#: (a function of z), added to the per-pixel strength everywhere
+#: a floor under the grain's strength (``gan.speckle_floor``): none, or one level per image (of z)
 SPECKLE_FLOORS = ("none", "image")
 #: zero padding of the stable generator (``gan.padding``)
 PADDINGS = ("none", "window", "matched")
@@ -192,13 +191,10 @@ class StableGenerator(nn.Module):
 
     ``signed`` is the pipeline's default (config schema); the others are measured in docs/gan.md.
 
-    ``speckle_floor`` (``gan.speckle_floor``): ``image`` adds to the strength ``softplus(a)`` a
-    level of its own for each image, ``softplus(floor_head(z))`` (one linear head of z, starting
-    at :data:`SPECKLE_BIAS0`), the same at every pixel: where the last layer turns its strength
-    map down the grain stays at the image's level, as a record's noise does (HMI's noise is
-    homogeneous within a record, its level set by the position on the disc). ``none``: the
-    per-pixel strength alone; without a grain (``speckle: none``) the floor has nothing to act on
-    and is ``none`` whatever is asked.
+    ``speckle_floor`` (``gan.speckle_floor``): ``image`` adds to ``softplus(a)`` one level per
+    image, ``softplus(floor_head(z))`` (a linear head of z from :data:`SPECKLE_BIAS0`), at every
+    pixel: the grain never vanishes in places, as a record's (homogeneous) noise does not.
+    ``none``: the per-pixel strength alone; with no grain (``speckle: none``) the floor is off.
 
     ``output`` (``gan.output``): ``tanh``, or ``clipped``, ``clamp(1.25 tanh(x), -1, 1)``, which
     reaches exactly +-1 -- the +-clip_gauss plateaus of the real patches -- at finite x. The
@@ -212,18 +208,11 @@ class StableGenerator(nn.Module):
                  speckle_floor: str = "none"):
         super().__init__()
         _check_size(size)
-        if upsample not in UPSAMPLING:
-            raise ValueError(f"unknown upsampling {upsample!r}; known: {list(UPSAMPLING)}")
-        if output not in OUTPUTS:
-            raise ValueError(f"unknown output layer {output!r}; known: {list(OUTPUTS)}")
-        if speckle not in SPECKLES:
-            raise ValueError(f"unknown speckle {speckle!r}; known: {list(SPECKLES)}")
-        if speckle_kernel not in SPECKLE_KERNELS:
-            raise ValueError(f"unknown speckle kernel {speckle_kernel!r}; known: {list(SPECKLE_KERNELS)}")
-        if padding not in PADDINGS:
-            raise ValueError(f"unknown padding {padding!r}; known: {list(PADDINGS)}")
-        if speckle_floor not in SPECKLE_FLOORS:
-            raise ValueError(f"unknown speckle floor {speckle_floor!r}; known: {list(SPECKLE_FLOORS)}")
+        for what, value, known in (("upsampling", upsample, UPSAMPLING), ("output layer", output, OUTPUTS),
+                                   ("speckle", speckle, SPECKLES), ("speckle kernel", speckle_kernel, SPECKLE_KERNELS),
+                                   ("padding", padding, PADDINGS), ("speckle floor", speckle_floor, SPECKLE_FLOORS)):
+            if value not in known:
+                raise ValueError(f"unknown {what} {value!r}; known: {list(known)}")
         self.nz, self.size, self.s0, self.upsample = nz, size, size // 8, upsample
         self.noise, self.refine, self.output = bool(noise), bool(refine), output
         self.speckle, self.padding, self.speckle_kernel = speckle, padding, speckle_kernel
