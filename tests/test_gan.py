@@ -1141,6 +1141,51 @@ def test_speckle_floor_is_one_level_per_image(tmp_path):
         gan.build_generator("stable", 32, speckle="signed", speckle_floor="pixel")
 
 
+def test_speckle_floor_image_own_filters_the_floor_grain_apart(tmp_path):
+    """gan.speckle_floor: image_own -- out = m + softplus(a) f(n) + level f_floor(n): the floor's
+    grain is the same white map through a filter of its own, so the quiet Sun's grain (the floor
+    alone) and plage's (the per-pixel strength) can differ in spectrum. It starts as ``image``
+    (both filters the identity), loads back, is in the hash, and a lognormal grain is refused."""
+    from sharpgen.gan.train import GanConfig
+
+    z = torch.randn(5, 100, generator=torch.Generator().manual_seed(5))
+    opts = dict(upsample="blur", speckle="signed", output="clipped", speckle_kernel="radial")
+
+    def build(floor: str):
+        torch.manual_seed(11)
+        return gan.build_generator("stable", 32, speckle_floor=floor, **opts).eval()
+
+    with torch.no_grad():
+        torch.testing.assert_close(build("image_own")(z), build("image")(z))  # the same start
+    G = build("image_own")
+    with torch.no_grad():  # field m = 0; the two filters: low-pass and high-pass
+        G.up3.weight.zero_()
+        G.speckle_filter.gain.copy_(torch.linspace(1.0, 0.0, G.speckle_filter.gain.numel()))
+        G.floor_filter.gain.copy_(torch.linspace(0.0, 1.0, G.floor_filter.gain.numel()))
+        G.floor_head.weight.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(6))
+        white = G.speckle_map(z)
+        for a, floor_bias in ((-30.0, -2.0), (-2.0, -30.0), (-2.0, -2.0)):  # floor, per pixel, both
+            G.up3.bias.copy_(torch.tensor([0.0, a]))
+            G.floor_head.bias.fill_(floor_bias)
+            level = torch.nn.functional.softplus(G.floor_head(z))[:, :, None, None]
+            x = torch.atanh(G(z) / 1.25)  # the clipped output layer's input (no pixel at the clip here)
+            expect = torch.nn.functional.softplus(torch.tensor(a)) * G.speckle_filter(white) \
+                + level * G.floor_filter(white)
+            torch.testing.assert_close(x, expect, atol=1e-4, rtol=1e-3)
+            if a < -20:  # the floor alone: its own (high-pass) grain, not the per-pixel filter's
+                assert float((x - level * G.speckle_filter(white)).abs().max()) > 0.05
+    path = tmp_path / "own.pt"
+    torch.save({"arch": "stable", "size": 32, "nz": 100, "state_dict": G.state_dict(),
+                "config": {**opts, "speckle_floor": "image_own"}}, path)
+    zn = z[:3].numpy()
+    np.testing.assert_allclose(gan.generate(gan.load_generator(path), zn), gan.generate(G, zn), atol=1e-5)
+    assert GanConfig.from_dict({**TINY, "speckle_floor": "image_own"}).trajectory_dict()["speckle_floor"] == "image_own"
+    with pytest.raises(ValueError, match="image_own needs an additive grain"):
+        GanConfig.from_dict({**TINY, "speckle": "lognormal", "speckle_floor": "image_own"})
+    with pytest.raises(ValueError, match="image_own"):
+        gan.build_generator("stable", 32, speckle="lognormal", speckle_floor="image_own")
+
+
 def test_stable_speckle_grain_is_a_function_of_z_scaled_per_pixel(tmp_path, tiny_patches):
     """gan.speckle: lognormal out(m exp(s f(n) - s^2 / 2)), s = min(softplus(a), SPECKLE_MAX), or
     additive out(m + softplus(a) f(n)) -- the grain n is white, N(0, 1), a function of z from its

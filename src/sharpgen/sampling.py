@@ -230,8 +230,9 @@ def quality_report(real_params: pd.DataFrame, gen_params: pd.DataFrame, real_ima
         "log10_excess_generated": lat_g["log10_excess"], "log10_excess_real": lat_r["log10_excess"],
         "log10_peak_generated": lat_g["log10_peak"], "log10_peak_real": lat_r["log10_peak"],
     }
-    report["orientation"] = weak_field_orientation(ri, gi)
-    report["quiet_blocks"] = weak_field_quiet_blocks(ri, gi)
+    texture = _weak_textures(ri, gi)  # once for both views (a low-pass of every image)
+    report["orientation"] = _orientation_of(texture, gi.shape[-1])
+    report["quiet_blocks"] = _quiet_blocks_of(texture)
     targets = {name: report["parameters"].get(name, {}).get("wasserstein_norm")
                for name in REALISM_TARGETS}
     report["targets"] = {
@@ -256,13 +257,22 @@ def weak_field_orientation(real_gauss: np.ndarray, gen_gauss: np.ndarray) -> dic
     wavenumber, and cycles per image), ``axis_over_diagonal_real`` / ``_generated`` (one per
     band) and ``log10_ratio_max_abs``: the largest |log10(generated / real)| over the bands (0
     when the generated texture is as isotropic as the real one; 0.3 is a factor of 2)."""
+    return _orientation_of(_weak_textures(real_gauss, gen_gauss), np.shape(gen_gauss)[-1])
+
+
+def _weak_textures(real_gauss: np.ndarray, gen_gauss: np.ndarray) -> dict:
+    """``{"real": (high, weak), "generated": (high, weak)}``: :func:`sharpgen.c2st.weak_texture`
+    of each set at :data:`WEAK_FIELD_GAUSS`."""
     from sharpgen.c2st import weak_texture
 
-    med = {}
-    for label, images in (("real", real_gauss), ("generated", gen_gauss)):
-        high, weak = weak_texture(images, WEAK_FIELD_GAUSS)
-        med[label] = np.nanmedian(orientation_ratio(np.where(weak, high, 0.0)), axis=0)
-    s = np.shape(gen_gauss)[-1]
+    return {label: weak_texture(images, WEAK_FIELD_GAUSS)
+            for label, images in (("real", real_gauss), ("generated", gen_gauss))}
+
+
+def _orientation_of(texture: dict, s: int) -> dict:
+    """:func:`weak_field_orientation` of :func:`_weak_textures`' output, images of S = ``s`` px."""
+    med = {label: np.nanmedian(orientation_ratio(np.where(weak, high, 0.0)), axis=0)
+           for label, (high, weak) in texture.items()}
     with np.errstate(divide="ignore", invalid="ignore"):
         dev = np.abs(np.log10(med["generated"] / med["real"]))
     return {
@@ -288,12 +298,15 @@ def weak_field_quiet_blocks(real_gauss: np.ndarray, gen_gauss: np.ndarray) -> di
     ``_generated`` (the share of images with more than :data:`QUIET_IMAGE_SHARE` of their blocks
     quiet), with the block size and fraction. A record's noise is homogeneous (real: ~0); a
     generator that turns its grain off in places leaves grain-free flat patches."""
-    from sharpgen.c2st import weak_texture
+    return _quiet_blocks_of(_weak_textures(real_gauss, gen_gauss))
 
+
+def _quiet_blocks_of(texture: dict) -> dict:
+    """:func:`weak_field_quiet_blocks` of :func:`_weak_textures`' output."""
     out: dict = {"block_px": QUIET_BLOCK_PX, "fraction_of_median_rms": QUIET_BLOCK_FRACTION,
                  "patchy_over_share": QUIET_IMAGE_SHARE}
-    for label, images in (("real", real_gauss), ("generated", gen_gauss)):
-        share, _ = quiet_block_share(*weak_texture(images, WEAK_FIELD_GAUSS))
+    for label in ("real", "generated"):
+        share, _ = quiet_block_share(*texture[label])
         ok = np.isfinite(share)
         out[f"mean_share_{label}"] = float(share[ok].mean()) if ok.any() else None
         out[f"patchy_images_{label}"] = float((share[ok] > QUIET_IMAGE_SHARE).mean()) if ok.any() else None

@@ -229,6 +229,18 @@ class RadialFilter(nn.Module):
         return torch.fft.irfft2(spec, s=(self.size, self.size)).to(x.dtype)
 
 
+def grain_filter(kind: str, size: int) -> nn.Module:
+    """The grain's filter (``gan.speckle_kernel``), starting as the identity."""
+    if kind == "isotropic":  # starts as the delta too
+        return IsotropicKernel()
+    if kind == "radial":  # starts as H = 1
+        return RadialFilter(size)
+    conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    with torch.no_grad():
+        conv.weight.zero_()[0, 0, 1, 1] = 1.0
+    return conv
+
+
 class MappingNetwork(nn.Module):
     """z (B, nz) -> w (B, w_dim): second-moment normalisation of z, then ``layers`` x
     (Linear + LeakyReLU(0.2)); He-initialised so that the scale of w does not shrink with depth."""

@@ -58,6 +58,7 @@ from sharpgen.gan.layers import (  # noqa: F401  (re-exported: sharpgen.gan.mode
     _check_size,
     binomial_blur,
     centred_window,
+    grain_filter,
     heavy_tail,
     minibatch_std,
     projected_noise,
@@ -128,8 +129,9 @@ SPECKLES = ("none", "additive", "lognormal", "signed", "intermittent")
 #: the grain's filter (``gan.speckle_kernel``): a free 3x3 conv, an isotropic 5x5 mix of a delta
 #: and sampled Gaussians, or a radial transfer function H(|k|) applied by FFT
 SPECKLE_KERNELS = ("free", "isotropic", "radial")
-#: a floor under the grain's strength (``gan.speckle_floor``): none, or one level per image (of z)
-SPECKLE_FLOORS = ("none", "image")
+#: a floor under the grain's strength (``gan.speckle_floor``): none, one level per image (of z)
+#: times the grain, or that level times a grain of the same white map through a filter of its own
+SPECKLE_FLOORS = ("none", "image", "image_own")
 #: zero padding of the stable generator (``gan.padding``)
 PADDINGS = ("none", "window", "matched")
 #: output layers of the stable generator (``gan.output``)
@@ -155,15 +157,12 @@ class StableGenerator(nn.Module):
     * ``resize``: bilinear x2 resize then a 3x3 convolution (Odena et al. 2016); no
       phase-dependent weights at all; 2.25x the generator's convolution FLOPs.
 
-    ``noise`` (``gan.noise``): the last layer gets one more input channel, the map
-    :meth:`noise_map` of z at S/2, and a second map at S, filtered by a learned 3x3 kernel
-    (``noise_filter``), is added before the output layer. Both are deterministic functions of z (fixed
-    projections drawn from :data:`NOISE_SEED`, rebuilt on load, not in the state_dict), so the
-    image stays a function of the latent. Measured in docs/gan.md; not the default.
+    ``noise`` (``gan.noise``): the last layer gets the map :meth:`noise_map` of z at S/2 as one
+    more input, and a second map at S, through a learned 3x3 ``noise_filter``, is added before the
+    output layer (fixed projections from :data:`NOISE_SEED`: the image stays a function of z).
 
-    ``refine`` (``gan.refine``): a 3x3 convolution 64->64 + LeakyReLU at S/8 (after the linear
-    layer) and another at S/4 (after the first upsampling) -- non-linear capacity for the
-    region's layout, which the linear layer alone makes from z; x1.37 the step FLOPs (S = 128).
+    ``refine`` (``gan.refine``): 3x3 conv 64->64 + LeakyReLU at S/8 and at S/4 (non-linear
+    capacity for the layout); x1.37 the step FLOPs (S = 128).
 
     ``speckle`` (``gan.speckle``, ``none`` here by default): pixel-scale grain whose strength the
     generator sets per place -- plage is speckled with small flux concentrations, the quiet Sun
@@ -194,7 +193,10 @@ class StableGenerator(nn.Module):
     ``speckle_floor`` (``gan.speckle_floor``): ``image`` adds to ``softplus(a)`` one level per
     image, ``softplus(floor_head(z))`` (a linear head of z from :data:`SPECKLE_BIAS0`), at every
     pixel: the grain never vanishes in places, as a record's (homogeneous) noise does not.
-    ``none``: the per-pixel strength alone; with no grain (``speckle: none``) the floor is off.
+    ``image_own``: that level times a grain of its own, the same white map through a second filter
+    (``m + softplus(a) f(w) + level f_floor(w)``, one grain for the sign rule): the quiet Sun's
+    grain and plage's may then differ in spectrum. ``none``: the per-pixel strength alone; with no
+    grain (``speckle: none``) the floor is off.
 
     ``output`` (``gan.output``): ``tanh``, or ``clipped``, ``clamp(1.25 tanh(x), -1, 1)``, which
     reaches exactly +-1 -- the +-clip_gauss plateaus of the real patches -- at finite x. The
@@ -213,6 +215,8 @@ class StableGenerator(nn.Module):
                                    ("padding", padding, PADDINGS), ("speckle floor", speckle_floor, SPECKLE_FLOORS)):
             if value not in known:
                 raise ValueError(f"unknown {what} {value!r}; known: {list(known)}")
+        if speckle == "lognormal" and speckle_floor == "image_own":
+            raise ValueError("speckle floor 'image_own' needs an additive grain, not lognormal")
         self.nz, self.size, self.s0, self.upsample = nz, size, size // 8, upsample
         self.noise, self.refine, self.output = bool(noise), bool(refine), output
         self.speckle, self.padding, self.speckle_kernel = speckle, padding, speckle_kernel
@@ -232,28 +236,21 @@ class StableGenerator(nn.Module):
             self.up2 = nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1)
             self.up3 = nn.ConvTranspose2d(c3, c_out, 4, stride=2, padding=1)
         if self.noise:
-            # fixed Gaussian projections z -> pixel maps at S/2 and S (part of the architecture:
-            # rebuilt from NOISE_SEED on load, not in the state_dict)
-            register_noise_projections(self, size, nz)
+            register_noise_projections(self, size, nz)  # fixed (NOISE_SEED), not in the state_dict
             self.noise_filter = nn.Conv2d(1, 1, 3, padding=1, bias=False)
             nn.init.normal_(self.noise_filter.weight, std=0.003)
         if speckle != "none":
             register_projection(self, "speckle_proj", size * size, nz,
                                 torch.Generator().manual_seed(SPECKLE_SEED))
-            if speckle_kernel == "isotropic":  # starts as the delta too
-                self.speckle_filter = IsotropicKernel()
-            elif speckle_kernel == "radial":  # starts as H = 1
-                self.speckle_filter = RadialFilter(size)
-            else:
-                self.speckle_filter = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+            self.speckle_filter = grain_filter(speckle_kernel, size)
+            if self.speckle_floor == "image_own":  # the floor's grain: the same white map, its own filter
+                self.floor_filter = grain_filter(speckle_kernel, size)
             with torch.no_grad():
-                if speckle_kernel == "free":
-                    self.speckle_filter.weight.zero_()[0, 0, 1, 1] = 1.0
                 self.up3.bias[1] = SPECKLE_BIAS0
                 if speckle == "intermittent":  # tail logit: t = SPECKLE_TAIL_MAX sigmoid(.)
                     q = SPECKLE_TAIL0 / SPECKLE_TAIL_MAX
                     self.up3.bias[2] = math.log(q / (1.0 - q))
-            if self.speckle_floor == "image":  # z -> one strength logit per image, starting at SPECKLE_BIAS0
+            if self.speckle_floor != "none":  # z -> one strength logit per image, starting at SPECKLE_BIAS0
                 self.floor_head = nn.Linear(nz, 1)
                 nn.init.normal_(self.floor_head.weight, std=FLOOR_INIT_STD / math.sqrt(nz))
                 nn.init.constant_(self.floor_head.bias, SPECKLE_BIAS0)
@@ -306,8 +303,12 @@ class StableGenerator(nn.Module):
             white = heavy_tail(white, SPECKLE_TAIL_MAX * torch.sigmoid(y[:, 2:3]))
         grain = self.speckle_filter(white)
         strength = F.softplus(y[:, 1:2])
-        if self.speckle_floor == "image":  # the image's own level, everywhere (HMI's noise is set per record)
-            strength = strength + F.softplus(self.floor_head(z).to(y.dtype))[:, :, None, None]
+        if self.speckle_floor != "none":  # the image's own level, everywhere (HMI's noise is set per record)
+            level = F.softplus(self.floor_head(z).to(y.dtype))[:, :, None, None]
+            if self.speckle_floor == "image":
+                strength = strength + level
+            else:  # image_own: one grain of two filters (strength > 0: the sign rule below is unchanged)
+                grain, strength = strength * grain + level * self.floor_filter(white), 1.0
         if self.speckle == "additive":
             return y[:, :1] + strength * grain
         if self.speckle in ("signed", "intermittent"):  # the grain against the field's sign fades with |m|

@@ -108,7 +108,7 @@ class GanConfig:
     speckle: str                      # stable: none | additive | lognormal | signed | intermittent grain
     padding: str                      # stable: none | window | matched (zero margins about a centred data window)
     speckle_kernel: str               # stable: free (3x3 conv) | isotropic (5x5 radial mix) | radial (H(|k|), FFT)
-    speckle_floor: str                # stable: none | image (a per-image floor under the grain's strength)
+    speckle_floor: str                # stable: none | image | image_own (a per-image floor under the grain; own filter)
     r1_gamma: float                   # R1 penalty weight on D(real) (0 = off)
     r1_every: int                     # lazy R1: every N steps, weighted by N
     pl_weight: float                  # path-length penalty weight on G (0 = off)
@@ -164,6 +164,8 @@ class GanConfig:
                            ("augment_translation_fill", TRANSLATION_FILLS)):
             if getattr(self, k) not in allowed:
                 raise ValueError(f"gan.{k} {getattr(self, k)!r} is not one of {list(allowed)}")
+        if self.speckle == "lognormal" and self.speckle_floor == "image_own":
+            raise ValueError("gan.speckle_floor image_own needs an additive grain, not gan.speckle lognormal")
         if self.split not in ("train", "all"):
             raise ValueError(f"gan.split {self.split!r} is not 'train' or 'all'")
         if self.device not in ("auto", "cpu", "cuda"):
