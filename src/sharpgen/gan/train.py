@@ -40,6 +40,7 @@ from sharpgen.gan.steps import (  # noqa: F401  (re-exported: tests, benchmarks)
 from sharpgen.gan.augment import TRANSLATION_FILLS, diff_augment
 from sharpgen.gan.layers import crop_extents, extent_quantiles
 from sharpgen.gan.structure import LatentStructure, check_names, describe, fit_structure, structure_loss
+from sharpgen.gan.spectral import SpectralLoss, add_losses
 from sharpgen.gan.model import (  # noqa: F401
     ARCHITECTURES,
     STABLE_RECIPE,
@@ -83,8 +84,7 @@ class DivergenceError(GanError):
 
 @dataclass(frozen=True)
 class GanConfig:
-    """The ``gan`` config section (defaults and meaning of each key: the config schema,
-    rules/schemas/config.schema.yaml, spelled out in config.yaml)."""
+    """The ``gan`` config section (defaults, meanings: rules/schemas/config.schema.yaml, config.yaml)."""
 
     arch: str
     nz: int
@@ -115,6 +115,7 @@ class GanConfig:
     pl_every: int                     # lazy path-length regularisation: every N steps
     structure: tuple[str, ...]        # parameters laying out the latent (sharpgen.gan.structure)
     structure_weight: float           # weight of the structure loss
+    spectral_weight: float            # weight of the spectral loss (sharpgen.gan.spectral; 0 = off)
     split: str                        # train | all
     seed: int
     device: str                       # auto | cpu | cuda
@@ -133,7 +134,7 @@ class GanConfig:
     # before the option keep their checkpoints): key -> that setting
     OPTIONS_OFF = {"refine": False, "output": "tanh", "speckle": "none", "padding": "none",
                    "augment_translation_fill": "zero", "speckle_kernel": "free",
-                   "speckle_floor": "none"}
+                   "speckle_floor": "none", "spectral_weight": 0.0}
     # generator options only the `stable` generator reads: left out of the hash of the other
     # architectures, so a change of their defaults never moves a `paper` or `mapping` checkpoint
     STABLE_ONLY = ("upsample", "noise", "refine", "output", "speckle", "padding", "speckle_kernel",
@@ -179,7 +180,7 @@ class GanConfig:
         if len(self.mapping_channels) != 4 or min(self.mapping_channels) < 1:
             raise ValueError(f"gan.mapping_channels must be 4 positive widths, got {list(self.mapping_channels)}")
         check_names(self.structure, "gan.structure")
-        for k in ("mapping_lr_mult", "r1_gamma", "pl_weight", "structure_weight"):
+        for k in ("mapping_lr_mult", "r1_gamma", "pl_weight", "structure_weight", "spectral_weight"):
             if not float(getattr(self, k)) >= 0.0:
                 raise ValueError(f"gan.{k} must be >= 0, got {getattr(self, k)}")
 
@@ -287,9 +288,8 @@ CHECKPOINT_KEYS = ("meta", "step", "G", "D", "ema", "opt_g", "opt_d", "rng")
 
 @dataclass
 class _Run:
-    """What a checkpoint holds: networks, EMA of G (stable recipe), optimisers, the generator
-    drawing batches, latents and augmentations (on the training device), finished steps, the
-    training time so far and the running mean of the path lengths (path-length penalty)."""
+    """A checkpoint's content: G, D, EMA of G, optimisers, the batch/latent/augmentation
+    generator, finished steps, training time, the path-length penalty's running mean."""
 
     G: nn.Module
     D: nn.Module
@@ -303,8 +303,7 @@ class _Run:
 
 
 def _build_run(cfg: GanConfig, size: int, device: torch.device) -> _Run:
-    """Fresh G and D (weights seeded by ``cfg.seed``, channels_last on ``device``), the EMA copy,
-    Adam optimisers and the training generator (seed ``cfg.seed + 1``)."""
+    """Fresh G, D (seed ``cfg.seed``, channels_last), EMA, Adams, training generator (seed + 1)."""
     torch.manual_seed(cfg.seed)
     G = build_generator(cfg.arch, size, cfg.nz, **cfg.generator_options()).to(
         device, memory_format=MEMORY_FORMAT)
@@ -366,8 +365,7 @@ def _ema_update(ema: nn.Module, G: nn.Module, decay: float) -> None:
 
 def _check_finite(sums: torch.Tensor, step: int, d_loss: torch.Tensor, g_loss: torch.Tensor,
                   last_good: Path | None) -> None:
-    """Raise :class:`DivergenceError` if the window sums (4,) of the losses are not finite (a
-    host sync on CUDA)."""
+    """:class:`DivergenceError` if the window sums (4,) of the losses are not finite (syncs CUDA)."""
     if all(math.isfinite(v) for v in sums.tolist()):
         return
     raise DivergenceError(
@@ -485,6 +483,8 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
                               state=structure.torch_state(device))
             if main:
                 logger.info(describe(structure))
+        if cfg.spectral_weight > 0:  # the batch's mean power spectrum held to the training patches'
+            g_extra = add_losses(g_extra, SpectralLoss(patches, cfg.spectral_weight, device))
         aug = (partial(diff_augment, gen=run.gen, translation=cfg.augment_translation,
                        cutout=cfg.augment_cutout, rows=rows, batch=bs,
                        fill=cfg.augment_translation_fill)
