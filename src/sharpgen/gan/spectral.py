@@ -25,6 +25,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from sharpgen.imagestats import mean_power_spectrum
+
 
 def radial_index(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The annulus of every fft2 frequency, ``(S, S)`` long (integer radius, 0..S/2; the corners
@@ -50,15 +52,10 @@ class SpectralLoss:
     not used: the signature of ``train_step``'s ``g_extra``), against the training patches
     ``patches`` (N, S, S) in [-1, 1], on ``device``."""
 
-    def __init__(self, patches: np.ndarray, weight: float, device: torch.device | str = "cpu",
-                 chunk: int = 256):
-        size = int(np.shape(patches)[-1])
-        index, counts = radial_index(size)
-        total = torch.zeros(size // 2, dtype=torch.float64)
-        for i in range(0, len(patches), chunk):
-            part = torch.from_numpy(np.asarray(patches[i: i + chunk], dtype=np.float32))
-            total += mean_radial_power(part, index, counts).double() * len(part)
-        self.log_target = torch.log10(total / len(patches)).float().to(device)
+    def __init__(self, patches: np.ndarray, weight: float, device: torch.device | str = "cpu"):
+        _, power = mean_power_spectrum(patches)  # the quality report's own spectrum of the data
+        self.log_target = torch.from_numpy(np.log10(power)).float().to(device)
+        index, counts = radial_index(int(np.shape(patches)[-1]))
         self.index, self.counts = index.to(device), counts.to(device)
         self.weight = float(weight)
 
