@@ -639,3 +639,29 @@ def test_eps_bounds_stop_at_the_fold(rng):
     res = dr.solve_requests(render_target, z0, field.per_base(spec, z0), [1e19], cal,
                             eps_bounds=field.eps_bounds(spec, z0))
     assert not res["in_range"][0]
+
+
+def test_correlation_on_the_labelled_rows_keeps_no_r_at_the_bottom():
+    """r_value = 0 ("no R") sits in the boundary's low class; the Pearson beside the normals
+    leaves those rows out (a range-restricted subset), the labelled Spearman ranks them lowest:
+    it is the correlation over the population the normals were fitted on."""
+    from scipy.stats import spearmanr
+
+    from sharpgen.metrics import directions_metrics
+
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((4000, D))
+    x = z[:, 0]
+    tuf = 10 ** (22 + 0.4 * (x + 0.6 * rng.standard_normal(4000)))
+    has_r = x + 0.3 * rng.standard_normal(4000) > -0.2     # ~40 % no R, the weaker regions
+    r_value = np.where(has_r, 4.0 + x + 0.6 * rng.standard_normal(4000), 0.0)
+    lat = pd.DataFrame({"z": list(z), "tuf": tuf, "r_value": r_value})
+    _, summary = dr.fit_boundaries(z, lat, {"parameters": ["tuf", "r_value"], "conditional": [], "fold": "none"})
+    corr = summary["_parameter_correlations"]
+    assert 0.3 < (r_value == 0).mean() < 0.5
+    assert corr["spearman_labelled"]["tuf"]["r_value"] == pytest.approx(spearmanr(tuf, r_value)[0], abs=1e-12)
+    assert corr["spearman_labelled"]["tuf"]["r_value"] > corr["pearson"]["tuf"]["r_value"] + 0.1
+    d = directions_metrics({"parameters": summary})
+    assert d["parameter_correlation_labelled"]["r_value"]["tuf"] == corr["spearman_labelled"]["r_value"]["tuf"]
+    # both normals are ~e_0: the labelled correlation is the closer one to their cosine
+    assert d["cosine_minus_correlation_labelled_max_abs"] < d["cosine_minus_correlation_max_abs"] - 0.05

@@ -158,6 +158,24 @@ def test_tiny_run_completes(tiny):
             assert list(work.glob(su.glob_pattern(pattern))), f"{name}: no {pattern} after the run"
 
 
+def test_diagnose_linearity_reads_a_finished_run(tiny, tmp_path):
+    """benchmarks/diagnose_linearity.py (not run by `make bench`) on the tiny run's outputs:
+    the linear / MLP R^2 of each defined parameter, its grain share (the default generator
+    has a grain) and its step ratio, written as JSON."""
+    import json
+    import sys
+
+    out = tmp_path / "linearity.json"
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "diagnose_linearity.py"),
+                           str(tiny["work"] / "results"), "--grain-latents", "24", "--grain-draws", "3",
+                           "--step-latents", "8", "--json", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    tuf = json.loads(out.read_text())["parameters"]["tuf"]
+    assert {"linear", "mlp", "grain_share", "linear_one_draw", "linear_grain_mean", "step_ratio"} <= set(tuf)
+    assert tuf["n"] == 64 and 0.0 <= tuf["grain_share"] < 1.0 and tuf["step_ratio"] > 0
+
+
 def test_second_run_does_nothing(tiny):
     jobs = su.dry_run_jobs(tiny["work"], configfiles=[tiny["work"] / TINY_REL])
     assert jobs == {}, f"a second run would execute {jobs}"

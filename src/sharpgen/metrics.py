@@ -118,7 +118,9 @@ def directions_metrics(boundaries: Mapping) -> dict:
     the values the boundaries were fitted on, over samples where both are defined, r_value = 0
     ("no R") left out; ``parameter_correlation_spearman``), and the
     largest |cosine - correlation| over the pairs (for parameters linear in an isotropic latent
-    the two agree); ``linear_r2``: each parameter's validation R^2 of a linear regression on
+    the two agree); ``parameter_correlation_labelled``: Spearman over the rows the boundaries were
+    labelled on (no R ranks lowest instead of being left out: the normals' population) and
+    ``cosine_minus_correlation_labelled_max_abs``, the same largest gap against it; ``linear_r2``: each parameter's validation R^2 of a linear regression on
     the latent (fit space), and ``linear_part_correlation``: cosine x R_a x R_b, the part of the
     correlation the linear components carry (the rest is in the non-linear residuals)."""
     params = boundaries.get("parameters", {})
@@ -137,6 +139,12 @@ def directions_metrics(boundaries: Mapping) -> dict:
         devs = [abs(c - pear[a][b]) for a, row in out["normal_cosine"].items() for b, c in row.items()
                 if a != b and c is not None and pear.get(a, {}).get(b) is not None]
         out["cosine_minus_correlation_max_abs"] = max(devs) if devs else None
+        if "spearman_labelled" in corr:  # boundaries.json written since 2026-12-03
+            lab = matrix(corr["spearman_labelled"])
+            out["parameter_correlation_labelled"] = lab
+            devs = [abs(c - lab[a][b]) for a, row in out["normal_cosine"].items() for b, c in row.items()
+                    if a != b and c is not None and lab.get(a, {}).get(b) is not None]
+            out["cosine_minus_correlation_labelled_max_abs"] = max(devs) if devs else None
     # how linear each parameter is in the latent: validation R^2 of its fit-space regression.
     # For p_k = a_k . z + e_k (z isotropic), corr(p_i, p_j) = cos(a_i, a_j) R_i R_j
     # + corr(e_i, e_j) sqrt((1 - R_i^2)(1 - R_j^2)): cosine and correlation agree only as R^2 -> 1
