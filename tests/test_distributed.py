@@ -155,10 +155,11 @@ def test_two_gan_processes_follow_the_one_process_loss_curve(gan_runs):
     one, two = _losses(gan_runs / "one" / "log.csv"), _losses(gan_runs / "two" / "log.csv")
     assert one.shape == two.shape == (GAN["steps"], 2)
     # same global batch, seed and augmentations: equal up to float rounding (reduction order),
-    # which the adversarial game amplifies (measured: ~1e-6 by step 10, ~1e-3 by step 20, ~0.2 by
-    # step 30), so the first 12 steps are compared. Without the gradient averaging the curves
-    # differ by 0.2-0.6 from the first steps on.
-    np.testing.assert_allclose(two[:12], one[:12], atol=1e-4)
+    # which the adversarial game amplifies at a rate that depends on the CPU: on an AMD EPYC
+    # ~1e-6 by step 10, ~1e-3 by step 20; on an Intel Xeon (2026-12-03) <= 1.3e-5 up to step 10,
+    # then 7.6e-4 at step 11 and 1e-2 by step 16. So the first 8 steps are compared (<= 4e-6
+    # on both). Without the gradient averaging the curves differ by 0.2-0.6 from the first steps on.
+    np.testing.assert_allclose(two[:8], one[:8], atol=1e-4)
     assert sorted(p.name for p in (gan_runs / "two").iterdir()) == ["ck", "generator.pt", "log.csv"]
 
 
