@@ -37,19 +37,11 @@ from sharpgen.directions.linearity import grain_variance_share, linear_and_mlp_r
 from sharpgen.gan import load_generator  # noqa: E402
 from sharpgen.gan.layers import projected_noise  # noqa: E402
 from sharpgen.measure import MeasurementContext, generate_and_measure  # noqa: E402
-from sharpgen.parameters import LOG_VALUED, to_fit_space  # noqa: E402
+from sharpgen.parameters import to_defined_fit_space as fit_values  # noqa: E402
 from sharpgen.sampling import read_latents  # noqa: E402
 from sharpgen.store import PatchStore  # noqa: E402
 
 PARAMS = ("tuf", "psep", "psep_robust", "r_value", "r_paper")
-
-
-def fit_values(name: str, values) -> np.ndarray:
-    """Fit space, with JSOC's "no R" (0 of a log-valued parameter) as NaN, as the boundaries do."""
-    v = to_fit_space(name, values)
-    if name in LOG_VALUED:
-        v[np.asarray(values, float) == 0] = np.nan
-    return v
 
 
 @contextlib.contextmanager

@@ -133,18 +133,17 @@ def directions_metrics(boundaries: Mapping) -> dict:
     out: dict[str, Any] = {"latent_space": boundaries.get("latent_space", "z"),
                            "normal_cosine": matrix(cos)}
     if corr:
-        pear = matrix(corr.get("pearson", {}))
-        out["parameter_correlation"] = pear
+        def max_gap(m: Mapping):  # largest |cosine - correlation| over the pairs both define
+            devs = [abs(c - m[a][b]) for a, row in out["normal_cosine"].items() for b, c in row.items()
+                    if a != b and c is not None and m.get(a, {}).get(b) is not None]
+            return max(devs) if devs else None
+
+        out["parameter_correlation"] = matrix(corr.get("pearson", {}))
         out["parameter_correlation_spearman"] = matrix(corr.get("spearman", {}))
-        devs = [abs(c - pear[a][b]) for a, row in out["normal_cosine"].items() for b, c in row.items()
-                if a != b and c is not None and pear.get(a, {}).get(b) is not None]
-        out["cosine_minus_correlation_max_abs"] = max(devs) if devs else None
+        out["cosine_minus_correlation_max_abs"] = max_gap(out["parameter_correlation"])
         if "spearman_labelled" in corr:  # boundaries.json written since 2026-12-03
-            lab = matrix(corr["spearman_labelled"])
-            out["parameter_correlation_labelled"] = lab
-            devs = [abs(c - lab[a][b]) for a, row in out["normal_cosine"].items() for b, c in row.items()
-                    if a != b and c is not None and lab.get(a, {}).get(b) is not None]
-            out["cosine_minus_correlation_labelled_max_abs"] = max(devs) if devs else None
+            out["parameter_correlation_labelled"] = matrix(corr["spearman_labelled"])
+            out["cosine_minus_correlation_labelled_max_abs"] = max_gap(out["parameter_correlation_labelled"])
     # how linear each parameter is in the latent: validation R^2 of its fit-space regression.
     # For p_k = a_k . z + e_k (z isotropic), corr(p_i, p_j) = cos(a_i, a_j) R_i R_j
     # + corr(e_i, e_j) sqrt((1 - R_i^2)(1 - R_j^2)): cosine and correlation agree only as R^2 -> 1

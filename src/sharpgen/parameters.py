@@ -175,6 +175,13 @@ def to_fit_space(name: str, values) -> np.ndarray:
     return v.copy()
 
 
+def to_defined_fit_space(name: str, values) -> np.ndarray:
+    """:func:`to_fit_space`, with JSOC's "no R" (0 of a ``log_valued`` parameter such as
+    r_value, not a point of its log scale) as NaN: the values a correlation may use."""
+    y = to_fit_space(name, values)
+    return np.where(y != 0, y, np.nan) if name in LOG_VALUED else y
+
+
 def from_fit_space(name: str, y) -> np.ndarray:
     """Inverse of :func:`to_fit_space` (float64)."""
     y = np.asarray(y, dtype=np.float64)

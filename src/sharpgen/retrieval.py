@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # torch is imported where the top-k runs, not at module impor
     import torch
 
 from sharpgen.embed import EmbeddingStoreError, load_embeddings
-from sharpgen.parameters import LOG_VALUED, REQUESTABLE, is_log_fit, to_fit_space
+from sharpgen.parameters import LOG_VALUED, REQUESTABLE, is_log_fit, to_defined_fit_space
 from sharpgen.seeds import int_seed, stream
 
 logger = logging.getLogger(__name__)
@@ -282,15 +282,12 @@ def correlations(query: pd.DataFrame, match: pd.DataFrame, params: Sequence[str]
             continue
         a = query[p].to_numpy(dtype=float)
         b = match[p].to_numpy(dtype=float)
-        fa, fb = to_fit_space(p, a), to_fit_space(p, b)
-        log_valued = p in LOG_VALUED
-        if log_valued:  # "no R" is not a value: leave zeros out of the headline correlation
-            fa = np.where(fa != 0, fa, np.nan)
-            fb = np.where(fb != 0, fb, np.nan)
+        # "no R" is not a value: zeros of log-valued parameters stay out of the headline correlation
+        fa, fb = to_defined_fit_space(p, a), to_defined_fit_space(p, b)
         pr, sr, n = _pearson_spearman(fa, fb)
         d = {"pearson": pr, "pearson_ci95": pearson_ci95(pr, n), "spearman": sr, "n": n,
              "pearson_raw": _pearson_spearman(a, b)[0]}
-        if log_valued:
+        if p in LOG_VALUED:
             fin = np.isfinite(a) & np.isfinite(b)
             d["pearson_all"] = _pearson_spearman(a, b)[0]
             d["zero_agreement"] = float(np.mean((a[fin] == 0) == (b[fin] == 0))) if fin.any() else float("nan")

@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from sharpgen.parameters import LOG_VALUED, is_log_fit, to_fit_space  # noqa: E402
+from sharpgen.parameters import LOG_VALUED, is_log_fit, to_defined_fit_space  # noqa: E402
 from sharpgen.report.style import (  # noqa: E402
     GEN_COLOR,
     br_colorbar,
@@ -40,11 +40,6 @@ def pick_pairs(real_tuf: np.ndarray, n: int = N_PAIRS) -> np.ndarray:
     order = np.argsort(np.nan_to_num(np.asarray(real_tuf, float), nan=-np.inf), kind="stable")
     n = min(n, len(order))
     return order[np.unique(np.round(np.linspace(0, len(order) - 1, n)).astype(int))]
-
-
-def _fit(p: str, v: np.ndarray) -> np.ndarray:
-    y = to_fit_space(p, np.asarray(v, float))
-    return np.where(y != 0, y, np.nan) if p in LOG_VALUED else y  # R = 0: "no R", not a value
 
 
 def fig_inversion(real_gauss: np.ndarray, rec_gauss: np.ndarray, real_labels: Sequence[str],
@@ -77,7 +72,7 @@ def fig_inversion(real_gauss: np.ndarray, rec_gauss: np.ndarray, real_labels: Se
         br_colorbar(sub_img, im, ax=axes, shrink=0.6, aspect=25)
     sax = sub_sc.subplots(1, len(scatter), squeeze=False)[0]
     for ax, (p, (a, b, r)) in zip(sax, scatter.items()):
-        fa, fb = _fit(p, a), _fit(p, b)
+        fa, fb = to_defined_fit_space(p, a), to_defined_fit_space(p, b)  # R = 0: "no R", not a value
         ok = np.isfinite(fa) & np.isfinite(fb)
         ax.scatter(fa[ok], fb[ok], s=10, color=GEN_COLOR, alpha=0.8)
         if ok.any():
