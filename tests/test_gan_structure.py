@@ -190,3 +190,48 @@ def test_structure_resumes_exactly_and_keeps_the_default_hash(tmp_path, bipoles)
     assert GanConfig.from_dict(over).trajectory_dict()["structure"] == ["tuf", "r_value"]
     with pytest.raises(ValueError, match="gan.structure"):
         GanConfig.from_dict({"structure": ["bmax"]})
+
+
+def test_fade_in_schedule():
+    from sharpgen.gan.structure import fade_in
+
+    assert [fade_in(s, 0, 0) for s in (0, 1, 50)] == [1.0, 1.0, 1.0]
+    assert [fade_in(s, 3, 0) for s in (0, 2, 3, 9)] == [0.0, 0.0, 1.0, 1.0]
+    assert [fade_in(s, 2, 4) for s in (1, 2, 3, 5, 6, 100)] == [0.0, 0.25, 0.5, 1.0, 1.0, 1.0]
+
+
+def test_structure_fade_in_trains_as_off_before_the_start_then_departs(tmp_path, bipoles):
+    """A structure term that starts after the last step leaves the trajectory bit-identical to no
+    structure at all; one that starts at step 3 follows that trajectory for 3 steps and then departs
+    (and resumes exactly mid-ramp); the schedule moves the checkpoint hash only when set."""
+    from sharpgen.gan.train import GanConfig
+
+    def weights(path):
+        return torch.load(path, weights_only=False)["state_dict"]
+
+    base = {"steps": 6, "checkpoint_every": 3}
+    w_off = weights(_train(tmp_path, bipoles, "off", **base))
+    on = {"structure": ["tuf", "psep"], "structure_weight": 5.0, **base}
+    w_late = weights(_train(tmp_path, bipoles, "late", **on, structure_start=6))
+    assert all(torch.equal(w_off[k], w_late[k]) for k in w_off)
+    w_now = weights(_train(tmp_path, bipoles, "now", **on))
+    assert not all(torch.equal(w_off[k], w_now[k]) for k in w_off)
+
+    mid = {**on, "structure_start": 3, "structure_ramp": 2}
+    off3 = weights(_train(tmp_path, bipoles, "off3", **{**base, "steps": 3}))
+    mid3 = weights(_train(tmp_path, bipoles, "mid3", **{**mid, "steps": 3}))
+    assert all(torch.equal(off3[k], mid3[k]) for k in off3)
+    w_mid = weights(_train(tmp_path, bipoles, "mid", **mid))
+    assert not all(torch.equal(w_off[k], w_mid[k]) for k in w_off)
+    assert not all(torch.equal(w_now[k], w_mid[k]) for k in w_now)
+    _train(tmp_path, bipoles, "mid_r", **mid, _max=4)  # stops inside the ramp, then resumes
+    w_res = weights(_train(tmp_path, bipoles, "mid_r", **mid))
+    assert all(torch.equal(w_mid[k], w_res[k]) for k in w_mid)
+
+    plain = GanConfig.from_dict({"structure": ["tuf"]}).trajectory_dict()
+    assert "structure_start" not in plain and "structure_ramp" not in plain
+    faded = GanConfig.from_dict({"structure": ["tuf"], "structure_start": 2400}).trajectory_dict()
+    assert faded["structure_start"] == 2400
+    assert "structure_start" not in GanConfig.from_dict({"structure_start": 5}).trajectory_dict()
+    with pytest.raises(ValueError, match="structure_ramp"):
+        GanConfig.from_dict({"structure_ramp": -1})

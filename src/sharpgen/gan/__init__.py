@@ -7,7 +7,8 @@
   loading a trained generator and generating images (from z or whitened W codes);
 * :mod:`.augment` -- DiffAugment, the discriminator's translation and cutout;
 * :mod:`.train` -- the training loop (rules/gan.smk -> workflow_scripts/train_gan.py ->
-  :func:`.train.train_gan_stage` -> :func:`.train.train_gan`), its config, checkpoints, outputs;
+  :func:`.train.train_gan_stage` -> :func:`.train.train_gan`), its checkpoints and outputs;
+* :mod:`.config` -- the ``gan`` config section (:class:`.config.GanConfig`), its checks and hash;
 * :mod:`.steps` -- the update steps it runs: adversarial step, lazy R1 and path-length penalties.
 """
 

@@ -244,12 +244,21 @@ def targets(z: torch.Tensor, state: dict) -> torch.Tensor:
 
 
 def structure_loss(images: torch.Tensor, z: torch.Tensor, structure: LatentStructure,
-                   state: dict) -> torch.Tensor:
-    """``weight * mean(((proxies(G(z)) - targets(z)) / sd)^2)`` for generated ``images``
-    (B, 1, S, S) of latents ``z`` (B, nz); a scalar tensor (0-d)."""
+                   state: dict, scale: float = 1.0) -> torch.Tensor:
+    """``scale * weight * mean(((proxies(G(z)) - targets(z)) / sd)^2)`` for generated ``images``
+    (B, 1, S, S) of latents ``z`` (B, nz); a scalar tensor (0-d). ``scale``: :func:`fade_in`."""
     p = proxies(images, structure.names, structure.clip_gauss)
     t = targets(z, state)
-    return structure.weight * ((p - t) / state["sd"]).square().mean()
+    return (scale * structure.weight) * ((p - t) / state["sd"]).square().mean()
+
+
+def fade_in(step: int, start: int, ramp: int) -> float:
+    """The share of the structure loss's weight at optimiser step ``step`` (0-based): 0 before
+    ``start``, then rising linearly to 1 over ``ramp`` steps (1 from ``start`` on when ``ramp`` is
+    0). A function of the step alone, so a resumed run applies the same weights."""
+    if step < start:
+        return 0.0
+    return 1.0 if ramp <= 0 else min(1.0, (step - start + 1) / ramp)
 
 
 def describe(structure: LatentStructure) -> str:

@@ -12,7 +12,6 @@ The networks and losses are in :mod:`sharpgen.gan.model`.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import math
 import os
@@ -37,19 +36,14 @@ from sharpgen.gan.steps import (  # noqa: F401  (re-exported: tests, benchmarks)
     train_step,
     training_flops_per_step,
 )
-from sharpgen.gan.augment import TRANSLATION_FILLS, diff_augment
+from sharpgen.gan.augment import diff_augment
+from sharpgen.gan.config import GanConfig
 from sharpgen.gan.layers import crop_extents, extent_quantiles
-from sharpgen.gan.structure import LatentStructure, check_names, describe, fit_structure, structure_loss
+from sharpgen.gan.structure import LatentStructure, describe, fade_in, fit_structure, structure_loss
 from sharpgen.gan.spectral import SpectralLoss, add_losses
 from sharpgen.gan.model import (  # noqa: F401
     ARCHITECTURES,
     STABLE_RECIPE,
-    OUTPUTS,
-    SPECKLE_FLOORS,
-    SPECKLE_KERNELS,
-    SPECKLES,
-    PADDINGS,
-    UPSAMPLING,
     GanError,
     MEMORY_FORMAT,
     build_discriminator,
@@ -80,144 +74,6 @@ class CheckpointMismatchError(GanError, training.CheckpointMismatchError):
 
 class DivergenceError(GanError):
     """A loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-@dataclass(frozen=True)
-class GanConfig:
-    """The ``gan`` config section (defaults, meanings: rules/schemas/config.schema.yaml, config.yaml)."""
-
-    arch: str
-    nz: int
-    steps: int
-    batch_size: int
-    lr_g: float
-    lr_d: float
-    betas: tuple[float, float]
-    ema_decay: float                  # stable, mapping
-    augment_translation: float        # stable, mapping: max shift, fraction of S
-    augment_cutout: float             # stable, mapping: cutout square side, fraction of S
-    augment_translation_fill: str     # stable, mapping: zero | reflect (what a shift brings in)
-    mapping_layers: int               # mapping: depth of the z -> w MLP
-    mapping_lr_mult: float            # mapping: learning rate of the MLP = lr_g x this
-    mapping_channels: tuple[int, ...]  # mapping: synthesis widths at S/8, S/4, S/2, S
-    mapping_noise: bool               # mapping: deterministic pixel-scale noise inputs from w
-    upsample: str                     # stable: transposed | blur | resize (StableGenerator)
-    noise: bool                       # stable: deterministic pixel-scale noise inputs from z
-    refine: bool                      # stable: 3x3 convs at S/8 and S/4 (StableGenerator)
-    output: str                       # stable: tanh | clipped (StableGenerator)
-    speckle: str                      # stable: none | additive | lognormal | signed | intermittent grain
-    padding: str                      # stable: none | window | matched (zero margins about a centred data window)
-    speckle_kernel: str               # stable: free (3x3 conv) | isotropic (5x5 radial mix) | radial (H(|k|), FFT)
-    speckle_floor: str                # stable: none | image | image_own (a per-image floor under the grain; own filter)
-    r1_gamma: float                   # R1 penalty weight on D(real) (0 = off)
-    r1_every: int                     # lazy R1: every N steps, weighted by N
-    pl_weight: float                  # path-length penalty weight on G (0 = off)
-    pl_every: int                     # lazy path-length regularisation: every N steps
-    structure: tuple[str, ...]        # parameters laying out the latent (sharpgen.gan.structure)
-    structure_weight: float           # weight of the structure loss
-    spectral_weight: float            # weight of the spectral loss (sharpgen.gan.spectral; 0 = off)
-    split: str                        # train | all
-    seed: int
-    device: str                       # auto | cpu | cuda
-    log_every: int
-    sample_every: int
-    checkpoint_every: int
-    keep_checkpoints: int
-    devices: int                      # data-parallel processes (one per GPU; torchrun)
-
-    # keys that do not change the training trajectory (left out of the checkpoint hash, so
-    # raising `steps` or changing the logging cadence resumes from existing checkpoints; N
-    # processes follow the one-process trajectory, so `devices` may change between resumes)
-    NON_TRAJECTORY = ("steps", "device", "log_every", "sample_every", "checkpoint_every",
-                      "keep_checkpoints", "devices")
-    # options whose setting before they existed is left out of the hash (configurations from
-    # before the option keep their checkpoints): key -> that setting
-    OPTIONS_OFF = {"refine": False, "output": "tanh", "speckle": "none", "padding": "none",
-                   "augment_translation_fill": "zero", "speckle_kernel": "free",
-                   "speckle_floor": "none", "spectral_weight": 0.0}
-    # generator options only the `stable` generator reads: left out of the hash of the other
-    # architectures, so a change of their defaults never moves a `paper` or `mapping` checkpoint
-    STABLE_ONLY = ("upsample", "noise", "refine", "output", "speckle", "padding", "speckle_kernel",
-                   "speckle_floor")
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "GanConfig":
-        """From a (partial) ``gan`` section: schema defaults fill what is not given."""
-        from sharpgen.config import ConfigError, section, typed
-
-        try:
-            cfg = typed(cls, section("gan", d))
-        except ConfigError as err:
-            raise ValueError(str(err).replace("unknown config key(s)", "unknown gan config key(s)")) from None
-        object.__setattr__(cfg, "betas", tuple(float(b) for b in cfg.betas))
-        object.__setattr__(cfg, "mapping_channels", tuple(int(c) for c in cfg.mapping_channels))
-        object.__setattr__(cfg, "structure", tuple(str(n) for n in cfg.structure))
-        cfg.check()
-        return cfg
-
-    def check(self) -> None:
-        for k in ("mapping_noise", "noise", "refine"):  # the pipeline's schema checks these too;
-            if not isinstance(getattr(self, k), bool):   # the Python API would take "yes" as on
-                raise ValueError(f"gan.{k} must be true or false, got {getattr(self, k)!r}")
-        for k, allowed in (("arch", ARCHITECTURES), ("upsample", UPSAMPLING), ("output", OUTPUTS),
-                           ("speckle", SPECKLES), ("padding", PADDINGS),
-                           ("speckle_kernel", SPECKLE_KERNELS), ("speckle_floor", SPECKLE_FLOORS),
-                           ("augment_translation_fill", TRANSLATION_FILLS)):
-            if getattr(self, k) not in allowed:
-                raise ValueError(f"gan.{k} {getattr(self, k)!r} is not one of {list(allowed)}")
-        if self.speckle == "lognormal" and self.speckle_floor == "image_own":
-            raise ValueError("gan.speckle_floor image_own needs an additive grain, not gan.speckle lognormal")
-        if self.split not in ("train", "all"):
-            raise ValueError(f"gan.split {self.split!r} is not 'train' or 'all'")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"gan.device {self.device!r} is not auto|cpu|cuda")
-        for k in ("nz", "steps", "batch_size", "log_every", "sample_every", "checkpoint_every",
-                  "keep_checkpoints", "mapping_layers", "r1_every", "pl_every", "devices"):
-            if int(getattr(self, k)) < 1:
-                raise ValueError(f"gan.{k} must be >= 1, got {getattr(self, k)}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"gan.ema_decay must be in [0, 1), got {self.ema_decay}")
-        if len(self.mapping_channels) != 4 or min(self.mapping_channels) < 1:
-            raise ValueError(f"gan.mapping_channels must be 4 positive widths, got {list(self.mapping_channels)}")
-        check_names(self.structure, "gan.structure")
-        for k in ("mapping_lr_mult", "r1_gamma", "pl_weight", "structure_weight", "spectral_weight"):
-            if not float(getattr(self, k)) >= 0.0:
-                raise ValueError(f"gan.{k} must be >= 0, got {getattr(self, k)}")
-
-    def as_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["betas"] = list(d["betas"])
-        d["mapping_channels"] = list(d["mapping_channels"])
-        d["structure"] = list(d["structure"])
-        return d
-
-    def generator_options(self) -> dict:
-        """The keywords of :func:`sharpgen.gan.model.build_generator` this config sets (all but
-        ``arch``, ``size`` and ``nz``): one place for training and the FLOP count."""
-        return dict(mapping_layers=self.mapping_layers, channels=self.mapping_channels,
-                    noise=self.mapping_noise, upsample=self.upsample, stable_noise=self.noise,
-                    refine=self.refine, output=self.output, speckle=self.speckle,
-                    padding=self.padding, speckle_kernel=self.speckle_kernel,
-                    speckle_floor=self.speckle_floor)
-
-    def trajectory_dict(self) -> dict:
-        d = self.as_dict()
-        for k in self.NON_TRAJECTORY:
-            d.pop(k)
-        if not self.structure:  # off: the hash of configurations from before the option
-            d.pop("structure")
-            d.pop("structure_weight")
-        if self.speckle == "none":  # a floor of no grain: the generator has none (StableGenerator)
-            d["speckle_floor"] = "none"
-        for k, off in self.OPTIONS_OFF.items():  # likewise for these options
-            if d.get(k) == off:
-                d.pop(k)
-        if self.arch != "stable":
-            for k in self.STABLE_ONLY:
-                d.pop(k, None)
-        if self.arch == "paper":  # no DiffAugment: its fill never moves a paper checkpoint
-            d.pop("augment_translation_fill", None)
-        return d
 
 
 def read_patch_store(zarr_path: str | os.PathLike, table_path: str | os.PathLike | None = None,
@@ -475,16 +331,23 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
         z_fixed = torch.randn(16, cfg.nz, generator=torch.Generator().manual_seed(cfg.seed + 2))
         z_fixed = z_fixed.to(device)
         autocast = training.autocast(device)  # bf16 on GPUs with compute capability >= 8.0
-        structure, g_extra = None, None
+        structure, structure_state, spectral = None, None, None
         if cfg.structure:  # the latent laid out by the parameters (sharpgen.gan.structure)
             structure = fit_structure(patches, cfg.structure, cfg.nz, cfg.structure_weight,
                                       clip_gauss)
-            g_extra = partial(structure_loss, structure=structure,
-                              state=structure.torch_state(device))
+            structure_state = structure.torch_state(device)
             if main:
                 logger.info(describe(structure))
         if cfg.spectral_weight > 0:  # the batch's mean power spectrum held to the training patches'
-            g_extra = add_losses(g_extra, SpectralLoss(patches, cfg.spectral_weight, device))
+            spectral = SpectralLoss(patches, cfg.spectral_weight, device)
+
+        def g_extra_at(step: int):
+            """G's extra loss at optimiser step ``step`` (None: none): the structure term, its
+            weight faded in (gan.structure_start / structure_ramp), plus the spectral term."""
+            scale = fade_in(step, cfg.structure_start, cfg.structure_ramp) if cfg.structure else 0.0
+            term = (partial(structure_loss, structure=structure, state=structure_state, scale=scale)
+                    if scale > 0 else None)
+            return add_losses(term, spectral)
         aug = (partial(diff_augment, gen=run.gen, translation=cfg.augment_translation,
                        cutout=cfg.augment_cutout, rows=rows, batch=bs,
                        fill=cfg.augment_translation_fill)
@@ -500,7 +363,7 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
             real = data.index_select(0, distributed.take(idx, rows))
             z = distributed.take(torch.randn(bs, cfg.nz, generator=r.gen, device=device), rows)
             out = train_step(r.G, r.D, real, z, cfg.arch, aug, autocast, r.opt_g, r.opt_d, dist,
-                             g_extra=g_extra)
+                             g_extra=g_extra_at(r.step))
             if cfg.r1_gamma > 0 and r.step % cfg.r1_every == 0:  # lazy regularisers
                 r1_step(r.D, real, cfg.r1_gamma, cfg.r1_every, aug, autocast, r.opt_d, dist)
             if cfg.pl_weight > 0 and r.step % cfg.pl_every == 0:
