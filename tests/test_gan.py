@@ -280,6 +280,36 @@ def test_resume_matches_uninterrupted_run(tmp_path, tiny_patches):
     assert list(log["step"]) == [2, 4, 6]
 
 
+def test_lr_decay_schedule_trajectory_resume_and_hash(tmp_path, tiny_patches):
+    """gan.lr_decay_*: the factor is 1 before the start, then falls linearly to 0; a decay that
+    starts after the last step leaves the trajectory bit-identical to constant rates; one that
+    reaches 0 at step 3 freezes G from there (paper: generator.pt is G itself) and resumes
+    exactly; the keys move the checkpoint hash only when the decay is on."""
+    cfg = GanConfig.from_dict({"lr_decay_start": 2, "lr_decay_steps": 4})
+    assert [cfg.lr_scale(s) for s in (0, 1, 2, 3, 5, 6, 99)] == [1, 1, 0.75, 0.5, 0, 0, 0]
+    assert GanConfig.from_dict({}).lr_scale(10**6) == 1.0
+    const, _ = _train(tmp_path, tiny_patches, "const", arch="paper")
+    late, _ = _train(tmp_path, tiny_patches, "late", arch="paper", lr_decay_start=6, lr_decay_steps=5)
+    assert _same_weights(const / "generator.pt", late / "generator.pt")
+    frozen = dict(arch="paper", lr_decay_start=3, lr_decay_steps=1)  # rate 0 from the 4th step
+    three, _ = _train(tmp_path, tiny_patches, "three", arch="paper", steps=3)
+    six, _ = _train(tmp_path, tiny_patches, "six", **frozen)
+    assert _same_weights(three / "generator.pt", six / "generator.pt")
+    assert not _same_weights(const / "generator.pt", six / "generator.pt")
+    mid = dict(arch="stable", lr_decay_start=2, lr_decay_steps=3)
+    straight, _ = _train(tmp_path, tiny_patches, "mid", **mid)
+    _train(tmp_path, tiny_patches, "mid_r", **mid, _max=4)  # stops inside the decay, then resumes
+    resumed, _ = _train(tmp_path, tiny_patches, "mid_r", **mid)
+    assert _same_weights(straight / "generator.pt", resumed / "generator.pt")
+    plain = GanConfig.from_dict({}).trajectory_dict()
+    assert "lr_decay_start" not in plain and "lr_decay_steps" not in plain
+    assert GanConfig.from_dict({"lr_decay_start": 9}).trajectory_dict() == plain
+    on = GanConfig.from_dict({"lr_decay_start": 9, "lr_decay_steps": 3}).trajectory_dict()
+    assert (on["lr_decay_start"], on["lr_decay_steps"]) == (9, 3)
+    with pytest.raises(ValueError, match="lr_decay_steps"):
+        GanConfig.from_dict({"lr_decay_steps": -1})
+
+
 def test_sigkill_mid_run_resumes_and_finishes(tmp_path, tiny_patches):
     np.save(tmp_path / "p.npy", tiny_patches)
     cfg = {**TINY, "steps": 100000, "checkpoint_every": 2, "arch": "paper"}

@@ -31,6 +31,8 @@ class GanConfig:
     batch_size: int
     lr_g: float
     lr_d: float
+    lr_decay_start: int               # both learning rates fall linearly to 0 from this step ...
+    lr_decay_steps: int               # ... over this many steps (0 = constant)
     betas: tuple[float, float]
     ema_decay: float                  # stable, mapping
     augment_translation: float        # stable, mapping: max shift, fraction of S
@@ -76,7 +78,7 @@ class GanConfig:
     OPTIONS_OFF = {"refine": False, "output": "tanh", "speckle": "none", "padding": "none",
                    "augment_translation_fill": "zero", "speckle_kernel": "free",
                    "speckle_floor": "none", "spectral_weight": 0.0,
-                   "structure_start": 0, "structure_ramp": 0}
+                   "structure_start": 0, "structure_ramp": 0, "lr_decay_steps": 0}
     # generator options only the `stable` generator reads: left out of the hash of the other
     # architectures, so a change of their defaults never moves a `paper` or `mapping` checkpoint
     STABLE_ONLY = ("upsample", "noise", "refine", "output", "speckle", "padding", "speckle_kernel",
@@ -117,7 +119,7 @@ class GanConfig:
                   "keep_checkpoints", "mapping_layers", "r1_every", "pl_every", "devices"):
             if int(getattr(self, k)) < 1:
                 raise ValueError(f"gan.{k} must be >= 1, got {getattr(self, k)}")
-        for k in ("structure_start", "structure_ramp"):
+        for k in ("structure_start", "structure_ramp", "lr_decay_start", "lr_decay_steps"):
             if int(getattr(self, k)) < 0:
                 raise ValueError(f"gan.{k} must be >= 0, got {getattr(self, k)}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -135,6 +137,14 @@ class GanConfig:
         d["mapping_channels"] = list(d["mapping_channels"])
         d["structure"] = list(d["structure"])
         return d
+
+    def lr_scale(self, step: int) -> float:
+        """The learning rates' factor at optimiser step ``step`` (0-based): 1 before
+        ``lr_decay_start``, then falling linearly to 0 over ``lr_decay_steps`` steps (1 throughout
+        when that is 0). A function of the step alone, so a resumed run applies the same rates."""
+        if not self.lr_decay_steps or step < self.lr_decay_start:
+            return 1.0
+        return max(0.0, 1.0 - (step - self.lr_decay_start + 1) / self.lr_decay_steps)
 
     def generator_options(self) -> dict:
         """The keywords of :func:`sharpgen.gan.model.build_generator` this config sets (all but
@@ -154,6 +164,8 @@ class GanConfig:
             d.pop("structure_weight")
             d.pop("structure_start")
             d.pop("structure_ramp")
+        if not self.lr_decay_steps:  # constant learning rates: where the decay would start is moot
+            d.pop("lr_decay_start")
         if self.speckle == "none":  # a floor of no grain: the generator has none (StableGenerator)
             d["speckle_floor"] = "none"
         for k, off in self.OPTIONS_OFF.items():  # likewise for these options

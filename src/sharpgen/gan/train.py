@@ -177,6 +177,13 @@ def _build_run(cfg: GanConfig, size: int, device: torch.device) -> _Run:
     return _Run(G, D, ema, opt_g, opt_d, gen)
 
 
+def _scale_lr(run: _Run, cfg: GanConfig, factor: float) -> None:
+    """Set every optimiser group's learning rate to its configured value times ``factor``."""
+    g_rates = [cfg.lr_g, cfg.lr_g * cfg.mapping_lr_mult][:len(run.opt_g.param_groups)]
+    for group, lr in zip(run.opt_g.param_groups + run.opt_d.param_groups, g_rates + [cfg.lr_d]):
+        group["lr"] = lr * factor
+
+
 def _checkpoint_state(run: _Run, meta: dict, device: torch.device) -> dict:
     """The checkpoint dict of ``run`` (tensors stay where they are; loading maps to the CPU)."""
     return {"meta": meta, "step": run.step, "device": device.type,
@@ -362,6 +369,8 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
             idx = torch.randint(0, n_img, (bs,), generator=r.gen, device=device)
             real = data.index_select(0, distributed.take(idx, rows))
             z = distributed.take(torch.randn(bs, cfg.nz, generator=r.gen, device=device), rows)
+            if cfg.lr_decay_steps:  # gan.lr_decay_*: both rates scaled, the mapping MLP's with them
+                _scale_lr(r, cfg, cfg.lr_scale(r.step))
             out = train_step(r.G, r.D, real, z, cfg.arch, aug, autocast, r.opt_g, r.opt_d, dist,
                              g_extra=g_extra_at(r.step))
             if cfg.r1_gamma > 0 and r.step % cfg.r1_every == 0:  # lazy regularisers
