@@ -18,7 +18,7 @@ from sharpgen.gan.model import (
     SPECKLES,
     UPSAMPLING,
 )
-from sharpgen.gan.structure import check_names
+from sharpgen.gan.structure import check_names, fade_in
 
 
 @dataclass(frozen=True)
@@ -142,9 +142,7 @@ class GanConfig:
         """The learning rates' factor at optimiser step ``step`` (0-based): 1 before
         ``lr_decay_start``, then falling linearly to 0 over ``lr_decay_steps`` steps (1 throughout
         when that is 0). A function of the step alone, so a resumed run applies the same rates."""
-        if not self.lr_decay_steps or step < self.lr_decay_start:
-            return 1.0
-        return max(0.0, 1.0 - (step - self.lr_decay_start + 1) / self.lr_decay_steps)
+        return 1.0 - fade_in(step, self.lr_decay_start, self.lr_decay_steps) if self.lr_decay_steps else 1.0
 
     def generator_options(self) -> dict:
         """The keywords of :func:`sharpgen.gan.model.build_generator` this config sets (all but
