@@ -183,6 +183,8 @@ def gan_config(arch: str, plan: Plan, device: torch.device, **over) -> gan.GanCo
     d = dict(arch=arch, steps=plan.steps, batch_size=plan.batch, device=device.type, seed=0,
              log_every=max(1, plan.steps // 6), sample_every=10**9, checkpoint_every=10**9,
              keep_checkpoints=2)
+    if arch == "paper":  # as presets/paper.yaml runs it: no structure term (config.yaml's default)
+        d["structure"] = []
     d.update(over)
     return gan.GanConfig.from_dict(d)
 

@@ -55,7 +55,8 @@ def test_gan_training_logs_every_log_every_steps_without_a_bar(tmp_path, caplog,
 
     patches = np.tanh(np.random.default_rng(0).standard_normal((16, 32, 32))).astype(np.float32)
     cfg = GanConfig.from_dict(dict(arch="stable", steps=6, batch_size=8, log_every=2, sample_every=6,
-                                   checkpoint_every=6, keep_checkpoints=1, device="cpu", seed=1))
+                                   checkpoint_every=6, keep_checkpoints=1, device="cpu", seed=1,
+                                   structure=[]))
     with caplog.at_level(logging.INFO, logger="sharpgen"):
         gan.train_gan(patches, cfg, checkpoint_root=tmp_path / "ck", generator_path=tmp_path / "g.pt",
                       log_csv=tmp_path / "log.csv", data_id="t", threads=1, progress=True)

@@ -36,7 +36,7 @@ from sharpgen.ssl import train_ssl_stage
 
 S = 32
 GAN = dict(arch="stable", nz=8, steps=100, batch_size=8, log_every=1, checkpoint_every=20,
-           sample_every=1000, device="cpu", seed=0)
+           sample_every=1000, device="cpu", seed=0, structure=[])
 SSL = dict(width=8, depth=[1, 1], proj_hidden=64, dim=16, pred_hidden=8, epochs=6, batch_size=32,
            lr=0.05, device="cpu", seed=0, collapse=dict(monitor_samples=32, warmup_epochs=100))
 SRC = str(Path(__file__).resolve().parents[1] / "src")

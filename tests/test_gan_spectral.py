@@ -61,7 +61,7 @@ def test_training_with_the_spectral_term_moves_the_generator(tmp_path):
 
     patches = synthetic_bipoles(16, 32, seed=1)
     base = dict(arch="stable", steps=4, batch_size=8, log_every=2, sample_every=4,
-                checkpoint_every=4, keep_checkpoints=1, device="cpu", seed=3)
+                checkpoint_every=4, keep_checkpoints=1, device="cpu", seed=3, structure=[])
     out = {}
     for w in (0.0, 5.0):
         d = tmp_path / f"w{w}"

@@ -165,7 +165,7 @@ def test_training_with_structure_saves_it(tmp_path, bipoles):
     names = ["tuf", "psep"]
     with_s = _train(tmp_path, bipoles, "s", structure=names, structure_weight=5.0, steps=6,
                     checkpoint_every=3)
-    without = _train(tmp_path, bipoles, "n", steps=6, checkpoint_every=3)
+    without = _train(tmp_path, bipoles, "n", steps=6, checkpoint_every=3, structure=[])
     saved = torch.load(with_s, weights_only=False)["structure"]
     assert saved["names"] == names and saved["weight"] == 5.0
     assert torch.load(without, weights_only=False)["structure"] is None
@@ -185,8 +185,9 @@ def test_structure_resumes_exactly_and_keeps_the_default_hash(tmp_path, bipoles)
     wa = torch.load(straight, weights_only=False)["state_dict"]
     wb = torch.load(resumed, weights_only=False)["state_dict"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-    # off (the default): the checkpoint hash of configurations from before the option
-    assert "structure" not in GanConfig.from_dict({}).trajectory_dict()
+    # off (the default until 2026-12-04): the checkpoint hash of configurations from before the option
+    assert "structure" not in GanConfig.from_dict({"structure": []}).trajectory_dict()
+    assert GanConfig.from_dict({}).structure == ("tuf", "psep", "r_value")  # the default since
     assert GanConfig.from_dict(over).trajectory_dict()["structure"] == ["tuf", "r_value"]
     with pytest.raises(ValueError, match="gan.structure"):
         GanConfig.from_dict({"structure": ["bmax"]})
@@ -209,9 +210,9 @@ def test_structure_fade_in_trains_as_off_before_the_start_then_departs(tmp_path,
     def weights(path):
         return torch.load(path, weights_only=False)["state_dict"]
 
-    base = {"steps": 6, "checkpoint_every": 3}
+    base = {"steps": 6, "checkpoint_every": 3, "structure": []}
     w_off = weights(_train(tmp_path, bipoles, "off", **base))
-    on = {"structure": ["tuf", "psep"], "structure_weight": 5.0, **base}
+    on = {**base, "structure": ["tuf", "psep"], "structure_weight": 5.0}
     w_late = weights(_train(tmp_path, bipoles, "late", **on, structure_start=6))
     assert all(torch.equal(w_off[k], w_late[k]) for k in w_off)
     w_now = weights(_train(tmp_path, bipoles, "now", **on))
@@ -232,6 +233,7 @@ def test_structure_fade_in_trains_as_off_before_the_start_then_departs(tmp_path,
     assert "structure_start" not in plain and "structure_ramp" not in plain
     faded = GanConfig.from_dict({"structure": ["tuf"], "structure_start": 2400}).trajectory_dict()
     assert faded["structure_start"] == 2400
-    assert "structure_start" not in GanConfig.from_dict({"structure_start": 5}).trajectory_dict()
+    off = GanConfig.from_dict({"structure": [], "structure_start": 5}).trajectory_dict()
+    assert "structure_start" not in off and "structure" not in off  # no structure: no schedule
     with pytest.raises(ValueError, match="structure_ramp"):
         GanConfig.from_dict({"structure_ramp": -1})

@@ -82,7 +82,8 @@ def test_run_sampling_end_to_end(tmp_path):
     zpath, tpath = make_patch_store(tmp_path, n=16, size=32)
     patches, attrs = gan.read_patch_store(zpath, tpath, split="train")
     cfg = gan.GanConfig.from_dict({"arch": "paper", "steps": 2, "batch_size": 4, "device": "cpu",
-                                   "log_every": 1, "sample_every": 2, "checkpoint_every": 2})
+                                   "log_every": 1, "sample_every": 2, "checkpoint_every": 2,
+                                   "structure": []})
     gan.train_gan(patches, cfg, checkpoint_root=tmp_path / "ck",
                   generator_path=tmp_path / "generator.pt", log_csv=tmp_path / "log.csv",
                   clip_gauss=attrs["clip_gauss"], progress=False)
@@ -135,7 +136,8 @@ def test_generator_size_mismatch_is_refused(tmp_path):
     (tmp_path / "o").mkdir()
     other, _ = make_patch_store(tmp_path / "o", n=8, size=32)
     patches, _ = gan.read_patch_store(other)
-    cfg = gan.GanConfig.from_dict({"arch": "paper", "steps": 1, "batch_size": 2, "device": "cpu"})
+    cfg = gan.GanConfig.from_dict({"arch": "paper", "steps": 1, "batch_size": 2, "device": "cpu",
+                                   "structure": []})
     gan.train_gan(patches, cfg, checkpoint_root=tmp_path / "ck",
                   generator_path=tmp_path / "g.pt", log_csv=tmp_path / "l.csv", progress=False)
     with pytest.raises(ValueError, match="makes 32x32 maps but patch store"):

@@ -263,6 +263,8 @@ def test_paper_preset_validates():
     if "gan" in cfg:
         assert cfg["gan"]["arch"] == "paper" and cfg["gan"]["batch_size"] == 32
         assert cfg["gan"]["lr_g"] == cfg["gan"]["lr_d"] == 5e-4
+        assert cfg["gan"]["structure"] == []  # the published loss: no structure term
+    assert cfg["directions"]["fold"] == "none"  # plain SVM normals in z
     if "sampling" in cfg:
         assert cfg["sampling"]["n"] == 10000
     if "ssl" in cfg:

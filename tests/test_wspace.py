@@ -32,7 +32,7 @@ def wrun(tmp_path_factory):
     torch.set_num_threads(1)
     zpath, tpath = make_patch_store(tmp, n=16, size=32)
     patches, attrs = gan.read_patch_store(zpath, tpath, split="train")
-    cfg = gan.GanConfig.from_dict({"arch": "mapping", "mapping_channels": [16, 16, 8, 4],
+    cfg = gan.GanConfig.from_dict({"arch": "mapping", "mapping_channels": [16, 16, 8, 4], "structure": [],
                                    "mapping_layers": 2, "steps": 4, "batch_size": 4, "device": "cpu",
                                    "log_every": 2, "sample_every": 4, "checkpoint_every": 4})
     gan.train_gan(patches, cfg, checkpoint_root=tmp / "ck", generator_path=tmp / "generator.pt",
@@ -122,7 +122,8 @@ def test_boundaries_traversal_calibration_in_w(wrun, tmp_path):
 def test_w_space_needs_w_codes(tmp_path):
     zpath, tpath = make_patch_store(tmp_path, n=8, size=32)
     patches, _ = gan.read_patch_store(zpath, tpath)
-    cfg = gan.GanConfig.from_dict({"arch": "stable", "steps": 1, "batch_size": 2, "device": "cpu"})
+    cfg = gan.GanConfig.from_dict({"arch": "stable", "steps": 1, "batch_size": 2, "device": "cpu",
+                                   "structure": []})
     gan.train_gan(patches, cfg, checkpoint_root=tmp_path / "ck", generator_path=tmp_path / "g.pt",
                   log_csv=tmp_path / "l.csv", progress=False)
     out = tmp_path / "s"
