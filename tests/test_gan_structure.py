@@ -187,7 +187,7 @@ def test_structure_resumes_exactly_and_keeps_the_default_hash(tmp_path, bipoles)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     # off (the default until 2026-12-04): the checkpoint hash of configurations from before the option
     assert "structure" not in GanConfig.from_dict({"structure": []}).trajectory_dict()
-    assert GanConfig.from_dict({}).structure == ("tuf", "psep", "r_value")  # the default since
+    assert GanConfig.from_dict({}).structure == ("tuf", "psep", "r_value")  # the default since 2026-12-04
     assert GanConfig.from_dict(over).trajectory_dict()["structure"] == ["tuf", "r_value"]
     with pytest.raises(ValueError, match="gan.structure"):
         GanConfig.from_dict({"structure": ["bmax"]})
