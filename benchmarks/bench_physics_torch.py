@@ -141,7 +141,6 @@ def torch_parameters(x_np: np.ndarray, scale: PixelScale, device: str = "cpu") -
     cpy, cpx = (wp * yy).sum(dim=(1, 2, 3)) / fp, (wp * xx).sum(dim=(1, 2, 3)) / fp
     cny, cnx = (wn * yy).sum(dim=(1, 2, 3)) / fn, (wn * xx).sum(dim=(1, 2, 3)) / fn
     out["psep"] = torch.hypot(cpy - cny, cpx - cnx) * size_mm
-    r = R_PAPER_DILATION // 2
     both = (_dilate(pos, R_PAPER_DILATION) > 0) & (_dilate(neg, R_PAPER_DILATION) > 0)
     out["r_paper"] = (bz.abs() * both).sum(dim=(1, 2, 3)) * area
 
@@ -203,7 +202,7 @@ def main(argv=None) -> int:
     with _single_thread():
         ref = compute_parameters_reference(patches, scale).to_numpy()
         tor = torch_parameters(patches, scale, args.device)
-        eng = compute_parameters(patches, scale).to_numpy()
+        compute_parameters(patches, scale)  # warm-up: the numba engine compiles on first use
         rel = np.where(np.isnan(tor) & np.isnan(ref), 0.0, np.abs(tor - ref) / np.maximum(np.abs(ref), 1e-300))
         worst = float(np.nanmax(rel))
         if not np.array_equal(np.isnan(tor), np.isnan(ref)) or worst > 1e-9:

@@ -87,10 +87,10 @@ def main(argv=None) -> int:
         db = unit(rng, n, args.dim)
         q = unit(rng, args.queries, args.dim)
         topk_cosine(q[:8], db, args.k, normalized=True)  # warm-up (threads, allocator)
-        t_s, (i_s, _) = timed(lambda: topk_cosine(q, db, args.k, normalized=True), repeat=2)
+        t_s, (i_s, _) = timed(lambda db=db: topk_cosine(q, db, args.k, normalized=True), repeat=2)
         qb = max(1, min(args.queries, int(args.brute_budget // n)))
         numpy_brute(q[:8], db, args.k)  # warm-up, as for the others
-        t_b, i_b = timed(lambda: numpy_brute(q[:qb], db, args.k), repeat=2)
+        t_b, i_b = timed(lambda db=db: numpy_brute(q[:qb], db, args.k), repeat=2)
         same = bool(np.array_equal(i_b, i_s[:qb]))
         row = {"n": n, "queries": args.queries, "sharpgen_qps": args.queries / t_s,
                "numpy_queries": qb, "numpy_qps": qb / t_b}

@@ -174,7 +174,7 @@ def test_rendered_regions_obey_hale_and_joy():
     cat = synthetic.region_catalogue(150, seed=5)
     sel = cat[(cat.delta == 0) & (cat.flux_mx > 3e21)].head(14)
     assert len(sel) >= 10
-    lead, tilt, lat = [], [], []
+    lead, tilt = [], []
     for _, reg in sel.iterrows():
         data, _, _ = synthetic.render_region(reg, 1, seed=5)[0]
         p = compute_parameters(data, PixelScale.cea()).iloc[0]
