@@ -174,6 +174,23 @@ def test_training_with_structure_saves_it(tmp_path, bipoles):
     np.testing.assert_allclose(np.asarray(saved["quantiles"]), s.quantiles)
 
 
+def test_paper_architecture_with_the_structure_says_it_is_not_the_published_model(
+        tmp_path, bipoles, caplog):
+    """The structure term applies to every architecture; `gan.arch: paper` alone (structure on
+    by default) is therefore not the published model, and the training log says so. The
+    stable architecture, or the paper one without the term, logs no such warning."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="sharpgen"):
+        _train(tmp_path, bipoles, "ps", arch="paper", structure=["tuf"], steps=2, checkpoint_every=2)
+    assert any("not the published configuration" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sharpgen"):
+        _train(tmp_path, bipoles, "pn", arch="paper", structure=[], steps=2, checkpoint_every=2)
+        _train(tmp_path, bipoles, "ss", structure=["tuf"], steps=2, checkpoint_every=2)
+    assert not any("published" in r.getMessage() for r in caplog.records)
+
+
 def test_structure_resumes_exactly_and_keeps_the_default_hash(tmp_path, bipoles):
     from sharpgen.gan.train import GanConfig
 

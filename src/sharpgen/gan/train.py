@@ -345,6 +345,10 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
             structure_state = structure.torch_state(device)
             if main:
                 logger.info(describe(structure))
+                if cfg.arch == "paper":  # the published model has no structure term
+                    logger.warning("gan.arch paper with gan.structure %s: the paper's architecture "
+                                   "plus the structure loss, not the published configuration "
+                                   "(presets/paper.yaml sets gan.structure: [])", list(cfg.structure))
         if cfg.spectral_weight > 0:  # the batch's mean power spectrum held to the training patches'
             spectral = SpectralLoss(patches, cfg.spectral_weight, device)
 
