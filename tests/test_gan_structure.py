@@ -169,6 +169,10 @@ def test_training_with_structure_saves_it(tmp_path, bipoles):
     saved = torch.load(with_s, weights_only=False)["structure"]
     assert saved["names"] == names and saved["weight"] == 5.0
     assert torch.load(without, weights_only=False)["structure"] is None
+    sharp = _train(tmp_path, bipoles, "t", structure=names, structure_tau_gauss=10.0, steps=2,
+                   checkpoint_every=2)
+    assert saved["tau_gauss"] == 20.0
+    assert torch.load(sharp, weights_only=False)["structure"]["tau_gauss"] == 10.0
     s = fit_structure(bipoles, names, nz=100, weight=5.0, clip_gauss=CLIP)
     np.testing.assert_allclose(np.asarray(saved["axes"]), s.axes)
     np.testing.assert_allclose(np.asarray(saved["quantiles"]), s.quantiles)
@@ -208,6 +212,40 @@ def test_structure_resumes_exactly_and_keeps_the_default_hash(tmp_path, bipoles)
     assert GanConfig.from_dict(over).trajectory_dict()["structure"] == ["tuf", "r_value"]
     with pytest.raises(ValueError, match="gan.structure"):
         GanConfig.from_dict({"structure": ["bmax"]})
+
+
+def test_soft_threshold_width_is_an_option_that_reaches_the_proxies_and_the_loss(bipoles):
+    """``gan.structure_tau_gauss`` (default 20 G, ``TAU_GAUSS``): the width of the proxies' soft
+    150 G threshold. A patch with strong positive field beside weak (100 G) negative field has
+    no inversion line at 150 G; its soft R collects less at 10 G than at 20 G. The width is fitted into the structure, saved with it and used by the
+    loss; at 20 G it stays out of the checkpoint hash."""
+    from sharpgen.gan.structure import TAU_GAUSS
+    from sharpgen.gan.train import GanConfig
+
+    assert TAU_GAUSS == 20.0
+    leak = np.zeros((1, 1, 64, 64), np.float32)
+    leak[..., 20:44, 16:32] = 800.0 / CLIP
+    leak[..., 20:44, 32:48] = -100.0 / CLIP
+    r20, r10 = (float(proxies(torch.from_numpy(leak), ["r_value"], CLIP, t)[0, 0]) for t in (20.0, 10.0))
+    assert float(proxies(torch.from_numpy(leak), ["r_value"], CLIP)[0, 0]) == r20  # the default
+    assert r10 < r20 - 0.5
+    real = torch.from_numpy(np.ascontiguousarray(bipoles[:8], dtype=np.float32))[:, None]
+    b20, b10 = (proxies(real, ["tuf", "r_value"], CLIP, t) for t in (20.0, 10.0))
+    assert torch.equal(b20[:, 0], b10[:, 0])                      # fluxes have no threshold
+    s10 = fit_structure(bipoles, ("tuf", "r_value"), nz=8, weight=1.0, clip_gauss=CLIP,
+                        tau_gauss=10.0)
+    s20 = fit_structure(bipoles, ("tuf", "r_value"), nz=8, weight=1.0, clip_gauss=CLIP)
+    assert s10.tau_gauss == 10.0 and s10.as_dict()["tau_gauss"] == 10.0 and s20.tau_gauss == 20.0
+    assert not np.allclose(s10.quantiles[1], s20.quantiles[1])
+    z = torch.randn(8, 8, generator=torch.Generator().manual_seed(0))
+    loss = structure_loss(real, z, s10, s10.torch_state("cpu"))
+    t = targets(z, s10.torch_state("cpu"))
+    want = (((proxies(real, s10.names, CLIP, 10.0) - t) / s10.torch_state("cpu")["sd"]) ** 2).mean()
+    assert float(loss) == pytest.approx(float(want), rel=1e-5)
+    assert "structure_tau_gauss" not in GanConfig.from_dict({}).trajectory_dict()
+    assert GanConfig.from_dict({"structure_tau_gauss": 10.0}).trajectory_dict()["structure_tau_gauss"] == 10.0
+    with pytest.raises(ValueError, match="structure_tau_gauss"):
+        GanConfig.from_dict({"structure_tau_gauss": 0.0})
 
 
 def test_fade_in_schedule():

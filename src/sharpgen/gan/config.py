@@ -58,6 +58,7 @@ class GanConfig:
     structure_weight: float           # weight of the structure loss
     structure_start: int              # optimiser step the structure loss starts at (0 = the first)
     structure_ramp: int               # steps over which its weight then rises linearly (0 = at once)
+    structure_tau_gauss: float        # width [G] of the proxies' soft 150 G threshold (sharpgen.gan.structure)
     spectral_weight: float            # weight of the spectral loss (sharpgen.gan.spectral; 0 = off)
     split: str                        # train | all
     seed: int
@@ -78,7 +79,8 @@ class GanConfig:
     OPTIONS_OFF = {"refine": False, "output": "tanh", "speckle": "none", "padding": "none",
                    "augment_translation_fill": "zero", "speckle_kernel": "free",
                    "speckle_floor": "none", "spectral_weight": 0.0,
-                   "structure_start": 0, "structure_ramp": 0, "lr_decay_steps": 0}
+                   "structure_start": 0, "structure_ramp": 0, "lr_decay_steps": 0,
+                   "structure_tau_gauss": 20.0}
     # generator options only the `stable` generator reads: left out of the hash of the other
     # architectures, so a change of their defaults never moves a `paper` or `mapping` checkpoint
     STABLE_ONLY = ("upsample", "noise", "refine", "output", "speckle", "padding", "speckle_kernel",
@@ -127,6 +129,8 @@ class GanConfig:
         if len(self.mapping_channels) != 4 or min(self.mapping_channels) < 1:
             raise ValueError(f"gan.mapping_channels must be 4 positive widths, got {list(self.mapping_channels)}")
         check_names(self.structure, "gan.structure")
+        if not float(self.structure_tau_gauss) > 0.0:
+            raise ValueError(f"gan.structure_tau_gauss must be > 0, got {self.structure_tau_gauss}")
         for k in ("mapping_lr_mult", "r1_gamma", "pl_weight", "structure_weight", "spectral_weight"):
             if not float(getattr(self, k)) >= 0.0:
                 raise ValueError(f"gan.{k} must be >= 0, got {getattr(self, k)}")
@@ -162,6 +166,7 @@ class GanConfig:
             d.pop("structure_weight")
             d.pop("structure_start")
             d.pop("structure_ramp")
+            d.pop("structure_tau_gauss", None)
         if not self.lr_decay_steps:  # constant learning rates: where the decay would start is moot
             d.pop("lr_decay_start")
         if self.speckle == "none":  # a floor of no grain: the generator has none (StableGenerator)

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from sharpgen.parameters import PARAMETER_NAMES, STRONG_GAUSS
 from sharpgen.rvalue import R_VALUE_HWIDTH, _r_value_kernel
 
-#: width of the soft 150 G threshold [G]
+#: width of the soft 150 G threshold [G] (the default of ``gan.structure_tau_gauss``)
 TAU_GAUSS = 20.0
 #: R_VALUE proxy: block-mean sub-sampling of the patch (JSOC: ~2 arcsec; the default crop grid
 #: is ~1 arcsec per pixel)
@@ -51,16 +51,18 @@ R_PAPER_SIDE = 7
 _EPS = 1e-6
 
 
-def _soft_masks(x: torch.Tensor, clip_gauss: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Soft 150 G polarity masks (B, 1, H, W) in (0, 1) of store-unit images ``x``."""
-    t, tau = STRONG_GAUSS / clip_gauss, TAU_GAUSS / clip_gauss
+def _soft_masks(x: torch.Tensor, clip_gauss: float, tau_gauss: float = TAU_GAUSS
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft 150 G polarity masks (B, 1, H, W) in (0, 1) of store-unit images ``x``: sigmoids of
+    width ``tau_gauss`` [G] (``gan.structure_tau_gauss``)."""
+    t, tau = STRONG_GAUSS / clip_gauss, tau_gauss / clip_gauss
     return torch.sigmoid((x - t) / tau), torch.sigmoid((-x - t) / tau)
 
 
-def _centroids(x: torch.Tensor, clip_gauss: float) -> tuple[torch.Tensor, ...]:
+def _centroids(x: torch.Tensor, clip_gauss: float, tau_gauss: float = TAU_GAUSS) -> tuple[torch.Tensor, ...]:
     """Flux-weighted centroids (y+, x+, y-, x-), each (B,), of the soft 150 G polarities, in
     units of the patch side (x = column, increasing westward)."""
-    pos, neg = _soft_masks(x, clip_gauss)
+    pos, neg = _soft_masks(x, clip_gauss, tau_gauss)
     S = x.shape[-1]
     grid = (torch.arange(S, device=x.device, dtype=x.dtype) + 0.5) / S
     wp, wn = F.relu(x) * pos, F.relu(-x) * neg
@@ -72,10 +74,10 @@ def _centroids(x: torch.Tensor, clip_gauss: float) -> tuple[torch.Tensor, ...]:
     return (*centroid(wp), *centroid(wn))
 
 
-def _psep(x: torch.Tensor, clip_gauss: float) -> torch.Tensor:
+def _psep(x: torch.Tensor, clip_gauss: float, tau_gauss: float = TAU_GAUSS) -> torch.Tensor:
     """Distance of the flux-weighted centroids of the soft 150 G polarities, in units of the
     patch side. (B, 1, S, S) -> (B,)."""
-    yp, xp, yn, xn = _centroids(x, clip_gauss)
+    yp, xp, yn, xn = _centroids(x, clip_gauss, tau_gauss)
     return torch.sqrt((yp - yn).square() + (xp - xn).square() + _EPS)
 
 
@@ -83,20 +85,20 @@ def _psep(x: torch.Tensor, clip_gauss: float) -> torch.Tensor:
 LEAD_WIDTH = 0.02
 
 
-def _lead_sign(x: torch.Tensor, clip_gauss: float) -> torch.Tensor:
+def _lead_sign(x: torch.Tensor, clip_gauss: float, tau_gauss: float = TAU_GAUSS) -> torch.Tensor:
     """Soft sign of the leading (western, larger x) polarity: ``tanh((x+ - x-) / 0.02)`` of the
     soft 150 G centroids, +1 when the positive polarity leads. (B, 1, S, S) -> (B,)."""
-    _, xp, _, xn = _centroids(x, clip_gauss)
+    _, xp, _, xn = _centroids(x, clip_gauss, tau_gauss)
     return torch.tanh((xp - xn) / LEAD_WIDTH)
 
 
-def _r_value(x: torch.Tensor, clip_gauss: float) -> torch.Tensor:
+def _r_value(x: torch.Tensor, clip_gauss: float, tau_gauss: float = TAU_GAUSS) -> torch.Tensor:
     """Soft Schrijver R as JSOC computes R_VALUE: block-mean sub-sampling, soft 150 G masks
     dilated 3x3 (max-pool), their product (the polarity-inversion-line map) convolved with
     JSOC's Gaussian (sigma 10/2.3548 sub-sampled px), ``log10(1 + sum(weight * |B|[G]))``
     (JSOC: log10 of the sum, 0 below 1). (B, 1, S, S) -> (B,)."""
     b = F.avg_pool2d(x, R_VALUE_STEP) if R_VALUE_STEP > 1 else x
-    pos, neg = _soft_masks(b, clip_gauss)
+    pos, neg = _soft_masks(b, clip_gauss, tau_gauss)
     pil = F.max_pool2d(pos, 3, 1, 1) * F.max_pool2d(neg, 3, 1, 1)
     k = torch.tensor(_r_value_kernel(), dtype=x.dtype, device=x.device)  # JSOC's 41 taps
     w = F.conv2d(pil, k.view(1, 1, 1, -1), padding=(0, R_VALUE_HWIDTH))
@@ -105,10 +107,10 @@ def _r_value(x: torch.Tensor, clip_gauss: float) -> torch.Tensor:
     return torch.log10(1.0 + total)
 
 
-def _r_paper(x: torch.Tensor, clip_gauss: float) -> torch.Tensor:
+def _r_paper(x: torch.Tensor, clip_gauss: float, tau_gauss: float = TAU_GAUSS) -> torch.Tensor:
     """Soft paper R: soft 150 G masks dilated by a 7x7 square (max-pool), ``log10`` of the mean
     of |x| where both dilated masks are on. (B, 1, S, S) -> (B,)."""
-    pos, neg = _soft_masks(x, clip_gauss)
+    pos, neg = _soft_masks(x, clip_gauss, tau_gauss)
     r = R_PAPER_SIDE // 2
     pil = F.max_pool2d(pos, R_PAPER_SIDE, 1, r) * F.max_pool2d(neg, R_PAPER_SIDE, 1, r)
     return torch.log10((pil * x.abs()).mean(dim=(1, 2, 3)) + _EPS)
@@ -118,11 +120,11 @@ def _log_mean(v: torch.Tensor) -> torch.Tensor:
     return torch.log10(v.mean(dim=(1, 2, 3)) + _EPS)
 
 
-#: name -> proxy (B, 1, S, S) store units, clip_gauss -> (B,), in fit space
+#: name -> proxy (B, 1, S, S) store units, clip_gauss, tau_gauss -> (B,), in fit space
 _PROXIES = {
-    "tuf": lambda x, c: _log_mean(x.abs()),
-    "tpf": lambda x, c: _log_mean(F.relu(x)),
-    "tnf": lambda x, c: _log_mean(F.relu(-x)),
+    "tuf": lambda x, c, t: _log_mean(x.abs()),
+    "tpf": lambda x, c, t: _log_mean(F.relu(x)),
+    "tnf": lambda x, c, t: _log_mean(F.relu(-x)),
     "psep": _psep,
     "lead_sign": _lead_sign,
     "r_paper": _r_paper,
@@ -144,16 +146,17 @@ def check_names(names, key: str) -> tuple[str, ...]:
     return names
 
 
-def proxies(x: torch.Tensor, names, clip_gauss: float) -> torch.Tensor:
+def proxies(x: torch.Tensor, names, clip_gauss: float, tau_gauss: float = TAU_GAUSS) -> torch.Tensor:
     """Differentiable proxies (B, K) of the parameters ``names`` of the images ``x``
     (B, 1, S, S) in store units (Br / clip_gauss), in fit space: log10 of the fluxes (mean |x|,
     mean of the positive / negative part), psep as a fraction of the patch side, r_value and
-    r_paper as :func:`_r_value` / :func:`_r_paper`. Float32 whatever autocast does."""
+    r_paper as :func:`_r_value` / :func:`_r_paper`; ``tau_gauss``: the width of the soft 150 G
+    threshold. Float32 whatever autocast does."""
     x = x.float()
     unknown = [n for n in names if n not in _PROXIES]
     if unknown:
         raise ValueError(f"no structure proxy for {unknown}; known: {list(STRUCTURE_PARAMETERS)}")
-    return torch.stack([_PROXIES[n](x, clip_gauss) for n in names], dim=1)
+    return torch.stack([_PROXIES[n](x, clip_gauss, tau_gauss) for n in names], dim=1)
 
 
 def _normal_scores(v: np.ndarray) -> np.ndarray:
@@ -170,7 +173,8 @@ class LatentStructure:
 
     ``names`` (K,), ``axes`` (K, nz): ``u = z axes^T``; ``quantiles`` (K, Q): the real proxy
     values at probabilities ``(i + 0.5) / Q``; ``sd`` (K,): their standard deviations;
-    ``correlation`` (K, K): of the normal scores (``axes axes^T``); ``weight``; ``clip_gauss``.
+    ``correlation`` (K, K): of the normal scores (``axes axes^T``); ``weight``; ``clip_gauss``;
+    ``tau_gauss``: the proxies' soft-threshold width [G].
     """
 
     names: tuple[str, ...]
@@ -180,12 +184,13 @@ class LatentStructure:
     correlation: np.ndarray
     weight: float
     clip_gauss: float
+    tau_gauss: float = TAU_GAUSS
 
     def as_dict(self) -> dict:
         return {"names": list(self.names), "axes": self.axes.tolist(),
                 "quantiles": self.quantiles.tolist(), "sd": self.sd.tolist(),
                 "correlation": self.correlation.tolist(), "weight": self.weight,
-                "clip_gauss": self.clip_gauss}
+                "clip_gauss": self.clip_gauss, "tau_gauss": self.tau_gauss}
 
     def torch_state(self, device) -> dict:
         """The tensors of the loss on ``device`` (float32)."""
@@ -198,7 +203,7 @@ N_QUANTILES = 256
 
 
 def fit_structure(patches: np.ndarray, names, nz: int, weight: float, clip_gauss: float,
-                  batch: int = 256) -> LatentStructure:
+                  batch: int = 256, tau_gauss: float = TAU_GAUSS) -> LatentStructure:
     """The latent structure of :mod:`sharpgen.gan.structure` from the training ``patches``
     (N, S, S) in [-1, 1]. Deterministic (no randomness). Raises ValueError for unknown names,
     more names than ``nz`` or a degenerate parameter (constant over the patches)."""
@@ -208,7 +213,7 @@ def fit_structure(patches: np.ndarray, names, nz: int, weight: float, clip_gauss
     with torch.no_grad():
         vals = np.concatenate([
             proxies(torch.from_numpy(np.ascontiguousarray(patches[i:i + batch], dtype=np.float32))[:, None],
-                    names, clip_gauss).double().numpy()
+                    names, clip_gauss, tau_gauss).double().numpy()
             for i in range(0, patches.shape[0], batch)])
     sd = vals.std(axis=0)
     if not np.all(np.isfinite(vals)) or np.any(sd <= 0):
@@ -227,7 +232,8 @@ def fit_structure(patches: np.ndarray, names, nz: int, weight: float, clip_gauss
     axes[:, : len(names)] = chol
     probs = (np.arange(N_QUANTILES) + 0.5) / N_QUANTILES
     quantiles = np.quantile(vals, probs, axis=0).T  # (K, Q)
-    return LatentStructure(names, axes, quantiles, sd, corr, float(weight), float(clip_gauss))
+    return LatentStructure(names, axes, quantiles, sd, corr, float(weight), float(clip_gauss),
+                           float(tau_gauss))
 
 
 def targets(z: torch.Tensor, state: dict) -> torch.Tensor:
@@ -247,7 +253,7 @@ def structure_loss(images: torch.Tensor, z: torch.Tensor, structure: LatentStruc
                    state: dict, scale: float = 1.0) -> torch.Tensor:
     """``scale * weight * mean(((proxies(G(z)) - targets(z)) / sd)^2)`` for generated ``images``
     (B, 1, S, S) of latents ``z`` (B, nz); a scalar tensor (0-d). ``scale``: :func:`fade_in`."""
-    p = proxies(images, structure.names, structure.clip_gauss)
+    p = proxies(images, structure.names, structure.clip_gauss, structure.tau_gauss)
     t = targets(z, state)
     return (scale * structure.weight) * ((p - t) / state["sd"]).square().mean()
 
