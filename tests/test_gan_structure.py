@@ -10,14 +10,20 @@ import torch
 from scipy import stats
 
 from sharpgen.gan.structure import (
+    PIL_TAU_GAUSS,
+    R_VALUE_STEP,
     STRUCTURE_PARAMETERS,
     fit_structure,
+    has_inversion_line,
+    pil_bce,
+    pil_log_presence,
     proxies,
     structure_loss,
     targets,
 )
 from sharpgen.parameters import to_fit_space
 from sharpgen.physics import compute_parameters
+from sharpgen.rvalue import r_value_scale
 
 CLIP = 1000.0
 
@@ -292,3 +298,84 @@ def test_structure_fade_in_trains_as_off_before_the_start_then_departs(tmp_path,
     assert "structure_start" not in off and "structure" not in off  # no structure: no schedule
     with pytest.raises(ValueError, match="structure_ramp"):
         GanConfig.from_dict({"structure_ramp": -1})
+
+
+# --------------------------------------------------------------------------------------------
+# the inversion-line term (gan.structure_pil_weight)
+# --------------------------------------------------------------------------------------------
+def test_inversion_line_presence_is_r_value_above_zero_on_real_windows(real_windows):
+    """On real SHARP windows on R_VALUE's 2 px grid, as observed and weakened to a fifth (where
+    only some lines keep 150 G on both sides), the hard presence of a 150 G inversion line is
+    exactly the pipeline's R_VALUE > 0, and the soft presence at 5 G (> 0.5) agrees with it."""
+    x, scale = real_windows
+    on_grid = r_value_scale(scale.size_arcsec) == R_VALUE_STEP
+    assert on_grid.sum() >= 40
+    for v in (x, 0.2 * x):
+        r = compute_parameters(v * CLIP, scale)["r_value"].to_numpy(float)[on_grid]
+        xt = torch.from_numpy(v[on_grid])[:, None]
+        np.testing.assert_array_equal(has_inversion_line(xt, CLIP).numpy(), r > 0)
+        assert np.array_equal(pil_log_presence(xt, CLIP).exp().numpy() > 0.5, r > 0)
+    assert 5 <= (r == 0).sum() and 5 <= (r > 0).sum(), (r == 0).sum()  # the weakened: both kinds
+
+
+def test_pil_bce_is_finite_with_a_gradient_at_both_extremes():
+    """A +-1000 G inversion line (presence 1 in float32) labelled 'none', and a weak (< 50 G)
+    patch labelled 'line', each get a finite loss and a gradient; the right labels cost ~0; a
+    presence of 1/4 costs log 4 for 'line' and log 4/3 for 'none'."""
+    line = torch.zeros(1, 1, 16, 16)
+    line[..., 4:8, 4:8], line[..., 4:8, 8:12] = 1.0, -1.0
+    weak = 0.05 * torch.rand(1, 1, 16, 16, generator=torch.Generator().manual_seed(0)) - 0.025
+    x = torch.cat([line, weak]).requires_grad_(True)
+    wrong = pil_bce(x, torch.tensor([False, True]), CLIP)
+    assert torch.isfinite(wrong).all() and (wrong > 10).all()
+    wrong.sum().backward()
+    assert (x.grad.abs().sum(dim=(1, 2, 3)) > 0).all()
+    right = pil_bce(x.detach(), torch.tensor([True, False]), CLIP)
+    assert float(right.max()) < 1e-6
+    assert has_inversion_line(x.detach(), CLIP).tolist() == [True, False]
+    # one pixel pair at exactly 150 G: each soft mask 1/2 (dilated over the neighbour), P = 1/4
+    half = torch.zeros(1, 1, 8, 8)
+    half[..., 2, 2], half[..., 2, 4] = 0.15, -0.15
+    assert float(pil_log_presence(half, CLIP).exp()) == pytest.approx(0.25, rel=1e-5)
+    assert float(pil_bce(half, torch.tensor([True]), CLIP)) == pytest.approx(np.log(4), rel=1e-5)
+    assert float(pil_bce(half, torch.tensor([False]), CLIP)) == pytest.approx(np.log(4 / 3), rel=1e-5)
+    assert PIL_TAU_GAUSS == 5.0
+
+
+def test_inversion_line_term_fits_the_real_share_and_joins_the_loss(real_windows):
+    """fit_structure records the training share of R = 0; the term labels a latent 'line' when
+    its R axis lies above that quantile and adds ``pil_weight * mean(BCE)`` to the loss; it
+    needs r_value, and at 0 (the default) it is off and out of the checkpoint hash."""
+    from sharpgen.gan.train import GanConfig
+
+    x, scale = real_windows
+    x = x[r_value_scale(scale.size_arcsec) == R_VALUE_STEP]
+    x = np.concatenate([x, 0.2 * x])  # observed and weakened: some without a 150 G line
+    names = ("tuf", "r_value")
+    off = fit_structure(x, names, nz=8, weight=1.0, clip_gauss=CLIP)
+    on = fit_structure(x, names, nz=8, weight=1.0, clip_gauss=CLIP, pil_weight=0.5)
+    share = 1.0 - has_inversion_line(torch.from_numpy(x)[:, None], CLIP).float().mean().item()
+    assert 0 < on.r_free_share == pytest.approx(share) and on.as_dict()["pil_weight"] == 0.5
+    assert off.pil_weight == 0.0 and np.isnan(fit_structure(x, ("tuf",), 8, 1.0, CLIP).r_free_share)
+    imgs = torch.from_numpy(x[:: len(x) // 64][:64])[:, None]
+    z = torch.randn(64, 8, generator=torch.Generator().manual_seed(4))
+    state = on.torch_state("cpu")
+    labels = torch.special.ndtr(z @ state["axes"][1]) > on.r_free_share
+    assert 0 < labels.sum() < 64
+    want = structure_loss(imgs, z, off, state) + 0.5 * pil_bce(imgs, labels, CLIP).mean()
+    torch.testing.assert_close(structure_loss(imgs, z, on, state), want)
+    with pytest.raises(ValueError, match="needs r_value"):
+        fit_structure(x, ("tuf", "psep"), nz=8, weight=1.0, clip_gauss=CLIP, pil_weight=0.5)
+    with pytest.raises(ValueError, match="needs r_value"):
+        GanConfig.from_dict({"structure": ["tuf"], "structure_pil_weight": 0.5})
+    with pytest.raises(ValueError, match="structure_pil_weight"):
+        GanConfig.from_dict({"structure_pil_weight": -1.0})
+    assert "structure_pil_weight" not in GanConfig.from_dict({}).trajectory_dict()
+    assert GanConfig.from_dict({"structure_pil_weight": 0.5}).trajectory_dict()["structure_pil_weight"] == 0.5
+
+
+def test_training_with_the_inversion_line_term_saves_it(tmp_path, bipoles):
+    path = _train(tmp_path, bipoles, "pil", structure=["tuf", "r_value"], structure_pil_weight=0.5,
+                  steps=2, checkpoint_every=2)
+    saved = torch.load(path, weights_only=False)["structure"]
+    assert saved["pil_weight"] == 0.5 and 0.0 <= saved["r_free_share"] < 1.0

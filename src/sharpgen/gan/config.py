@@ -59,6 +59,7 @@ class GanConfig:
     structure_start: int              # optimiser step the structure loss starts at (0 = the first)
     structure_ramp: int               # steps over which its weight then rises linearly (0 = at once)
     structure_tau_gauss: float        # width [G] of the proxies' soft 150 G threshold (sharpgen.gan.structure)
+    structure_pil_weight: float       # weight of the inversion-line term (needs r_value; 0 = off)
     spectral_weight: float            # weight of the spectral loss (sharpgen.gan.spectral; 0 = off)
     split: str                        # train | all
     seed: int
@@ -80,7 +81,7 @@ class GanConfig:
                    "augment_translation_fill": "zero", "speckle_kernel": "free",
                    "speckle_floor": "none", "spectral_weight": 0.0,
                    "structure_start": 0, "structure_ramp": 0, "lr_decay_steps": 0,
-                   "structure_tau_gauss": 20.0}
+                   "structure_tau_gauss": 20.0, "structure_pil_weight": 0.0}
     # generator options only the `stable` generator reads: left out of the hash of the other
     # architectures, so a change of their defaults never moves a `paper` or `mapping` checkpoint
     STABLE_ONLY = ("upsample", "noise", "refine", "output", "speckle", "padding", "speckle_kernel",
@@ -131,7 +132,11 @@ class GanConfig:
         check_names(self.structure, "gan.structure")
         if not float(self.structure_tau_gauss) > 0.0:
             raise ValueError(f"gan.structure_tau_gauss must be > 0, got {self.structure_tau_gauss}")
-        for k in ("mapping_lr_mult", "r1_gamma", "pl_weight", "structure_weight", "spectral_weight"):
+        if float(self.structure_pil_weight) > 0 and "r_value" not in self.structure:
+            raise ValueError(f"gan.structure_pil_weight {self.structure_pil_weight} needs r_value in "
+                             f"gan.structure, got {list(self.structure)}")
+        for k in ("mapping_lr_mult", "r1_gamma", "pl_weight", "structure_weight", "spectral_weight",
+                  "structure_pil_weight"):
             if not float(getattr(self, k)) >= 0.0:
                 raise ValueError(f"gan.{k} must be >= 0, got {getattr(self, k)}")
 
@@ -167,6 +172,7 @@ class GanConfig:
             d.pop("structure_start")
             d.pop("structure_ramp")
             d.pop("structure_tau_gauss", None)
+            d.pop("structure_pil_weight", None)
         if not self.lr_decay_steps:  # constant learning rates: where the decay would start is moot
             d.pop("lr_decay_start")
         if self.speckle == "none":  # a floor of no grain: the generator has none (StableGenerator)

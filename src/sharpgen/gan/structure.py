@@ -18,6 +18,13 @@ function of one fixed latent axis:
   rank correlations.
 * **loss**: ``weight * mean_k mean_b ((p_k(G(z)) - target_k(z)) / sd_k)^2``, added to the
   generator's adversarial loss; ``sd_k`` the real standard deviation (a unit-free loss).
+* **inversion-line term** (``gan.structure_pil_weight`` > 0, needs ``r_value`` in the list):
+  R is 0 for a share ``r_free_share`` of the training patches (no 150 G polarity-inversion line
+  on JSOC's ~2 arcsec grid), a tie the soft R proxy cannot see (an R-free patch can meet a
+  mid-range soft R target). So a latent whose R target lies above that quantile
+  (``Phi(u_R) > r_free_share``) should have an inversion line and one below it none:
+  ``pil_weight * mean_b BCE(P(G(z)), Phi(u_R) > r_free_share)``, ``P`` the soft presence
+  (:func:`pil_log_presence`, width ``PIL_TAU_GAUSS``).
 
 The parameters are measured on the generator output by differentiable **proxies** (:func:`proxies`,
 torch, batched) of the pipeline's definitions (:mod:`sharpgen.physics`, which thresholds at
@@ -116,6 +123,50 @@ def _r_paper(x: torch.Tensor, clip_gauss: float, tau_gauss: float = TAU_GAUSS) -
     return torch.log10((pil * x.abs()).mean(dim=(1, 2, 3)) + _EPS)
 
 
+#: inversion-line presence: width of its soft 150 G threshold [G] (5 G: the soft presence of the
+#: 672 default training patches splits them as R = 0 / R > 0 exactly, docs/gan.md)
+PIL_TAU_GAUSS = 5.0
+
+
+def _pil_logits(x: torch.Tensor, clip_gauss: float, tau_gauss: float
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (B, 1, h, w) each of the dilated soft 150 G positive and negative masks of width
+    ``tau_gauss`` [G] on R_VALUE's grid: the map point-sampled every ``R_VALUE_STEP`` px (JSOC's
+    ``fsample``), the logits max-pooled 3x3 (the dilation; sigmoid is monotone)."""
+    b = x.float()[:, :, ::R_VALUE_STEP, ::R_VALUE_STEP]
+    t, tau = STRONG_GAUSS / clip_gauss, tau_gauss / clip_gauss
+    return F.max_pool2d((b - t) / tau, 3, 1, 1), F.max_pool2d((-b - t) / tau, 3, 1, 1)
+
+
+def has_inversion_line(x: torch.Tensor, clip_gauss: float) -> torch.Tensor:
+    """Whether R_VALUE is > 0, i.e. a pixel of R_VALUE's grid has |B| > 150 G of both signs
+    within its 3x3 neighbourhood. (B, 1, S, S) store units -> (B,) bool."""
+    pos, neg = _pil_logits(x, clip_gauss, 1.0)
+    return ((pos > 0) & (neg > 0)).flatten(1).any(dim=1)
+
+
+def pil_log_presence(x: torch.Tensor, clip_gauss: float, tau_gauss: float = PIL_TAU_GAUSS
+                     ) -> torch.Tensor:
+    """log of the soft presence P of a 150 G polarity-inversion line as R_VALUE sees it: the
+    largest product of the dilated soft masks (:func:`_pil_logits`) over the pixels, in log
+    space (logsigmoid) so that far-off pixels keep a gradient. (B, 1, S, S) -> (B,), <= 0."""
+    a, c = _pil_logits(x, clip_gauss, tau_gauss)
+    return (F.logsigmoid(a) + F.logsigmoid(c)).amax(dim=(1, 2, 3))
+
+
+def pil_bce(x: torch.Tensor, has_pil: torch.Tensor, clip_gauss: float,
+            tau_gauss: float = PIL_TAU_GAUSS) -> torch.Tensor:
+    """Binary cross-entropy (B,) of the soft presence P (:func:`pil_log_presence`) of the images
+    ``x`` (B, 1, S, S) against the labels ``has_pil`` (B,) bool: ``-log P`` for a line wanted,
+    ``-log(1 - P)`` for none, ``1 - P`` per pixel as ``sigmoid(-a) + sigmoid(a) sigmoid(-c)`` in
+    log space, so that a strong line (P = 1 in float32) keeps a finite loss and a gradient."""
+    a, c = _pil_logits(x, clip_gauss, tau_gauss)
+    la, lc = F.logsigmoid(a), F.logsigmoid(c)
+    present = (la + lc).amax(dim=(1, 2, 3))
+    absent = torch.logaddexp(F.logsigmoid(-a), la + F.logsigmoid(-c)).amin(dim=(1, 2, 3))
+    return -torch.where(has_pil, present, absent)
+
+
 def _log_mean(v: torch.Tensor) -> torch.Tensor:
     return torch.log10(v.mean(dim=(1, 2, 3)) + _EPS)
 
@@ -174,7 +225,9 @@ class LatentStructure:
     ``names`` (K,), ``axes`` (K, nz): ``u = z axes^T``; ``quantiles`` (K, Q): the real proxy
     values at probabilities ``(i + 0.5) / Q``; ``sd`` (K,): their standard deviations;
     ``correlation`` (K, K): of the normal scores (``axes axes^T``); ``weight``; ``clip_gauss``;
-    ``tau_gauss``: the proxies' soft-threshold width [G].
+    ``tau_gauss``: the proxies' soft-threshold width [G]; ``r_free_share``: the share of the
+    training patches with no inversion line (R = 0; NaN without r_value); ``pil_weight``: the
+    inversion-line term's weight (0 = off).
     """
 
     names: tuple[str, ...]
@@ -185,12 +238,15 @@ class LatentStructure:
     weight: float
     clip_gauss: float
     tau_gauss: float = TAU_GAUSS
+    r_free_share: float = float("nan")
+    pil_weight: float = 0.0
 
     def as_dict(self) -> dict:
         return {"names": list(self.names), "axes": self.axes.tolist(),
                 "quantiles": self.quantiles.tolist(), "sd": self.sd.tolist(),
                 "correlation": self.correlation.tolist(), "weight": self.weight,
-                "clip_gauss": self.clip_gauss, "tau_gauss": self.tau_gauss}
+                "clip_gauss": self.clip_gauss, "tau_gauss": self.tau_gauss,
+                "r_free_share": self.r_free_share, "pil_weight": self.pil_weight}
 
     def torch_state(self, device) -> dict:
         """The tensors of the loss on ``device`` (float32)."""
@@ -203,18 +259,25 @@ N_QUANTILES = 256
 
 
 def fit_structure(patches: np.ndarray, names, nz: int, weight: float, clip_gauss: float,
-                  batch: int = 256, tau_gauss: float = TAU_GAUSS) -> LatentStructure:
+                  batch: int = 256, tau_gauss: float = TAU_GAUSS,
+                  pil_weight: float = 0.0) -> LatentStructure:
     """The latent structure of :mod:`sharpgen.gan.structure` from the training ``patches``
     (N, S, S) in [-1, 1]. Deterministic (no randomness). Raises ValueError for unknown names,
-    more names than ``nz`` or a degenerate parameter (constant over the patches)."""
+    more names than ``nz``, a degenerate parameter (constant over the patches) or an
+    inversion-line term (``pil_weight`` > 0) without r_value."""
     names = check_names(names, "gan.structure")
     if len(names) > nz:
         raise ValueError(f"gan.structure has {len(names)} parameters, more than gan.nz = {nz}")
+    if pil_weight > 0 and "r_value" not in names:
+        raise ValueError(f"gan.structure_pil_weight {pil_weight:g} needs r_value in gan.structure "
+                         f"(its label is R's latent axis), got {list(names)}")
+    vals, has_pil = [], []
     with torch.no_grad():
-        vals = np.concatenate([
-            proxies(torch.from_numpy(np.ascontiguousarray(patches[i:i + batch], dtype=np.float32))[:, None],
-                    names, clip_gauss, tau_gauss).double().numpy()
-            for i in range(0, patches.shape[0], batch)])
+        for i in range(0, patches.shape[0], batch):
+            x = torch.from_numpy(np.ascontiguousarray(patches[i:i + batch], dtype=np.float32))[:, None]
+            vals.append(proxies(x, names, clip_gauss, tau_gauss).double().numpy())
+            has_pil.append(has_inversion_line(x, clip_gauss).numpy())
+    vals, has_pil = np.concatenate(vals), np.concatenate(has_pil)
     sd = vals.std(axis=0)
     if not np.all(np.isfinite(vals)) or np.any(sd <= 0):
         bad = [n for n, s in zip(names, sd) if not s > 0]
@@ -232,8 +295,9 @@ def fit_structure(patches: np.ndarray, names, nz: int, weight: float, clip_gauss
     axes[:, : len(names)] = chol
     probs = (np.arange(N_QUANTILES) + 0.5) / N_QUANTILES
     quantiles = np.quantile(vals, probs, axis=0).T  # (K, Q)
+    r_free = float(1.0 - has_pil.mean()) if "r_value" in names else float("nan")
     return LatentStructure(names, axes, quantiles, sd, corr, float(weight), float(clip_gauss),
-                           float(tau_gauss))
+                           float(tau_gauss), r_free, float(pil_weight))
 
 
 def targets(z: torch.Tensor, state: dict) -> torch.Tensor:
@@ -252,10 +316,17 @@ def targets(z: torch.Tensor, state: dict) -> torch.Tensor:
 def structure_loss(images: torch.Tensor, z: torch.Tensor, structure: LatentStructure,
                    state: dict, scale: float = 1.0) -> torch.Tensor:
     """``scale * weight * mean(((proxies(G(z)) - targets(z)) / sd)^2)`` for generated ``images``
-    (B, 1, S, S) of latents ``z`` (B, nz); a scalar tensor (0-d). ``scale``: :func:`fade_in`."""
+    (B, 1, S, S) of latents ``z`` (B, nz), plus ``scale * pil_weight * mean(BCE)`` of the
+    inversion-line term when its weight is > 0; a scalar tensor (0-d). ``scale``: :func:`fade_in`."""
     p = proxies(images, structure.names, structure.clip_gauss, structure.tau_gauss)
     t = targets(z, state)
-    return (scale * structure.weight) * ((p - t) / state["sd"]).square().mean()
+    loss = (scale * structure.weight) * ((p - t) / state["sd"]).square().mean()
+    if structure.pil_weight > 0:
+        k = structure.names.index("r_value")
+        has_pil = torch.special.ndtr(z.float() @ state["axes"][k]) > structure.r_free_share
+        bce = pil_bce(images, has_pil, structure.clip_gauss)
+        loss = loss + (scale * structure.pil_weight) * bce.mean()
+    return loss
 
 
 def fade_in(step: int, start: int, ramp: int) -> float:
@@ -271,5 +342,7 @@ def describe(structure: LatentStructure) -> str:
     """One log line: the parameters and their real correlation."""
     pairs = [f"{a}-{b} {structure.correlation[i, j]:+.2f}"
              for i, a in enumerate(structure.names) for j, b in enumerate(structure.names) if j > i]
+    pil = (f"; inversion-line term (weight {structure.pil_weight:g}): R = 0 for "
+           f"{structure.r_free_share:.3f} of the training patches" if structure.pil_weight > 0 else "")
     return (f"latent structure on {list(structure.names)} (weight {structure.weight:g}); real "
-            f"normal-score correlations: {', '.join(pairs) or 'n/a'}")
+            f"normal-score correlations: {', '.join(pairs) or 'n/a'}{pil}")

@@ -341,7 +341,8 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
         structure, structure_state, spectral = None, None, None
         if cfg.structure:  # the latent laid out by the parameters (sharpgen.gan.structure)
             structure = fit_structure(patches, cfg.structure, cfg.nz, cfg.structure_weight,
-                                      clip_gauss, tau_gauss=cfg.structure_tau_gauss)
+                                      clip_gauss, tau_gauss=cfg.structure_tau_gauss,
+                                      pil_weight=cfg.structure_pil_weight)
             structure_state = structure.torch_state(device)
             if main:
                 logger.info(describe(structure))
