@@ -271,13 +271,15 @@ def fit_structure(patches: np.ndarray, names, nz: int, weight: float, clip_gauss
     if pil_weight > 0 and "r_value" not in names:
         raise ValueError(f"gan.structure_pil_weight {pil_weight:g} needs r_value in gan.structure "
                          f"(its label is R's latent axis), got {list(names)}")
+    with_r = "r_value" in names  # the share of R = 0 is only needed (and saved) with R
     vals, has_pil = [], []
     with torch.no_grad():
         for i in range(0, patches.shape[0], batch):
             x = torch.from_numpy(np.ascontiguousarray(patches[i:i + batch], dtype=np.float32))[:, None]
             vals.append(proxies(x, names, clip_gauss, tau_gauss).double().numpy())
-            has_pil.append(has_inversion_line(x, clip_gauss).numpy())
-    vals, has_pil = np.concatenate(vals), np.concatenate(has_pil)
+            if with_r:
+                has_pil.append(has_inversion_line(x, clip_gauss).numpy())
+    vals = np.concatenate(vals)
     sd = vals.std(axis=0)
     if not np.all(np.isfinite(vals)) or np.any(sd <= 0):
         bad = [n for n, s in zip(names, sd) if not s > 0]
@@ -295,7 +297,7 @@ def fit_structure(patches: np.ndarray, names, nz: int, weight: float, clip_gauss
     axes[:, : len(names)] = chol
     probs = (np.arange(N_QUANTILES) + 0.5) / N_QUANTILES
     quantiles = np.quantile(vals, probs, axis=0).T  # (K, Q)
-    r_free = float(1.0 - has_pil.mean()) if "r_value" in names else float("nan")
+    r_free = float(1.0 - np.concatenate(has_pil).mean()) if with_r else float("nan")
     return LatentStructure(names, axes, quantiles, sd, corr, float(weight), float(clip_gauss),
                            float(tau_gauss), r_free, float(pil_weight))
 
