@@ -18,7 +18,7 @@ from sharpgen.gan.model import (
     SPECKLES,
     UPSAMPLING,
 )
-from sharpgen.gan.structure import check_names, fade_in
+from sharpgen.gan.structure import R_GRIDS, check_names, fade_in
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class GanConfig:
     structure_ramp: int               # steps over which its weight then rises linearly (0 = at once)
     structure_tau_gauss: float        # width [G] of the proxies' soft 150 G threshold (sharpgen.gan.structure)
     structure_pil_weight: float       # weight of the inversion-line term (needs r_value; 0 = off)
+    structure_r_grid: str             # R_VALUE proxy's sub-sampling: mean (block means) | point (JSOC's)
     spectral_weight: float            # weight of the spectral loss (sharpgen.gan.spectral; 0 = off)
     split: str                        # train | all
     seed: int
@@ -81,7 +82,8 @@ class GanConfig:
                    "augment_translation_fill": "zero", "speckle_kernel": "free",
                    "speckle_floor": "none", "spectral_weight": 0.0,
                    "structure_start": 0, "structure_ramp": 0, "lr_decay_steps": 0,
-                   "structure_tau_gauss": 20.0, "structure_pil_weight": 0.0}
+                   "structure_tau_gauss": 20.0, "structure_pil_weight": 0.0,
+                   "structure_r_grid": "mean"}
     # generator options only the `stable` generator reads: left out of the hash of the other
     # architectures, so a change of their defaults never moves a `paper` or `mapping` checkpoint
     STABLE_ONLY = ("upsample", "noise", "refine", "output", "speckle", "padding", "speckle_kernel",
@@ -109,7 +111,8 @@ class GanConfig:
         for k, allowed in (("arch", ARCHITECTURES), ("upsample", UPSAMPLING), ("output", OUTPUTS),
                            ("speckle", SPECKLES), ("padding", PADDINGS),
                            ("speckle_kernel", SPECKLE_KERNELS), ("speckle_floor", SPECKLE_FLOORS),
-                           ("augment_translation_fill", TRANSLATION_FILLS)):
+                           ("augment_translation_fill", TRANSLATION_FILLS),
+                           ("structure_r_grid", R_GRIDS)):
             if getattr(self, k) not in allowed:
                 raise ValueError(f"gan.{k} {getattr(self, k)!r} is not one of {list(allowed)}")
         if self.speckle == "lognormal" and self.speckle_floor == "image_own":
@@ -173,6 +176,7 @@ class GanConfig:
             d.pop("structure_ramp")
             d.pop("structure_tau_gauss", None)
             d.pop("structure_pil_weight", None)
+            d.pop("structure_r_grid", None)
         if not self.lr_decay_steps:  # constant learning rates: where the decay would start is moot
             d.pop("lr_decay_start")
         if self.speckle == "none":  # a floor of no grain: the generator has none (StableGenerator)

@@ -29,7 +29,8 @@ function of one fixed latent axis:
 The parameters are measured on the generator output by differentiable **proxies** (:func:`proxies`,
 torch, batched) of the pipeline's definitions (:mod:`sharpgen.physics`, which thresholds at
 150 G and is not differentiable): the 150 G masks are sigmoids of width ``tau`` (20 G), the
-dilations are max-pools, R's Gaussian is a separable convolution. They are computed in patch
+dilations are max-pools, R's Gaussian is a separable convolution; R is computed on a grid of
+block means (``gan.structure_r_grid: mean``) or, as JSOC does, of every second pixel (``point``). They are computed in patch
 units (pixels, store values in [-1, 1] times ``clip_gauss``), on the real patches and the
 generated ones alike, so only their ranks matter. Their agreement with the pipeline's parameters is
 tested on real SHARP records (tests/test_gan_structure.py) and measured in docs/gan.md.
@@ -50,9 +51,12 @@ from sharpgen.rvalue import R_VALUE_HWIDTH, _r_value_kernel
 
 #: width of the soft 150 G threshold [G] (the default of ``gan.structure_tau_gauss``)
 TAU_GAUSS = 20.0
-#: R_VALUE proxy: block-mean sub-sampling of the patch (JSOC: ~2 arcsec; the default crop grid
-#: is ~1 arcsec per pixel)
+#: R_VALUE proxy: sub-sampling step of the patch (JSOC: ~2 arcsec; the default crop grid is
+#: ~1 arcsec per pixel)
 R_VALUE_STEP = 2
+#: how the R_VALUE proxy sub-samples (``gan.structure_r_grid``): ``mean`` (block means, the
+#: default) or ``point`` (every ``R_VALUE_STEP``-th pixel, as JSOC's ``fsample``)
+R_GRIDS = ("mean", "point")
 #: r_paper proxy: side of the square dilating each polarity mask (as sharpgen.physics) [px]
 R_PAPER_SIDE = 7
 _EPS = 1e-6
@@ -99,12 +103,21 @@ def _lead_sign(x: torch.Tensor, clip_gauss: float, tau_gauss: float = TAU_GAUSS)
     return torch.tanh((xp - xn) / LEAD_WIDTH)
 
 
-def _r_value(x: torch.Tensor, clip_gauss: float, tau_gauss: float = TAU_GAUSS) -> torch.Tensor:
-    """Soft Schrijver R as JSOC computes R_VALUE: block-mean sub-sampling, soft 150 G masks
-    dilated 3x3 (max-pool), their product (the polarity-inversion-line map) convolved with
-    JSOC's Gaussian (sigma 10/2.3548 sub-sampled px), ``log10(1 + sum(weight * |B|[G]))``
+def _r_value(x: torch.Tensor, clip_gauss: float, tau_gauss: float = TAU_GAUSS,
+             grid: str = "mean") -> torch.Tensor:
+    """Soft Schrijver R as JSOC computes R_VALUE: sub-sampling every ``R_VALUE_STEP`` px (``grid``
+    ``mean``: block means; ``point``: the top-left pixel of each block, JSOC's ``fsample``), soft
+    150 G masks dilated 3x3 (max-pool), their product (the polarity-inversion-line map) convolved
+    with JSOC's Gaussian (sigma 10/2.3548 sub-sampled px), ``log10(1 + sum(weight * |B|[G]))``
     (JSOC: log10 of the sum, 0 below 1). (B, 1, S, S) -> (B,)."""
-    b = F.avg_pool2d(x, R_VALUE_STEP) if R_VALUE_STEP > 1 else x
+    if grid not in R_GRIDS:
+        raise ValueError(f"R_VALUE proxy grid {grid!r} is not one of {list(R_GRIDS)}")
+    if R_VALUE_STEP == 1:
+        b = x
+    elif grid == "point":
+        b = x[:, :, ::R_VALUE_STEP, ::R_VALUE_STEP]
+    else:
+        b = F.avg_pool2d(x, R_VALUE_STEP)
     pos, neg = _soft_masks(b, clip_gauss, tau_gauss)
     pil = F.max_pool2d(pos, 3, 1, 1) * F.max_pool2d(neg, 3, 1, 1)
     k = torch.tensor(_r_value_kernel(), dtype=x.dtype, device=x.device)  # JSOC's 41 taps
@@ -197,17 +210,20 @@ def check_names(names, key: str) -> tuple[str, ...]:
     return names
 
 
-def proxies(x: torch.Tensor, names, clip_gauss: float, tau_gauss: float = TAU_GAUSS) -> torch.Tensor:
+def proxies(x: torch.Tensor, names, clip_gauss: float, tau_gauss: float = TAU_GAUSS,
+            r_grid: str = "mean") -> torch.Tensor:
     """Differentiable proxies (B, K) of the parameters ``names`` of the images ``x``
     (B, 1, S, S) in store units (Br / clip_gauss), in fit space: log10 of the fluxes (mean |x|,
     mean of the positive / negative part), psep as a fraction of the patch side, r_value and
     r_paper as :func:`_r_value` / :func:`_r_paper`; ``tau_gauss``: the width of the soft 150 G
-    threshold. Float32 whatever autocast does."""
+    threshold; ``r_grid``: R_VALUE's sub-sampling (:data:`R_GRIDS`). Float32 whatever autocast
+    does."""
     x = x.float()
     unknown = [n for n in names if n not in _PROXIES]
     if unknown:
         raise ValueError(f"no structure proxy for {unknown}; known: {list(STRUCTURE_PARAMETERS)}")
-    return torch.stack([_PROXIES[n](x, clip_gauss, tau_gauss) for n in names], dim=1)
+    return torch.stack([_r_value(x, clip_gauss, tau_gauss, r_grid) if n == "r_value"
+                        else _PROXIES[n](x, clip_gauss, tau_gauss) for n in names], dim=1)
 
 
 def _normal_scores(v: np.ndarray) -> np.ndarray:
@@ -227,7 +243,7 @@ class LatentStructure:
     ``correlation`` (K, K): of the normal scores (``axes axes^T``); ``weight``; ``clip_gauss``;
     ``tau_gauss``: the proxies' soft-threshold width [G]; ``r_free_share``: the share of the
     training patches with no inversion line (R = 0; NaN without r_value); ``pil_weight``: the
-    inversion-line term's weight (0 = off).
+    inversion-line term's weight (0 = off); ``r_grid``: the R_VALUE proxy's sub-sampling.
     """
 
     names: tuple[str, ...]
@@ -240,13 +256,15 @@ class LatentStructure:
     tau_gauss: float = TAU_GAUSS
     r_free_share: float = float("nan")
     pil_weight: float = 0.0
+    r_grid: str = "mean"
 
     def as_dict(self) -> dict:
         return {"names": list(self.names), "axes": self.axes.tolist(),
                 "quantiles": self.quantiles.tolist(), "sd": self.sd.tolist(),
                 "correlation": self.correlation.tolist(), "weight": self.weight,
                 "clip_gauss": self.clip_gauss, "tau_gauss": self.tau_gauss,
-                "r_free_share": self.r_free_share, "pil_weight": self.pil_weight}
+                "r_free_share": self.r_free_share, "pil_weight": self.pil_weight,
+                "r_grid": self.r_grid}
 
     def torch_state(self, device) -> dict:
         """The tensors of the loss on ``device`` (float32)."""
@@ -260,11 +278,11 @@ N_QUANTILES = 256
 
 def fit_structure(patches: np.ndarray, names, nz: int, weight: float, clip_gauss: float,
                   batch: int = 256, tau_gauss: float = TAU_GAUSS,
-                  pil_weight: float = 0.0) -> LatentStructure:
+                  pil_weight: float = 0.0, r_grid: str = "mean") -> LatentStructure:
     """The latent structure of :mod:`sharpgen.gan.structure` from the training ``patches``
     (N, S, S) in [-1, 1]. Deterministic (no randomness). Raises ValueError for unknown names,
-    more names than ``nz``, a degenerate parameter (constant over the patches) or an
-    inversion-line term (``pil_weight`` > 0) without r_value."""
+    more names than ``nz``, a degenerate parameter (constant over the patches), an unknown
+    ``r_grid`` or an inversion-line term (``pil_weight`` > 0) without r_value."""
     names = check_names(names, "gan.structure")
     if len(names) > nz:
         raise ValueError(f"gan.structure has {len(names)} parameters, more than gan.nz = {nz}")
@@ -276,7 +294,7 @@ def fit_structure(patches: np.ndarray, names, nz: int, weight: float, clip_gauss
     with torch.no_grad():
         for i in range(0, patches.shape[0], batch):
             x = torch.from_numpy(np.ascontiguousarray(patches[i:i + batch], dtype=np.float32))[:, None]
-            vals.append(proxies(x, names, clip_gauss, tau_gauss).double().numpy())
+            vals.append(proxies(x, names, clip_gauss, tau_gauss, r_grid).double().numpy())
             if with_r:
                 has_pil.append(has_inversion_line(x, clip_gauss).numpy())
     vals = np.concatenate(vals)
@@ -299,7 +317,7 @@ def fit_structure(patches: np.ndarray, names, nz: int, weight: float, clip_gauss
     quantiles = np.quantile(vals, probs, axis=0).T  # (K, Q)
     r_free = float(1.0 - np.concatenate(has_pil).mean()) if with_r else float("nan")
     return LatentStructure(names, axes, quantiles, sd, corr, float(weight), float(clip_gauss),
-                           float(tau_gauss), r_free, float(pil_weight))
+                           float(tau_gauss), r_free, float(pil_weight), str(r_grid))
 
 
 def targets(z: torch.Tensor, state: dict) -> torch.Tensor:
@@ -320,7 +338,8 @@ def structure_loss(images: torch.Tensor, z: torch.Tensor, structure: LatentStruc
     """``scale * weight * mean(((proxies(G(z)) - targets(z)) / sd)^2)`` for generated ``images``
     (B, 1, S, S) of latents ``z`` (B, nz), plus ``scale * pil_weight * mean(BCE)`` of the
     inversion-line term when its weight is > 0; a scalar tensor (0-d). ``scale``: :func:`fade_in`."""
-    p = proxies(images, structure.names, structure.clip_gauss, structure.tau_gauss)
+    p = proxies(images, structure.names, structure.clip_gauss, structure.tau_gauss,
+                structure.r_grid)
     t = targets(z, state)
     loss = (scale * structure.weight) * ((p - t) / state["sd"]).square().mean()
     if structure.pil_weight > 0:
@@ -346,5 +365,6 @@ def describe(structure: LatentStructure) -> str:
              for i, a in enumerate(structure.names) for j, b in enumerate(structure.names) if j > i]
     pil = (f"; inversion-line term (weight {structure.pil_weight:g}): R = 0 for "
            f"{structure.r_free_share:.3f} of the training patches" if structure.pil_weight > 0 else "")
+    grid = "; R_VALUE proxy on the point grid" if structure.r_grid == "point" else ""
     return (f"latent structure on {list(structure.names)} (weight {structure.weight:g}); real "
-            f"normal-score correlations: {', '.join(pairs) or 'n/a'}{pil}")
+            f"normal-score correlations: {', '.join(pairs) or 'n/a'}{pil}{grid}")

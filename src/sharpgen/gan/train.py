@@ -342,7 +342,8 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
         if cfg.structure:  # the latent laid out by the parameters (sharpgen.gan.structure)
             structure = fit_structure(patches, cfg.structure, cfg.nz, cfg.structure_weight,
                                       clip_gauss, tau_gauss=cfg.structure_tau_gauss,
-                                      pil_weight=cfg.structure_pil_weight)
+                                      pil_weight=cfg.structure_pil_weight,
+                                      r_grid=cfg.structure_r_grid)
             structure_state = structure.torch_state(device)
             if main:
                 logger.info(describe(structure))
