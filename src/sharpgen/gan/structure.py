@@ -30,9 +30,9 @@ The parameters are measured on the generator output by differentiable **proxies*
 torch, batched) of the pipeline's definitions (:mod:`sharpgen.physics`, which thresholds at
 150 G and is not differentiable): the 150 G masks are sigmoids of width ``tau`` (20 G), the
 dilations are max-pools, R's Gaussian is a separable convolution; R is computed on a grid of
-block means (``gan.structure_r_grid: mean``) or, as JSOC does, of every second pixel (``point``). They are computed in patch
-units (pixels, store values in [-1, 1] times ``clip_gauss``), on the real patches and the
-generated ones alike, so only their ranks matter. Their agreement with the pipeline's parameters is
+block means (``gan.structure_r_grid: mean``) or, as JSOC does, of every second pixel
+(``point``). They are computed in patch units (pixels, store values in [-1, 1] times
+``clip_gauss``), on the real patches and the generated ones alike, so only their ranks matter. Their agreement with the pipeline's parameters is
 tested on real SHARP records (tests/test_gan_structure.py) and measured in docs/gan.md.
 
 Shapes: images ``(B, 1, S, S)`` float in [-1, 1]; latents ``(B, nz)``; proxies ``(B, K)``.
