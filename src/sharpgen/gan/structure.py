@@ -32,8 +32,9 @@ torch, batched) of the pipeline's definitions (:mod:`sharpgen.physics`, which th
 dilations are max-pools, R's Gaussian is a separable convolution; R is computed on a grid of
 block means (``gan.structure_r_grid: mean``) or, as JSOC does, of every second pixel
 (``point``). They are computed in patch units (pixels, store values in [-1, 1] times
-``clip_gauss``), on the real patches and the generated ones alike, so only their ranks matter. Their agreement with the pipeline's parameters is
-tested on real SHARP records (tests/test_gan_structure.py) and measured in docs/gan.md.
+``clip_gauss``), on the real patches and the generated ones alike, so only their ranks matter.
+Their agreement with the pipeline's parameters is tested on real SHARP records
+(tests/test_gan_structure.py) and measured in docs/gan.md.
 
 Shapes: images ``(B, 1, S, S)`` float in [-1, 1]; latents ``(B, nz)``; proxies ``(B, K)``.
 """
