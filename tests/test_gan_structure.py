@@ -202,6 +202,23 @@ def test_paper_architecture_with_the_structure_says_it_is_not_the_published_mode
     assert not any("published" in r.getMessage() for r in caplog.records)
 
 
+def test_a_run_that_ends_before_the_structure_starts_says_so(tmp_path, bipoles, caplog):
+    """A structure faded in from a step the run never reaches is never applied; the training
+    log says so rather than training the plain GAN silently."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="sharpgen"):
+        _train(tmp_path, bipoles, "late", structure=["tuf"], steps=2, checkpoint_every=2,
+               structure_start=2)
+    assert any("gan.structure_start 2 is not before gan.steps 2" in r.getMessage()
+               for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="sharpgen"):
+        _train(tmp_path, bipoles, "in_time", structure=["tuf"], steps=2, checkpoint_every=2,
+               structure_start=1)
+    assert not any("never applies" in r.getMessage() for r in caplog.records)
+
+
 def test_structure_resumes_exactly_and_keeps_the_default_hash(tmp_path, bipoles):
     from sharpgen.gan.train import GanConfig
 

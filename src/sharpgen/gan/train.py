@@ -351,6 +351,10 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
                     logger.warning("gan.arch paper with gan.structure %s: the paper's architecture "
                                    "plus the structure loss, not the published configuration "
                                    "(presets/paper.yaml sets gan.structure: [])", list(cfg.structure))
+                if cfg.structure_start >= cfg.steps:  # faded in later than the run is long
+                    logger.warning("gan.structure_start %d is not before gan.steps %d: the structure "
+                                   "loss never applies in this run (set gan.structure_start lower, "
+                                   "or gan.structure: [])", cfg.structure_start, cfg.steps)
         if cfg.spectral_weight > 0:  # the batch's mean power spectrum held to the training patches'
             spectral = SpectralLoss(patches, cfg.spectral_weight, device)
 
