@@ -440,3 +440,78 @@ def test_training_with_the_inversion_line_term_saves_it(tmp_path, bipoles):
                   steps=2, checkpoint_every=2)
     saved = torch.load(path, weights_only=False)["structure"]
     assert saved["pil_weight"] == 0.5 and 0.0 <= saved["r_free_share"] < 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# the grain term (gan.structure_grain_weight)
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("padding, noise", [("none", False), ("matched", True)])
+def test_generator_draws_the_same_field_with_another_grain(padding, noise):
+    """``G(z, grain_z=z2)`` is (2B, 1, S, S): the B images of z, then the same fields with the
+    white map of z2 -- the same images where z2 = z, other ones where the grain differs."""
+    from sharpgen.gan.model import build_generator
+
+    torch.manual_seed(0)
+    G = build_generator("stable", 32, 16, speckle="signed", speckle_floor="image", padding=padding,
+                        stable_noise=noise).eval()
+    z = torch.randn(5, 16, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        own, pair, same = G(z), G(z, grain_z=z.roll(1, 0)), G(z, grain_z=z)
+    assert pair.shape == (10, 1, 32, 32)
+    torch.testing.assert_close(pair[:5], own, rtol=0, atol=1e-6)
+    torch.testing.assert_close(same[5:], own, rtol=0, atol=1e-6)
+    moved = (pair[5:] - own).abs().amax(dim=(1, 2, 3))
+    assert bool((moved > 1e-3).all()), moved
+
+
+def test_grain_loss_is_half_the_squared_difference_of_the_two_draws(bipoles):
+    """grain_loss = scale * weight * mean(((p(a) - p(b)) / grain_sd)^2) / 2 over GRAIN_NAMES at
+    GRAIN_TAU_GAUSS (grain_sd: the training patches' sd at that width); 0 for the same images;
+    its gradient reaches both draws."""
+    from sharpgen.gan.structure import GRAIN_NAMES, GRAIN_TAU_GAUSS, grain_loss
+
+    s = fit_structure(bipoles, ("tuf", "r_value"), nz=8, weight=1.0, clip_gauss=CLIP, grain_weight=3.0)
+    x = torch.from_numpy(np.ascontiguousarray(bipoles, dtype=np.float32))[:, None]
+    sd = proxies(x, GRAIN_NAMES, CLIP, GRAIN_TAU_GAUSS).double().std(dim=0, unbiased=False)
+    np.testing.assert_allclose(s.grain_sd, sd.numpy(), rtol=1e-5)
+    assert s.as_dict()["grain_weight"] == 3.0 and fit_structure(
+        bipoles, ("tuf",), nz=8, weight=1.0, clip_gauss=CLIP).grain_sd is None
+    state = s.torch_state("cpu")
+    a = x[:8].clone().requires_grad_(True)
+    b = (x[8:16] * 0.9 + 0.05 * torch.randn(8, 1, *x.shape[2:], generator=torch.Generator().manual_seed(2))
+         ).requires_grad_(True)
+    assert float(grain_loss(a, a.detach(), s, state).detach()) == 0.0
+    pa, pb = (proxies(v, GRAIN_NAMES, CLIP, GRAIN_TAU_GAUSS) for v in (a, b))
+    want = 0.5 * 0.5 * 3.0 * float((((pa - pb) / state["grain_sd"]) ** 2).mean().detach())
+    got = grain_loss(a, b, s, state, scale=0.5)
+    assert float(got.detach()) == pytest.approx(want, rel=1e-5) and want > 0
+    got.backward()
+    assert float(a.grad.abs().max()) > 0 and float(b.grad.abs().max()) > 0
+
+
+def test_grain_term_trains_lazily_resumes_exactly_and_is_checked(tmp_path, bipoles):
+    """gan.structure_grain_weight moves the trajectory (first at step 0: lazy, every GRAIN_EVERY-th
+    step), resumes bit-exactly, is saved with the structure and enters the checkpoint hash only
+    when set; it needs the structure and a grain."""
+    from sharpgen.gan.train import GanConfig
+
+    def weights(path):
+        return torch.load(path, weights_only=False)["state_dict"]
+
+    on = {"steps": 6, "checkpoint_every": 3, "structure": ["tuf", "r_value"]}
+    plain = weights(_train(tmp_path, bipoles, "g0", **on))
+    path = _train(tmp_path, bipoles, "g4", **on, structure_grain_weight=4.0)
+    grain = weights(path)
+    assert not all(torch.equal(plain[k], grain[k]) for k in plain)
+    saved = torch.load(path, weights_only=False)["structure"]
+    assert saved["grain_weight"] == 4.0 and len(saved["grain_sd"]) == 1
+    _train(tmp_path, bipoles, "g4r", **on, structure_grain_weight=4.0, _max=3)  # stops, then resumes
+    resumed = weights(_train(tmp_path, bipoles, "g4r", **on, structure_grain_weight=4.0))
+    assert all(torch.equal(grain[k], resumed[k]) for k in grain)
+
+    assert "structure_grain_weight" not in GanConfig.from_dict({}).trajectory_dict()
+    assert GanConfig.from_dict({"structure_grain_weight": 2}).trajectory_dict()["structure_grain_weight"] == 2
+    for bad in ({"speckle": "none"}, {"structure": []}, {"arch": "paper"},
+                {"structure_grain_weight": -1.0}):
+        with pytest.raises(ValueError, match="structure_grain_weight"):
+            GanConfig.from_dict({"structure_grain_weight": 1.0, **bad})
