@@ -22,14 +22,15 @@ from sharpgen.gan.model import (  # noqa: F401
     StableGenerator,
     build_discriminator,
     build_generator,
+    d_loss_fn,
     diff_augment,
+    g_loss_fn,
     generate,
     latent_codes,
     latent_space,
     load_generator,
     minibatch_std,
 )
-from sharpgen.gan.steps import d_loss_fn, g_loss_fn  # noqa: F401
 from sharpgen.gan.train import (  # noqa: F401
     CSV_COLUMNS,
     FORMAT_VERSION,

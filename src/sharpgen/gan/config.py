@@ -61,7 +61,6 @@ class GanConfig:
     structure_tau_gauss: float        # width [G] of the proxies' soft 150 G threshold (sharpgen.gan.structure)
     structure_pil_weight: float       # weight of the inversion-line term (needs r_value; 0 = off)
     structure_r_grid: str             # R_VALUE proxy's sub-sampling: mean (block means) | point (JSOC's)
-    structure_grain_weight: float     # weight of the grain term (R's variance over the grain; 0 = off)
     spectral_weight: float            # weight of the spectral loss (sharpgen.gan.spectral; 0 = off)
     split: str                        # train | all
     seed: int
@@ -84,7 +83,7 @@ class GanConfig:
                    "speckle_floor": "none", "spectral_weight": 0.0,
                    "structure_start": 0, "structure_ramp": 0, "lr_decay_steps": 0,
                    "structure_tau_gauss": 20.0, "structure_pil_weight": 0.0,
-                   "structure_r_grid": "mean", "structure_grain_weight": 0.0}
+                   "structure_r_grid": "mean"}
     # generator options only the `stable` generator reads: left out of the hash of the other
     # architectures, so a change of their defaults never moves a `paper` or `mapping` checkpoint
     STABLE_ONLY = ("upsample", "noise", "refine", "output", "speckle", "padding", "speckle_kernel",
@@ -139,14 +138,8 @@ class GanConfig:
         if float(self.structure_pil_weight) > 0 and "r_value" not in self.structure:
             raise ValueError(f"gan.structure_pil_weight {self.structure_pil_weight} needs r_value in "
                              f"gan.structure, got {list(self.structure)}")
-        if float(self.structure_grain_weight) > 0 and (self.arch != "stable" or self.speckle == "none"
-                                                       or not self.structure):
-            raise ValueError(f"gan.structure_grain_weight {self.structure_grain_weight} needs a grain "
-                             f"and the structure loss (gan.arch stable, a gan.speckle, a gan.structure), "
-                             f"got arch {self.arch!r}, speckle {self.speckle!r}, structure "
-                             f"{list(self.structure)}")
         for k in ("mapping_lr_mult", "r1_gamma", "pl_weight", "structure_weight", "spectral_weight",
-                  "structure_pil_weight", "structure_grain_weight"):
+                  "structure_pil_weight"):
             if not float(getattr(self, k)) >= 0.0:
                 raise ValueError(f"gan.{k} must be >= 0, got {getattr(self, k)}")
 
@@ -184,7 +177,6 @@ class GanConfig:
             d.pop("structure_tau_gauss", None)
             d.pop("structure_pil_weight", None)
             d.pop("structure_r_grid", None)
-            d.pop("structure_grain_weight", None)
         if not self.lr_decay_steps:  # constant learning rates: where the decay would start is moot
             d.pop("lr_decay_start")
         if self.speckle == "none":  # a floor of no grain: the generator has none (StableGenerator)

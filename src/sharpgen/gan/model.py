@@ -293,16 +293,12 @@ class StableGenerator(nn.Module):
         with the fixed projection drawn from :data:`SPECKLE_SEED`)."""
         return projected_noise(z, self.speckle_proj, self.size)
 
-    def _last(self, x: torch.Tensor, z: torch.Tensor, grain_z: torch.Tensor | None = None) -> torch.Tensor:
+    def _last(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The last upsampling layer; with ``speckle`` its two maps combined into one field."""
         y = self._up(self.up3, x)
         if self.speckle == "none":
             return y
-        if grain_z is not None:  # the same field twice (2B): with z's grain, then with grain_z's
-            y, z, white = torch.cat([y, y]), torch.cat([z, z]), self.speckle_map(torch.cat([z, grain_z]))
-        else:
-            white = self.speckle_map(z)
-        white = white.to(y.dtype)
+        white = self.speckle_map(z).to(y.dtype)
         if self.speckle == "intermittent":  # heavy-tailed per pixel, then as signed
             white = heavy_tail(white, SPECKLE_TAIL_MAX * torch.sigmoid(y[:, 2:3]))
         grain = self.speckle_filter(white)
@@ -328,13 +324,11 @@ class StableGenerator(nn.Module):
             return (CLIPPED_GAIN * torch.tanh(x)).clamp(-1.0, 1.0)
         return torch.tanh(x)
 
-    def forward(self, z: torch.Tensor, grain_z: torch.Tensor | None = None) -> torch.Tensor:
-        """z (B, nz) -> (B, 1, S, S); with ``grain_z`` (B, nz), (2B, 1, S, S): the B images, then the
-        same with the grain's white map of ``grain_z`` (a speckle; ``gan.structure_grain_weight``)."""
-        x, z = self._field(z, grain_z), z if grain_z is None else torch.cat([z, z])
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self._field(z)
         return x if self.padding == "none" else x * self.window_mask(z).to(x.dtype)
 
-    def _field(self, z: torch.Tensor, grain_z: torch.Tensor | None = None) -> torch.Tensor:
+    def _field(self, z: torch.Tensor) -> torch.Tensor:
         x = F.leaky_relu(self.fc(z), 0.2).view(-1, 64, self.s0, self.s0)
         if self.refine:
             x = F.leaky_relu(self.refine0(x), 0.2)
@@ -343,11 +337,10 @@ class StableGenerator(nn.Module):
             x = F.leaky_relu(self.refine1(x), 0.2)
         x = F.leaky_relu(self._up(self.up2, x), 0.2)
         if not self.noise:
-            return self._out(self._last(x, z, grain_z))
+            return self._out(self._last(x, z))
         fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
         x = torch.cat([x, self.noise_map(z, x.shape[-1]).to(x.dtype)], dim=1).contiguous(memory_format=fmt)
-        zz = z if grain_z is None else torch.cat([z, z])
-        out = self._last(x, z, grain_z) + self.noise_filter(self.noise_map(zz, self.size).to(x.dtype))
+        out = self._last(x, z) + self.noise_filter(self.noise_map(z, self.size).to(x.dtype))
         return self._out(out)
 
 
@@ -520,6 +513,22 @@ def latent_space(G: nn.Module) -> str:
     """``"w"`` for a generator with a mapping network (directions work in whitened W), else
     ``"z"``."""
     return getattr(G, "latent_space", "z")
+
+
+def d_loss_fn(arch: str, real_logit: torch.Tensor, fake_logit: torch.Tensor) -> torch.Tensor:
+    real_logit, fake_logit = real_logit.float(), fake_logit.float()
+    if arch in STABLE_RECIPE:  # hinge
+        return F.relu(1.0 - real_logit).mean() + F.relu(1.0 + fake_logit).mean()
+    return (F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit))
+            + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit)))
+
+
+def g_loss_fn(arch: str, fake_logit: torch.Tensor) -> torch.Tensor:
+    fake_logit = fake_logit.float()
+    if arch in STABLE_RECIPE:
+        return -fake_logit.mean()
+    # non-saturating: maximise log D(G(z))
+    return F.binary_cross_entropy_with_logits(fake_logit, torch.ones_like(fake_logit))
 
 
 def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:

@@ -10,29 +10,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from sharpgen import distributed
 from sharpgen.distributed import SINGLE, Dist
-
-from sharpgen.gan.model import STABLE_RECIPE, PaperDiscriminator, build_generator
-
-def d_loss_fn(arch: str, real_logit: torch.Tensor, fake_logit: torch.Tensor) -> torch.Tensor:
-    real_logit, fake_logit = real_logit.float(), fake_logit.float()
-    if arch in STABLE_RECIPE:  # hinge
-        return F.relu(1.0 - real_logit).mean() + F.relu(1.0 + fake_logit).mean()
-    return (F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit))
-            + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit)))
-
-
-def g_loss_fn(arch: str, fake_logit: torch.Tensor) -> torch.Tensor:
-    fake_logit = fake_logit.float()
-    if arch in STABLE_RECIPE:
-        return -fake_logit.mean()
-    # non-saturating: maximise log D(G(z))
-    return F.binary_cross_entropy_with_logits(fake_logit, torch.ones_like(fake_logit))
-
+from sharpgen.gan.model import STABLE_RECIPE, PaperDiscriminator, build_generator, d_loss_fn, g_loss_fn
 
 def _update(loss: torch.Tensor, net: nn.Module, opt: torch.optim.Optimizer | None,
             dist: Dist) -> None:
@@ -54,18 +36,14 @@ def train_step(G: nn.Module, D: nn.Module, real: torch.Tensor, z: torch.Tensor, 
     ``real`` (B, 1, S, S), ``z`` (B, nz). D's weights are frozen during the generator step (no
     wasted weight gradients). Data-parallel (``dist``): the gradients are averaged over the
     processes before each optimiser step. ``g_extra(fake, z)`` (optional): a scalar loss added
-    to the generator's (the latent structure, :mod:`sharpgen.gan.structure`); when it has
-    ``regrain`` set (the grain term), G draws each image a second time from the same field with
-    the next latent's grain, ``G(z, grain_z=z.roll(1, 0))``, and the call is
-    ``g_extra(fake, z, regrained)``. Returns (d_loss, g_loss, real_logit, fake_logit), not
-    detached (this process's shard); g_loss includes ``g_extra``.
+    to the generator's (the latent structure, :mod:`sharpgen.gan.structure`). Returns (d_loss,
+    g_loss, real_logit, fake_logit), not detached (this process's shard); g_loss includes
+    ``g_extra``.
     """
     aug = aug or (lambda x: x)
     autocast = autocast or torch.autocast("cpu", enabled=False)
-    regrain = getattr(g_extra, "regrain", False)
     with autocast:
-        fake = G(z, grain_z=z.roll(1, 0)) if regrain else G(z)
-        fake, regrained = fake.chunk(2) if regrain else (fake, None)
+        fake = G(z)
         real_logit = D(aug(real))
         fake_logit = D(aug(fake.detach()))
         d_loss = d_loss_fn(arch, real_logit, fake_logit)
@@ -75,7 +53,7 @@ def train_step(G: nn.Module, D: nn.Module, real: torch.Tensor, z: torch.Tensor, 
         with autocast:
             g_loss = g_loss_fn(arch, D(aug(fake)))
             if g_extra is not None:
-                g_loss = g_loss + (g_extra(fake, z, regrained) if regrain else g_extra(fake, z))
+                g_loss = g_loss + g_extra(fake, z)
         _update(g_loss, G, opt_g, dist)
     finally:
         D.requires_grad_(True)

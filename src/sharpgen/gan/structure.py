@@ -26,17 +26,6 @@ function of one fixed latent axis:
   ``pil_weight * mean_b BCE(P(G(z)), Phi(u_R) > r_free_share)``, ``P`` the soft presence
   (:func:`pil_log_presence`, width ``PIL_TAU_GAUSS``).
 
-* **grain term** (``gan.structure_grain_weight`` > 0, a generator with ``speckle``): the grain's
-  white map is a fixed projection of z, so R, which counts pixels near 150 G crossings, moves
-  with the grain at a fixed field: 9-13 % of R's variance that no latent direction reaches
-  (docs/gan.md, "Where the non-linear part lives"), which caps R's linear R^2 and so the
-  boundary cosines' agreement with the correlations. The term is
-  ``grain_weight * mean_k mean_b ((p_k(G(z)) - p_k(G(z | grain of z'))) / sd_k)^2 / 2`` over
-  :data:`GRAIN_NAMES`, ``z'`` the next latent of the batch (an independent white map), the
-  proxies' threshold :data:`GRAIN_TAU_GAUSS` wide: half the squared difference of two draws
-  estimates the grain's variance. Lazy: applied every :data:`GRAIN_EVERY`-th step at that
-  factor times the weight (the second draw costs ~20 % of a step).
-
 The parameters are measured on the generator output by differentiable **proxies** (:func:`proxies`,
 torch, batched) of the pipeline's definitions (:mod:`sharpgen.physics`, which thresholds at
 150 G and is not differentiable): the 150 G masks are sigmoids of width ``tau`` (20 G), the
@@ -72,16 +61,6 @@ R_GRIDS = ("mean", "point")
 #: r_paper proxy: side of the square dilating each polarity mask (as sharpgen.physics) [px]
 R_PAPER_SIDE = 7
 _EPS = 1e-6
-#: the parameters of the grain term (``gan.structure_grain_weight``): R_VALUE, whose grain share
-#: is 0.11-0.13 of its variance (r_paper's 0.09-0.18 comes from the same inversion-line pixels;
-#: its 7x7 dilation would double the term's cost); the fluxes' and psep's is below 0.01
-GRAIN_NAMES = ("r_value",)
-#: the grain term is applied every this many optimiser steps, at this factor times its weight
-GRAIN_EVERY = 4
-#: width [G] of the grain term's soft 150 G threshold: at the structure's 20 G the R_VALUE proxy
-#: barely sees the grain (1.4 % of its variance over 512 latents of a trained generator; 3.7 % at
-#: 10 G, 5.2 % at 5 G; docs/gan.md, "A grain term")
-GRAIN_TAU_GAUSS = 5.0
 
 
 def _soft_masks(x: torch.Tensor, clip_gauss: float, tau_gauss: float = TAU_GAUSS
@@ -265,9 +244,7 @@ class LatentStructure:
     ``correlation`` (K, K): of the normal scores (``axes axes^T``); ``weight``; ``clip_gauss``;
     ``tau_gauss``: the proxies' soft-threshold width [G]; ``r_free_share``: the share of the
     training patches with no inversion line (R = 0; NaN without r_value); ``pil_weight``: the
-    inversion-line term's weight (0 = off); ``r_grid``: the R_VALUE proxy's sub-sampling;
-    ``grain_weight``: the grain term's weight (0 = off); ``grain_sd`` (len(GRAIN_NAMES),): the
-    real standard deviations of :data:`GRAIN_NAMES`' proxies (at :data:`GRAIN_TAU_GAUSS`).
+    inversion-line term's weight (0 = off); ``r_grid``: the R_VALUE proxy's sub-sampling.
     """
 
     names: tuple[str, ...]
@@ -281,8 +258,6 @@ class LatentStructure:
     r_free_share: float = float("nan")
     pil_weight: float = 0.0
     r_grid: str = "mean"
-    grain_weight: float = 0.0
-    grain_sd: np.ndarray | None = None
 
     def as_dict(self) -> dict:
         return {"names": list(self.names), "axes": self.axes.tolist(),
@@ -290,16 +265,12 @@ class LatentStructure:
                 "correlation": self.correlation.tolist(), "weight": self.weight,
                 "clip_gauss": self.clip_gauss, "tau_gauss": self.tau_gauss,
                 "r_free_share": self.r_free_share, "pil_weight": self.pil_weight,
-                "r_grid": self.r_grid, "grain_weight": self.grain_weight,
-                "grain_sd": None if self.grain_sd is None else np.asarray(self.grain_sd).tolist()}
+                "r_grid": self.r_grid}
 
     def torch_state(self, device) -> dict:
         """The tensors of the loss on ``device`` (float32)."""
         t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)  # noqa: E731
-        state = {"axes": t(self.axes), "quantiles": t(self.quantiles), "sd": t(self.sd)}
-        if self.grain_sd is not None:
-            state["grain_sd"] = t(self.grain_sd)
-        return state
+        return {"axes": t(self.axes), "quantiles": t(self.quantiles), "sd": t(self.sd)}
 
 
 #: quantiles kept per parameter (the interpolation grid of the targets)
@@ -308,8 +279,7 @@ N_QUANTILES = 256
 
 def fit_structure(patches: np.ndarray, names, nz: int, weight: float, clip_gauss: float,
                   batch: int = 256, tau_gauss: float = TAU_GAUSS,
-                  pil_weight: float = 0.0, r_grid: str = "mean",
-                  grain_weight: float = 0.0) -> LatentStructure:
+                  pil_weight: float = 0.0, r_grid: str = "mean") -> LatentStructure:
     """The latent structure of :mod:`sharpgen.gan.structure` from the training ``patches``
     (N, S, S) in [-1, 1]. Deterministic (no randomness). Raises ValueError for unknown names,
     more names than ``nz``, a degenerate parameter (constant over the patches), an unknown
@@ -321,20 +291,14 @@ def fit_structure(patches: np.ndarray, names, nz: int, weight: float, clip_gauss
         raise ValueError(f"gan.structure_pil_weight {pil_weight:g} needs r_value in gan.structure "
                          f"(its label is R's latent axis), got {list(names)}")
     with_r = "r_value" in names  # the share of R = 0 is only needed (and saved) with R
-    vals, has_pil, grain_vals = [], [], []
+    vals, has_pil = [], []
     with torch.no_grad():
         for i in range(0, patches.shape[0], batch):
             x = torch.from_numpy(np.ascontiguousarray(patches[i:i + batch], dtype=np.float32))[:, None]
             vals.append(proxies(x, names, clip_gauss, tau_gauss, r_grid).double().numpy())
             if with_r:
                 has_pil.append(has_inversion_line(x, clip_gauss).numpy())
-            if grain_weight > 0:
-                grain_vals.append(proxies(x, GRAIN_NAMES, clip_gauss, GRAIN_TAU_GAUSS, r_grid).double().numpy())
     vals = np.concatenate(vals)
-    grain_sd = np.concatenate(grain_vals).std(axis=0) if grain_weight > 0 else None
-    if grain_sd is not None and not np.all(grain_sd > 0):
-        raise ValueError(f"gan.structure_grain_weight: {list(GRAIN_NAMES)} constant over the "
-                         f"{patches.shape[0]} training patches (sd {grain_sd.tolist()})")
     sd = vals.std(axis=0)
     if not np.all(np.isfinite(vals)) or np.any(sd <= 0):
         bad = [n for n, s in zip(names, sd) if not s > 0]
@@ -354,8 +318,7 @@ def fit_structure(patches: np.ndarray, names, nz: int, weight: float, clip_gauss
     quantiles = np.quantile(vals, probs, axis=0).T  # (K, Q)
     r_free = float(1.0 - np.concatenate(has_pil).mean()) if with_r else float("nan")
     return LatentStructure(names, axes, quantiles, sd, corr, float(weight), float(clip_gauss),
-                           float(tau_gauss), r_free, float(pil_weight), str(r_grid),
-                           float(grain_weight), grain_sd)
+                           float(tau_gauss), r_free, float(pil_weight), str(r_grid))
 
 
 def targets(z: torch.Tensor, state: dict) -> torch.Tensor:
@@ -386,19 +349,6 @@ def structure_loss(images: torch.Tensor, z: torch.Tensor, structure: LatentStruc
         bce = pil_bce(images, has_pil, structure.clip_gauss)
         loss = loss + (scale * structure.pil_weight) * bce.mean()
     return loss
-
-
-def grain_loss(images: torch.Tensor, regrained: torch.Tensor, structure: LatentStructure,
-               state: dict, scale: float = 1.0) -> torch.Tensor:
-    """``scale * grain_weight * mean(((p(images) - p(regrained)) / grain_sd)^2) / 2`` over
-    :data:`GRAIN_NAMES`: ``images`` (B, 1, S, S) generated from latents z, ``regrained``
-    (B, 1, S, S) from the same z with another grain (:meth:`StableGenerator.forward`'s
-    ``grain_z``); a scalar tensor (0-d). Half the squared difference of two independent draws
-    is an unbiased estimate of the grain's variance of each proxy."""
-    both = proxies(torch.cat([images, regrained]), GRAIN_NAMES, structure.clip_gauss,
-                   GRAIN_TAU_GAUSS, structure.r_grid)
-    a, b = both.chunk(2)
-    return (0.5 * scale * structure.grain_weight) * ((a - b) / state["grain_sd"]).square().mean()
 
 
 def fade_in(step: int, start: int, ramp: int) -> float:

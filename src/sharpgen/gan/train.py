@@ -39,8 +39,7 @@ from sharpgen.gan.steps import (  # noqa: F401  (re-exported: tests, benchmarks)
 from sharpgen.gan.augment import diff_augment
 from sharpgen.gan.config import GanConfig
 from sharpgen.gan.layers import crop_extents, extent_quantiles
-from sharpgen.gan.structure import (GRAIN_EVERY, LatentStructure, describe, fade_in, fit_structure,
-                                    grain_loss, structure_loss)
+from sharpgen.gan.structure import LatentStructure, describe, fade_in, fit_structure, structure_loss
 from sharpgen.gan.spectral import SpectralLoss, add_losses
 from sharpgen.gan.model import (  # noqa: F401
     ARCHITECTURES,
@@ -49,6 +48,8 @@ from sharpgen.gan.model import (  # noqa: F401
     MEMORY_FORMAT,
     build_discriminator,
     build_generator,
+    d_loss_fn,
+    g_loss_fn,
     generate,
     load_generator,
     PaperDiscriminator,
@@ -342,8 +343,7 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
             structure = fit_structure(patches, cfg.structure, cfg.nz, cfg.structure_weight,
                                       clip_gauss, tau_gauss=cfg.structure_tau_gauss,
                                       pil_weight=cfg.structure_pil_weight,
-                                      r_grid=cfg.structure_r_grid,
-                                      grain_weight=cfg.structure_grain_weight)
+                                      r_grid=cfg.structure_r_grid)
             structure_state = structure.torch_state(device)
             if main:
                 logger.info(describe(structure))
@@ -360,19 +360,11 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
 
         def g_extra_at(step: int):
             """G's extra loss at optimiser step ``step`` (None: none): the structure term, its
-            weight faded in (gan.structure_start / structure_ramp), plus the spectral term, plus
-            the grain term every GRAIN_EVERY-th step (its function then has ``regrain`` set)."""
+            weight faded in (gan.structure_start / structure_ramp), plus the spectral term."""
             scale = fade_in(step, cfg.structure_start, cfg.structure_ramp) if cfg.structure else 0.0
             term = (partial(structure_loss, structure=structure, state=structure_state, scale=scale)
                     if scale > 0 else None)
-            extra = add_losses(term, spectral)
-            if scale > 0 and cfg.structure_grain_weight > 0 and step % GRAIN_EVERY == 0:
-                def with_grain(fake, z, regrained):  # train_step regrains (steps.py); lazy
-                    g = grain_loss(fake, regrained, structure, structure_state, scale * GRAIN_EVERY)
-                    return g if extra is None else extra(fake, z) + g
-                with_grain.regrain = True
-                return with_grain
-            return extra
+            return add_losses(term, spectral)
         aug = (partial(diff_augment, gen=run.gen, translation=cfg.augment_translation,
                        cutout=cfg.augment_cutout, rows=rows, batch=bs,
                        fill=cfg.augment_translation_fill)
