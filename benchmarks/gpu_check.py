@@ -182,7 +182,7 @@ def pixel_w1(a: np.ndarray, b: np.ndarray, q: int = 1001) -> float:
 def gan_config(arch: str, plan: Plan, device: torch.device, **over) -> gan.GanConfig:
     d = dict(arch=arch, steps=plan.steps, batch_size=plan.batch, device=device.type, seed=0,
              log_every=max(1, plan.steps // 6), sample_every=10**9, checkpoint_every=10**9,
-             keep_checkpoints=2)
+             keep_checkpoints=2, lr_decay_steps=0)  # constant rates: a throughput check at any --steps
     if arch == "paper":  # as presets/paper.yaml runs it: no structure term (config.yaml's default)
         d["structure"] = []
     d.update(over)

@@ -284,36 +284,44 @@ def test_resume_matches_uninterrupted_run(tmp_path, tiny_patches):
 def test_lr_decay_schedule_trajectory_resume_and_hash(tmp_path, tiny_patches):
     """gan.lr_decay_*: the factor is 1 before the start, then falls linearly to 0; a decay that
     starts after the last step leaves the trajectory bit-identical to constant rates; one that
-    reaches 0 at step 3 freezes G from there (paper: generator.pt is G itself) and resumes
-    exactly; the keys move the checkpoint hash only when the decay is on."""
-    cfg = GanConfig.from_dict({"lr_decay_start": 2, "lr_decay_steps": 4})
+    reaches 0 at the last step leaves that step a no-op (paper: generator.pt is G itself) and
+    resumes exactly; the keys move the checkpoint hash only when the decay is on; a decay that
+    ends before gan.steps (rates 0 for the rest) is refused."""
+    cfg = GanConfig.from_dict({"lr_decay_start": 2, "lr_decay_steps": 4, "steps": 6})
     assert [cfg.lr_scale(s) for s in (0, 1, 2, 3, 5, 6, 99)] == [1, 1, 0.75, 0.5, 0, 0, 0]
-    assert GanConfig.from_dict({}).lr_scale(10**6) == 1.0
-    const, _ = _train(tmp_path, tiny_patches, "const", arch="paper")
+    assert GanConfig.from_dict({"lr_decay_steps": 0}).lr_scale(10**6) == 1.0
+    default = GanConfig.from_dict({})  # the default since 2026-12-05: the second half decays to 0
+    assert (default.lr_scale(default.steps // 2 - 1), default.lr_scale(default.steps - 1)) == (1.0, 0.0)
+    const, _ = _train(tmp_path, tiny_patches, "const", arch="paper", lr_decay_steps=0)
     late, _ = _train(tmp_path, tiny_patches, "late", arch="paper", lr_decay_start=6, lr_decay_steps=5)
     assert _same_weights(const / "generator.pt", late / "generator.pt")
-    frozen = dict(arch="paper", lr_decay_start=3, lr_decay_steps=1)  # rate 0 from the 4th step
-    three, _ = _train(tmp_path, tiny_patches, "three", arch="paper", steps=3)
-    six, _ = _train(tmp_path, tiny_patches, "six", **frozen)
-    assert _same_weights(three / "generator.pt", six / "generator.pt")
-    assert not _same_weights(const / "generator.pt", six / "generator.pt")
-    mid = dict(arch="stable", lr_decay_start=2, lr_decay_steps=3)
+    three, _ = _train(tmp_path, tiny_patches, "three", arch="paper", steps=3, lr_decay_steps=0)
+    four, _ = _train(tmp_path, tiny_patches, "four", arch="paper", steps=4, lr_decay_start=3,
+                     lr_decay_steps=1)  # rate 0 at the 4th (last) step
+    assert _same_weights(three / "generator.pt", four / "generator.pt")
+    assert not _same_weights(const / "generator.pt", four / "generator.pt")
+    mid = dict(arch="stable", lr_decay_start=2, lr_decay_steps=4)
     straight, _ = _train(tmp_path, tiny_patches, "mid", **mid)
     _train(tmp_path, tiny_patches, "mid_r", **mid, _max=4)  # stops inside the decay, then resumes
     resumed, _ = _train(tmp_path, tiny_patches, "mid_r", **mid)
     assert _same_weights(straight / "generator.pt", resumed / "generator.pt")
-    plain = GanConfig.from_dict({}).trajectory_dict()
+    plain = GanConfig.from_dict({"lr_decay_steps": 0}).trajectory_dict()
     assert "lr_decay_start" not in plain and "lr_decay_steps" not in plain
-    assert GanConfig.from_dict({"lr_decay_start": 9}).trajectory_dict() == plain
-    on = GanConfig.from_dict({"lr_decay_start": 9, "lr_decay_steps": 3}).trajectory_dict()
+    assert GanConfig.from_dict({"lr_decay_start": 9, "lr_decay_steps": 0}).trajectory_dict() == plain
+    on = GanConfig.from_dict({"lr_decay_start": 9, "lr_decay_steps": 3, "steps": 12}).trajectory_dict()
     assert (on["lr_decay_start"], on["lr_decay_steps"]) == (9, 3)
+    assert GanConfig.from_dict({}).trajectory_dict()["lr_decay_steps"] == 2400
     with pytest.raises(ValueError, match="lr_decay_steps"):
         GanConfig.from_dict({"lr_decay_steps": -1})
+    with pytest.raises(ValueError, match=r"= 4800 ends before gan.steps = 9600: .* 0 for the last 4800 steps"):
+        GanConfig.from_dict({"steps": 9600})  # the default's decay, steps raised alone
+    with pytest.raises(ValueError, match="ends before gan.steps = 6"):
+        GanConfig.from_dict({"steps": 6, "lr_decay_start": 3, "lr_decay_steps": 1})
 
 
 def test_sigkill_mid_run_resumes_and_finishes(tmp_path, tiny_patches):
     np.save(tmp_path / "p.npy", tiny_patches)
-    cfg = {**TINY, "steps": 100000, "checkpoint_every": 2, "arch": "paper"}
+    cfg = {**TINY, "steps": 100000, "checkpoint_every": 2, "arch": "paper", "lr_decay_steps": 0}
     script = textwrap.dedent(f"""
         import numpy as np, torch
         from sharpgen import gan

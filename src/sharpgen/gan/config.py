@@ -72,7 +72,8 @@ class GanConfig:
     devices: int                      # data-parallel processes (one per GPU; torchrun)
 
     # keys that do not change the training trajectory (left out of the checkpoint hash, so
-    # raising `steps` or changing the logging cadence resumes from existing checkpoints; N
+    # raising `steps` (with constant rates: a decay must end by `steps`, :meth:`check`) or
+    # changing the logging cadence resumes from existing checkpoints; N
     # processes follow the one-process trajectory, so `devices` may change between resumes)
     NON_TRAJECTORY = ("steps", "device", "log_every", "sample_every", "checkpoint_every",
                       "keep_checkpoints", "devices")
@@ -128,6 +129,12 @@ class GanConfig:
         for k in ("structure_start", "structure_ramp", "lr_decay_start", "lr_decay_steps"):
             if int(getattr(self, k)) < 0:
                 raise ValueError(f"gan.{k} must be >= 0, got {getattr(self, k)}")
+        if self.lr_decay_steps and self.lr_decay_start + self.lr_decay_steps < self.steps:
+            raise ValueError(
+                f"gan.lr_decay_start + gan.lr_decay_steps = {self.lr_decay_start + self.lr_decay_steps} "
+                f"ends before gan.steps = {self.steps}: both learning rates would be 0 for the last "
+                f"{self.steps - self.lr_decay_start - self.lr_decay_steps} steps; move the decay with "
+                f"the steps (or gan.lr_decay_steps: 0 for constant rates)")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"gan.ema_decay must be in [0, 1), got {self.ema_decay}")
         if len(self.mapping_channels) != 4 or min(self.mapping_channels) < 1:
