@@ -129,12 +129,12 @@ class GanConfig:
         for k in ("structure_start", "structure_ramp", "lr_decay_start", "lr_decay_steps"):
             if int(getattr(self, k)) < 0:
                 raise ValueError(f"gan.{k} must be >= 0, got {getattr(self, k)}")
-        if self.lr_decay_steps and self.lr_decay_start + self.lr_decay_steps < self.steps:
+        decay_end = self.lr_decay_start + self.lr_decay_steps
+        if self.lr_decay_steps and decay_end < self.steps:
             raise ValueError(
-                f"gan.lr_decay_start + gan.lr_decay_steps = {self.lr_decay_start + self.lr_decay_steps} "
-                f"ends before gan.steps = {self.steps}: both learning rates would be 0 for the last "
-                f"{self.steps - self.lr_decay_start - self.lr_decay_steps} steps; move the decay with "
-                f"the steps (or gan.lr_decay_steps: 0 for constant rates)")
+                f"gan.lr_decay_start + gan.lr_decay_steps = {decay_end} ends before gan.steps = "
+                f"{self.steps}: both learning rates would be 0 for the last {self.steps - decay_end} "
+                f"steps; move the decay with the steps (or gan.lr_decay_steps: 0 for constant rates)")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"gan.ema_decay must be in [0, 1), got {self.ema_decay}")
         if len(self.mapping_channels) != 4 or min(self.mapping_channels) < 1:
