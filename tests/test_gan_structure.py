@@ -122,13 +122,14 @@ def _train(tmp, patches, tag, **over):
     from sharpgen.gan.train import GanConfig, train_gan
 
     max_steps = over.pop("_max", None)
+    pixel_scale = over.pop("_scale", None)
     cfg = GanConfig.from_dict({"arch": "stable", "steps": 40, "batch_size": 8, "log_every": 10,
                                "sample_every": 40, "checkpoint_every": 20, "device": "cpu",
                                "seed": 3, **over})
     out = tmp / tag
     train_gan(patches, cfg, checkpoint_root=out / "ckpt", generator_path=out / "generator.pt",
               log_csv=out / "log.csv", data_id="t", threads=1, progress=False,
-              max_steps_this_run=max_steps)
+              max_steps_this_run=max_steps, pixel_scale=pixel_scale)
     return out / "generator.pt"
 
 
@@ -440,3 +441,53 @@ def test_training_with_the_inversion_line_term_saves_it(tmp_path, bipoles):
                   steps=2, checkpoint_every=2)
     saved = torch.load(path, weights_only=False)["structure"]
     assert saved["pil_weight"] == 0.5 and 0.0 <= saved["r_free_share"] < 1.0
+
+
+def test_axes_take_the_pipeline_parameters_correlation(real_windows, bipoles, tmp_path):
+    """``gan.structure_correlation: parameters``: the axes' correlation is that of the normal
+    scores (ties averaged) of the pipeline's own parameters of the patches, measured at the
+    nominal pixel scale as generated images are; the targets (the proxies' quantiles) are
+    unchanged. With weak-field copies of real SHARP windows R = 0 ties a share of them, so R's
+    correlation with the flux is lower than the soft proxies' (which have no ties). Saved with the generator; kept out of
+    the hash at ``proxies``; needs the scale; unknown sources are refused."""
+    from sharpgen.gan.train import GanConfig
+    from sharpgen.physics import PixelScale
+
+    x, scale = real_windows
+    x = np.concatenate([x, 0.12 * x[::3]])  # weak copies (|Br| <= 120 G): no R, as in plage-only crops
+    nominal = PixelScale(size_mm=float(np.median(scale.size_mm)), area_cm2=float(np.median(scale.area_cm2)),
+                         size_arcsec=float(np.median(scale.size_arcsec)))
+    names = ("tuf", "psep", "r_value")
+    sp = fit_structure(x, names, nz=8, weight=1.0, clip_gauss=CLIP, correlation="parameters",
+                       pixel_scale=nominal)
+    sx = fit_structure(x, names, nz=8, weight=1.0, clip_gauss=CLIP)
+    hard = compute_parameters(x.astype(np.float64) * CLIP, nominal)[list(names)].to_numpy()
+    assert np.mean(hard[:, 2] == 0) >= 0.2  # no inversion line: tied at R = 0
+    assert np.isnan(hard[:, 1]).sum() >= 5  # psep: no 150 G polarity; each pair over its finite rows
+    for i in range(3):
+        for j in range(3):
+            ok = np.isfinite(hard[:, i]) & np.isfinite(hard[:, j])
+            ns = [stats.norm.ppf((stats.rankdata(hard[ok, k]) - 0.5) / ok.sum()) for k in (i, j)]
+            assert sp.correlation[i, j] == pytest.approx(np.corrcoef(ns)[0, 1], abs=1e-12)
+    np.testing.assert_allclose(sp.axes @ sp.axes.T, sp.correlation, atol=1e-10)
+    np.testing.assert_array_equal(sp.quantiles, sx.quantiles)
+    np.testing.assert_array_equal(sp.sd, sx.sd)
+    assert sp.correlation[0, 2] < sx.correlation[0, 2] - 0.02, (sp.correlation, sx.correlation)
+    assert sp.correlation_source == "parameters" and sx.correlation_source == "proxies"
+    with pytest.raises(ValueError, match="pixel scale"):
+        fit_structure(x, names, nz=8, weight=1.0, clip_gauss=CLIP, correlation="parameters")
+    with pytest.raises(ValueError, match="structure_correlation"):
+        fit_structure(x, names, nz=8, weight=1.0, clip_gauss=CLIP, correlation="spearman")
+    assert "structure_correlation" not in GanConfig.from_dict({}).trajectory_dict()
+    assert GanConfig.from_dict({"structure_correlation": "parameters"}).trajectory_dict()[
+        "structure_correlation"] == "parameters"
+    with pytest.raises(ValueError, match="structure_correlation"):
+        GanConfig.from_dict({"structure_correlation": "spearman"})
+    # training uses and saves it
+    g = _train(tmp_path, bipoles, "c", structure=["tuf", "r_value"], structure_correlation="parameters",
+               _scale=nominal, steps=2, checkpoint_every=2)
+    saved = torch.load(g, weights_only=False)["structure"]
+    want = fit_structure(bipoles, ("tuf", "r_value"), nz=100, weight=1.0, clip_gauss=CLIP,
+                         correlation="parameters", pixel_scale=nominal)
+    assert saved["correlation_source"] == "parameters"
+    np.testing.assert_allclose(np.asarray(saved["correlation"]), want.correlation)

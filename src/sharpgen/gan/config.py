@@ -18,7 +18,7 @@ from sharpgen.gan.model import (
     SPECKLES,
     UPSAMPLING,
 )
-from sharpgen.gan.structure import R_GRIDS, check_names, fade_in
+from sharpgen.gan.structure import CORRELATION_SOURCES, R_GRIDS, check_names, fade_in
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class GanConfig:
     structure_tau_gauss: float        # width [G] of the proxies' soft 150 G threshold (sharpgen.gan.structure)
     structure_pil_weight: float       # weight of the inversion-line term (needs r_value; 0 = off)
     structure_r_grid: str             # R_VALUE proxy's sub-sampling: mean (block means) | point (JSOC's)
+    structure_correlation: str        # the axes' correlation: of the proxies | of the pipeline's parameters
     spectral_weight: float            # weight of the spectral loss (sharpgen.gan.spectral; 0 = off)
     split: str                        # train | all
     seed: int
@@ -84,7 +85,7 @@ class GanConfig:
                    "speckle_floor": "none", "spectral_weight": 0.0,
                    "structure_start": 0, "structure_ramp": 0, "lr_decay_steps": 0,
                    "structure_tau_gauss": 20.0, "structure_pil_weight": 0.0,
-                   "structure_r_grid": "mean"}
+                   "structure_r_grid": "mean", "structure_correlation": "proxies"}
     # generator options only the `stable` generator reads: left out of the hash of the other
     # architectures, so a change of their defaults never moves a `paper` or `mapping` checkpoint
     STABLE_ONLY = ("upsample", "noise", "refine", "output", "speckle", "padding", "speckle_kernel",
@@ -113,7 +114,8 @@ class GanConfig:
                            ("speckle", SPECKLES), ("padding", PADDINGS),
                            ("speckle_kernel", SPECKLE_KERNELS), ("speckle_floor", SPECKLE_FLOORS),
                            ("augment_translation_fill", TRANSLATION_FILLS),
-                           ("structure_r_grid", R_GRIDS)):
+                           ("structure_r_grid", R_GRIDS),
+                           ("structure_correlation", CORRELATION_SOURCES)):
             if getattr(self, k) not in allowed:
                 raise ValueError(f"gan.{k} {getattr(self, k)!r} is not one of {list(allowed)}")
         if self.speckle == "lognormal" and self.speckle_floor == "image_own":
@@ -184,6 +186,7 @@ class GanConfig:
             d.pop("structure_tau_gauss", None)
             d.pop("structure_pil_weight", None)
             d.pop("structure_r_grid", None)
+            d.pop("structure_correlation", None)
         if not self.lr_decay_steps:  # constant learning rates: where the decay would start is moot
             d.pop("lr_decay_start")
         if self.speckle == "none":  # a floor of no grain: the generator has none (StableGenerator)

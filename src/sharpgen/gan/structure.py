@@ -9,7 +9,8 @@ function of one fixed latent axis:
 
 * **axes** ``A`` (K, nz): ``u = z A^T`` (B, K) mixes the first K coordinates of z by the lower
   Cholesky factor of ``C``, the correlation (of the normal scores) of the K parameters among the
-  training patches. So ``u_k ~ N(0, 1)``, ``corr(u_i, u_j) = C_ij`` and ``cos(A_i, A_j) = C_ij``:
+  training patches: of their soft proxies (``gan.structure_correlation: proxies``) or of the
+  pipeline's own parameters (``parameters``: R = 0 tied, as the directions stage ranks it). So ``u_k ~ N(0, 1)``, ``corr(u_i, u_j) = C_ij`` and ``cos(A_i, A_j) = C_ij``:
   the latent axes are as correlated as the parameters are in the real population (a Gaussian
   copula of the real parameters).
 * **target** of parameter k for latent z: the real quantile at ``Phi(u_k)`` (``Phi`` the normal
@@ -58,6 +59,11 @@ R_VALUE_STEP = 2
 #: how the R_VALUE proxy sub-samples (``gan.structure_r_grid``): ``mean`` (block means, the
 #: default) or ``point`` (every ``R_VALUE_STEP``-th pixel, as JSOC's ``fsample``)
 R_GRIDS = ("mean", "point")
+#: whose correlation the latent axes take (``gan.structure_correlation``): ``proxies`` (the
+#: normal scores of the soft proxies, the default) or ``parameters`` (of the pipeline's own
+#: parameters, :func:`sharpgen.physics.compute_parameters`, of the same training patches: the
+#: values the directions stage labels and correlates)
+CORRELATION_SOURCES = ("proxies", "parameters")
 #: r_paper proxy: side of the square dilating each polarity mask (as sharpgen.physics) [px]
 R_PAPER_SIDE = 7
 _EPS = 1e-6
@@ -244,7 +250,8 @@ class LatentStructure:
     ``correlation`` (K, K): of the normal scores (``axes axes^T``); ``weight``; ``clip_gauss``;
     ``tau_gauss``: the proxies' soft-threshold width [G]; ``r_free_share``: the share of the
     training patches with no inversion line (R = 0; NaN without r_value); ``pil_weight``: the
-    inversion-line term's weight (0 = off); ``r_grid``: the R_VALUE proxy's sub-sampling.
+    inversion-line term's weight (0 = off); ``r_grid``: the R_VALUE proxy's sub-sampling;
+    ``correlation_source``: whose correlation ``correlation`` is (:data:`CORRELATION_SOURCES`).
     """
 
     names: tuple[str, ...]
@@ -258,6 +265,7 @@ class LatentStructure:
     r_free_share: float = float("nan")
     pil_weight: float = 0.0
     r_grid: str = "mean"
+    correlation_source: str = "proxies"
 
     def as_dict(self) -> dict:
         return {"names": list(self.names), "axes": self.axes.tolist(),
@@ -265,7 +273,7 @@ class LatentStructure:
                 "correlation": self.correlation.tolist(), "weight": self.weight,
                 "clip_gauss": self.clip_gauss, "tau_gauss": self.tau_gauss,
                 "r_free_share": self.r_free_share, "pil_weight": self.pil_weight,
-                "r_grid": self.r_grid}
+                "r_grid": self.r_grid, "correlation_source": self.correlation_source}
 
     def torch_state(self, device) -> dict:
         """The tensors of the loss on ``device`` (float32)."""
@@ -279,17 +287,28 @@ N_QUANTILES = 256
 
 def fit_structure(patches: np.ndarray, names, nz: int, weight: float, clip_gauss: float,
                   batch: int = 256, tau_gauss: float = TAU_GAUSS,
-                  pil_weight: float = 0.0, r_grid: str = "mean") -> LatentStructure:
+                  pil_weight: float = 0.0, r_grid: str = "mean", correlation: str = "proxies",
+                  pixel_scale=None) -> LatentStructure:
     """The latent structure of :mod:`sharpgen.gan.structure` from the training ``patches``
-    (N, S, S) in [-1, 1]. Deterministic (no randomness). Raises ValueError for unknown names,
-    more names than ``nz``, a degenerate parameter (constant over the patches), an unknown
-    ``r_grid`` or an inversion-line term (``pil_weight`` > 0) without r_value."""
+    (N, S, S) in [-1, 1]. Deterministic (no randomness). ``correlation``: whose normal-score
+    correlation the axes take (:data:`CORRELATION_SOURCES`); ``parameters`` measures the patches
+    with :func:`sharpgen.physics.compute_parameters` at ``pixel_scale`` (a
+    :class:`sharpgen.physics.PixelScale`: the store's nominal one, the scale generated images are
+    measured at). Raises ValueError for unknown names, more names than ``nz``, a degenerate
+    parameter (constant over the patches), an unknown ``r_grid`` or ``correlation``,
+    ``parameters`` without ``pixel_scale``, or an inversion-line term (``pil_weight`` > 0)
+    without r_value."""
     names = check_names(names, "gan.structure")
     if len(names) > nz:
         raise ValueError(f"gan.structure has {len(names)} parameters, more than gan.nz = {nz}")
     if pil_weight > 0 and "r_value" not in names:
         raise ValueError(f"gan.structure_pil_weight {pil_weight:g} needs r_value in gan.structure "
                          f"(its label is R's latent axis), got {list(names)}")
+    if correlation not in CORRELATION_SOURCES:
+        raise ValueError(f"gan.structure_correlation {correlation!r} is not one of {list(CORRELATION_SOURCES)}")
+    if correlation == "parameters" and pixel_scale is None:
+        raise ValueError("gan.structure_correlation parameters needs the patch store's pixel scale "
+                         "(the parameters are measured as the generated images are)")
     with_r = "r_value" in names  # the share of R = 0 is only needed (and saved) with R
     vals, has_pil = [], []
     with torch.no_grad():
@@ -304,7 +323,8 @@ def fit_structure(patches: np.ndarray, names, nz: int, weight: float, clip_gauss
         bad = [n for n, s in zip(names, sd) if not s > 0]
         raise ValueError(f"gan.structure: parameter(s) {bad} constant or not finite over the "
                          f"{patches.shape[0]} training patches")
-    corr = np.atleast_2d(np.corrcoef(_normal_scores(vals), rowvar=False))
+    corr = (np.atleast_2d(np.corrcoef(_normal_scores(vals), rowvar=False)) if correlation == "proxies"
+            else measured_correlation(patches, names, clip_gauss, pixel_scale))
     # a nearly singular C (e.g. tuf with both tpf and tnf) has no stable Cholesky factor
     eig = np.linalg.eigvalsh(corr)
     if eig.min() < 1e-3:
@@ -318,7 +338,31 @@ def fit_structure(patches: np.ndarray, names, nz: int, weight: float, clip_gauss
     quantiles = np.quantile(vals, probs, axis=0).T  # (K, Q)
     r_free = float(1.0 - np.concatenate(has_pil).mean()) if with_r else float("nan")
     return LatentStructure(names, axes, quantiles, sd, corr, float(weight), float(clip_gauss),
-                           float(tau_gauss), r_free, float(pil_weight), str(r_grid))
+                           float(tau_gauss), r_free, float(pil_weight), str(r_grid), str(correlation))
+
+
+def measured_correlation(patches: np.ndarray, names, clip_gauss: float, pixel_scale,
+                         batch: int = 256) -> np.ndarray:
+    """The normal-score correlation (K, K) of the pipeline's parameters ``names`` of ``patches``
+    (N, S, S) in [-1, 1], measured as generated images are (:func:`sharpgen.physics.compute_parameters`
+    of ``clip_gauss * patch`` at ``pixel_scale``). Each pair over the patches where both are
+    finite (psep is NaN without a 150 G polarity), as the directions stage's labelled Spearman;
+    ties (R = 0) get their average rank. ValueError naming a pair with fewer than 3 such patches."""
+    from sharpgen.physics import compute_parameters
+
+    vals = np.concatenate([
+        compute_parameters(np.asarray(patches[i:i + batch], dtype=np.float64) * clip_gauss,
+                           pixel_scale)[list(names)].to_numpy()
+        for i in range(0, patches.shape[0], batch)])
+    corr = np.eye(len(names))
+    for i in range(len(names)):
+        for j in range(i):
+            ok = np.isfinite(vals[:, i]) & np.isfinite(vals[:, j])
+            if ok.sum() < 3:
+                raise ValueError(f"gan.structure_correlation parameters: {names[j]} and {names[i]} "
+                                 f"are both finite on {int(ok.sum())} training patch(es), too few")
+            corr[i, j] = corr[j, i] = np.corrcoef(_normal_scores(vals[ok][:, [i, j]]), rowvar=False)[0, 1]
+    return corr
 
 
 def targets(z: torch.Tensor, state: dict) -> torch.Tensor:
@@ -367,5 +411,6 @@ def describe(structure: LatentStructure) -> str:
     pil = (f"; inversion-line term (weight {structure.pil_weight:g}): R = 0 for "
            f"{structure.r_free_share:.3f} of the training patches" if structure.pil_weight > 0 else "")
     grid = "; R_VALUE proxy on the point grid" if structure.r_grid == "point" else ""
+    of = " of the pipeline's parameters" if structure.correlation_source == "parameters" else ""
     return (f"latent structure on {list(structure.names)} (weight {structure.weight:g}); real "
-            f"normal-score correlations: {', '.join(pairs) or 'n/a'}{pil}{grid}")
+            f"normal-score correlations{of}: {', '.join(pairs) or 'n/a'}{pil}{grid}")

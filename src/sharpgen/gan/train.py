@@ -288,13 +288,14 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
               generator_path: str | os.PathLike, log_csv: str | os.PathLike,
               samples_dir: str | os.PathLike | None = None, clip_gauss: float = 1000.0,
               data_id: str = "", threads: int | None = None, progress: bool = True,
-              max_steps_this_run: int | None = None) -> dict:
+              max_steps_this_run: int | None = None, pixel_scale=None) -> dict:
     """Train on ``patches`` (N, S, S) float32 in [-1, 1]; write generator.pt, the CSV log, grids.
 
     Holds an exclusive lock on ``checkpoint_root/<hash>`` while it runs and resumes from the
     newest readable checkpoint there. ``max_steps_this_run`` (tests only) stops early after that
-    many steps without writing the final outputs. Returns a summary dict (steps, seconds,
-    images/s, checkpoint folder).
+    many steps without writing the final outputs. ``pixel_scale`` (the store's nominal
+    :class:`sharpgen.physics.PixelScale`) is needed by ``gan.structure_correlation: parameters``
+    only. Returns a summary dict (steps, seconds, images/s, checkpoint folder).
 
     Under torchrun (``gan.devices`` > 1, :func:`train_gan_stage`) each process trains on its
     shard of every global batch of ``batch_size`` (:func:`sharpgen.distributed.shard_rows`:
@@ -343,7 +344,8 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
             structure = fit_structure(patches, cfg.structure, cfg.nz, cfg.structure_weight,
                                       clip_gauss, tau_gauss=cfg.structure_tau_gauss,
                                       pil_weight=cfg.structure_pil_weight,
-                                      r_grid=cfg.structure_r_grid)
+                                      r_grid=cfg.structure_r_grid,
+                                      correlation=cfg.structure_correlation, pixel_scale=pixel_scale)
             structure_state = structure.torch_state(device)
             if main:
                 logger.info(describe(structure))
@@ -479,4 +481,17 @@ def train_gan_stage(zarr: str, table: str, gan: dict, checkpoint_root: str, gene
     return train_gan(patches, cfg, checkpoint_root=checkpoint_root, generator_path=generator,
                      log_csv=log_csv, samples_dir=samples_dir,
                      clip_gauss=float(attrs.get("clip_gauss", 1000.0)),
-                     data_id=str(attrs.get("config_hash", "")), threads=threads)
+                     data_id=str(attrs.get("config_hash", "")), threads=threads,
+                     pixel_scale=_store_scale(attrs))
+
+
+def _store_scale(attrs: dict):
+    """The store's nominal pixel scale (:class:`sharpgen.physics.PixelScale`) from its attrs,
+    None when they lack it (only ``gan.structure_correlation: parameters`` needs it)."""
+    from sharpgen.physics import PixelScale
+
+    try:
+        return PixelScale(size_mm=float(attrs["pixel_size_mm"]), area_cm2=float(attrs["pixel_area_cm2"]),
+                          size_arcsec=float(attrs["pixel_size_arcsec"]))
+    except KeyError:
+        return None
