@@ -10,9 +10,10 @@ function of one fixed latent axis:
 * **axes** ``A`` (K, nz): ``u = z A^T`` (B, K) mixes the first K coordinates of z by the lower
   Cholesky factor of ``C``, the correlation (of the normal scores) of the K parameters among the
   training patches: of their soft proxies (``gan.structure_correlation: proxies``) or of the
-  pipeline's own parameters (``parameters``: R = 0 tied, as the directions stage ranks it). So ``u_k ~ N(0, 1)``, ``corr(u_i, u_j) = C_ij`` and ``cos(A_i, A_j) = C_ij``:
-  the latent axes are as correlated as the parameters are in the real population (a Gaussian
-  copula of the real parameters).
+  pipeline's own parameters (``parameters``: R = 0 tied, as the directions stage ranks it). So
+  ``u_k ~ N(0, 1)``, ``corr(u_i, u_j) = C_ij`` and ``cos(A_i, A_j) = C_ij``: the latent axes
+  are as correlated as the parameters are in the real population (a Gaussian copula of the
+  real parameters).
 * **target** of parameter k for latent z: the real quantile at ``Phi(u_k)`` (``Phi`` the normal
   CDF), i.e. the value with the same rank among the training patches. Hence if G meets the
   targets, the generated marginals equal the real ones and the joint distribution has the real

@@ -478,20 +478,13 @@ def train_gan_stage(zarr: str, table: str, gan: dict, checkpoint_root: str, gene
     patches, attrs = read_patch_store(zarr, table, split=cfg.split)
     logger.info("training %s GAN on %d patches of %dx%d from %s (split=%s)", cfg.arch,
                 patches.shape[0], patches.shape[1], patches.shape[2], zarr, cfg.split)
+    pixel_scale = None
+    if cfg.structure_correlation == "parameters":  # measured at the scale generated images are
+        from sharpgen.store import PatchStore
+
+        pixel_scale = PatchStore.open(zarr, table).nominal_scale
     return train_gan(patches, cfg, checkpoint_root=checkpoint_root, generator_path=generator,
                      log_csv=log_csv, samples_dir=samples_dir,
                      clip_gauss=float(attrs.get("clip_gauss", 1000.0)),
                      data_id=str(attrs.get("config_hash", "")), threads=threads,
-                     pixel_scale=_store_scale(attrs))
-
-
-def _store_scale(attrs: dict):
-    """The store's nominal pixel scale (:class:`sharpgen.physics.PixelScale`) from its attrs,
-    None when they lack it (only ``gan.structure_correlation: parameters`` needs it)."""
-    from sharpgen.physics import PixelScale
-
-    try:
-        return PixelScale(size_mm=float(attrs["pixel_size_mm"]), area_cm2=float(attrs["pixel_area_cm2"]),
-                          size_arcsec=float(attrs["pixel_size_arcsec"]))
-    except KeyError:
-        return None
+                     pixel_scale=pixel_scale)
