@@ -491,3 +491,65 @@ def test_axes_take_the_pipeline_parameters_correlation(real_windows, bipoles, tm
                          correlation="parameters", pixel_scale=nominal)
     assert saved["correlation_source"] == "parameters"
     np.testing.assert_allclose(np.asarray(saved["correlation"]), want.correlation)
+
+
+def test_r_straight_through_takes_the_pipelines_r_value_and_the_soft_gradient(real_windows, bipoles, tmp_path):
+    """``gan.structure_r_straight_through``: :func:`r_value_exact` is the pipeline's R_VALUE
+    (sharpgen.rvalue, JSOC's computeR) window by window on real SHARP windows at the step the
+    proxies assume, 0 on weak-field copies with no inversion line; r_value's proxy then takes
+    that value with the soft proxy's gradient; R's targets are the exact values' quantiles
+    (R = 0 for the patches without a line), the correlation and the other parameters' targets
+    stay the soft proxies'. Saved, kept out of the hash when off, refused without r_value."""
+    from sharpgen.gan.structure import r_value_exact
+    from sharpgen.gan.train import GanConfig
+
+    x, scale = real_windows
+    x = np.concatenate([x, 0.12 * x[::3]])  # weak copies (|Br| <= 120 G): R = 0
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[:, None]
+    assert set(r_value_scale(scale.size_arcsec)) == {R_VALUE_STEP}
+    from sharpgen.rvalue import r_value
+    from sharpgen.physics import PixelScale
+
+    nominal = PixelScale(size_mm=float(np.median(scale.size_mm)), area_cm2=float(np.median(scale.area_cm2)),
+                         size_arcsec=float(np.median(scale.size_arcsec)))
+    want = r_value(xt[:, 0].double().numpy() * CLIP, nominal)
+    got = r_value_exact(xt, CLIP).numpy()
+    assert np.mean(want == 0) >= 0.2 and np.mean(want > 0) >= 0.4
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+    # straight-through: the exact value forward, the soft proxy's gradient backward
+    a = xt[:6].clone().requires_grad_(True)
+    b = xt[:6].clone().requires_grad_(True)
+    st = proxies(a, ["tuf", "r_value"], CLIP, r_straight_through=True)
+    soft = proxies(b, ["tuf", "r_value"], CLIP)
+    np.testing.assert_allclose(st[:, 1].detach().numpy(), want[:6], atol=1e-5)
+    assert torch.equal(st[:, 0], soft[:, 0])
+    st[:, 1].sum().backward()
+    soft[:, 1].sum().backward()
+    assert torch.allclose(a.grad, b.grad) and a.grad.abs().sum() > 0
+    # fitted: R's quantiles from the exact values, everything else as without
+    names = ("tuf", "r_value")
+    s1 = fit_structure(x, names, nz=8, weight=1.0, clip_gauss=CLIP, r_straight_through=True)
+    s0 = fit_structure(x, names, nz=8, weight=1.0, clip_gauss=CLIP)
+    probs = (np.arange(s1.quantiles.shape[1]) + 0.5) / s1.quantiles.shape[1]
+    np.testing.assert_allclose(s1.quantiles[1], np.quantile(want, probs), atol=1e-9)
+    assert s1.quantiles[1, 0] == 0.0 and s0.quantiles[1, 0] > 0.0
+    assert s1.sd[1] == pytest.approx(want.std(), rel=1e-9)
+    np.testing.assert_array_equal(s1.quantiles[0], s0.quantiles[0])
+    np.testing.assert_array_equal(s1.correlation, s0.correlation)
+    assert s1.as_dict()["r_straight_through"] is True and s0.r_straight_through is False
+    real = xt[:8]
+    z = torch.randn(8, 8, generator=torch.Generator().manual_seed(0))
+    state = s1.torch_state("cpu")
+    p = torch.stack([proxies(real, ["tuf"], CLIP)[:, 0], torch.from_numpy(want[:8]).float()], dim=1)
+    assert float(structure_loss(real, z, s1, state)) == pytest.approx(
+        float((((p - targets(z, state)) / state["sd"]) ** 2).mean()), rel=1e-5)
+    with pytest.raises(ValueError, match="r_value"):
+        fit_structure(x, ("tuf", "psep"), nz=8, weight=1.0, clip_gauss=CLIP, r_straight_through=True)
+    assert "structure_r_straight_through" not in GanConfig.from_dict({}).trajectory_dict()
+    assert GanConfig.from_dict({"structure_r_straight_through": True}).trajectory_dict()[
+        "structure_r_straight_through"] is True
+    with pytest.raises(ValueError, match="structure_r_straight_through"):
+        GanConfig.from_dict({"structure_r_straight_through": "yes"})
+    g = _train(tmp_path, bipoles, "st", structure=["tuf", "r_value"], structure_r_straight_through=True,
+               steps=2, checkpoint_every=2)
+    assert torch.load(g, weights_only=False)["structure"]["r_straight_through"] is True

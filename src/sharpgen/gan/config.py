@@ -62,6 +62,7 @@ class GanConfig:
     structure_pil_weight: float       # weight of the inversion-line term (needs r_value; 0 = off)
     structure_r_grid: str             # R_VALUE proxy's sub-sampling: mean (block means) | point (JSOC's)
     structure_correlation: str        # the axes' correlation: of the proxies | of the pipeline's parameters
+    structure_r_straight_through: bool  # R's loss on the pipeline's R_VALUE, the soft proxy's gradient
     spectral_weight: float            # weight of the spectral loss (sharpgen.gan.spectral; 0 = off)
     split: str                        # train | all
     seed: int
@@ -85,7 +86,8 @@ class GanConfig:
                    "speckle_floor": "none", "spectral_weight": 0.0,
                    "structure_start": 0, "structure_ramp": 0, "lr_decay_steps": 0,
                    "structure_tau_gauss": 20.0, "structure_pil_weight": 0.0,
-                   "structure_r_grid": "mean", "structure_correlation": "proxies"}
+                   "structure_r_grid": "mean", "structure_correlation": "proxies",
+                   "structure_r_straight_through": False}
     # generator options only the `stable` generator reads: left out of the hash of the other
     # architectures, so a change of their defaults never moves a `paper` or `mapping` checkpoint
     STABLE_ONLY = ("upsample", "noise", "refine", "output", "speckle", "padding", "speckle_kernel",
@@ -107,7 +109,7 @@ class GanConfig:
         return cfg
 
     def check(self) -> None:
-        for k in ("mapping_noise", "noise", "refine"):  # the pipeline's schema checks these too;
+        for k in ("mapping_noise", "noise", "refine", "structure_r_straight_through"):  # the pipeline's schema checks these too;
             if not isinstance(getattr(self, k), bool):   # the Python API would take "yes" as on
                 raise ValueError(f"gan.{k} must be true or false, got {getattr(self, k)!r}")
         for k, allowed in (("arch", ARCHITECTURES), ("upsample", UPSAMPLING), ("output", OUTPUTS),
@@ -187,6 +189,7 @@ class GanConfig:
             d.pop("structure_pil_weight", None)
             d.pop("structure_r_grid", None)
             d.pop("structure_correlation", None)
+            d.pop("structure_r_straight_through", None)
         if not self.lr_decay_steps:  # constant learning rates: where the decay would start is moot
             d.pop("lr_decay_start")
         if self.speckle == "none":  # a floor of no grain: the generator has none (StableGenerator)

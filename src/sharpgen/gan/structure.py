@@ -135,6 +135,25 @@ def _r_value(x: torch.Tensor, clip_gauss: float, tau_gauss: float = TAU_GAUSS,
     return torch.log10(1.0 + total)
 
 
+def r_value_exact(x: torch.Tensor, clip_gauss: float) -> torch.Tensor:
+    """R_VALUE of the images ``x`` (B, 1, S, S) in store units exactly as the pipeline measures
+    it (:func:`sharpgen.rvalue.r_value`, JSOC's computeR) at a sub-sampling step of
+    ``R_VALUE_STEP`` px: every 2nd pixel, hard 150 G masks dilated 3x3, the inversion line off
+    the map's 1-pixel border (fresize's 0), JSOC's Gaussian, ``log10(sum(weight * int|B|))``
+    and 0 where that sum is < 1. In float64, without a gradient. (B, 1, S, S) -> (B,) float64."""
+    with torch.no_grad():
+        b = x.double()[:, :, ::R_VALUE_STEP, ::R_VALUE_STEP] * clip_gauss
+        p1 = (F.max_pool2d((b > STRONG_GAUSS).double(), 3, 1, 1)
+              * F.max_pool2d((b < -STRONG_GAUSS).double(), 3, 1, 1))
+        p1[..., [0, -1], :] = 0.0
+        p1[..., :, [0, -1]] = 0.0
+        k = torch.tensor(_r_value_kernel(), dtype=torch.float64, device=x.device)
+        w = F.conv2d(p1, k.view(1, 1, 1, -1), padding=(0, R_VALUE_HWIDTH))
+        w = F.conv2d(w, k.view(1, 1, -1, 1), padding=(R_VALUE_HWIDTH, 0))
+        total = (w * b.abs().trunc()).sum(dim=(1, 2, 3))
+        return torch.where(total >= 1.0, torch.log10(total.clamp_min(1.0)), torch.zeros_like(total))
+
+
 def _r_paper(x: torch.Tensor, clip_gauss: float, tau_gauss: float = TAU_GAUSS) -> torch.Tensor:
     """Soft paper R: soft 150 G masks dilated by a 7x7 square (max-pool), ``log10`` of the mean
     of |x| where both dilated masks are on. (B, 1, S, S) -> (B,)."""
@@ -219,19 +238,27 @@ def check_names(names, key: str) -> tuple[str, ...]:
 
 
 def proxies(x: torch.Tensor, names, clip_gauss: float, tau_gauss: float = TAU_GAUSS,
-            r_grid: str = "mean") -> torch.Tensor:
+            r_grid: str = "mean", r_straight_through: bool = False) -> torch.Tensor:
     """Differentiable proxies (B, K) of the parameters ``names`` of the images ``x``
     (B, 1, S, S) in store units (Br / clip_gauss), in fit space: log10 of the fluxes (mean |x|,
     mean of the positive / negative part), psep as a fraction of the patch side, r_value and
     r_paper as :func:`_r_value` / :func:`_r_paper`; ``tau_gauss``: the width of the soft 150 G
-    threshold; ``r_grid``: R_VALUE's sub-sampling (:data:`R_GRIDS`). Float32 whatever autocast
-    does."""
+    threshold; ``r_grid``: R_VALUE's sub-sampling (:data:`R_GRIDS`); ``r_straight_through``:
+    r_value's value is the pipeline's own (:func:`r_value_exact`: hard masks, 0 with no
+    inversion line) and its gradient the soft proxy's (a straight-through estimator). Float32
+    whatever autocast does."""
     x = x.float()
     unknown = [n for n in names if n not in _PROXIES]
     if unknown:
         raise ValueError(f"no structure proxy for {unknown}; known: {list(STRUCTURE_PARAMETERS)}")
-    return torch.stack([_r_value(x, clip_gauss, tau_gauss, r_grid) if n == "r_value"
-                        else _PROXIES[n](x, clip_gauss, tau_gauss) for n in names], dim=1)
+    def r_value(x):
+        soft = _r_value(x, clip_gauss, tau_gauss, r_grid)
+        if not r_straight_through:
+            return soft
+        return soft + (r_value_exact(x, clip_gauss).to(soft.dtype) - soft).detach()
+
+    return torch.stack([r_value(x) if n == "r_value" else _PROXIES[n](x, clip_gauss, tau_gauss)
+                        for n in names], dim=1)
 
 
 def _normal_scores(v: np.ndarray) -> np.ndarray:
@@ -252,7 +279,9 @@ class LatentStructure:
     ``tau_gauss``: the proxies' soft-threshold width [G]; ``r_free_share``: the share of the
     training patches with no inversion line (R = 0; NaN without r_value); ``pil_weight``: the
     inversion-line term's weight (0 = off); ``r_grid``: the R_VALUE proxy's sub-sampling;
-    ``correlation_source``: whose correlation ``correlation`` is (:data:`CORRELATION_SOURCES`).
+    ``correlation_source``: whose correlation ``correlation`` is (:data:`CORRELATION_SOURCES`);
+    ``r_straight_through``: R's targets and loss take the pipeline's own R_VALUE as the value
+    (:func:`r_value_exact`), the soft proxy's gradient (``gan.structure_r_straight_through``).
     """
 
     names: tuple[str, ...]
@@ -267,6 +296,7 @@ class LatentStructure:
     pil_weight: float = 0.0
     r_grid: str = "mean"
     correlation_source: str = "proxies"
+    r_straight_through: bool = False
 
     def as_dict(self) -> dict:
         return {"names": list(self.names), "axes": self.axes.tolist(),
@@ -274,7 +304,8 @@ class LatentStructure:
                 "correlation": self.correlation.tolist(), "weight": self.weight,
                 "clip_gauss": self.clip_gauss, "tau_gauss": self.tau_gauss,
                 "r_free_share": self.r_free_share, "pil_weight": self.pil_weight,
-                "r_grid": self.r_grid, "correlation_source": self.correlation_source}
+                "r_grid": self.r_grid, "correlation_source": self.correlation_source,
+                "r_straight_through": self.r_straight_through}
 
     def torch_state(self, device) -> dict:
         """The tensors of the loss on ``device`` (float32)."""
@@ -289,13 +320,15 @@ N_QUANTILES = 256
 def fit_structure(patches: np.ndarray, names, nz: int, weight: float, clip_gauss: float,
                   batch: int = 256, tau_gauss: float = TAU_GAUSS,
                   pil_weight: float = 0.0, r_grid: str = "mean", correlation: str = "proxies",
-                  pixel_scale=None) -> LatentStructure:
+                  pixel_scale=None, r_straight_through: bool = False) -> LatentStructure:
     """The latent structure of :mod:`sharpgen.gan.structure` from the training ``patches``
     (N, S, S) in [-1, 1]. Deterministic (no randomness). ``correlation``: whose normal-score
     correlation the axes take (:data:`CORRELATION_SOURCES`); ``parameters`` measures the patches
     with :func:`sharpgen.physics.compute_parameters` at ``pixel_scale`` (a
     :class:`sharpgen.physics.PixelScale`: the store's nominal one, the scale generated images are
-    measured at). Raises ValueError for unknown names, more names than ``nz``, a degenerate
+    measured at). ``r_straight_through``: r_value's quantiles and sd are those of the pipeline's
+    own R_VALUE of the patches (:func:`r_value_exact`; R = 0 for those without an inversion
+    line), the correlation stays the soft proxies' (or the parameters'). Raises ValueError for unknown names, more names than ``nz``, a degenerate
     parameter (constant over the patches), an unknown ``r_grid`` or ``correlation``,
     ``parameters`` without ``pixel_scale``, or an inversion-line term (``pil_weight`` > 0)
     without r_value."""
@@ -310,16 +343,23 @@ def fit_structure(patches: np.ndarray, names, nz: int, weight: float, clip_gauss
     if correlation == "parameters" and pixel_scale is None:
         raise ValueError("gan.structure_correlation parameters needs the patch store's pixel scale "
                          "(the parameters are measured as the generated images are)")
+    if r_straight_through and "r_value" not in names:
+        raise ValueError(f"gan.structure_r_straight_through needs r_value in gan.structure, got {list(names)}")
     with_r = "r_value" in names  # the share of R = 0 is only needed (and saved) with R
-    vals, has_pil = [], []
+    vals, has_pil, exact = [], [], []
     with torch.no_grad():
         for i in range(0, patches.shape[0], batch):
             x = torch.from_numpy(np.ascontiguousarray(patches[i:i + batch], dtype=np.float32))[:, None]
             vals.append(proxies(x, names, clip_gauss, tau_gauss, r_grid).double().numpy())
             if with_r:
                 has_pil.append(has_inversion_line(x, clip_gauss).numpy())
+            if r_straight_through:
+                exact.append(r_value_exact(x, clip_gauss).numpy())
     vals = np.concatenate(vals)
-    sd = vals.std(axis=0)
+    loss_vals = vals.copy()  # what the loss compares: the proxies, or R's exact value
+    if r_straight_through:
+        loss_vals[:, names.index("r_value")] = np.concatenate(exact)
+    sd = loss_vals.std(axis=0)
     if not np.all(np.isfinite(vals)) or np.any(sd <= 0):
         bad = [n for n, s in zip(names, sd) if not s > 0]
         raise ValueError(f"gan.structure: parameter(s) {bad} constant or not finite over the "
@@ -336,10 +376,11 @@ def fit_structure(patches: np.ndarray, names, nz: int, weight: float, clip_gauss
     axes = np.zeros((len(names), nz))
     axes[:, : len(names)] = chol
     probs = (np.arange(N_QUANTILES) + 0.5) / N_QUANTILES
-    quantiles = np.quantile(vals, probs, axis=0).T  # (K, Q)
+    quantiles = np.quantile(loss_vals, probs, axis=0).T  # (K, Q)
     r_free = float(1.0 - np.concatenate(has_pil).mean()) if with_r else float("nan")
     return LatentStructure(names, axes, quantiles, sd, corr, float(weight), float(clip_gauss),
-                           float(tau_gauss), r_free, float(pil_weight), str(r_grid), str(correlation))
+                           float(tau_gauss), r_free, float(pil_weight), str(r_grid), str(correlation),
+                           bool(r_straight_through))
 
 
 def measured_correlation(patches: np.ndarray, names, clip_gauss: float, pixel_scale,
@@ -385,7 +426,7 @@ def structure_loss(images: torch.Tensor, z: torch.Tensor, structure: LatentStruc
     (B, 1, S, S) of latents ``z`` (B, nz), plus ``scale * pil_weight * mean(BCE)`` of the
     inversion-line term when its weight is > 0; a scalar tensor (0-d). ``scale``: :func:`fade_in`."""
     p = proxies(images, structure.names, structure.clip_gauss, structure.tau_gauss,
-                structure.r_grid)
+                structure.r_grid, structure.r_straight_through)
     t = targets(z, state)
     loss = (scale * structure.weight) * ((p - t) / state["sd"]).square().mean()
     if structure.pil_weight > 0:
@@ -413,5 +454,7 @@ def describe(structure: LatentStructure) -> str:
            f"{structure.r_free_share:.3f} of the training patches" if structure.pil_weight > 0 else "")
     grid = "; R_VALUE proxy on the point grid" if structure.r_grid == "point" else ""
     of = " of the pipeline's parameters" if structure.correlation_source == "parameters" else ""
+    if structure.r_straight_through:
+        grid += "; R's value the pipeline's R_VALUE (straight-through)"
     return (f"latent structure on {list(structure.names)} (weight {structure.weight:g}); real "
             f"normal-score correlations{of}: {', '.join(pairs) or 'n/a'}{pil}{grid}")

@@ -345,7 +345,8 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
                                       clip_gauss, tau_gauss=cfg.structure_tau_gauss,
                                       pil_weight=cfg.structure_pil_weight,
                                       r_grid=cfg.structure_r_grid,
-                                      correlation=cfg.structure_correlation, pixel_scale=pixel_scale)
+                                      correlation=cfg.structure_correlation, pixel_scale=pixel_scale,
+                                      r_straight_through=cfg.structure_r_straight_through)
             structure_state = structure.torch_state(device)
             if main:
                 logger.info(describe(structure))
