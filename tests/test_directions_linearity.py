@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sharpgen.directions.linearity import grain_variance_share, linear_and_mlp_r2, step_ratio
+from sharpgen.directions.linearity import correlation_chain, grain_variance_share, linear_and_mlp_r2, step_ratio
 
 
 def test_grain_variance_share_recovers_the_planted_noise_share():
@@ -51,3 +51,34 @@ def test_step_ratio_grows_with_the_step_only_for_a_smooth_parameter():
 
     assert step_ratio(smooth(z), smooth(z + 0.05 * u), smooth(z + 0.5 * u)) == pytest.approx(10.0, rel=1e-6)
     assert step_ratio(jumpy(z), jumpy(z + 0.05 * u), jumpy(z + 0.5 * u)) < 2.0
+
+
+def test_correlation_chain_separates_the_ties_where_they_fall_and_the_scatter():
+    """A flux and R on a Gaussian copula of correlation 0.84 (R's latent axis u): R a monotone
+    function of u with its lowest 40 % at 0 loses only the ties (0.828 -> ~0.79, as the
+    closed form of docs/gan.md's simulation), every later step is exact; zeros drawn where u
+    is low but not only there lose more at the third step; scatter about the axis loses at the
+    last step alone."""
+    rng = np.random.default_rng(0)
+    n = 40_000
+    u = rng.standard_normal(n)
+    flux = 0.84 * u + np.sqrt(1 - 0.84 ** 2) * rng.standard_normal(n)
+    cut = np.quantile(u, 0.4)
+    exact = correlation_chain(flux, np.where(u > cut, np.exp(u), 0.0), u)
+    assert exact["share"] == pytest.approx(0.4, abs=1e-3)
+    assert exact["axis"] == pytest.approx(6 / np.pi * np.arcsin(0.42), abs=0.01)
+    assert 0.77 < exact["axis_tied_lowest"] < exact["axis"] - 0.02
+    assert exact["axis_tied_observed"] == pytest.approx(exact["axis_tied_lowest"], abs=1e-9)
+    assert exact["parameter"] == pytest.approx(exact["axis_tied_lowest"], abs=1e-9)
+    # zeros where a noisy copy of u is low: same share, they fall elsewhere
+    noisy = u + 0.5 * rng.standard_normal(n)
+    fuzzy = correlation_chain(flux, np.where(noisy > np.quantile(noisy, 0.4), np.exp(u), 0.0), u)
+    assert fuzzy["axis_tied_lowest"] == pytest.approx(exact["axis_tied_lowest"], abs=1e-9)
+    assert fuzzy["axis_tied_observed"] < exact["axis_tied_observed"] - 0.02
+    assert fuzzy["parameter"] == pytest.approx(fuzzy["axis_tied_observed"], abs=1e-9)
+    # scatter about the axis on the rows with R
+    scatter = correlation_chain(flux, np.where(u > cut, np.exp(u + 0.7 * rng.standard_normal(n)), 0.0), u)
+    assert scatter["axis_tied_observed"] == pytest.approx(exact["axis_tied_observed"], abs=1e-9)
+    assert scatter["parameter"] < scatter["axis_tied_observed"] - 0.02
+    with pytest.raises(ValueError, match="finite"):
+        correlation_chain([1.0, np.nan], [0.0, 1.0], [0.0, 1.0])

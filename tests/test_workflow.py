@@ -176,6 +176,45 @@ def test_diagnose_linearity_reads_a_finished_run(tiny, tmp_path):
     assert tuf["n"] == 64 and 0.0 <= tuf["grain_share"] < 1.0 and tuf["step_ratio"] > 0
 
 
+def test_diagnose_gap_reads_a_finished_run(tiny, tmp_path):
+    """benchmarks/diagnose_gap.py on the tiny run's samples and boundaries: it refuses a generator
+    without a latent structure (the tiny run's), and with one (the same run's files beside a
+    generator.pt holding only a structure on [tuf, r_value]) prints each flux-R pair's normal
+    cosine and the correlation chain of sharpgen.directions.linearity.correlation_chain."""
+    import shutil
+    import sys
+
+    import numpy as np
+    import torch
+
+    from sharpgen.directions.linearity import correlation_chain
+    from sharpgen.sampling import read_latents
+
+    script = str(REPO_ROOT / "benchmarks" / "diagnose_gap.py")
+    res = tiny["work"] / "results"
+    proc = subprocess.run([sys.executable, script, str(res)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "no latent structure with r_value" in proc.stderr
+    fake = tmp_path / "results"
+    for sub in ("samples", "directions", "gan"):
+        (fake / sub).mkdir(parents=True)
+    shutil.copy(res / "samples" / "latents.parquet", fake / "samples" / "latents.parquet")
+    z, table = read_latents(res / "samples" / "latents.parquet")
+    axes = np.zeros((2, z.shape[1]))
+    axes[0, 0], axes[1, :2] = 1.0, (0.8, 0.6)
+    torch.save({"structure": {"names": ["tuf", "r_value"], "axes": axes.tolist()}}, fake / "gan" / "generator.pt")
+    normals = np.random.default_rng(0).standard_normal((3, z.shape[1]))  # the tiny run fits no r_value boundary
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    np.savez(fake / "directions" / "boundaries.npz", names=np.array(["tuf", "tpf", "r_value"]), normals=normals,
+             folded=np.zeros(3, dtype=bool), space=np.array("z"))
+    proc = subprocess.run([sys.executable, script, str(fake)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    normal = dict(zip(["tuf", "tpf", "r_value"], normals))
+    c = correlation_chain(table["tuf"], table["r_value"], np.asarray(z, np.float64) @ axes[1])
+    line = next(x for x in proc.stdout.splitlines() if x.strip().startswith("tuf-r_value"))
+    assert f"cos(normals) {normal['tuf'] @ normal['r_value']:.3f}" in line
+    assert f"-> R {c['parameter']:.3f}" in line and f"with u_R {c['axis']:.3f}" in line
+
+
 def test_second_run_does_nothing(tiny):
     jobs = su.dry_run_jobs(tiny["work"], configfiles=[tiny["work"] / TINY_REL])
     assert jobs == {}, f"a second run would execute {jobs}"

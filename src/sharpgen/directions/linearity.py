@@ -15,6 +15,10 @@ each on a parameter in fit space (:func:`sharpgen.parameters.to_fit_space`):
   ratio of the steps for a parameter smooth in ``z``, ~1 for one that jumps.
 
 ``benchmarks/diagnose_linearity.py`` runs them on a finished pipeline's generator.
+
+A fourth, :func:`correlation_chain`, follows a flux's labelled Spearman correlation with R
+from R's latent axis (``gan.structure``) to the pipeline's R, one cause per step
+(``benchmarks/diagnose_gap.py``).
 """
 
 from __future__ import annotations
@@ -81,3 +85,38 @@ def step_ratio(base, small, large) -> float:
     ds = np.median(np.abs(s[ok] - b[ok]))
     dg = np.median(np.abs(g[ok] - b[ok]))
     return float(dg / ds) if ds > 0 else float("inf")
+
+
+def correlation_chain(flux, r_value, u_r) -> dict:
+    """Where a flux's labelled Spearman correlation with R is lost, one step at a time (issue 19's
+    worst pairs). flux, r_value, u_r: (N,) a flux and R (0 = "no R", as labelled) of N generated
+    samples and the samples' coordinate on R's latent axis (``gan.structure``). Returns the
+    Spearman correlation of ``flux`` with:
+
+    * ``axis``: ``u_r`` itself (R a monotone function of its axis, no ties);
+    * ``axis_tied_lowest``: ``u_r`` with its lowest ``share`` tied, ``share`` the samples' share of
+      R = 0 (the ties alone, where a monotone R would put them);
+    * ``axis_tied_observed``: ``u_r`` tied at the rows that have R = 0 (where they fall);
+    * ``parameter``: ``r_value`` (the labelled correlation; the rest of the drop is R's scatter
+      about its axis on the rows with R);
+
+    and ``share``. Rows with a non-finite value are dropped. Raises ValueError for fewer than 3
+    rows."""
+    from scipy.stats import spearmanr
+
+    f, r, u = (np.asarray(a, dtype=np.float64).ravel() for a in (flux, r_value, u_r))
+    ok = np.isfinite(f) & np.isfinite(r) & np.isfinite(u)
+    f, r, u = f[ok], r[ok], u[ok]
+    if len(f) < 3:
+        raise ValueError(f"only {len(f)} finite rows")
+    zero = r == 0
+    share = float(zero.mean())
+    tied = np.zeros(len(u), dtype=bool)
+    tied[np.argsort(u, kind="stable")[: int(round(share * len(u)))]] = True
+    low = u.min() - 1.0
+
+    def rho(v):
+        return float(spearmanr(f, v)[0])
+
+    return {"axis": rho(u), "axis_tied_lowest": rho(np.where(tied, low, u)),
+            "axis_tied_observed": rho(np.where(zero, low, u)), "parameter": rho(r), "share": share}
