@@ -38,8 +38,8 @@ def diagnose(results: Path) -> list[str]:
     if "r_value" not in normal:
         raise SystemExit(f"{results}: no r_value boundary (directions.parameters)")
     z, table = read_latents(results / "samples" / "latents.parquet")
-    u_r = np.asarray(z, dtype=np.float64) @ axes[names.index("r_value")]
     a_r = axes[names.index("r_value")]
+    u_r = np.asarray(z, dtype=np.float64) @ a_r
     lines = [f"{results}: cos(n_r_value, axis_r_value) {normal['r_value'] @ a_r:.3f}"]
     for flux in ("tuf", "tpf", "tnf"):
         if flux not in normal or flux not in table:

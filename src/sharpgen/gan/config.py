@@ -109,8 +109,9 @@ class GanConfig:
         return cfg
 
     def check(self) -> None:
-        for k in ("mapping_noise", "noise", "refine", "structure_r_straight_through"):  # the pipeline's schema checks these too;
-            if not isinstance(getattr(self, k), bool):   # the Python API would take "yes" as on
+        # the pipeline's schema checks these too; the Python API would take "yes" as on
+        for k in ("mapping_noise", "noise", "refine", "structure_r_straight_through"):
+            if not isinstance(getattr(self, k), bool):
                 raise ValueError(f"gan.{k} must be true or false, got {getattr(self, k)!r}")
         for k, allowed in (("arch", ARCHITECTURES), ("upsample", UPSAMPLING), ("output", OUTPUTS),
                            ("speckle", SPECKLES), ("padding", PADDINGS),

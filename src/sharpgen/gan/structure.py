@@ -111,6 +111,14 @@ def _lead_sign(x: torch.Tensor, clip_gauss: float, tau_gauss: float = TAU_GAUSS)
     return torch.tanh((xp - xn) / LEAD_WIDTH)
 
 
+def _r_value_weights(pil: torch.Tensor) -> torch.Tensor:
+    """R_VALUE's weights: the inversion-line map ``pil`` (B, 1, h, w) convolved with JSOC's
+    41-tap Gaussian (separable, zero padding); same shape and dtype."""
+    k = torch.tensor(_r_value_kernel(), dtype=pil.dtype, device=pil.device)
+    w = F.conv2d(pil, k.view(1, 1, 1, -1), padding=(0, R_VALUE_HWIDTH))
+    return F.conv2d(w, k.view(1, 1, -1, 1), padding=(R_VALUE_HWIDTH, 0))
+
+
 def _r_value(x: torch.Tensor, clip_gauss: float, tau_gauss: float = TAU_GAUSS,
              grid: str = "mean") -> torch.Tensor:
     """Soft Schrijver R as JSOC computes R_VALUE: sub-sampling every ``R_VALUE_STEP`` px (``grid``
@@ -128,10 +136,7 @@ def _r_value(x: torch.Tensor, clip_gauss: float, tau_gauss: float = TAU_GAUSS,
         b = F.avg_pool2d(x, R_VALUE_STEP)
     pos, neg = _soft_masks(b, clip_gauss, tau_gauss)
     pil = F.max_pool2d(pos, 3, 1, 1) * F.max_pool2d(neg, 3, 1, 1)
-    k = torch.tensor(_r_value_kernel(), dtype=x.dtype, device=x.device)  # JSOC's 41 taps
-    w = F.conv2d(pil, k.view(1, 1, 1, -1), padding=(0, R_VALUE_HWIDTH))
-    w = F.conv2d(w, k.view(1, 1, -1, 1), padding=(R_VALUE_HWIDTH, 0))
-    total = (w * b.abs() * clip_gauss).sum(dim=(1, 2, 3))
+    total = (_r_value_weights(pil) * b.abs() * clip_gauss).sum(dim=(1, 2, 3))
     return torch.log10(1.0 + total)
 
 
@@ -147,10 +152,7 @@ def r_value_exact(x: torch.Tensor, clip_gauss: float) -> torch.Tensor:
               * F.max_pool2d((b < -STRONG_GAUSS).double(), 3, 1, 1))
         p1[..., [0, -1], :] = 0.0
         p1[..., :, [0, -1]] = 0.0
-        k = torch.tensor(_r_value_kernel(), dtype=torch.float64, device=x.device)
-        w = F.conv2d(p1, k.view(1, 1, 1, -1), padding=(0, R_VALUE_HWIDTH))
-        w = F.conv2d(w, k.view(1, 1, -1, 1), padding=(R_VALUE_HWIDTH, 0))
-        total = (w * b.abs().trunc()).sum(dim=(1, 2, 3))
+        total = (_r_value_weights(p1) * b.abs().trunc()).sum(dim=(1, 2, 3))
         return torch.where(total >= 1.0, torch.log10(total.clamp_min(1.0)), torch.zeros_like(total))
 
 
@@ -251,6 +253,7 @@ def proxies(x: torch.Tensor, names, clip_gauss: float, tau_gauss: float = TAU_GA
     unknown = [n for n in names if n not in _PROXIES]
     if unknown:
         raise ValueError(f"no structure proxy for {unknown}; known: {list(STRUCTURE_PARAMETERS)}")
+
     def r_value(x):
         soft = _r_value(x, clip_gauss, tau_gauss, r_grid)
         if not r_straight_through:
@@ -328,10 +331,10 @@ def fit_structure(patches: np.ndarray, names, nz: int, weight: float, clip_gauss
     :class:`sharpgen.physics.PixelScale`: the store's nominal one, the scale generated images are
     measured at). ``r_straight_through``: r_value's quantiles and sd are those of the pipeline's
     own R_VALUE of the patches (:func:`r_value_exact`; R = 0 for those without an inversion
-    line), the correlation stays the soft proxies' (or the parameters'). Raises ValueError for unknown names, more names than ``nz``, a degenerate
-    parameter (constant over the patches), an unknown ``r_grid`` or ``correlation``,
-    ``parameters`` without ``pixel_scale``, or an inversion-line term (``pil_weight`` > 0)
-    without r_value."""
+    line), the correlation stays the soft proxies' (or the parameters'). Raises ValueError for
+    unknown names, more names than ``nz``, a degenerate parameter (constant over the patches), an
+    unknown ``r_grid`` or ``correlation``, ``parameters`` without ``pixel_scale``, an
+    inversion-line term (``pil_weight`` > 0) or ``r_straight_through`` without r_value."""
     names = check_names(names, "gan.structure")
     if len(names) > nz:
         raise ValueError(f"gan.structure has {len(names)} parameters, more than gan.nz = {nz}")
