@@ -63,6 +63,7 @@ class GanConfig:
     structure_r_grid: str             # R_VALUE proxy's sub-sampling: mean (block means) | point (JSOC's)
     structure_correlation: str        # the axes' correlation: of the proxies | of the pipeline's parameters
     structure_r_straight_through: bool  # R's loss on the pipeline's R_VALUE, the soft proxy's gradient
+    structure_parameter_weights: dict  # parameter -> factor of its structure-loss term (unlisted: 1)
     spectral_weight: float            # weight of the spectral loss (sharpgen.gan.spectral; 0 = off)
     split: str                        # train | all
     seed: int
@@ -87,7 +88,7 @@ class GanConfig:
                    "structure_start": 0, "structure_ramp": 0, "lr_decay_steps": 0,
                    "structure_tau_gauss": 20.0, "structure_pil_weight": 0.0,
                    "structure_r_grid": "mean", "structure_correlation": "proxies",
-                   "structure_r_straight_through": False}
+                   "structure_r_straight_through": False, "structure_parameter_weights": {}}
     # generator options only the `stable` generator reads: left out of the hash of the other
     # architectures, so a change of their defaults never moves a `paper` or `mapping` checkpoint
     STABLE_ONLY = ("upsample", "noise", "refine", "output", "speckle", "padding", "speckle_kernel",
@@ -105,7 +106,12 @@ class GanConfig:
         object.__setattr__(cfg, "betas", tuple(float(b) for b in cfg.betas))
         object.__setattr__(cfg, "mapping_channels", tuple(int(c) for c in cfg.mapping_channels))
         object.__setattr__(cfg, "structure", tuple(str(n) for n in cfg.structure))
+        if isinstance(cfg.structure_parameter_weights, dict):  # check() names anything else
+            object.__setattr__(cfg, "structure_parameter_weights",
+                               {str(k): v for k, v in cfg.structure_parameter_weights.items()})
         cfg.check()
+        object.__setattr__(cfg, "structure_parameter_weights",
+                           {k: float(v) for k, v in cfg.structure_parameter_weights.items()})
         return cfg
 
     def check(self) -> None:
@@ -150,6 +156,15 @@ class GanConfig:
         if float(self.structure_pil_weight) > 0 and "r_value" not in self.structure:
             raise ValueError(f"gan.structure_pil_weight {self.structure_pil_weight} needs r_value in "
                              f"gan.structure, got {list(self.structure)}")
+        weights = self.structure_parameter_weights
+        if not isinstance(weights, dict):
+            raise ValueError(f"gan.structure_parameter_weights must map parameters to factors, got {weights!r}")
+        for k, v in weights.items():
+            if k not in self.structure:
+                raise ValueError(f"gan.structure_parameter_weights names {k!r}, which is not in "
+                                 f"gan.structure {list(self.structure)}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) < float("inf"):
+                raise ValueError(f"gan.structure_parameter_weights.{k} must be a number >= 0, got {v!r}")
         for k in ("mapping_lr_mult", "r1_gamma", "pl_weight", "structure_weight", "spectral_weight",
                   "structure_pil_weight"):
             if not float(getattr(self, k)) >= 0.0:
@@ -191,6 +206,10 @@ class GanConfig:
             d.pop("structure_r_grid", None)
             d.pop("structure_correlation", None)
             d.pop("structure_r_straight_through", None)
+            d.pop("structure_parameter_weights", None)
+        else:  # a factor of 1 is the unlisted default: {tuf: 1} trains as {} and keeps its hash
+            d["structure_parameter_weights"] = {k: v for k, v in sorted(self.structure_parameter_weights.items())
+                                                if v != 1.0}
         if not self.lr_decay_steps:  # constant learning rates: where the decay would start is moot
             d.pop("lr_decay_start")
         if self.speckle == "none":  # a floor of no grain: the generator has none (StableGenerator)

@@ -18,8 +18,9 @@ function of one fixed latent axis:
   CDF), i.e. the value with the same rank among the training patches. Hence if G meets the
   targets, the generated marginals equal the real ones and the joint distribution has the real
   rank correlations.
-* **loss**: ``weight * mean_k mean_b ((p_k(G(z)) - target_k(z)) / sd_k)^2``, added to the
-  generator's adversarial loss; ``sd_k`` the real standard deviation (a unit-free loss).
+* **loss**: ``weight * mean_k mean_b w_k ((p_k(G(z)) - target_k(z)) / sd_k)^2``, added to the
+  generator's adversarial loss; ``sd_k`` the real standard deviation (a unit-free loss), ``w_k``
+  the parameter's own factor (``gan.structure_parameter_weights``; 1 unless listed).
 * **inversion-line term** (``gan.structure_pil_weight`` > 0, needs ``r_value`` in the list):
   R is 0 for a share ``r_free_share`` of the training patches (no 150 G polarity-inversion line
   on JSOC's ~2 arcsec grid), a tie the soft R proxy cannot see (an R-free patch can meet a
@@ -284,7 +285,9 @@ class LatentStructure:
     inversion-line term's weight (0 = off); ``r_grid``: the R_VALUE proxy's sub-sampling;
     ``correlation_source``: whose correlation ``correlation`` is (:data:`CORRELATION_SOURCES`);
     ``r_straight_through``: R's targets and loss take the pipeline's own R_VALUE as the value
-    (:func:`r_value_exact`), the soft proxy's gradient (``gan.structure_r_straight_through``).
+    (:func:`r_value_exact`), the soft proxy's gradient (``gan.structure_r_straight_through``);
+    ``parameter_weights`` (K,): each parameter's factor of the loss
+    (``gan.structure_parameter_weights``; ones by default).
     """
 
     names: tuple[str, ...]
@@ -300,6 +303,13 @@ class LatentStructure:
     r_grid: str = "mean"
     correlation_source: str = "proxies"
     r_straight_through: bool = False
+    parameter_weights: np.ndarray | None = None  # None: ones
+
+    def __post_init__(self):
+        w = np.ones(len(self.names)) if self.parameter_weights is None else np.asarray(self.parameter_weights, float)
+        if w.shape != (len(self.names),):
+            raise ValueError(f"parameter_weights {w.tolist()} is not one factor per parameter {list(self.names)}")
+        self.parameter_weights = w
 
     def as_dict(self) -> dict:
         return {"names": list(self.names), "axes": self.axes.tolist(),
@@ -308,12 +318,14 @@ class LatentStructure:
                 "clip_gauss": self.clip_gauss, "tau_gauss": self.tau_gauss,
                 "r_free_share": self.r_free_share, "pil_weight": self.pil_weight,
                 "r_grid": self.r_grid, "correlation_source": self.correlation_source,
-                "r_straight_through": self.r_straight_through}
+                "r_straight_through": self.r_straight_through,
+                "parameter_weights": self.parameter_weights.tolist()}
 
     def torch_state(self, device) -> dict:
         """The tensors of the loss on ``device`` (float32)."""
         t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)  # noqa: E731
-        return {"axes": t(self.axes), "quantiles": t(self.quantiles), "sd": t(self.sd)}
+        return {"axes": t(self.axes), "quantiles": t(self.quantiles), "sd": t(self.sd),
+                "parameter_weights": t(self.parameter_weights)}
 
 
 #: quantiles kept per parameter (the interpolation grid of the targets)
@@ -323,7 +335,8 @@ N_QUANTILES = 256
 def fit_structure(patches: np.ndarray, names, nz: int, weight: float, clip_gauss: float,
                   batch: int = 256, tau_gauss: float = TAU_GAUSS,
                   pil_weight: float = 0.0, r_grid: str = "mean", correlation: str = "proxies",
-                  pixel_scale=None, r_straight_through: bool = False) -> LatentStructure:
+                  pixel_scale=None, r_straight_through: bool = False,
+                  parameter_weights=None) -> LatentStructure:
     """The latent structure of :mod:`sharpgen.gan.structure` from the training ``patches``
     (N, S, S) in [-1, 1]. Deterministic (no randomness). ``correlation``: whose normal-score
     correlation the axes take (:data:`CORRELATION_SOURCES`); ``parameters`` measures the patches
@@ -331,11 +344,20 @@ def fit_structure(patches: np.ndarray, names, nz: int, weight: float, clip_gauss
     :class:`sharpgen.physics.PixelScale`: the store's nominal one, the scale generated images are
     measured at). ``r_straight_through``: r_value's quantiles and sd are those of the pipeline's
     own R_VALUE of the patches (:func:`r_value_exact`; R = 0 for those without an inversion
-    line), the correlation stays the soft proxies' (or the parameters'). Raises ValueError for
+    line), the correlation stays the soft proxies' (or the parameters'). ``parameter_weights``:
+    a mapping parameter -> factor of its term in the loss (unlisted: 1). Raises ValueError for
     unknown names, more names than ``nz``, a degenerate parameter (constant over the patches), an
     unknown ``r_grid`` or ``correlation``, ``parameters`` without ``pixel_scale``, an
-    inversion-line term (``pil_weight`` > 0) or ``r_straight_through`` without r_value."""
+    inversion-line term (``pil_weight`` > 0) or ``r_straight_through`` without r_value, a factor
+    for a parameter not in ``names`` or below 0."""
     names = check_names(names, "gan.structure")
+    factors = dict(parameter_weights or {})
+    stray = [k for k in factors if k not in names]
+    if stray:
+        raise ValueError(f"gan.structure_parameter_weights names {stray}, not in gan.structure {list(names)}")
+    w = np.array([float(factors.get(n, 1.0)) for n in names])
+    if not np.all((w >= 0) & np.isfinite(w)):
+        raise ValueError(f"gan.structure_parameter_weights must be >= 0, got {factors}")
     if len(names) > nz:
         raise ValueError(f"gan.structure has {len(names)} parameters, more than gan.nz = {nz}")
     if pil_weight > 0 and "r_value" not in names:
@@ -383,7 +405,7 @@ def fit_structure(patches: np.ndarray, names, nz: int, weight: float, clip_gauss
     r_free = float(1.0 - np.concatenate(has_pil).mean()) if with_r else float("nan")
     return LatentStructure(names, axes, quantiles, sd, corr, float(weight), float(clip_gauss),
                            float(tau_gauss), r_free, float(pil_weight), str(r_grid), str(correlation),
-                           bool(r_straight_through))
+                           bool(r_straight_through), w)
 
 
 def measured_correlation(patches: np.ndarray, names, clip_gauss: float, pixel_scale,
@@ -425,13 +447,14 @@ def targets(z: torch.Tensor, state: dict) -> torch.Tensor:
 
 def structure_loss(images: torch.Tensor, z: torch.Tensor, structure: LatentStructure,
                    state: dict, scale: float = 1.0) -> torch.Tensor:
-    """``scale * weight * mean(((proxies(G(z)) - targets(z)) / sd)^2)`` for generated ``images``
+    """``scale * weight * mean(w * ((proxies(G(z)) - targets(z)) / sd)^2)`` (``w`` the
+    parameters' factors, ``parameter_weights``) for generated ``images``
     (B, 1, S, S) of latents ``z`` (B, nz), plus ``scale * pil_weight * mean(BCE)`` of the
     inversion-line term when its weight is > 0; a scalar tensor (0-d). ``scale``: :func:`fade_in`."""
     p = proxies(images, structure.names, structure.clip_gauss, structure.tau_gauss,
                 structure.r_grid, structure.r_straight_through)
     t = targets(z, state)
-    loss = (scale * structure.weight) * ((p - t) / state["sd"]).square().mean()
+    loss = (scale * structure.weight) * (((p - t) / state["sd"]).square() * state["parameter_weights"]).mean()
     if structure.pil_weight > 0:
         k = structure.names.index("r_value")
         has_pil = torch.special.ndtr(z.float() @ state["axes"][k]) > structure.r_free_share
@@ -459,5 +482,8 @@ def describe(structure: LatentStructure) -> str:
     of = " of the pipeline's parameters" if structure.correlation_source == "parameters" else ""
     if structure.r_straight_through:
         grid += "; R's value the pipeline's R_VALUE (straight-through)"
+    if np.any(structure.parameter_weights != 1.0):
+        grid += "; per-parameter factors " + ", ".join(
+            f"{n} {w:g}" for n, w in zip(structure.names, structure.parameter_weights))
     return (f"latent structure on {list(structure.names)} (weight {structure.weight:g}); real "
             f"normal-score correlations{of}: {', '.join(pairs) or 'n/a'}{pil}{grid}")

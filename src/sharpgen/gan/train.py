@@ -346,7 +346,8 @@ def train_gan(patches: np.ndarray, cfg: GanConfig | dict, *, checkpoint_root: st
                                       pil_weight=cfg.structure_pil_weight,
                                       r_grid=cfg.structure_r_grid,
                                       correlation=cfg.structure_correlation, pixel_scale=pixel_scale,
-                                      r_straight_through=cfg.structure_r_straight_through)
+                                      r_straight_through=cfg.structure_r_straight_through,
+                                      parameter_weights=cfg.structure_parameter_weights)
             structure_state = structure.torch_state(device)
             if main:
                 logger.info(describe(structure))
