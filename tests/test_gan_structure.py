@@ -553,3 +553,48 @@ def test_r_straight_through_takes_the_pipelines_r_value_and_the_soft_gradient(re
     g = _train(tmp_path, bipoles, "st", structure=["tuf", "r_value"], structure_r_straight_through=True,
                steps=2, checkpoint_every=2)
     assert torch.load(g, weights_only=False)["structure"]["r_straight_through"] is True
+
+
+def test_parameter_weights_scale_each_parameters_term(real_windows, bipoles, tmp_path):
+    """``gan.structure_parameter_weights``: each listed parameter's squared, sd-scaled error is
+    multiplied by its factor before the mean over parameters and latents (unlisted: 1, so no
+    factors is the unweighted loss, bit for bit); the axes, targets and sd do not change. Saved
+    in generator.pt, out of the hash when empty or all 1, refused for a parameter not in the
+    structure or a factor below 0."""
+    from sharpgen.gan.train import GanConfig
+
+    x = torch.from_numpy(real_windows[0][:16])[:, None]
+    names = ("tuf", "psep", "r_value")
+    s1 = fit_structure(real_windows[0], names, nz=8, weight=2.0, clip_gauss=CLIP)
+    sw = fit_structure(real_windows[0], names, nz=8, weight=2.0, clip_gauss=CLIP,
+                       parameter_weights={"tuf": 3.0, "r_value": 0.5})
+    np.testing.assert_array_equal(s1.parameter_weights, [1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(sw.parameter_weights, [3.0, 1.0, 0.5])
+    for k in ("axes", "quantiles", "sd", "correlation"):
+        np.testing.assert_array_equal(getattr(sw, k), getattr(s1, k))
+    z = torch.randn(16, 8, generator=torch.Generator().manual_seed(2))
+    state1, statew = s1.torch_state("cpu"), sw.torch_state("cpu")
+    sq = (((proxies(x, names, CLIP) - targets(z, state1)) / state1["sd"]) ** 2).mean(dim=0)  # (K,)
+    assert torch.equal(structure_loss(x, z, s1, state1), 2.0 * (((proxies(x, names, CLIP) - targets(z, state1))
+                                                                 / state1["sd"]) ** 2).mean())
+    want = 2.0 * (3.0 * sq[0] + sq[1] + 0.5 * sq[2]) / 3
+    assert float(structure_loss(x, z, sw, statew)) == pytest.approx(float(want), rel=1e-5)
+    assert float(structure_loss(x, z, sw, statew)) != pytest.approx(float(structure_loss(x, z, s1, state1)), rel=1e-3)
+    with pytest.raises(ValueError, match="psep_robust|r_paper"):
+        fit_structure(real_windows[0], names, nz=8, weight=1.0, clip_gauss=CLIP, parameter_weights={"r_paper": 2})
+    with pytest.raises(ValueError, match=">= 0"):
+        fit_structure(real_windows[0], names, nz=8, weight=1.0, clip_gauss=CLIP, parameter_weights={"tuf": -1})
+    # config: checked, normalised to floats, out of the hash when it changes nothing
+    base = GanConfig.from_dict({}).trajectory_dict()
+    assert "structure_parameter_weights" not in base
+    assert GanConfig.from_dict({"structure_parameter_weights": {"tuf": 1}}).trajectory_dict() == base
+    on = GanConfig.from_dict({"structure_parameter_weights": {"tuf": 3}})
+    assert on.structure_parameter_weights == {"tuf": 3.0}
+    assert on.trajectory_dict()["structure_parameter_weights"] == {"tuf": 3.0}
+    for bad, msg in (({"r_paper": 2}, "not in gan.structure"), ({"tuf": -1}, ">= 0"),
+                     ({"tuf": True}, ">= 0"), ([3.0], "must map")):
+        with pytest.raises(ValueError, match=msg):
+            GanConfig.from_dict({"structure_parameter_weights": bad})
+    g = _train(tmp_path, bipoles, "pw", structure=["tuf", "psep"], structure_parameter_weights={"psep": 2},
+               steps=2, checkpoint_every=2)
+    assert torch.load(g, weights_only=False)["structure"]["parameter_weights"] == [1.0, 2.0]
