@@ -106,11 +106,8 @@ class GanConfig:
         object.__setattr__(cfg, "betas", tuple(float(b) for b in cfg.betas))
         object.__setattr__(cfg, "mapping_channels", tuple(int(c) for c in cfg.mapping_channels))
         object.__setattr__(cfg, "structure", tuple(str(n) for n in cfg.structure))
-        if isinstance(cfg.structure_parameter_weights, dict):  # check() names anything else
-            object.__setattr__(cfg, "structure_parameter_weights",
-                               {str(k): v for k, v in cfg.structure_parameter_weights.items()})
         cfg.check()
-        object.__setattr__(cfg, "structure_parameter_weights",
+        object.__setattr__(cfg, "structure_parameter_weights",  # checked: names in structure, numbers
                            {k: float(v) for k, v in cfg.structure_parameter_weights.items()})
         return cfg
 
