@@ -6,10 +6,14 @@ the cosine of the two boundary normals (the gap's first term), each normal's cos
 structure's axes (does the flux's normal lean towards R's axis?), and the flux's labelled
 Spearman correlation with R step by step from R's latent axis to the pipeline's R
 (:func:`sharpgen.directions.linearity.correlation_chain`): the ties of R = 0, where they fall,
-R's scatter about its axis. Reads ``gan/generator.pt``, ``samples/latents.parquet`` and
-``directions/boundaries.npz``; seconds.
+R's scatter about its axis. Then, for each parameter of the structure, how closely the
+pipeline's parameter follows its own axis (:func:`sharpgen.directions.linearity.axis_fit`) and
+its term of the structure loss on the first ``--terms`` generated images
+(:func:`sharpgen.gan.structure.structure_terms`; before the factors and the weight). Reads
+``gan/generator.pt``, ``samples/latents.parquet``, ``samples/generated.zarr`` and
+``directions/boundaries.npz``; seconds (a minute for the loss terms).
 
-    .venv/bin/python benchmarks/diagnose_gap.py results [more results folders]
+    .venv/bin/python benchmarks/diagnose_gap.py results [more results folders] [--terms 2000]
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from sharpgen.directions.linearity import correlation_chain  # noqa: E402
+from sharpgen.directions.linearity import axis_fit, correlation_chain  # noqa: E402
+from sharpgen.gan.structure import LatentStructure, structure_terms  # noqa: E402
 from sharpgen.sampling import read_latents  # noqa: E402
 
 
-def diagnose(results: Path) -> list[str]:
+def diagnose(results: Path, n_terms: int = 2000) -> list[str]:
     st = torch.load(results / "gan" / "generator.pt", map_location="cpu", weights_only=False).get("structure")
     if not st or "r_value" not in st["names"]:
         raise SystemExit(f"{results}: the generator has no latent structure with r_value (gan.structure)")
@@ -50,14 +55,33 @@ def diagnose(results: Path) -> list[str]:
             f"  {flux}-r_value: cos(normals) {cos:.3f}, cos(n_{flux}, axis_r_value) {normal[flux] @ a_r:.3f} | "
             f"Spearman of {flux} with u_R {c['axis']:.3f} -> tied lowest {c['share']:.2f} {c['axis_tied_lowest']:.3f} "
             f"-> tied where R = 0 {c['axis_tied_observed']:.3f} -> R {c['parameter']:.3f} | gap {cos - c['parameter']:.3f}")
+    z = np.asarray(z, dtype=np.float64)
+    fits = {n: axis_fit(table[n], z @ axes[k]) for k, n in enumerate(names) if n in table}
+    lines.append("  fit to its own axis (Pearson, normal score): "
+                 + ", ".join(f"{n} {v:.3f}" for n, v in fits.items()))
+    images = results / "samples" / "generated.zarr"
+    if n_terms > 0 and images.exists():
+        import zarr
+
+        n = min(n_terms, len(z))
+        x = torch.from_numpy(np.asarray(zarr.open_group(str(images), mode="r")["images"][:n],
+                                        dtype=np.float32))[:, None]
+        structure = LatentStructure.from_dict(st)
+        terms = structure_terms(x, torch.from_numpy(z[:n]).float(), structure)
+        lines.append(f"  structure loss terms on {n} samples (before factors "
+                     f"{dict(zip(names, structure.parameter_weights.tolist()))}): "
+                     + ", ".join(f"{nm} {t:.3f}" for nm, t in zip(names, terms)))
     return lines
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", type=Path, nargs="+", help="pipeline results/ folder(s)")
-    for r in ap.parse_args(argv).results:
-        print("\n".join(diagnose(r)), flush=True)
+    ap.add_argument("--terms", type=int, default=2000,
+                    help="generated images for the structure loss terms (0 = skip; default 2000)")
+    args = ap.parse_args(argv)
+    for r in args.results:
+        print("\n".join(diagnose(r, args.terms)), flush=True)
     return 0
 
 

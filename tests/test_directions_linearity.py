@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from sharpgen.directions.linearity import correlation_chain, grain_variance_share, linear_and_mlp_r2, step_ratio
+from sharpgen.directions.linearity import (axis_fit, correlation_chain, grain_variance_share, linear_and_mlp_r2,
+                                           step_ratio)
 
 
 def test_grain_variance_share_recovers_the_planted_noise_share():
@@ -82,3 +83,23 @@ def test_correlation_chain_separates_the_ties_where_they_fall_and_the_scatter():
     assert scatter["parameter"] < scatter["axis_tied_observed"] - 0.02
     with pytest.raises(ValueError, match="finite"):
         correlation_chain([1.0, np.nan], [0.0, 1.0], [0.0, 1.0])
+
+
+def test_axis_fit_is_one_for_a_monotone_function_and_falls_with_the_scatter():
+    """A parameter that is a strictly monotone function of its Gaussian axis fits it with
+    Pearson ~1, whatever the function; scatter of sd s about the axis gives ~1/sqrt(1 + s^2)
+    (the normal scores of a Gaussian sum are that sum standardised); non-finite rows are
+    dropped; fewer than 3 rows refused."""
+    rng = np.random.default_rng(1)
+    n = 20_000
+    u = rng.standard_normal(n)
+    assert axis_fit(np.exp(2 * u), u) > 0.999
+    assert axis_fit(np.exp(2 * u), u) == pytest.approx(axis_fit(u ** 3, u), abs=1e-12)  # ranks only
+    assert axis_fit(-u, u) < -0.999
+    noisy = u + 0.5 * rng.standard_normal(n)
+    assert axis_fit(np.exp(noisy), u) == pytest.approx(1 / np.sqrt(1.25), abs=0.01)
+    with_nan = np.exp(noisy)
+    with_nan[:100] = np.nan
+    assert axis_fit(with_nan, u) == pytest.approx(axis_fit(np.exp(noisy[100:]), u[100:]), abs=1e-12)
+    with pytest.raises(ValueError, match="finite rows"):
+        axis_fit([1.0, np.nan, 2.0], [0.0, 1.0, 2.0])

@@ -18,7 +18,9 @@ from sharpgen.gan.structure import (
     pil_bce,
     pil_log_presence,
     proxies,
+    LatentStructure,
     structure_loss,
+    structure_terms,
     targets,
 )
 from sharpgen.parameters import to_fit_space
@@ -598,3 +600,32 @@ def test_parameter_weights_scale_each_parameters_term(real_windows, bipoles, tmp
     g = _train(tmp_path, bipoles, "pw", structure=["tuf", "psep"], structure_parameter_weights={"psep": 2},
                steps=2, checkpoint_every=2)
     assert torch.load(g, weights_only=False)["structure"]["parameter_weights"] == [1.0, 2.0]
+
+
+def test_structure_terms_decompose_the_loss_and_the_structure_reloads(real_windows):
+    """:func:`structure_terms` gives each parameter's term: ``weight * mean(factors * terms)``
+    is :func:`structure_loss` (no inversion-line term), in any batch size; a target moved away
+    from the images raises its parameter's term. :meth:`LatentStructure.from_dict`
+    rebuilds a structure from :meth:`LatentStructure.as_dict` (what generator.pt holds), and a
+    dict from before an option takes the option's off setting."""
+    names = ("tuf", "psep", "r_value")
+    s = fit_structure(real_windows[0], names, nz=8, weight=1.5, clip_gauss=CLIP,
+                      parameter_weights={"tuf": 3.0, "psep": 2.0})
+    x = torch.from_numpy(real_windows[0][:24])[:, None]
+    z = torch.randn(24, 8, generator=torch.Generator().manual_seed(3))
+    terms = structure_terms(x, z, s, batch=7)
+    assert terms.shape == (3,) and np.all(terms > 0)
+    np.testing.assert_allclose(terms, structure_terms(x, z, s, batch=500), rtol=1e-6)
+    loss = float(structure_loss(x, z, s, s.torch_state("cpu")))
+    assert 1.5 * float(np.mean(s.parameter_weights * terms)) == pytest.approx(loss, rel=1e-5)
+    # the same images asked for 3 sd more of tuf: tuf's term grows by ~9 sd^2
+    moved = structure_terms(x, z + 3.0 * torch.from_numpy(s.axes[0]).float(), s)
+    assert moved[0] > terms[0] + 1.0
+    back = LatentStructure.from_dict(s.as_dict())
+    for k in ("axes", "quantiles", "sd", "correlation", "parameter_weights"):
+        np.testing.assert_array_equal(getattr(back, k), getattr(s, k))
+    assert back.names == s.names and back.weight == s.weight
+    old = {k: v for k, v in s.as_dict().items() if k not in ("parameter_weights", "r_straight_through", "r_grid")}
+    older = LatentStructure.from_dict(old)
+    np.testing.assert_array_equal(older.parameter_weights, [1.0, 1.0, 1.0])
+    assert older.r_grid == "mean" and older.r_straight_through is False

@@ -17,7 +17,8 @@ each on a parameter in fit space (:func:`sharpgen.parameters.to_fit_space`):
 ``benchmarks/diagnose_linearity.py`` runs them on a finished pipeline's generator.
 
 A fourth, :func:`correlation_chain`, follows a flux's labelled Spearman correlation with R
-from R's latent axis (``gan.structure``) to the pipeline's R, one cause per step
+from R's latent axis (``gan.structure``) to the pipeline's R, one cause per step, and a fifth,
+:func:`axis_fit`, says how closely a parameter follows its own latent axis
 (``benchmarks/diagnose_gap.py``).
 """
 
@@ -120,3 +121,21 @@ def correlation_chain(flux, r_value, u_r) -> dict:
 
     return {"axis": rho(u), "axis_tied_lowest": rho(np.where(tied, low, u)),
             "axis_tied_observed": rho(np.where(zero, low, u)), "parameter": rho(r), "share": share}
+
+
+def axis_fit(values, u) -> float:
+    """How closely a parameter follows its latent axis (``gan.structure``): the Pearson
+    correlation of the normal scores of ``values`` (N,) (average ranks for ties, so any
+    monotone transform of the parameter gives the same number) with the samples' coordinates
+    ``u`` (N,) on the axis. 1 when the parameter is a strictly monotone function of a Gaussian
+    ``u``; the structure loss's residual lowers it. Rows with a non-finite value are dropped;
+    ValueError for fewer than 3 rows."""
+    from scipy import stats
+
+    v, a = (np.asarray(x, dtype=np.float64).ravel() for x in (values, u))
+    ok = np.isfinite(v) & np.isfinite(a)
+    v, a = v[ok], a[ok]
+    if len(v) < 3:
+        raise ValueError(f"only {len(v)} finite rows")
+    scores = stats.norm.ppf((stats.rankdata(v) - 0.5) / len(v))
+    return float(np.corrcoef(scores, a)[0, 1])

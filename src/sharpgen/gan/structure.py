@@ -44,6 +44,7 @@ Shapes: images ``(B, 1, S, S)`` float in [-1, 1]; latents ``(B, nz)``; proxies `
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -321,6 +322,17 @@ class LatentStructure:
                 "r_straight_through": self.r_straight_through,
                 "parameter_weights": self.parameter_weights.tolist()}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "LatentStructure":
+        """From :meth:`as_dict` (as saved in generator.pt); keys a checkpoint from before an
+        option lacks take the option's off setting."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        for k in ("axes", "quantiles", "sd", "correlation"):
+            kw[k] = np.asarray(kw[k], dtype=np.float64)
+        kw["names"] = tuple(kw["names"])
+        return cls(**kw)
+
     def torch_state(self, device) -> dict:
         """The tensors of the loss on ``device`` (float32)."""
         t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.float32, device=device)  # noqa: E731
@@ -461,6 +473,23 @@ def structure_loss(images: torch.Tensor, z: torch.Tensor, structure: LatentStruc
         bce = pil_bce(images, has_pil, structure.clip_gauss)
         loss = loss + (scale * structure.pil_weight) * bce.mean()
     return loss
+
+
+@torch.no_grad()
+def structure_terms(images: torch.Tensor, z: torch.Tensor, structure: LatentStructure,
+                    batch: int = 500) -> np.ndarray:
+    """Each parameter's term of the structure loss on generated ``images`` (N, 1, S, S) of
+    latents ``z`` (N, nz): ``mean_b ((proxy_k - target_k) / sd_k)^2``, (K,) float64, before the
+    factors and the weight (so :func:`structure_loss` without the inversion-line term is
+    ``weight * mean_k(parameter_weights_k * terms_k)``). In batches of ``batch``, no gradient."""
+    state = structure.torch_state(images.device)
+    total = torch.zeros(len(structure.names), dtype=torch.float64)
+    for i in range(0, len(images), batch):
+        x, zz = images[i:i + batch], z[i:i + batch]
+        p = proxies(x, structure.names, structure.clip_gauss, structure.tau_gauss,
+                    structure.r_grid, structure.r_straight_through)
+        total += (((p - targets(zz, state)) / state["sd"]).square()).sum(dim=0).double().cpu()
+    return (total / max(len(images), 1)).numpy()
 
 
 def fade_in(step: int, start: int, ramp: int) -> float:
