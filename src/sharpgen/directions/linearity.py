@@ -130,12 +130,11 @@ def axis_fit(values, u) -> float:
     ``u`` (N,) on the axis. 1 when the parameter is a strictly monotone function of a Gaussian
     ``u``; the structure loss's residual lowers it. Rows with a non-finite value are dropped;
     ValueError for fewer than 3 rows."""
-    from scipy import stats
+    from sharpgen.gan.structure import normal_scores  # the structure's own (fit_structure)
 
     v, a = (np.asarray(x, dtype=np.float64).ravel() for x in (values, u))
     ok = np.isfinite(v) & np.isfinite(a)
     v, a = v[ok], a[ok]
     if len(v) < 3:
         raise ValueError(f"only {len(v)} finite rows")
-    scores = stats.norm.ppf((stats.rankdata(v) - 0.5) / len(v))
-    return float(np.corrcoef(scores, a)[0, 1])
+    return float(np.corrcoef(normal_scores(v[:, None])[:, 0], a)[0, 1])

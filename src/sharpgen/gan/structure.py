@@ -266,7 +266,7 @@ def proxies(x: torch.Tensor, names, clip_gauss: float, tau_gauss: float = TAU_GA
                         for n in names], dim=1)
 
 
-def _normal_scores(v: np.ndarray) -> np.ndarray:
+def normal_scores(v: np.ndarray) -> np.ndarray:
     """Normal scores (N, K) of the columns of ``v`` (average ranks for ties)."""
     from scipy import stats
 
@@ -401,7 +401,7 @@ def fit_structure(patches: np.ndarray, names, nz: int, weight: float, clip_gauss
         bad = [n for n, s in zip(names, sd) if not s > 0]
         raise ValueError(f"gan.structure: parameter(s) {bad} constant or not finite over the "
                          f"{patches.shape[0]} training patches")
-    corr = (np.atleast_2d(np.corrcoef(_normal_scores(vals), rowvar=False)) if correlation == "proxies"
+    corr = (np.atleast_2d(np.corrcoef(normal_scores(vals), rowvar=False)) if correlation == "proxies"
             else measured_correlation(patches, names, clip_gauss, pixel_scale))
     # a nearly singular C (e.g. tuf with both tpf and tnf) has no stable Cholesky factor
     eig = np.linalg.eigvalsh(corr)
@@ -440,7 +440,7 @@ def measured_correlation(patches: np.ndarray, names, clip_gauss: float, pixel_sc
             if ok.sum() < 3:
                 raise ValueError(f"gan.structure_correlation parameters: {names[j]} and {names[i]} "
                                  f"are both finite on {int(ok.sum())} training patch(es), too few")
-            corr[i, j] = corr[j, i] = np.corrcoef(_normal_scores(vals[ok][:, [i, j]]), rowvar=False)[0, 1]
+            corr[i, j] = corr[j, i] = np.corrcoef(normal_scores(vals[ok][:, [i, j]]), rowvar=False)[0, 1]
     return corr
 
 
@@ -457,16 +457,22 @@ def targets(z: torch.Tensor, state: dict) -> torch.Tensor:
     return qlo + (pos - lo) * (qhi - qlo)
 
 
+def _squared_errors(images: torch.Tensor, z: torch.Tensor, structure: LatentStructure,
+                    state: dict) -> torch.Tensor:
+    """``((proxies(images) - targets(z)) / sd)^2`` (B, K): each sample's error per parameter."""
+    p = proxies(images, structure.names, structure.clip_gauss, structure.tau_gauss,
+                structure.r_grid, structure.r_straight_through)
+    return ((p - targets(z, state)) / state["sd"]).square()
+
+
 def structure_loss(images: torch.Tensor, z: torch.Tensor, structure: LatentStructure,
                    state: dict, scale: float = 1.0) -> torch.Tensor:
     """``scale * weight * mean(w * ((proxies(G(z)) - targets(z)) / sd)^2)`` (``w`` the
     parameters' factors, ``parameter_weights``) for generated ``images``
     (B, 1, S, S) of latents ``z`` (B, nz), plus ``scale * pil_weight * mean(BCE)`` of the
     inversion-line term when its weight is > 0; a scalar tensor (0-d). ``scale``: :func:`fade_in`."""
-    p = proxies(images, structure.names, structure.clip_gauss, structure.tau_gauss,
-                structure.r_grid, structure.r_straight_through)
-    t = targets(z, state)
-    loss = (scale * structure.weight) * (((p - t) / state["sd"]).square() * state["parameter_weights"]).mean()
+    loss = (scale * structure.weight) * (_squared_errors(images, z, structure, state)
+                                         * state["parameter_weights"]).mean()
     if structure.pil_weight > 0:
         k = structure.names.index("r_value")
         has_pil = torch.special.ndtr(z.float() @ state["axes"][k]) > structure.r_free_share
@@ -485,10 +491,7 @@ def structure_terms(images: torch.Tensor, z: torch.Tensor, structure: LatentStru
     state = structure.torch_state(images.device)
     total = torch.zeros(len(structure.names), dtype=torch.float64)
     for i in range(0, len(images), batch):
-        x, zz = images[i:i + batch], z[i:i + batch]
-        p = proxies(x, structure.names, structure.clip_gauss, structure.tau_gauss,
-                    structure.r_grid, structure.r_straight_through)
-        total += (((p - targets(zz, state)) / state["sd"]).square()).sum(dim=0).double().cpu()
+        total += _squared_errors(images[i:i + batch], z[i:i + batch], structure, state).sum(dim=0).double().cpu()
     return (total / max(len(images), 1)).numpy()
 
 
